@@ -1,0 +1,210 @@
+/* Scaled dot-product attention: softmax(q k^T * scale + mask) v, causal (top-left
+ * aligned, like torch's is_causal), optional bool (true = keep) or float additive
+ * mask broadcast to [B, Hq, Sq, Sk], grouped-query K/V (query head h reads K/V
+ * head h / group, no copies). A row whose every key is masked yields zeros.
+ *
+ * Two kernels, one row of queries per task, parallel over B * Hq * Sq rows:
+ *  - standard: all Sk scores of the row in scratch, exact softmax, then P @ V;
+ *  - flash: keys in tiles of KILN_FLASH_BLOCK with an online softmax (running
+ *    max and sum, accumulator rescaled per tile); scratch is one tile + one
+ *    output row per thread, independent of Sk.
+ * Scratch (planner-provided) per thread is max(Sk, FLASH_BLOCK + Dv + 2) floats,
+ * the formula in kiln/ops/attention.py.
+ */
+#include <math.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "kiln.h"
+#include "vmath.h"
+
+#define KILN_FLASH_BLOCK 64      /* must match FLASH_BLOCK in kiln/ops/attention.py */
+#define KILN_FLASH_MIN_SK 1024   /* use the flash kernel from this many keys */
+#define KILN_STACK_DV 1024       /* largest head size the no-scratch fallback handles */
+
+static int64_t flash_min_sk = -1;
+
+typedef struct {
+    const float *q, *k, *v;
+    float *out;
+    const void *mask;
+    int mask_bool;
+    int64_t ms[4];  /* mask strides over [B, Hq, Sq, Sk] (0 = broadcast) */
+    int64_t B, Hq, Hkv, Sq, Sk, D, Dv, group;
+    int causal;
+    float scale;
+} attn_args;
+
+static inline float dot(const float *a, const float *b, int64_t n) {
+    float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+    for (int64_t i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+/* scores for keys [j0, j1) of one query row; masked keys get -inf */
+static void scores(const attn_args *a, const float *q, const float *k, int64_t moff, int64_t j0, int64_t j1,
+                   float *s) {
+    for (int64_t j = j0; j < j1; j++) s[j - j0] = dot(q, k + j * a->D, a->D) * a->scale;
+    if (a->mask) {
+        if (a->mask_bool) {
+            const uint8_t *m = (const uint8_t *)a->mask + moff;
+            for (int64_t j = j0; j < j1; j++)
+                if (!m[j * a->ms[3]]) s[j - j0] = -INFINITY;
+        } else {
+            const float *m = (const float *)a->mask + moff;
+            for (int64_t j = j0; j < j1; j++) s[j - j0] += m[j * a->ms[3]];
+        }
+    }
+}
+
+static void row_standard(const attn_args *a, int64_t b, int64_t h, int64_t i, float *s) {
+    int64_t hk = h / a->group;
+    const float *q = a->q + ((b * a->Hq + h) * a->Sq + i) * a->D;
+    const float *k = a->k + (b * a->Hkv + hk) * a->Sk * a->D;
+    const float *v = a->v + (b * a->Hkv + hk) * a->Sk * a->Dv;
+    float *o = a->out + ((b * a->Hq + h) * a->Sq + i) * a->Dv;
+    int64_t n = a->causal ? (i + 1 < a->Sk ? i + 1 : a->Sk) : a->Sk;
+    int64_t moff = b * a->ms[0] + h * a->ms[1] + i * a->ms[2];
+    for (int64_t d = 0; d < a->Dv; d++) o[d] = 0.0f;
+    if (n <= 0) return;
+    scores(a, q, k, moff, 0, n, s);
+    float mx = -INFINITY;
+    for (int64_t j = 0; j < n; j++) mx = s[j] > mx ? s[j] : mx;
+    if (mx == -INFINITY) return;  /* every key masked */
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < n; j++) {
+        float e = kiln_exp(s[j] - mx);
+        s[j] = e;
+        sum += e;
+    }
+    for (int64_t j = 0; j < n; j++) {
+        float p = s[j];
+        if (p == 0.0f) continue;
+        const float *vj = v + j * a->Dv;
+#pragma omp simd
+        for (int64_t d = 0; d < a->Dv; d++) o[d] += p * vj[d];
+    }
+    float inv = 1.0f / sum;
+    for (int64_t d = 0; d < a->Dv; d++) o[d] *= inv;
+}
+
+/* buf: KILN_FLASH_BLOCK scores then Dv accumulators */
+static void row_flash(const attn_args *a, int64_t b, int64_t h, int64_t i, float *buf) {
+    int64_t hk = h / a->group;
+    const float *q = a->q + ((b * a->Hq + h) * a->Sq + i) * a->D;
+    const float *k = a->k + (b * a->Hkv + hk) * a->Sk * a->D;
+    const float *v = a->v + (b * a->Hkv + hk) * a->Sk * a->Dv;
+    float *o = a->out + ((b * a->Hq + h) * a->Sq + i) * a->Dv;
+    float *s = buf, *acc = buf + KILN_FLASH_BLOCK;
+    int64_t n = a->causal ? (i + 1 < a->Sk ? i + 1 : a->Sk) : a->Sk;
+    int64_t moff = b * a->ms[0] + h * a->ms[1] + i * a->ms[2];
+    float m = -INFINITY, l = 0.0f;
+    for (int64_t d = 0; d < a->Dv; d++) acc[d] = 0.0f;
+    for (int64_t j0 = 0; j0 < n; j0 += KILN_FLASH_BLOCK) {
+        int64_t j1 = j0 + KILN_FLASH_BLOCK < n ? j0 + KILN_FLASH_BLOCK : n, nt = j1 - j0;
+        scores(a, q, k, moff, j0, j1, s);
+        float mt = -INFINITY;
+        for (int64_t j = 0; j < nt; j++) mt = s[j] > mt ? s[j] : mt;
+        if (mt == -INFINITY) continue;
+        if (mt > m) {
+            float corr = m == -INFINITY ? 0.0f : kiln_exp(m - mt);
+            l *= corr;
+#pragma omp simd
+            for (int64_t d = 0; d < a->Dv; d++) acc[d] *= corr;
+            m = mt;
+        }
+        float ls = 0.0f;
+#pragma omp simd reduction(+ : ls)
+        for (int64_t j = 0; j < nt; j++) {
+            float e = kiln_exp(s[j] - m);
+            s[j] = e;
+            ls += e;
+        }
+        l += ls;
+        for (int64_t j = 0; j < nt; j++) {
+            float p = s[j];
+            if (p == 0.0f) continue;
+            const float *vj = v + (j0 + j) * a->Dv;
+#pragma omp simd
+            for (int64_t d = 0; d < a->Dv; d++) acc[d] += p * vj[d];
+        }
+    }
+    float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    for (int64_t d = 0; d < a->Dv; d++) o[d] = acc[d] * inv;
+}
+
+void kiln_k_attention(const kiln_call *c) {
+    const kiln_attention_params *p = (const kiln_attention_params *)c->params;
+    const kiln_tensor *Q = &c->in[0], *K = &c->in[1], *V = &c->in[2], *O = &c->out;
+    if (Q->ndim != 4 || K->ndim != 4 || V->ndim != 4) return;
+    attn_args a;
+    a.q = (const float *)Q->data;
+    a.k = (const float *)K->data;
+    a.v = (const float *)V->data;
+    a.out = (float *)O->data;
+    a.B = Q->shape[0];
+    a.Hq = Q->shape[1];
+    a.Sq = Q->shape[2];
+    a.D = Q->shape[3];
+    a.Hkv = K->shape[1];
+    a.Sk = K->shape[2];
+    a.Dv = V->shape[3];
+    a.group = p->group > 0 ? p->group : 1;
+    if (a.Hkv * a.group != a.Hq || K->shape[0] != a.B || K->shape[3] != a.D) return;
+    a.causal = p->causal != 0;
+    a.scale = p->scale;
+    a.mask = NULL;
+    a.mask_bool = 0;
+    for (int d = 0; d < 4; d++) a.ms[d] = 0;
+    if (c->n_in > 3 && c->in[3].data) {
+        const kiln_tensor *Mk = &c->in[3];
+        if (Mk->ndim > 4) return;
+        a.mask = Mk->data;
+        a.mask_bool = Mk->dtype == KILN_BOOL;
+        for (int d = 3, run = 1; d >= 0; d--) {
+            int md = d - (4 - Mk->ndim);
+            int64_t sz = md >= 0 ? Mk->shape[md] : 1;
+            a.ms[d] = sz == 1 ? 0 : run;
+            run *= sz;
+        }
+    }
+    int64_t rows = a.B * a.Hq * a.Sq;
+    if (rows == 0 || a.Dv == 0) return;
+    int flash = flash_min_sk >= 0 ? a.Sk >= flash_min_sk : a.Sk >= KILN_FLASH_MIN_SK;
+    int64_t per = a.Sk > KILN_FLASH_BLOCK + a.Dv + 2 ? a.Sk : KILN_FLASH_BLOCK + a.Dv + 2;
+    int64_t avail = c->scratch.data ? c->scratch.nbytes / (4 * per) : 0;
+    int nthr = 1;
+#ifdef _OPENMP
+    nthr = omp_get_max_threads();
+#endif
+    if (rows * a.Sk * (a.D + a.Dv) < (1 << 15)) nthr = 1;
+    if (avail < 1) {
+        /* no (or too little) scratch: flash with a stack tile, if the row fits */
+        if (a.Dv > KILN_STACK_DV) return;
+        flash = 2;
+    } else if (nthr > avail) {
+        nthr = (int)avail;
+    }
+    float *scratch = (float *)c->scratch.data;
+#pragma omp parallel num_threads(nthr) if(nthr > 1)
+    {
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        float stack_buf[KILN_FLASH_BLOCK + KILN_STACK_DV + 2];
+        float *buf = flash == 2 ? stack_buf : scratch + tid * per;
+#pragma omp for schedule(dynamic, 4)
+        for (int64_t r = 0; r < rows; r++) {
+            int64_t i = r % a.Sq, bh = r / a.Sq;
+            if (flash) row_flash(&a, bh / a.Hq, bh % a.Hq, i, buf);
+            else row_standard(&a, bh / a.Hq, bh % a.Hq, i, buf);
+        }
+    }
+}
+
+/* Test hook: force the kernel choice (-1 restores the default size rule). */
+void kiln_set_flash_min_sk(int64_t sk) { flash_min_sk = sk; }

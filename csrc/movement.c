@@ -1,0 +1,206 @@
+/* Data movement: reshape/copy (memcpy), permute, expand, slice, concat. Dtype-agnostic:
+ * everything moves elements of `itemsize` bytes. */
+#include "kiln.h"
+
+static void par_memcpy(void *dst, const void *src, int64_t nbytes) {
+    if (dst == src || nbytes <= 0) return;
+    const int64_t chunk = 1 << 20;
+    int64_t tasks = (nbytes + chunk - 1) / chunk;
+#pragma omp parallel for schedule(static) if(tasks > 1)
+    for (int64_t t = 0; t < tasks; t++) {
+        int64_t lo = t * chunk, n = nbytes - lo < chunk ? nbytes - lo : chunk;
+        memcpy((char *)dst + lo, (const char *)src + lo, (size_t)n);
+    }
+}
+
+void kiln_k_copy(const kiln_call *c) {
+    int64_t n = c->out.nbytes < c->in[0].nbytes ? c->out.nbytes : c->in[0].nbytes;
+    par_memcpy(c->out.data, c->in[0].data, n);
+}
+
+void kiln_k_reshape(const kiln_call *c) { kiln_k_copy(c); }
+
+/* Copy one strided row of n elements (source stride `s` elements) for element size esz. */
+static inline void strided_row(char *dst, const char *src, int64_t n, int64_t s, int64_t esz) {
+    if (s == 1) {
+        memcpy(dst, src, (size_t)(n * esz));
+        return;
+    }
+    switch (esz) {
+    case 4: {
+        uint32_t *d = (uint32_t *)dst;
+        const uint32_t *p = (const uint32_t *)src;
+        for (int64_t i = 0; i < n; i++) d[i] = p[i * s];
+        break;
+    }
+    case 8: {
+        uint64_t *d = (uint64_t *)dst;
+        const uint64_t *p = (const uint64_t *)src;
+        for (int64_t i = 0; i < n; i++) d[i] = p[i * s];
+        break;
+    }
+    case 1:
+        for (int64_t i = 0; i < n; i++) dst[i] = src[i * s];
+        break;
+    default:
+        for (int64_t i = 0; i < n; i++) memcpy(dst + i * esz, src + i * s * esz, (size_t)esz);
+    }
+}
+
+/* out[...] = in[...] broadcast (same dtype). */
+void kiln_broadcast_copy(const kiln_tensor *out, const kiln_tensor *in) {
+    if (kiln_numel(out) == 0) return;
+    const kiln_tensor *ins[1] = {in};
+    kiln_bcast bc;
+    kiln_bcast_init(&bc, out, ins, 1);
+    int64_t esz = kiln_itemsize(out->dtype);
+    int64_t n = bc.shape[bc.nd - 1], rows = kiln_prod(bc.shape, 0, bc.nd - 1);
+    int64_t s = bc.st[1][bc.nd - 1];
+#pragma omp parallel for schedule(static) if(rows * n >= KILN_PAR_MIN && rows > 1)
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t off[KILN_BC_MAX];
+        kiln_bcast_row(&bc, r, off);
+        char *d = (char *)out->data + off[0] * esz;
+        const char *p = (const char *)in->data + off[1] * esz;
+        if (s == 1) memcpy(d, p, (size_t)(n * esz));
+        else if (esz == 4) {
+            uint32_t v;
+            memcpy(&v, p, 4);
+            for (int64_t i = 0; i < n; i++) ((uint32_t *)d)[i] = v;
+        } else
+            for (int64_t i = 0; i < n; i++) memcpy(d + i * esz, p, (size_t)esz);
+    }
+}
+
+void kiln_k_expand(const kiln_call *c) { kiln_broadcast_copy(&c->out, &c->in[0]); }
+
+/* -- permute ------------------------------------------------------------------------ */
+void kiln_k_permute(const kiln_call *c) {
+    const kiln_tensor *X = &c->in[0], *O = &c->out;
+    const int64_t *perm = ((const kiln_permute_params *)c->params)->perm;
+    int nd = X->ndim;
+    int64_t esz = kiln_itemsize(X->dtype);
+    if (kiln_numel(O) == 0) return;
+    int64_t xst[KILN_MAX_DIMS];
+    for (int d = nd - 1, run = 1; d >= 0; d--) {
+        xst[d] = run;
+        run *= X->shape[d];
+    }
+    /* out dim d reads input dim perm[d]; drop size-1 dims and merge runs contiguous in both */
+    int m = 0;
+    int64_t shp[KILN_MAX_DIMS], st[KILN_MAX_DIMS];
+    for (int d = 0; d < nd; d++) {
+        int64_t p = perm[d] >= 0 && perm[d] < nd ? perm[d] : d;
+        int64_t sz = X->shape[p], s = xst[p];
+        if (sz == 1) continue;
+        if (m > 0 && st[m - 1] == s * sz) {
+            shp[m - 1] *= sz;
+            st[m - 1] = s;
+            continue;
+        }
+        shp[m] = sz;
+        st[m] = s;
+        m++;
+    }
+    if (m <= 1 && (m == 0 || st[0] == 1)) {
+        par_memcpy(O->data, X->data, kiln_numel(O) * esz);
+        return;
+    }
+    const char *src = (const char *)X->data;
+    char *dst = (char *)O->data;
+    int64_t inner = shp[m - 1], s_in = st[m - 1];
+    /* Transpose-like (inner reads strided): tile over the inner dim and the out dim
+     * whose source is contiguous, so reads and writes both stay in cache. */
+    int jd = -1;
+    for (int d = m - 2; d >= 0; d--)
+        if (st[d] == 1) { jd = d; break; }
+    if (s_in != 1 && jd >= 0 && (esz == 4 || esz == 8)) {
+        const int64_t T = 32;
+        int64_t J = shp[jd], sj = kiln_prod(shp, jd + 1, m);  /* out stride of dim jd */
+        int64_t outer = kiln_prod(shp, 0, m - 1) / J;          /* every other dim */
+        int64_t tiles_j = (J + T - 1) / T, tiles_i = (inner + T - 1) / T;
+        int64_t tasks = outer * tiles_j * tiles_i;
+#pragma omp parallel for schedule(static) if(kiln_numel(O) >= KILN_PAR_MIN)
+        for (int64_t t = 0; t < tasks; t++) {
+            int64_t ti = t % tiles_i, tj = (t / tiles_i) % tiles_j, o = t / (tiles_i * tiles_j);
+            /* decompose o over the dims other than jd and m-1 */
+            int64_t so = 0, dof = 0, r = o;
+            for (int d = m - 2; d >= 0; d--) {
+                if (d == jd) continue;
+                int64_t i = r % shp[d];
+                r /= shp[d];
+                so += i * st[d];
+                dof += i * kiln_prod(shp, d + 1, m);
+            }
+            int64_t j0 = tj * T, j1 = j0 + T < J ? j0 + T : J, i0 = ti * T, i1 = i0 + T < inner ? i0 + T : inner;
+            if (esz == 4) {
+                const uint32_t *s4 = (const uint32_t *)src + so;
+                uint32_t *d4 = (uint32_t *)dst + dof;
+                for (int64_t j = j0; j < j1; j++)
+                    for (int64_t i = i0; i < i1; i++) d4[j * sj + i] = s4[j + i * s_in];
+            } else {
+                const uint64_t *s8 = (const uint64_t *)src + so;
+                uint64_t *d8 = (uint64_t *)dst + dof;
+                for (int64_t j = j0; j < j1; j++)
+                    for (int64_t i = i0; i < i1; i++) d8[j * sj + i] = s8[j + i * s_in];
+            }
+        }
+        return;
+    }
+    int64_t rows = kiln_prod(shp, 0, m - 1);
+#pragma omp parallel for schedule(static) if(rows * inner >= KILN_PAR_MIN && rows > 1)
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t so = 0, q = r;
+        for (int d = m - 2; d >= 0 && q; d--) {
+            so += (q % shp[d]) * st[d];
+            q /= shp[d];
+        }
+        strided_row(dst + r * inner * esz, src + so * esz, inner, s_in, esz);
+    }
+}
+
+/* -- slice ---------------------------------------------------------------------------- */
+void kiln_k_slice(const kiln_call *c) {
+    const kiln_slice_params *p = (const kiln_slice_params *)c->params;
+    const kiln_tensor *X = &c->in[0], *O = &c->out;
+    int ax = (int)p->axis;
+    if (ax < 0 || ax >= X->ndim || kiln_numel(O) == 0) return;
+    int64_t esz = kiln_itemsize(X->dtype);
+    int64_t outer = kiln_prod(X->shape, 0, ax), lin = X->shape[ax], lout = O->shape[ax];
+    int64_t inner = kiln_prod(X->shape, ax + 1, X->ndim) * esz;
+    int64_t start = p->start, step = p->step < 1 ? 1 : p->step;
+    if (start < 0 || start + (lout - 1) * step >= lin) return; /* bad params: never read out of bounds */
+    const char *src = (const char *)X->data;
+    char *dst = (char *)O->data;
+    if (step == 1) {
+#pragma omp parallel for schedule(static) if(outer > 1 && outer * lout * inner >= 4 * KILN_PAR_MIN)
+        for (int64_t o = 0; o < outer; o++)
+            memcpy(dst + o * lout * inner, src + (o * lin + start) * inner, (size_t)(lout * inner));
+        return;
+    }
+#pragma omp parallel for schedule(static) if(outer * lout > 1 && outer * lout * inner >= 4 * KILN_PAR_MIN)
+    for (int64_t t = 0; t < outer * lout; t++) {
+        int64_t o = t / lout, j = t % lout;
+        memcpy(dst + t * inner, src + (o * lin + start + j * step) * inner, (size_t)inner);
+    }
+}
+
+/* -- concat ----------------------------------------------------------------------------- */
+void kiln_k_concat(const kiln_call *c) {
+    const kiln_tensor *O = &c->out;
+    int ax = (int)((const kiln_concat_params *)c->params)->axis;
+    if (ax < 0 || ax >= O->ndim || kiln_numel(O) == 0) return;
+    int64_t esz = kiln_itemsize(O->dtype);
+    int64_t outer = kiln_prod(O->shape, 0, ax), inner = kiln_prod(O->shape, ax + 1, O->ndim) * esz;
+    int64_t orow = O->shape[ax] * inner, base = 0;
+    for (int k = 0; k < c->n_in; k++) {
+        const kiln_tensor *X = &c->in[k];
+        int64_t xrow = (X->ndim > ax ? X->shape[ax] : 0) * inner;
+        if (base + xrow > orow) xrow = orow - base;
+        const char *src = (const char *)X->data;
+        char *dst = (char *)O->data + base;
+#pragma omp parallel for schedule(static) if(outer > 1 && outer * xrow >= 4 * KILN_PAR_MIN)
+        for (int64_t o = 0; o < outer; o++) memcpy(dst + o * orow, src + o * xrow, (size_t)xrow);
+        base += xrow;
+    }
+}

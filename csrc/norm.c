@@ -1,0 +1,55 @@
+/* layer_norm / rms_norm over the last axis, optional weight (and bias). Statistics in
+ * double; safe when out == x (each row is read fully before it is written). */
+#include <math.h>
+
+#include "kiln.h"
+
+static void norm(const kiln_call *c, int layer) {
+    const kiln_tensor *X = &c->in[0];
+    float eps = *(const float *)c->params;
+    int64_t D = X->ndim ? X->shape[X->ndim - 1] : 1;
+    if (D == 0) return;
+    int64_t rows = kiln_numel(X) / D;
+    const float *w = c->n_in > 1 ? (const float *)c->in[1].data : NULL;
+    const float *b = (layer && c->n_in > 2) ? (const float *)c->in[2].data : NULL;
+#pragma omp parallel for schedule(static) if(rows > 1 && rows * D >= KILN_PAR_MIN)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *x = (const float *)X->data + r * D;
+        float *y = (float *)c->out.data + r * D;
+        double mean = 0, ss = 0;
+        if (layer) {
+#pragma omp simd reduction(+ : mean)
+            for (int64_t i = 0; i < D; i++) mean += x[i];
+            mean /= (double)D;
+            float mf = (float)mean;
+            /* second pass on the centred values: no cancellation */
+#pragma omp simd reduction(+ : ss)
+            for (int64_t i = 0; i < D; i++) {
+                double d = (double)(x[i] - mf);
+                ss += d * d;
+            }
+            /* correct for mean's rounding to float: sum(x - mf) = D*(mean - mf) */
+            double dm = mean - (double)mf;
+            ss -= (double)D * dm * dm;
+            if (ss < 0) ss = 0;
+        } else {
+#pragma omp simd reduction(+ : ss)
+            for (int64_t i = 0; i < D; i++) ss += (double)x[i] * x[i];
+        }
+        float rstd = (float)(1.0 / sqrt(ss / (double)D + (double)eps));
+        float mf = (float)mean;
+        if (w && b) {
+#pragma omp simd
+            for (int64_t i = 0; i < D; i++) y[i] = (x[i] - mf) * rstd * w[i] + b[i];
+        } else if (w) {
+#pragma omp simd
+            for (int64_t i = 0; i < D; i++) y[i] = (x[i] - mf) * rstd * w[i];
+        } else {
+#pragma omp simd
+            for (int64_t i = 0; i < D; i++) y[i] = (x[i] - mf) * rstd;
+        }
+    }
+}
+
+void kiln_k_layer_norm(const kiln_call *c) { norm(c, 1); }
+void kiln_k_rms_norm(const kiln_call *c) { norm(c, 0); }

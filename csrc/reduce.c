@@ -1,0 +1,174 @@
+/* sum / mean / max over an axes bitmask. float32 accumulates in double (the
+ * reference does); int64/int32/bool inputs produce int64.
+ *
+ * After dropping size-1 dims and merging neighbours of the same kind, one
+ * reduced run between kept runs is the common case: [outer, R, inner]. With
+ * inner == 1 it is a row reduction; otherwise R rows of `inner` accumulate into
+ * one output row. Several reduced runs take a slower odometer path.
+ */
+#include <math.h>
+
+#include "kiln.h"
+
+enum { R_SUM, R_MEAN, R_MAX };
+
+static int64_t ld(const kiln_tensor *t, int64_t i) { return kiln_load_i64(t->data, t->dtype, i); }
+
+static void reduce(const kiln_call *c, int kind) {
+    const kiln_tensor *X = &c->in[0], *O = &c->out;
+    int64_t mask = *(const int64_t *)c->params;
+    int nd = X->ndim;
+    int64_t nout = kiln_numel(O), nin = kiln_numel(X);
+    if (nout == 0) return;
+    int isf = X->dtype == KILN_FLOAT32;
+    int64_t cnt = nout ? nin / nout : 0;
+    /* coalesce into runs of (size, reduced?) */
+    int m = 0;
+    int64_t sz[KILN_MAX_DIMS];
+    int red[KILN_MAX_DIMS];
+    for (int d = 0; d < nd; d++) {
+        int r = (int)((mask >> d) & 1);
+        if (X->shape[d] == 1) continue;
+        if (m > 0 && red[m - 1] == r) {
+            sz[m - 1] *= X->shape[d];
+            continue;
+        }
+        sz[m] = X->shape[d];
+        red[m] = r;
+        m++;
+    }
+    int nred = 0;
+    for (int d = 0; d < m; d++) nred += red[d];
+    if (nred <= 1) {
+        int64_t outer = 1, R = 1, inner = 1;
+        int seen = 0;
+        for (int d = 0; d < m; d++) {
+            if (red[d]) { R = sz[d]; seen = 1; }
+            else if (seen) inner *= sz[d];
+            else outer *= sz[d];
+        }
+        if (nin == 0) R = 0;
+        int64_t tasks = outer * inner;
+        if (inner == 1) {
+#pragma omp parallel for schedule(static) if(nin >= KILN_PAR_MIN && outer > 1)
+            for (int64_t o = 0; o < outer; o++) {
+                int64_t base = o * R;
+                if (isf) {
+                    const float *x = (const float *)X->data + base;
+                    float *y = (float *)O->data;
+                    if (kind == R_MAX) {
+                        float mx = -INFINITY;
+                        int nan = 0;
+                        for (int64_t r = 0; r < R; r++) {
+                            mx = x[r] > mx ? x[r] : mx;
+                            nan |= x[r] != x[r];
+                        }
+                        y[o] = nan ? NAN : mx;
+                    } else {
+                        double s = 0;
+#pragma omp simd reduction(+ : s)
+                        for (int64_t r = 0; r < R; r++) s += x[r];
+                        y[o] = (float)(kind == R_MEAN ? s / (double)R : s);
+                    }
+                } else {
+                    int64_t *y = (int64_t *)O->data;
+                    int64_t acc = kind == R_MAX ? INT64_MIN : 0;
+                    for (int64_t r = 0; r < R; r++) {
+                        int64_t v = ld(X, base + r);
+                        acc = kind == R_MAX ? (v > acc ? v : acc) : (int64_t)((uint64_t)acc + (uint64_t)v);
+                    }
+                    y[o] = kind == R_MEAN ? kiln_f2i64(R ? (double)acc / (double)R : NAN) : acc;
+                }
+            }
+            return;
+        }
+        /* [outer, R, inner]: accumulate whole rows of `inner` (vectorized over inner) */
+        (void)tasks;
+        if (isf) {
+            const int64_t CH = 256;
+            int64_t per = (inner + CH - 1) / CH;
+#pragma omp parallel for schedule(static) if(nin >= KILN_PAR_MIN && outer * per > 1)
+            for (int64_t t = 0; t < outer * per; t++) {
+                int64_t o = t / per, lo = (t % per) * CH, n = inner - lo < CH ? inner - lo : CH;
+                double acc[256];
+                const float *x = (const float *)X->data + o * R * inner + lo;
+                float *y = (float *)O->data + o * inner + lo;
+                if (kind == R_MAX) {
+                    for (int64_t i = 0; i < n; i++) acc[i] = -INFINITY;
+                    for (int64_t r = 0; r < R; r++) {
+                        const float *xr = x + r * inner;
+                        for (int64_t i = 0; i < n; i++)
+                            acc[i] = (xr[i] > acc[i] || xr[i] != xr[i]) ? xr[i] : acc[i];
+                    }
+                    for (int64_t i = 0; i < n; i++) y[i] = (float)acc[i];
+                } else {
+                    for (int64_t i = 0; i < n; i++) acc[i] = 0;
+                    for (int64_t r = 0; r < R; r++) {
+                        const float *xr = x + r * inner;
+#pragma omp simd
+                        for (int64_t i = 0; i < n; i++) acc[i] += xr[i];
+                    }
+                    double div = kind == R_MEAN ? (double)R : 1.0;
+                    for (int64_t i = 0; i < n; i++) y[i] = (float)(acc[i] / div);
+                }
+            }
+        } else {
+            int64_t *y = (int64_t *)O->data;
+            for (int64_t o = 0; o < outer; o++)
+                for (int64_t i = 0; i < inner; i++) {
+                    int64_t acc = kind == R_MAX ? INT64_MIN : 0;
+                    for (int64_t r = 0; r < R; r++) {
+                        int64_t v = ld(X, (o * R + r) * inner + i);
+                        acc = kind == R_MAX ? (v > acc ? v : acc) : (int64_t)((uint64_t)acc + (uint64_t)v);
+                    }
+                    y[o * inner + i] = kind == R_MEAN ? kiln_f2i64(R ? (double)acc / (double)R : NAN) : acc;
+                }
+        }
+        return;
+    }
+    /* general: odometer over the input, output index from the kept coords (single thread) */
+    int64_t ost[KILN_MAX_DIMS], idx[KILN_MAX_DIMS] = {0};
+    for (int d = m - 1, run = 1; d >= 0; d--) {
+        ost[d] = red[d] ? 0 : run;
+        if (!red[d]) run *= sz[d];
+    }
+    if (isf) {
+        float *y = (float *)O->data;
+        for (int64_t i = 0; i < nout; i++) y[i] = kind == R_MAX ? -INFINITY : 0.0f;
+        const float *x = (const float *)X->data;
+        int64_t oi = 0;
+        for (int64_t e = 0; e < nin; e++) {
+            float v = x[e];
+            if (kind == R_MAX) y[oi] = (v > y[oi] || v != v) ? v : y[oi];
+            else y[oi] += v;
+            for (int d = m - 1; d >= 0; d--) {
+                oi += ost[d];
+                if (++idx[d] < sz[d]) break;
+                oi -= ost[d] * sz[d];
+                idx[d] = 0;
+            }
+        }
+        if (kind == R_MEAN)
+            for (int64_t i = 0; i < nout; i++) y[i] = (float)((double)y[i] / (double)cnt);
+    } else {
+        int64_t *y = (int64_t *)O->data;
+        for (int64_t i = 0; i < nout; i++) y[i] = kind == R_MAX ? INT64_MIN : 0;
+        int64_t oi = 0;
+        for (int64_t e = 0; e < nin; e++) {
+            int64_t v = ld(X, e);
+            y[oi] = kind == R_MAX ? (v > y[oi] ? v : y[oi]) : (int64_t)((uint64_t)y[oi] + (uint64_t)v);
+            for (int d = m - 1; d >= 0; d--) {
+                oi += ost[d];
+                if (++idx[d] < sz[d]) break;
+                oi -= ost[d] * sz[d];
+                idx[d] = 0;
+            }
+        }
+        if (kind == R_MEAN)
+            for (int64_t i = 0; i < nout; i++) y[i] = kiln_f2i64((double)y[i] / (double)cnt);
+    }
+}
+
+void kiln_k_sum(const kiln_call *c) { reduce(c, R_SUM); }
+void kiln_k_mean(const kiln_call *c) { reduce(c, R_MEAN); }
+void kiln_k_max(const kiln_call *c) { reduce(c, R_MAX); }

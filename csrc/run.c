@@ -1,0 +1,151 @@
+/* The dispatch loop and the library's control surface (threads, BLAS, build info). */
+#include <time.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "kiln.h"
+
+kiln_sgemm_fn kiln_blas_sgemm = NULL;
+static void (*blas_set_threads)(int) = NULL;
+static int num_threads = 1;
+
+static int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static void resolve(kiln_tensor *t, void *const *slots) {
+    t->data = (char *)slots[t->slot] + t->offset;
+}
+
+int kiln_run(kiln_call *calls, int64_t n, void *const *slots, int64_t *prof_ns) {
+    if (n > 0 && (!calls || !slots)) return KILN_ERR_BAD_CALL;
+    for (int64_t i = 0; i < n; i++) {
+        kiln_call *c = &calls[i];
+        if (c->op < 0 || c->op >= KILN_NUM_OPS) return KILN_ERR_BAD_OP;
+        kiln_kernel k = kiln_kernels[c->op];
+        if (!k) return KILN_ERR_NO_KERNEL;
+        if (c->n_in < 0 || c->n_in > KILN_MAX_INPUTS) return KILN_ERR_BAD_CALL;
+        for (int j = 0; j < c->n_in; j++) resolve(&c->in[j], slots);
+        resolve(&c->out, slots);
+        if (c->scratch.nbytes > 0) resolve(&c->scratch, slots);
+        else c->scratch.data = NULL;
+        if (prof_ns) {
+            int64_t t0 = now_ns();
+            k(c);
+            prof_ns[i] = now_ns() - t0;
+        } else {
+            k(c);
+        }
+    }
+    return 0;
+}
+
+void kiln_set_num_threads(int n) {
+    if (n < 1) n = 1;
+    num_threads = n;
+#ifdef _OPENMP
+    omp_set_num_threads(n);
+#endif
+    if (blas_set_threads) blas_set_threads(n);
+}
+
+int kiln_get_num_threads(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+int kiln_set_blas(void *sgemm, void *set_threads) {
+    kiln_blas_sgemm = (kiln_sgemm_fn)sgemm;
+    blas_set_threads = (void (*)(int))set_threads;
+    if (blas_set_threads) blas_set_threads(num_threads);
+    return 0;
+}
+
+#define KILN_STR2(x) #x
+#define KILN_STR(x) KILN_STR2(x)
+#if defined(__AVX512F__)
+#define KILN_ISA "avx512"
+#elif defined(__AVX2__)
+#define KILN_ISA "avx2"
+#else
+#define KILN_ISA "generic"
+#endif
+#if defined(__clang__)
+#define KILN_CC "clang " __clang_version__
+#elif defined(__GNUC__)
+#define KILN_CC "gcc " KILN_STR(__GNUC__) "." KILN_STR(__GNUC_MINOR__) "." KILN_STR(__GNUC_PATCHLEVEL__)
+#else
+#define KILN_CC "cc"
+#endif
+#ifdef _OPENMP
+#define KILN_OMP " openmp"
+#else
+#define KILN_OMP ""
+#endif
+#if defined(__SANITIZE_ADDRESS__)
+#define KILN_SAN " asan"
+#else
+#define KILN_SAN ""
+#endif
+
+const char *kiln_build_info(void) { return KILN_ISA " " KILN_CC KILN_OMP KILN_SAN; }
+int kiln_abi_version(void) { return KILN_ABI_VERSION; }
+int64_t kiln_sizeof_call(void) { return (int64_t)sizeof(kiln_call); }
+int64_t kiln_sizeof_tensor(void) { return (int64_t)sizeof(kiln_tensor); }
+
+/* -- broadcasting ------------------------------------------------------------------ */
+void kiln_bcast_init(kiln_bcast *bc, const kiln_tensor *out, const kiln_tensor *const *ins, int n_in) {
+    int nd = out->ndim, nops = n_in + 1;
+    int64_t shape[KILN_MAX_DIMS], st[KILN_BC_MAX][KILN_MAX_DIMS];
+    for (int d = nd - 1, run = 1; d >= 0; d--) {  /* out: contiguous */
+        st[0][d] = run;
+        run *= out->shape[d];
+        shape[d] = out->shape[d];
+    }
+    for (int k = 0; k < n_in; k++) {
+        const kiln_tensor *t = ins[k];
+        int64_t run = 1;
+        for (int d = nd - 1; d >= 0; d--) {
+            int td = d - (nd - t->ndim);
+            int64_t sz = td >= 0 ? t->shape[td] : 1;
+            st[k + 1][d] = (sz == 1) ? 0 : run;
+            run *= sz;
+        }
+    }
+    /* drop size-1 dims, merge dim d into the following kept one when every operand is contiguous across them */
+    int m = 0;
+    int64_t cs[KILN_MAX_DIMS], cst[KILN_BC_MAX][KILN_MAX_DIMS];
+    for (int d = 0; d < nd; d++) {
+        if (shape[d] == 1) continue;
+        if (m > 0) {
+            int merge = 1;
+            for (int k = 0; k < nops; k++)
+                if (cst[k][m - 1] != st[k][d] * shape[d]) { merge = 0; break; }
+            if (merge) {
+                cs[m - 1] *= shape[d];
+                for (int k = 0; k < nops; k++) cst[k][m - 1] = st[k][d];
+                continue;
+            }
+        }
+        cs[m] = shape[d];
+        for (int k = 0; k < nops; k++) cst[k][m] = st[k][d];
+        m++;
+    }
+    if (m == 0) {
+        cs[0] = 1;
+        for (int k = 0; k < nops; k++) cst[k][0] = 0;
+        m = 1;
+    }
+    bc->nd = m;
+    bc->nops = nops;
+    for (int d = 0; d < m; d++) {
+        bc->shape[d] = cs[d];
+        for (int k = 0; k < nops; k++) bc->st[k][d] = cst[k][d];
+    }
+}

@@ -1,0 +1,88 @@
+/* softmax / log_softmax over any axis, max-subtracted. The axis splits the tensor
+ * into [outer, L, inner]: inner == 1 is a contiguous row; otherwise the work is
+ * vectorized across `inner` with the axis walked at stride `inner`. Safe in place. */
+#include <math.h>
+
+#include "kiln.h"
+#include "vmath.h"
+
+/* One contiguous row of L. */
+static void softmax_row(float *y, const float *x, int64_t L, int logsm) {
+    float mx = -INFINITY;
+    for (int64_t i = 0; i < L; i++) mx = x[i] > mx ? x[i] : mx;
+    if (mx == -INFINITY) mx = 0.0f;  /* all -inf: keep exp() finite-argument */
+    double s = 0;
+    if (logsm) {
+#pragma omp simd reduction(+ : s)
+        for (int64_t i = 0; i < L; i++) s += kiln_exp(x[i] - mx);
+        float lse = mx + (float)log(s);
+#pragma omp simd
+        for (int64_t i = 0; i < L; i++) y[i] = x[i] - lse;
+    } else {
+#pragma omp simd reduction(+ : s)
+        for (int64_t i = 0; i < L; i++) {
+            float e = kiln_exp(x[i] - mx);
+            y[i] = e;
+            s += e;
+        }
+        float inv = (float)(1.0 / s);
+#pragma omp simd
+        for (int64_t i = 0; i < L; i++) y[i] *= inv;
+    }
+}
+
+/* [L, n] block with row stride `inner`: softmax down each column, n <= 64 columns. */
+static void softmax_cols(float *y, const float *x, int64_t L, int64_t inner, int64_t n, int logsm) {
+    float mx[64];
+    double s[64];
+    for (int64_t i = 0; i < n; i++) { mx[i] = -INFINITY; s[i] = 0; }
+    for (int64_t l = 0; l < L; l++)
+        for (int64_t i = 0; i < n; i++) mx[i] = x[l * inner + i] > mx[i] ? x[l * inner + i] : mx[i];
+    for (int64_t i = 0; i < n; i++) if (mx[i] == -INFINITY) mx[i] = 0.0f;
+    for (int64_t l = 0; l < L; l++) {
+#pragma omp simd
+        for (int64_t i = 0; i < n; i++) {
+            float e = kiln_exp(x[l * inner + i] - mx[i]);
+            if (!logsm) y[l * inner + i] = e;
+            s[i] += e;
+        }
+    }
+    if (logsm) {
+        float lse[64];
+        for (int64_t i = 0; i < n; i++) lse[i] = mx[i] + (float)log(s[i]);
+        for (int64_t l = 0; l < L; l++)
+#pragma omp simd
+            for (int64_t i = 0; i < n; i++) y[l * inner + i] = x[l * inner + i] - lse[i];
+    } else {
+        float inv[64];
+        for (int64_t i = 0; i < n; i++) inv[i] = (float)(1.0 / s[i]);
+        for (int64_t l = 0; l < L; l++)
+#pragma omp simd
+            for (int64_t i = 0; i < n; i++) y[l * inner + i] *= inv[i];
+    }
+}
+
+static void softmax(const kiln_call *c, int logsm) {
+    const kiln_tensor *X = &c->in[0];
+    int ax = (int)*(const int64_t *)c->params;
+    if (ax < 0 || ax >= X->ndim || kiln_numel(X) == 0) return;
+    int64_t outer = kiln_prod(X->shape, 0, ax), L = X->shape[ax];
+    int64_t inner = kiln_prod(X->shape, ax + 1, X->ndim);
+    const float *x = (const float *)X->data;
+    float *y = (float *)c->out.data;
+    int64_t total = outer * L * inner;
+    if (inner == 1) {
+#pragma omp parallel for schedule(static) if(outer > 1 && total >= KILN_PAR_MIN)
+        for (int64_t o = 0; o < outer; o++) softmax_row(y + o * L, x + o * L, L, logsm);
+        return;
+    }
+    int64_t per = (inner + 63) / 64;
+#pragma omp parallel for schedule(static) if(outer * per > 1 && total >= KILN_PAR_MIN)
+    for (int64_t t = 0; t < outer * per; t++) {
+        int64_t o = t / per, lo = (t % per) * 64, n = inner - lo < 64 ? inner - lo : 64;
+        softmax_cols(y + o * L * inner + lo, x + o * L * inner + lo, L, inner, n, logsm);
+    }
+}
+
+void kiln_k_softmax(const kiln_call *c) { softmax(c, 0); }
+void kiln_k_log_softmax(const kiln_call *c) { softmax(c, 1); }

@@ -1,0 +1,202 @@
+"""The C kernel library: loading, BLAS hand-over, and running calls.
+
+The library is a plain shared object built by ``pip install`` (see setup.py):
+``kiln/_kernels*.so`` (vectorized for the build machine) or, with
+``KILN_FORCE_GENERIC=1``, ``kiln/_kernels_generic*.so`` (portable). ``KILN_LIB``
+points at any other build (e.g. the ASan build from ``make -C csrc asan``).
+
+The BLAS is not linked: we load it here and give its ``cblas_sgemm`` to C.
+``KILN_BLAS=/path/to/lib.so`` selects any library exporting ``cblas_sgemm``
+(and optionally ``openblas_set_num_threads`` / ``MKL_Set_Num_Threads``);
+otherwise scipy-openblas32 is used.
+"""
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+import threading
+from typing import Optional, Sequence
+
+import numpy as np
+
+from . import cabi
+from .. import config
+from ..errors import BackendError, KilnError
+from ..ir.graph import ITEMSIZE
+from ..ops import registry
+
+_PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_lock = threading.Lock()
+_state: dict = {}
+
+_ERRORS = {-1: "op id out of range", -2: "no kernel for op", -3: "malformed call array"}
+
+
+def _find_library() -> str:
+    path = os.environ.get("KILN_LIB")
+    if path:
+        if not os.path.exists(path):
+            raise BackendError(f"KILN_LIB={path!r} does not exist")
+        return path
+    stem = "_kernels_generic" if os.environ.get("KILN_FORCE_GENERIC") == "1" else "_kernels"
+    found = sorted(glob.glob(os.path.join(_PKG_DIR, f"{stem}.*so")) + glob.glob(os.path.join(_PKG_DIR, f"{stem}.so")))
+    if not found:
+        raise BackendError(f"C kernels not built ({stem}*.so not found in {_PKG_DIR}): "
+                           "run `pip install -e .` in the repository")
+    return found[0]
+
+
+def _load_blas(lib) -> str:
+    """Load a BLAS and hand its sgemm (and thread setter) to the kernels; returns a description."""
+    candidates = []
+    env = os.environ.get("KILN_BLAS")
+    if env:
+        candidates.append((env, ("cblas_sgemm",), ("openblas_set_num_threads", "MKL_Set_Num_Threads")))
+    else:
+        try:
+            import scipy_openblas32
+            path = os.path.join(scipy_openblas32.get_lib_dir(), scipy_openblas32.get_library(fullname=True))
+            candidates.append((path, ("scipy_cblas_sgemm", "cblas_sgemm"),
+                               ("scipy_openblas_set_num_threads", "openblas_set_num_threads")))
+        except Exception:  # noqa: BLE001 - optional dependency; kernels fall back to their own GEMM
+            pass
+    for path, sgemm_names, thread_names in candidates:
+        try:
+            blas = ctypes.CDLL(path)
+        except OSError as e:
+            raise BackendError(f"cannot load BLAS {path!r}: {e}") from None
+        sgemm = next((getattr(blas, n) for n in sgemm_names if hasattr(blas, n)), None)
+        if sgemm is None:
+            raise BackendError(f"BLAS {path!r} exports none of {', '.join(sgemm_names)}")
+        setter = next((getattr(blas, n) for n in thread_names if hasattr(blas, n)), None)
+        _state["blas"] = blas  # keep the handle alive
+        lib.kiln_set_blas(ctypes.cast(sgemm, ctypes.c_void_p),
+                          ctypes.cast(setter, ctypes.c_void_p) if setter is not None else None)
+        return path
+    return "none (built-in GEMM)"
+
+
+def _load():
+    path = _find_library()
+    try:
+        lib = ctypes.CDLL(path)
+    except OSError as e:
+        raise BackendError(f"cannot load C kernels {path!r}: {e} (rebuild with `pip install -e .`)") from None
+    lib.kiln_run.restype = ctypes.c_int
+    lib.kiln_run.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
+    lib.kiln_build_info.restype = ctypes.c_char_p
+    lib.kiln_abi_version.restype = ctypes.c_int
+    lib.kiln_sizeof_call.restype = ctypes.c_int64
+    lib.kiln_sizeof_tensor.restype = ctypes.c_int64
+    lib.kiln_set_num_threads.argtypes = [ctypes.c_int]
+    lib.kiln_get_num_threads.restype = ctypes.c_int
+    lib.kiln_set_blas.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    lib.kiln_set_blas.restype = ctypes.c_int
+    lib.kiln_set_flash_min_sk.argtypes = [ctypes.c_int64]
+    for what, c_size, py_size in (("kiln_call", lib.kiln_sizeof_call(), ctypes.sizeof(cabi.Call)),
+                                  ("kiln_tensor", lib.kiln_sizeof_tensor(), ctypes.sizeof(cabi.Tensor))):
+        if c_size != py_size:
+            raise BackendError(f"{path}: sizeof({what}) is {c_size} in C but {py_size} in ctypes; "
+                               "the library is stale: rebuild with `pip install -e .`")
+    _state["blas_path"] = _load_blas(lib)
+    lib.kiln_set_num_threads(config.num_threads())
+    _state["path"] = path
+    return lib
+
+
+def lib():
+    """The loaded C library (loads it, and the BLAS, on first use)."""
+    if "lib" not in _state:
+        with _lock:
+            if "lib" not in _state:
+                _state["lib"] = _load()
+    return _state["lib"]
+
+
+def available() -> bool:
+    try:
+        lib()
+        return True
+    except KilnError:
+        return False
+
+
+def build_info() -> str:
+    lib()
+    return f"{lib().kiln_build_info().decode()} (lib {_state['path']}, blas {_state['blas_path']})"
+
+
+def set_num_threads(n: int) -> None:
+    lib().kiln_set_num_threads(int(n))
+
+
+def set_flash_min_sk(sk: int) -> None:
+    """Testing hook: use the flash attention kernel from `sk` keys (-1: the built-in rule)."""
+    lib().kiln_set_flash_min_sk(int(sk))
+
+
+def run_calls(calls, n: int, slots, prof=None) -> None:
+    """Run `n` resolved calls (a ctypes array of cabi.Call) over `slots` (array of void*)."""
+    rc = lib().kiln_run(ctypes.addressof(calls) if n else None, int(n), ctypes.addressof(slots) if n else None,
+                        ctypes.addressof(prof) if prof is not None else None)
+    if rc != 0:
+        raise BackendError(f"kiln_run failed with code {rc}: {_ERRORS.get(rc, 'unknown error')}")
+
+
+def _dtype_name(a: np.ndarray) -> str:
+    name = "bool" if a.dtype == np.bool_ else str(a.dtype)
+    if name not in cabi.DTYPE_CODE:
+        raise BackendError(f"dtype {a.dtype} has no C kernel support")
+    return name
+
+
+class _Spec:
+    """Shape/dtype stand-in for a graph tensor, for the ops' infer functions."""
+    def __init__(self, shape, dtype):
+        self.shape, self.dtype = tuple(shape), dtype
+
+
+def run_op(op: str, inputs: Sequence[np.ndarray], attrs, out: np.ndarray, *, scratch_bytes: Optional[int] = None) -> None:
+    """Run one op's kernel on numpy arrays; `out` must be allocated with the inferred shape/dtype.
+
+    `out` may be the same array as inputs[0] for in-place ops. Every array must be
+    C-contiguous; byte sizes are checked against the shapes before anything reaches C.
+    """
+    opdef = registry.get(op)
+    if opdef.has(registry.FOLD_ONLY):
+        raise BackendError(f"op {op} is fold-only and has no kernel")
+    attrs = opdef.make_attrs(attrs)
+    opdef.check_arity(len(inputs))
+    arrays = list(inputs) + [out]
+    for i, a in enumerate(arrays):
+        if not isinstance(a, np.ndarray) or not a.flags.c_contiguous:
+            raise BackendError(f"{op}: argument {i} must be a C-contiguous numpy array")
+    if not out.flags.writeable:
+        raise BackendError(f"{op}: output array is read-only")
+    in_shapes = [tuple(int(d) for d in a.shape) for a in inputs]
+    out_shape = tuple(int(d) for d in out.shape)
+    want_shape, want_dtype = opdef.infer([_Spec(s, _dtype_name(a)) for s, a in zip(in_shapes, inputs)], attrs)
+    if tuple(int(d) for d in want_shape) != out_shape or want_dtype != _dtype_name(out):
+        raise BackendError(f"{op}: output is {list(out_shape)} {_dtype_name(out)}, "
+                           f"the op produces {list(want_shape)} {want_dtype}")
+    if scratch_bytes is None:
+        scratch_bytes = opdef.scratch_bytes(in_shapes, out_shape, attrs)
+    scratch = np.empty(max(int(scratch_bytes), 0) // 4 + 1, dtype=np.float32)
+    call = (cabi.Call * 1)()
+    c = call[0]
+    c.op = cabi.op_id(op)
+    c.n_in = len(inputs)
+    slots = (ctypes.c_void_p * (len(arrays) + 1))()
+    for i, a in enumerate(arrays):
+        t = c.out if i == len(inputs) else getattr(c, "in")[i]
+        cabi.fill_tensor(t, slot=i, offset=0, shape=a.shape, dtype=_dtype_name(a))
+        if t.nbytes != a.nbytes or a.size * ITEMSIZE[_dtype_name(a)] != a.nbytes:
+            raise BackendError(f"{op}: argument {i} has {a.nbytes} bytes, tensor needs {t.nbytes}")
+        slots[i] = a.ctypes.data
+    if scratch_bytes > 0:
+        cabi.fill_tensor(c.scratch, slot=len(arrays), offset=0, shape=(int(scratch_bytes),), dtype="bool")
+        slots[len(arrays)] = scratch.ctypes.data
+    params = cabi.make_params(op, opdef.param_values(attrs, in_shapes, out_shape))
+    c.params = ctypes.cast(ctypes.pointer(params), ctypes.c_void_p) if params is not None else None
+    run_calls(call, 1, slots)

@@ -1,0 +1,231 @@
+"""Movement ATen ops → reshape / permute / expand / slice / concat / gathers."""
+from __future__ import annotations
+
+from ...ir import dims
+from ...ops.shape import INT_MAX, reshape_target
+from .context import Ctx
+from .handlers import handles
+
+
+@handles("aten.view.default", "aten._unsafe_view.default", "aten.view_copy.default")
+def view(ctx: Ctx, x, shape):
+    t = ctx.tensor(x)
+    return ctx.reshape(t, reshape_target(ctx.shape(t), ctx.dims_of(shape)))
+
+
+@handles("aten.unsqueeze.default")
+def unsqueeze(ctx: Ctx, x, dim):
+    t = ctx.tensor(x)
+    shape = list(ctx.shape(t))
+    dim = dim % (len(shape) + 1)
+    return ctx.reshape(t, shape[:dim] + [1] + shape[dim:])
+
+
+@handles("aten.squeeze.dim", "aten.squeeze.dims", "aten.squeeze.default")
+def squeeze(ctx: Ctx, x, dim=None):
+    t = ctx.tensor(x)
+    shape = list(ctx.shape(t))
+    axes = range(len(shape)) if dim is None else [ctx.axis(d, t) for d in (dim if isinstance(dim, (list, tuple)) else [dim])]
+    keep = [d for i, d in enumerate(shape) if not (i in axes and d == 1)]
+    return ctx.reshape(t, keep)
+
+
+def permute_to(ctx: Ctx, t: str, perm) -> str:
+    perm = tuple(int(p) for p in perm)
+    return t if perm == tuple(range(len(perm))) else ctx.emit("permute", [t], {"perm": perm})
+
+
+@handles("aten.permute.default")
+def permute(ctx: Ctx, x, dims_):
+    t = ctx.tensor(x)
+    return permute_to(ctx, t, [ctx.axis(d, t) for d in dims_])
+
+
+@handles("aten.transpose.int")
+def transpose(ctx: Ctx, x, dim0, dim1):
+    t = ctx.tensor(x)
+    perm = list(range(ctx.rank(t)))
+    a, b = ctx.axis(dim0, t), ctx.axis(dim1, t)
+    perm[a], perm[b] = perm[b], perm[a]
+    return permute_to(ctx, t, perm)
+
+
+@handles("aten.t.default")
+def t_(ctx: Ctx, x):
+    t = ctx.tensor(x)
+    return permute_to(ctx, t, list(range(ctx.rank(t)))[::-1])
+
+
+@handles("aten.expand.default")
+def expand(ctx: Ctx, x, size, implicit=False):
+    t = ctx.tensor(x)
+    target = ctx.dims_of(size)
+    if tuple(ctx.shape(t)) == tuple(target):
+        return t
+    return ctx.emit("expand", [t], {"shape": target})
+
+
+@handles("aten.repeat.default")
+def repeat(ctx: Ctx, x, repeats):
+    # repeat = insert a size-r axis before each dim, expand, merge.
+    t = ctx.tensor(x)
+    reps = ctx.dims_of(repeats)
+    shape = [1] * (len(reps) - ctx.rank(t)) + list(ctx.shape(t))
+    t = ctx.reshape(t, shape)
+    inter, target, final = [], [], []
+    for r, d in zip(reps, shape):
+        inter += [1, d]
+        target += [r, d]
+        final.append(r * d)
+    t = ctx.reshape(t, inter)
+    if tuple(target) != tuple(inter):
+        t = ctx.emit("expand", [t], {"shape": tuple(target)})
+    return ctx.reshape(t, final)
+
+
+def slice_(ctx: Ctx, t: str, axis: int, start, end, step=1) -> str:
+    size = ctx.shape(t)[axis]
+    start = 0 if start is None else start
+    end = INT_MAX if end is None else end
+    start, end = _clamp(start, size), _clamp(end, size)
+    if start == 0 and end == size and step == 1:
+        return t
+    return ctx.emit("slice", [t], {"axis": axis, "start": start, "end": end, "step": int(step)})
+
+
+def _clamp(i, size):
+    """Python slice semantics on a possibly symbolic size."""
+    if isinstance(i, int):
+        if i >= INT_MAX // 2 or (isinstance(size, int) and i >= size):
+            return size
+        if i < 0:
+            return max(size + i, 0) if isinstance(size, int) else size + i
+    return i
+
+
+@handles("aten.slice.Tensor", "aten.slice_copy.Tensor")
+def slice_tensor(ctx: Ctx, x, dim=0, start=None, end=None, step=1):
+    t = ctx.tensor(x)
+    return slice_(ctx, t, ctx.axis(dim, t),
+                  None if start is None else ctx.dim(start), None if end is None else ctx.dim(end), step)
+
+
+@handles("aten.select.int")
+def select(ctx: Ctx, x, dim, index):
+    t = ctx.tensor(x)
+    axis = ctx.axis(dim, t)
+    index = ctx.dim(index)
+    size = ctx.shape(t)[axis]
+    if isinstance(index, int) and index < 0:
+        index = size + index
+    s = ctx.emit("slice", [t], {"axis": axis, "start": index, "end": index + 1, "step": 1})
+    shape = list(ctx.shape(t))
+    return ctx.reshape(s, shape[:axis] + shape[axis + 1:])
+
+
+def _split_sizes(ctx, t, axis, split_size):
+    size = ctx.shape(t)[axis]
+    if not isinstance(size, int):
+        raise ctx.unsupported("split along a symbolic axis")
+    return [min(split_size, size - i) for i in range(0, size, split_size)]
+
+
+def _split(ctx: Ctx, t: str, axis: int, sizes) -> list[str]:
+    outs, start = [], 0
+    for s in sizes:
+        outs.append(slice_(ctx, t, axis, start, start + s))
+        start = start + s
+    return outs
+
+
+@handles("aten.split.Tensor", "aten.split_with_sizes.default")
+def split(ctx: Ctx, x, split_size, dim=0):
+    t = ctx.tensor(x)
+    axis = ctx.axis(dim, t)
+    sizes = ctx.dims_of(split_size) if isinstance(split_size, (list, tuple)) else \
+        _split_sizes(ctx, t, axis, int(ctx.dim(split_size)))
+    return _split(ctx, t, axis, sizes)
+
+
+@handles("aten.unbind.int")
+def unbind(ctx: Ctx, x, dim=0):
+    t = ctx.tensor(x)
+    axis = ctx.axis(dim, t)
+    size = ctx.shape(t)[axis]
+    if not isinstance(size, int):
+        raise ctx.unsupported("unbind along a symbolic axis")
+    return [select(ctx, x, axis, i) for i in range(size)]
+
+
+@handles("aten.cat.default", "aten.concat.default")
+def cat(ctx: Ctx, tensors, dim=0):
+    ts = [ctx.tensor(x) for x in tensors]
+    ts = [t for t in ts if not (ctx.rank(t) == 1 and ctx.shape(t)[0] == 0)]  # torch allows empty 1-d
+    if len(ts) == 1:
+        return ts[0]
+    axis = ctx.axis(dim, ts[0])
+    dtype = ts[0]
+    ts = [ctx.cast(t, ctx.dtype(dtype)) for t in ts]
+    return _concat_chunked(ctx, ts, axis)
+
+
+def _concat_chunked(ctx, ts, axis):
+    from ...ops.registry import MAX_INPUTS
+    while len(ts) > MAX_INPUTS:
+        ts = [ctx.emit("concat", ts[:MAX_INPUTS], {"axis": axis})] + ts[MAX_INPUTS:]
+    return ctx.emit("concat", ts, {"axis": axis})
+
+
+@handles("aten.stack.default")
+def stack(ctx: Ctx, tensors, dim=0):
+    ts = [ctx.tensor(x) for x in tensors]
+    axis = dim % (ctx.rank(ts[0]) + 1)
+    ts = [ctx.reshape(t, list(ctx.shape(t))[:axis] + [1] + list(ctx.shape(t))[axis:]) for t in ts]
+    return ts[0] if len(ts) == 1 else _concat_chunked(ctx, ts, axis)
+
+
+@handles("aten.index_select.default")
+def index_select(ctx: Ctx, x, dim, index):
+    t = ctx.tensor(x)
+    return ctx.emit("index_select", [t, ctx.tensor(index)], {"axis": ctx.axis(dim, t)})
+
+
+@handles("aten.gather.default")
+def gather(ctx: Ctx, x, dim, index, sparse_grad=False):
+    t = ctx.tensor(x)
+    return ctx.emit("gather", [t, ctx.tensor(index)], {"axis": ctx.axis(dim, t)})
+
+
+@handles("aten.embedding.default")
+def embedding(ctx: Ctx, weight, ids, padding_idx=-1, scale_grad=False, sparse=False):
+    return ctx.emit("embedding", [ctx.tensor(weight), ctx.tensor(ids)])
+
+
+@handles("aten.index.Tensor")
+def index(ctx: Ctx, x, indices):
+    t = ctx.tensor(x)
+    pairs = [(axis, ctx.tensor(i)) for axis, i in enumerate(indices) if i is not None]
+    if any(ctx.dtype(i) == "bool" for _, i in pairs):
+        raise ctx.unsupported("boolean-mask indexing (data-dependent shape)")
+    if len(pairs) == 1 and ctx.rank(pairs[0][1]) == 1 and not ctx.g.is_const(pairs[0][1]):
+        axis, i = pairs[0]
+        return ctx.emit("index_select", [t, i], {"axis": axis})
+    # Indices built from shapes (HF mask construction) are folded at resolve time.
+    return ctx.emit("index", [t] + [i for _, i in pairs], {"axes": tuple(a for a, _ in pairs)})
+
+
+@handles("aten.diff.default")
+def diff(ctx: Ctx, x, n=1, dim=-1, prepend=None, append=None):
+    t = ctx.tensor(x)
+    axis = ctx.axis(dim, t)
+    parts = ([ctx.tensor(prepend, like=t)] if prepend is not None else []) + [t] + \
+            ([ctx.tensor(append, like=t)] if append is not None else [])
+    if len(parts) > 1:
+        t = ctx.emit("concat", parts, {"axis": axis})
+    for _ in range(n):
+        size = ctx.shape(t)[axis]
+        hi = slice_(ctx, t, axis, 1, size)
+        lo = slice_(ctx, t, axis, 0, size - 1)
+        t = ctx.emit("sub", [hi, lo])
+    return t
+

@@ -1,0 +1,53 @@
+"""Structural checks at stage boundaries; each failure names the node or tensor."""
+from __future__ import annotations
+
+from ..errors import ValidationError
+from ..ops import registry
+from . import dims
+from .graph import ACT, CONST, INPUT, STATE, Graph
+
+
+def validate(graph: Graph, *, static: bool = False, executable: bool = False) -> None:
+    """Raise ValidationError on the first structural problem.
+
+    static: every shape must be bound to integers (after resolve).
+    executable: no fold-only op may remain (what an executor receives).
+    """
+    produced: set[str] = set()
+    for name, t in graph.tensors.items():
+        if t.kind in (INPUT, CONST, STATE):
+            produced.add(name)
+        if t.kind in (CONST, STATE) and name not in graph.constants:
+            raise ValidationError(f"{t.kind} tensor {name!r} has no data")
+        if static and not dims.is_static(t.shape):
+            raise ValidationError(f"tensor {name!r} has unresolved shape {dims.fmt_shape(t.shape)}")
+    for name in graph.inputs:
+        if graph.tensors.get(name) is None or graph.tensors[name].kind != INPUT:
+            raise ValidationError(f"graph input {name!r} is not an input tensor")
+    seen_outputs: set[str] = set()
+    for node in graph.nodes:
+        where = f"node {node.output} = {node.op}(...)"
+        if node.op not in registry.REGISTRY:
+            raise ValidationError(f"{where}: unknown op {node.op!r}")
+        opdef = registry.REGISTRY[node.op]
+        try:
+            opdef.check_arity(len(node.inputs))
+        except Exception as e:
+            raise ValidationError(f"{where}: {e}") from None
+        if executable and opdef.has(registry.FOLD_ONLY):
+            raise ValidationError(f"{where}: fold-only op {node.op!r} reached the executor "
+                                  f"(its inputs were not all constant)")
+        for i in node.inputs:
+            if i not in graph.tensors:
+                raise ValidationError(f"{where}: input {i!r} does not exist (dangling name)")
+            if i not in produced:
+                raise ValidationError(f"{where}: input {i!r} is used before it is produced (cycle or bad order)")
+        if node.output in seen_outputs or graph.tensors.get(node.output) is None:
+            raise ValidationError(f"{where}: output {node.output!r} is produced twice or has no tensor")
+        if graph.tensors[node.output].kind != ACT:
+            raise ValidationError(f"{where}: writes {graph.tensors[node.output].kind} tensor {node.output!r}")
+        seen_outputs.add(node.output)
+        produced.add(node.output)
+    for o in graph.outputs:
+        if o not in produced:
+            raise ValidationError(f"graph output {o!r} is never produced")

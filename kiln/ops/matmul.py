@@ -1,0 +1,55 @@
+"""Matrix multiply: batched, broadcast batch dims, optional transposed B, alpha, and a bias via beta."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .registry import broadcast_shapes, declare
+from ..errors import ShapeError
+
+
+@dataclass(frozen=True)
+class MatmulAttrs:
+    transpose_b: bool = False   # B is stored [.., N, K]
+    alpha: float = 1.0          # out = alpha * A @ B (+ beta * bias)
+    beta: float = 1.0
+
+
+def _infer(ins, attrs):
+    a, b = ins[0], ins[1]
+    if a.dtype != "float32" or b.dtype != "float32":
+        raise ShapeError(f"matmul expects float32, got {a.dtype} and {b.dtype}")
+    if len(a.shape) < 2 or len(b.shape) < 2:
+        raise ShapeError(f"matmul needs rank >= 2 operands, got {list(a.shape)} and {list(b.shape)}")
+    m, k = a.shape[-2:]
+    n, kb = (b.shape[-2], b.shape[-1]) if attrs.transpose_b else (b.shape[-1], b.shape[-2])
+    if k != kb:
+        raise ShapeError(f"matmul inner dims differ: A {list(a.shape)}, B {list(b.shape)}"
+                         f"{' (transposed)' if attrs.transpose_b else ''}")
+    batch = broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    out = tuple(batch) + (m, n)
+    if len(ins) == 3:
+        broadcast_shapes(out, ins[2].shape)
+        if broadcast_shapes(out, ins[2].shape) != out:
+            raise ShapeError(f"matmul bias {list(ins[2].shape)} does not broadcast to {list(out)}")
+    return out, "float32"
+
+
+def _ref(xs, attrs):
+    a, b = xs[0], xs[1]
+    if attrs.transpose_b:
+        b = np.swapaxes(b, -1, -2)
+    out = np.matmul(a.astype(np.float64), b.astype(np.float64)) * attrs.alpha
+    if len(xs) == 3:
+        out = out + attrs.beta * xs[2]
+    return out.astype(np.float32)
+
+
+def _lower(attrs, in_shapes, out_shape):
+    return {"transpose_b": int(attrs.transpose_b), "alpha": attrs.alpha, "beta": attrs.beta}
+
+
+declare("matmul", inputs=("a", "b", "bias?"), attrs=MatmulAttrs, infer=_infer, ref=_ref,
+        params=(("transpose_b", "i64"), ("alpha", "f32"), ("beta", "f32")), lower=_lower,
+        doc="alpha * A @ B(^T) + beta * bias, batch dims broadcast")

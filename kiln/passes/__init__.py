@@ -1,0 +1,2 @@
+"""Graph optimization passes (see pipeline.py for the stage list)."""
+from .pipeline import optimize  # noqa: F401

@@ -1,0 +1,29 @@
+import os
+import warnings
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("KILN_NUM_THREADS", "2")
+warnings.filterwarnings("ignore", category=FutureWarning)
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+def rel_err(a, b) -> float:
+    """max |a - b| / max |b| over finite entries; inf if shapes or non-finite entries differ."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        return float("inf")
+    fin = np.isfinite(b)
+    if not np.array_equal(np.isfinite(a), fin) or not np.array_equal(a[~fin], b[~fin], equal_nan=True):
+        return float("inf")
+    if not fin.any():
+        return 0.0
+    scale = max(float(np.abs(b[fin]).max()), 1e-30)
+    return float(np.abs(a[fin] - b[fin]).max() / scale)
