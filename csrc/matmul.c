@@ -3,52 +3,87 @@
  * GEMM goes to the BLAS handed over by kiln_set_blas (any cblas_sgemm). The
  * bias is fused by first broadcasting it into `out` and then calling sgemm
  * with that beta. A 2-D B shared by a batch of A's becomes one sgemm with
- * M = batch * M. A single row (M == 1, decode) runs our own threaded GEMV,
- * which avoids BLAS's dispatch overhead for this memory-bound case. Without a
- * BLAS, a plain vectorized loop keeps results correct (slowly).
+ * M = batch * M. A few rows (M <= SMALL_M: decode) run our own threaded
+ * skinny kernel that streams B once: measured ~5x faster than OpenBLAS's sgemm
+ * for M = 1 (which does not switch to GEMV). Without a BLAS the same kernel,
+ * in blocks of rows, keeps results correct (slowly).
  */
 #include "kiln.h"
 
-/* y[N] = alpha * x[K] @ B, B is [K, N] (ldb) or, transposed, [N, K]; beta: y += (y already bias) */
-static void gemv(int tb, int64_t N, int64_t K, float alpha, const float *x, const float *B, int64_t ldb,
-                 float beta, float *y) {
-    int par = N * K >= (1 << 16);
+#define SMALL_M 8      /* up to this many rows: our skinny kernel (B streamed once) beats sgemm */
+#define NB_T 16        /* B^T rows per task: 16 x K floats stay in L2 while every A row uses them */
+#define NB_N 256       /* output columns per task for row-major B */
+
+/* C[M, N] = alpha * A[M, K] @ B + beta * C (C holds the bias when beta != 0), M <= SMALL_M.
+ * B is [K, N] (ldb) or, transposed, [N, K] (ldb). Memory-bound on B: read it once for all rows. */
+static void gemm_skinny(int tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A, const float *B,
+                        int64_t ldb, float beta, float *C) {
+    int par = M * N * K >= (1 << 16);
     if (tb) {
-#pragma omp parallel for schedule(static) if(par)
-        for (int64_t n = 0; n < N; n++) {
-            const float *b = B + n * ldb;
-            float s = 0.0f;
+        int64_t tasks = (N + NB_T - 1) / NB_T;
+#pragma omp parallel for schedule(static) if(par && tasks > 1)
+        for (int64_t t = 0; t < tasks; t++) {
+            int64_t n0 = t * NB_T, n1 = n0 + NB_T < N ? n0 + NB_T : N;
+            for (int64_t m = 0; m < M; m++) {
+                const float *a = A + m * K;
+                float *c = C + m * N;
+                int64_t n = n0;
+                /* four B rows at a time: four independent FMA chains share each load of a */
+                for (; n + 4 <= n1; n += 4) {
+                    const float *b0 = B + n * ldb, *b1 = b0 + ldb, *b2 = b1 + ldb, *b3 = b2 + ldb;
+                    float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+                    for (int64_t k = 0; k < K; k++) {
+                        float ak = a[k];
+                        s0 += ak * b0[k];
+                        s1 += ak * b1[k];
+                        s2 += ak * b2[k];
+                        s3 += ak * b3[k];
+                    }
+                    float s[4] = {s0, s1, s2, s3};
+                    for (int q = 0; q < 4; q++)
+                        c[n + q] = alpha * s[q] + (beta != 0.0f ? beta * c[n + q] : 0.0f);
+                }
+                for (; n < n1; n++) {
+                    const float *b = B + n * ldb;
+                    float s = 0.0f;
 #pragma omp simd reduction(+ : s)
-            for (int64_t k = 0; k < K; k++) s += x[k] * b[k];
-            y[n] = alpha * s + (beta != 0.0f ? beta * y[n] : 0.0f);
+                    for (int64_t k = 0; k < K; k++) s += a[k] * b[k];
+                    c[n] = alpha * s + (beta != 0.0f ? beta * c[n] : 0.0f);
+                }
+            }
         }
         return;
     }
-    const int64_t CH = 512;
-    int64_t tasks = (N + CH - 1) / CH;
+    int64_t tasks = (N + NB_N - 1) / NB_N;
 #pragma omp parallel for schedule(static) if(par && tasks > 1)
     for (int64_t t = 0; t < tasks; t++) {
-        int64_t lo = t * CH, n = N - lo < CH ? N - lo : CH;
-        float acc[512];
-        for (int64_t j = 0; j < n; j++) acc[j] = 0.0f;
+        int64_t lo = t * NB_N, n = N - lo < NB_N ? N - lo : NB_N;
+        float acc[SMALL_M][NB_N];
+        for (int64_t m = 0; m < M; m++)
+            for (int64_t j = 0; j < n; j++) acc[m][j] = 0.0f;
         for (int64_t k = 0; k < K; k++) {
             const float *b = B + k * ldb + lo;
-            float xk = x[k];
+            for (int64_t m = 0; m < M; m++) {
+                float am = A[m * K + k];
+                float *ac = acc[m];
 #pragma omp simd
-            for (int64_t j = 0; j < n; j++) acc[j] += xk * b[j];
+                for (int64_t j = 0; j < n; j++) ac[j] += am * b[j];
+            }
         }
-        float *yo = y + lo;
-        for (int64_t j = 0; j < n; j++) yo[j] = alpha * acc[j] + (beta != 0.0f ? beta * yo[j] : 0.0f);
+        for (int64_t m = 0; m < M; m++) {
+            float *c = C + m * N + lo;
+            for (int64_t j = 0; j < n; j++) c[j] = alpha * acc[m][j] + (beta != 0.0f ? beta * c[j] : 0.0f);
+        }
     }
 }
 
-/* Fallback GEMM when no BLAS is loaded: row-parallel, vectorized over N (or K for B^T). */
+/* Fallback GEMM when no BLAS is loaded: blocks of SMALL_M rows through the skinny kernel. */
 static void gemm_ref(int tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A, const float *B,
                      float beta, float *C) {
-#pragma omp parallel for schedule(static) if(M > 1 && M * N * K >= (1 << 16))
-    for (int64_t i = 0; i < M; i++) gemv(tb, N, K, alpha, A + i * K, B, tb ? K : N, beta, C + i * N);
+    for (int64_t i = 0; i < M; i += SMALL_M)
+        gemm_skinny(tb, M - i < SMALL_M ? M - i : SMALL_M, N, K, alpha, A + i * K, B, tb ? K : N, beta, C + i * N);
 }
-
 static void gemm(int tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A, const float *B, float beta,
                  float *C) {
     if (M == 0 || N == 0) return;
@@ -56,8 +91,8 @@ static void gemm(int tb, int64_t M, int64_t N, int64_t K, float alpha, const flo
         for (int64_t i = 0; i < M * N; i++) C[i] = beta != 0.0f ? beta * C[i] : 0.0f;
         return;
     }
-    if (M == 1) {
-        gemv(tb, N, K, alpha, A, B, tb ? K : N, beta, C);
+    if (M <= SMALL_M) {
+        gemm_skinny(tb, M, N, K, alpha, A, B, tb ? K : N, beta, C);
     } else if (kiln_blas_sgemm && M < (1LL << 31) && N < (1LL << 31) && K < (1LL << 31)) {
         kiln_blas_sgemm(KILN_CBLAS_ROW_MAJOR, KILN_CBLAS_NO_TRANS, tb ? KILN_CBLAS_TRANS : KILN_CBLAS_NO_TRANS,
                         (int)M, (int)N, (int)K, alpha, A, (int)K, B, tb ? (int)K : (int)N, beta, C, (int)N);

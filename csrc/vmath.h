@@ -16,7 +16,9 @@ static inline float kiln_bits2f(int32_t i) {
 
 /* exp: x = n*ln2 + r, |r| <= ln2/2, degree-6 polynomial for e^r, 2^n by exponent bits. */
 static inline float kiln_exp(float x) {
-    float xc = fminf(fmaxf(x, -103.9721f), 88.7228f);
+    /* clamp with compares, not fminf/fmaxf: gcc keeps those as libm calls, which blocks vectorizing */
+    float xc = x > -103.9721f ? x : -103.9721f;  /* NaN -> finite here; restored at the end */
+    xc = xc > 88.7228f ? 88.7228f : xc;
     float n = rintf(xc * 1.44269504088896341f);
     float r = fmaf(n, -0.693359375f, xc);       /* ln2 split in two: exact product for hi */
     r = fmaf(n, 2.12194440e-4f, r);
@@ -31,7 +33,7 @@ static inline float kiln_exp(float x) {
      * (n = 128 stays finite, results down to the denormal range keep their value) */
     int32_t ni = (int32_t)n;
     int32_t h = ni >> 1;
-    float y = p * kiln_bits2f((h + 127) << 23) * kiln_bits2f((ni - h + 127) << 23);
+    float y = p * kiln_bits2f((int32_t)((uint32_t)(h + 127) << 23)) * kiln_bits2f((int32_t)((uint32_t)(ni - h + 127) << 23));
     y = x > 88.7228f ? INFINITY : y;
     y = x < -103.9721f ? 0.0f : y;
     return x != x ? x : y;
@@ -47,7 +49,7 @@ static inline float kiln_tanh(float x) {
     p = fmaf(p, z, 1.33314422036e-1f);
     p = fmaf(p, z, -3.33332819422e-1f);
     float small = fmaf(p * z, x, x);
-    float e = kiln_exp(2.0f * fminf(a, 20.0f));
+    float e = kiln_exp(2.0f * (a < 20.0f ? a : 20.0f));
     float big = copysignf(1.0f - 2.0f / (e + 1.0f), x);
     big = x != x ? x : big;
     return a < 0.625f ? small : big;

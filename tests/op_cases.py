@@ -172,4 +172,23 @@ def _index(xs, a):
 CASES["index"] = ([([f32(4, 5), ints(4, 3, 1)], {"axes": (0,)}), ([f32(2, 6, 3), ints(2, 1, 1), ints(6, 1, 4)], {"axes": (0, 1)}),
                    ([f32(3, 4, 5), ints(3, 2), ints(5, 2)], {"axes": (0, 2)})], _index)
 
+_ACTS = {"silu": torch.nn.functional.silu, "gelu": torch.nn.functional.gelu, "relu": torch.relu,
+         "gelu_tanh": lambda x: torch.nn.functional.gelu(x, approximate="tanh")}
+
+
+def _gated(xs, a):
+    g, u = (xs[0], xs[1]) if len(xs) == 2 else xs[0].chunk(2, -1)
+    return _ACTS[a["act"]](g) * u
+
+
+def _rope(xs, a):
+    x, cos, sin = xs
+    h = x.shape[-1] // 2
+    return x * cos + torch.cat([-x[..., h:], x[..., :h]], -1) * sin
+
+
+CASES["gated_act"] = ([([f32(3, 8), f32(3, 8)], {"act": "silu"}), ([f32(2, 3, 16)], {"act": "gelu"}),
+                       ([f32(4, 6), f32(4, 6)], {"act": "gelu_tanh"}), ([f32(5, 10)], {"act": "relu"})], _gated)
+CASES["rope"] = ([([f32(1, 2, 5, 8), f32(5, 8), f32(5, 8)], {}), ([f32(3, 4, 16), f32(4, 16), f32(4, 16)], {})], _rope)
+
 _ = (attention, creation, elementwise, matmul, reduce, shape, math)

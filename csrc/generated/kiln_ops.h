@@ -5,12 +5,21 @@
 
 #define KILN_MAX_DIMS 8
 #define KILN_MAX_INPUTS 8
+#define KILN_FLASH_BLOCK 64
 
 enum kiln_dtype {
     KILN_FLOAT32 = 0,
     KILN_INT64 = 1,
     KILN_INT32 = 2,
     KILN_BOOL = 3,
+};
+
+enum kiln_act {
+    KILN_ACT_NONE = 0,
+    KILN_ACT_RELU = 1,
+    KILN_ACT_GELU = 2,
+    KILN_ACT_GELU_TANH = 3,
+    KILN_ACT_SILU = 4,
 };
 
 enum kiln_op {
@@ -26,38 +35,40 @@ enum kiln_op {
     KILN_OP_ERF = 9,
     KILN_OP_EXP = 10,
     KILN_OP_EXPAND = 11,
-    KILN_OP_GATHER = 12,
-    KILN_OP_GELU = 13,
-    KILN_OP_GELU_TANH = 14,
-    KILN_OP_INDEX_SELECT = 15,
-    KILN_OP_LAYER_NORM = 16,
-    KILN_OP_LOG = 17,
-    KILN_OP_LOG_SOFTMAX = 18,
-    KILN_OP_MATMUL = 19,
-    KILN_OP_MAX = 20,
-    KILN_OP_MAXIMUM = 21,
-    KILN_OP_MEAN = 22,
-    KILN_OP_MINIMUM = 23,
-    KILN_OP_MUL = 24,
-    KILN_OP_NEG = 25,
-    KILN_OP_PERMUTE = 26,
-    KILN_OP_POW = 27,
-    KILN_OP_RECIPROCAL = 28,
-    KILN_OP_RELU = 29,
-    KILN_OP_RESHAPE = 30,
-    KILN_OP_RMS_NORM = 31,
-    KILN_OP_RSQRT = 32,
-    KILN_OP_SIGMOID = 33,
-    KILN_OP_SILU = 34,
-    KILN_OP_SIN = 35,
-    KILN_OP_SLICE = 36,
-    KILN_OP_SOFTMAX = 37,
-    KILN_OP_SQRT = 38,
-    KILN_OP_SUB = 39,
-    KILN_OP_SUM = 40,
-    KILN_OP_TANH = 41,
-    KILN_OP_WHERE = 42,
-    KILN_NUM_OPS = 43
+    KILN_OP_GATED_ACT = 12,
+    KILN_OP_GATHER = 13,
+    KILN_OP_GELU = 14,
+    KILN_OP_GELU_TANH = 15,
+    KILN_OP_INDEX_SELECT = 16,
+    KILN_OP_LAYER_NORM = 17,
+    KILN_OP_LOG = 18,
+    KILN_OP_LOG_SOFTMAX = 19,
+    KILN_OP_MATMUL = 20,
+    KILN_OP_MAX = 21,
+    KILN_OP_MAXIMUM = 22,
+    KILN_OP_MEAN = 23,
+    KILN_OP_MINIMUM = 24,
+    KILN_OP_MUL = 25,
+    KILN_OP_NEG = 26,
+    KILN_OP_PERMUTE = 27,
+    KILN_OP_POW = 28,
+    KILN_OP_RECIPROCAL = 29,
+    KILN_OP_RELU = 30,
+    KILN_OP_RESHAPE = 31,
+    KILN_OP_RMS_NORM = 32,
+    KILN_OP_ROPE = 33,
+    KILN_OP_RSQRT = 34,
+    KILN_OP_SIGMOID = 35,
+    KILN_OP_SILU = 36,
+    KILN_OP_SIN = 37,
+    KILN_OP_SLICE = 38,
+    KILN_OP_SOFTMAX = 39,
+    KILN_OP_SQRT = 40,
+    KILN_OP_SUB = 41,
+    KILN_OP_SUM = 42,
+    KILN_OP_TANH = 43,
+    KILN_OP_WHERE = 44,
+    KILN_NUM_OPS = 45
 };
 
 typedef struct kiln_tensor {
@@ -89,6 +100,10 @@ typedef struct {
 typedef struct {
     int64_t axis;
 } kiln_concat_params;
+
+typedef struct {
+    int64_t act;
+} kiln_gated_act_params;
 
 typedef struct {
     int64_t axis;
@@ -155,6 +170,7 @@ void kiln_k_embedding(const kiln_call *call);
 void kiln_k_erf(const kiln_call *call);
 void kiln_k_exp(const kiln_call *call);
 void kiln_k_expand(const kiln_call *call);
+void kiln_k_gated_act(const kiln_call *call);
 void kiln_k_gather(const kiln_call *call);
 void kiln_k_gelu(const kiln_call *call);
 void kiln_k_gelu_tanh(const kiln_call *call);
@@ -175,6 +191,7 @@ void kiln_k_reciprocal(const kiln_call *call);
 void kiln_k_relu(const kiln_call *call);
 void kiln_k_reshape(const kiln_call *call);
 void kiln_k_rms_norm(const kiln_call *call);
+void kiln_k_rope(const kiln_call *call);
 void kiln_k_rsqrt(const kiln_call *call);
 void kiln_k_sigmoid(const kiln_call *call);
 void kiln_k_silu(const kiln_call *call);

@@ -12,9 +12,12 @@ otherwise scipy-openblas32 is used.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import glob
+import importlib.util
 import os
+import warnings
 import threading
 from typing import Optional, Sequence
 
@@ -54,16 +57,14 @@ def _load_blas(lib) -> str:
     if env:
         candidates.append((env, ("cblas_sgemm",), ("openblas_set_num_threads", "MKL_Set_Num_Threads")))
     else:
-        try:
-            import scipy_openblas32
-            path = os.path.join(scipy_openblas32.get_lib_dir(), scipy_openblas32.get_library(fullname=True))
+        path = _scipy_openblas_path()
+        if path:
             candidates.append((path, ("scipy_cblas_sgemm", "cblas_sgemm"),
                                ("scipy_openblas_set_num_threads", "openblas_set_num_threads")))
-        except Exception:  # noqa: BLE001 - optional dependency; kernels fall back to their own GEMM
-            pass
     for path, sgemm_names, thread_names in candidates:
         try:
-            blas = ctypes.CDLL(path)
+            with _openblas_coretype():
+                blas = ctypes.CDLL(path)
         except OSError as e:
             raise BackendError(f"cannot load BLAS {path!r}: {e}") from None
         sgemm = next((getattr(blas, n) for n in sgemm_names if hasattr(blas, n)), None)
@@ -73,8 +74,78 @@ def _load_blas(lib) -> str:
         _state["blas"] = blas  # keep the handle alive
         lib.kiln_set_blas(ctypes.cast(sgemm, ctypes.c_void_p),
                           ctypes.cast(setter, ctypes.c_void_p) if setter is not None else None)
-        return path
+        core = _corename(blas)
+        if not _sgemm_self_check(sgemm):
+            lib.kiln_set_blas(None, None)
+            warnings.warn(f"BLAS {path} ({core}) failed Kiln's sgemm self-check; using the built-in GEMM "
+                          "(set KILN_OPENBLAS_CORETYPE=inherit to use the environment's OPENBLAS_CORETYPE)")
+            return f"none (built-in GEMM; {path} failed the self-check)"
+        return f"{path} ({core})" if core else path
     return "none (built-in GEMM)"
+
+
+def _scipy_openblas_path() -> Optional[str]:
+    """Locate scipy-openblas32's library without importing the package (its import loads the
+    library, and the load is where OpenBLAS reads OPENBLAS_CORETYPE)."""
+    spec = importlib.util.find_spec("scipy_openblas32")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    found = sorted(glob.glob(os.path.join(spec.submodule_search_locations[0], "lib", "libscipy_openblas*.so*")))
+    return found[0] if found else None
+
+
+@contextlib.contextmanager
+def _openblas_coretype():
+    """Choose OpenBLAS's kernel for the one dlopen that reads OPENBLAS_CORETYPE.
+
+    This environment may pin OPENBLAS_CORETYPE to an older core (Haswell, AVX2) because old
+    OpenBLAS builds misbehaved on newer CPUs. The scipy-openblas32 Kiln uses detects this
+    CPU correctly and its AVX-512 kernel is ~2x faster (docs/DESIGN.md), and every load is
+    checked numerically below. KILN_OPENBLAS_CORETYPE: 'auto' (default: OpenBLAS detects
+    the CPU), 'inherit' (keep the environment's setting), or a core name. The process
+    environment is restored right after the load.
+    """
+    choice = os.environ.get("KILN_OPENBLAS_CORETYPE", "auto")
+    saved = os.environ.get("OPENBLAS_CORETYPE")
+    if choice == "inherit":
+        yield
+        return
+    if choice == "auto":
+        os.environ.pop("OPENBLAS_CORETYPE", None)
+    else:
+        os.environ["OPENBLAS_CORETYPE"] = choice
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("OPENBLAS_CORETYPE", None)
+        else:
+            os.environ["OPENBLAS_CORETYPE"] = saved
+
+
+def _corename(blas) -> str:
+    for name in ("scipy_openblas_get_corename", "openblas_get_corename"):
+        if hasattr(blas, name):
+            fn = getattr(blas, name)
+            fn.restype = ctypes.c_char_p
+            return fn().decode()
+    return ""
+
+
+def _sgemm_self_check(sgemm) -> bool:
+    """A product with odd sizes, both layouts, against float64 numpy."""
+    rng = np.random.default_rng(7)
+    fp = ctypes.POINTER(ctypes.c_float)
+    for m, n, k, tb in ((37, 29, 53, 112), (64, 48, 96, 111), (3, 130, 70, 112)):
+        a = rng.standard_normal((m, k)).astype(np.float32)
+        b = rng.standard_normal((n, k) if tb == 112 else (k, n)).astype(np.float32)
+        c = np.zeros((m, n), np.float32)
+        sgemm(101, 111, tb, m, n, k, ctypes.c_float(1.0), a.ctypes.data_as(fp), k, b.ctypes.data_as(fp),
+              k if tb == 112 else n, ctypes.c_float(0.0), c.ctypes.data_as(fp), n)
+        want = a.astype(np.float64) @ (b.T if tb == 112 else b).astype(np.float64)
+        if not np.allclose(c, want, rtol=1e-4, atol=1e-4 * np.abs(want).max()):
+            return False
+    return True
 
 
 def _load():

@@ -1,10 +1,90 @@
-"""The optimization pipeline: a list of named stages run in order."""
+"""The optimization pipeline: one readable list of named stages.
+
+Order matters and each position has a reason:
+  canonicalize   one form for identities, chains and scalar division, so every later
+                 pattern is written once
+  absorb         transposes and scales into matmul flags — before folding, which would
+                 materialize transposed copies of the weights
+  fold           constant folding with the numpy reference, dead code and dead weights
+  dedupe         common subexpressions merged, so DAG patterns see one shared value
+  fuse-*         decomposed softmax/attention/norms/activations become single ops; GQA
+                 reads shared K/V heads; causal masks become a flag (after attention
+                 fusion, which is what exposes the mask)
+  bias           matmul + bias → beta, after activation fusion has claimed its patterns
+  merge          parallel matmuls on one input → one wider matmul (late: it rewrites
+                 the matmuls every other stage matches on); then a gated activation
+                 reads the merged gate/up output directly
+  cse            one node per distinct computation (e.g. the per-layer views of cos/sin)
+"""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence, Union
 
+from ..errors import KilnError
 from ..ir.graph import Graph
+from ..ir.validate import validate
+from . import absorb, attention, canonical, fusions
+from .engine import RuleSet, rewrite
+from .cse import cse
+from .fold import constant_folding
+from .merge import merge_parallel_matmuls
+
+Stage = tuple[str, Union[RuleSet, Callable[[Graph], int]]]
+
+STAGES: list[Stage] = [
+    ("canonicalize", canonical.RULES),
+    ("absorb", absorb.RULES + canonical.RULES),
+    ("fold", constant_folding),
+    ("dedupe", cse),
+    ("fuse-softmax", attention.SOFTMAX + canonical.RULES),
+    ("fuse-attention", attention.ATTENTION + attention.GQA),
+    ("causal-mask", attention.causal_mask_absorption),
+    ("fuse-norms", fusions.NORMS),
+    ("fuse-activations", fusions.ACTIVATIONS),
+    ("fuse-rope", fusions.ROPE),
+    ("fuse-gated", fusions.GATED),
+    ("bias", fusions.BIAS),
+    ("merge-matmuls", merge_parallel_matmuls),
+    ("fuse-gated-packed", fusions.GATED_PACKED),
+    ("cse", cse),
+    ("cleanup", constant_folding),
+]
+STAGE_NAMES = [name for name, _ in STAGES]
 
 
-def optimize(graph: Graph, stages: Optional[Sequence[str]] = None, log=None) -> Graph:
-    return graph
+@dataclass
+class StageLog:
+    name: str
+    nodes_before: int
+    nodes_after: int
+    fired: dict = field(default_factory=dict)
+    ms: float = 0.0
+
+    def __str__(self) -> str:
+        fired = ", ".join(f"{k}×{v}" for k, v in self.fired.items())
+        return f"{self.name:18s} {self.nodes_before:5d} → {self.nodes_after:5d} nodes  {self.ms:7.1f} ms  {fired}"
+
+
+def optimize(graph: Graph, stages: Optional[Sequence[str]] = None, log: Optional[list] = None) -> Graph:
+    """Run the named stages (default: all, in pipeline order) on a copy of ``graph``."""
+    wanted = STAGE_NAMES if stages is None else list(stages)
+    unknown = [s for s in wanted if s not in STAGE_NAMES]
+    if unknown:
+        raise KilnError(f"unknown pass stage(s) {unknown}; stages are: {', '.join(STAGE_NAMES)}")
+    g = graph.copy()
+    for name, stage in STAGES:
+        if name not in wanted:
+            continue
+        before = len(g.nodes)
+        t0 = time.perf_counter()
+        if isinstance(stage, RuleSet):
+            fired = rewrite(g, stage)
+        else:
+            n = stage(g)
+            fired = {name: n} if n else {}
+        if log is not None:
+            log.append(StageLog(name, before, len(g.nodes), fired, 1e3 * (time.perf_counter() - t0)))
+        validate(g)
+    return g

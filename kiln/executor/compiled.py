@@ -1,0 +1,119 @@
+"""The compiled executor: one C call runs the whole plan.
+
+At construction it resolves every step into a ``cabi.Call`` (op id, each tensor
+as slot + byte offset + shape + dtype, scratch, packed params) and fills the
+slots array with the pointers that never change (arena, weights, state). Every
+(slot, offset, nbytes) is checked against its buffer here, in Python, so nothing
+unchecked reaches C. A run only binds the inputs' and freshly allocated outputs'
+pointers and calls ``clib.run_calls`` once: no Python between ops.
+"""
+from __future__ import annotations
+
+import ctypes
+import threading
+from typing import Mapping
+
+import numpy as np
+
+from ..backends import cabi, clib
+from ..errors import BackendError, ValidationError
+from ..ir.graph import Graph
+from ..ops import registry
+from ..planner.lifetimes import ALIAS
+from ..planner.plan import INPUT_SLOT, OUTPUT_SLOT, Placement, Plan
+from .planned import Profile, aligned_arena, feed_array, fixed_slot_arrays
+
+
+class CompiledExecutor:
+    def __init__(self, graph: Graph, plan: Plan):
+        if not clib.available():
+            raise BackendError("the compiled executor needs the C kernels: run `pip install -e .` to build them")
+        self.plan = plan
+        self.graph = g = plan.check_graph(graph)
+        self._arena = aligned_arena(plan.arena_bytes)
+        arrays, self.state = fixed_slot_arrays(g, plan)
+        arrays[0] = self._arena
+        self._arrays = arrays  # keeps weights/state/arena alive while C holds their pointers
+        # Bytes actually behind each slot: the real arrays where they exist, the resolved
+        # shapes for the per-run inputs and outputs (whose feeds are size-checked each run).
+        self._slot_nbytes = [a.nbytes if a is not None else s.nbytes for a, s in zip(arrays, plan.slots)]
+        self._slots = (ctypes.c_void_p * max(len(plan.slots), 1))()
+        for i, a in enumerate(arrays):
+            if a is not None:
+                self._slots[i] = a.ctypes.data
+        self._inputs = [(i, s.name, registry.np_dtype(g.tensors[s.name].dtype), s.nbytes)
+                        for i, s in enumerate(plan.slots) if s.kind == INPUT_SLOT]
+        self._outputs = [(i, tuple(int(d) for d in g.tensors[s.name].shape), registry.np_dtype(g.tensors[s.name].dtype))
+                         for i, s in enumerate(plan.slots) if s.kind == OUTPUT_SLOT]
+        self._build_calls()
+        self._lock = threading.Lock()  # the arena and slots array are shared by every run
+        self.last_profile = None
+
+    def _build_calls(self) -> None:
+        g, plan = self.graph, self.plan
+        work = [s for s in plan.steps if s.kind != ALIAS]  # true aliases need no kernel
+        self._n = len(work)
+        self._calls = (cabi.Call * max(self._n, 1))()
+        self._params = []  # ctypes param structs must outlive the calls that point at them
+        self._ops: list[tuple[str, str]] = []  # (output, op) per call, for profiles
+        for k, st in enumerate(work):
+            node = g.nodes[st.node]
+            where = f"{node!r}"
+            opdef = registry.get(node.op)
+            if opdef.has(registry.FOLD_ONLY):
+                raise ValidationError(f"{where}: fold-only op reached the executor")
+            if len(node.inputs) > registry.MAX_INPUTS:
+                raise ValidationError(f"{where}: {len(node.inputs)} inputs exceed the C limit of {registry.MAX_INPUTS}")
+            c = self._calls[k]
+            c.op = cabi.op_id(node.op)
+            c.n_in = len(node.inputs)
+            for j, name in enumerate(node.inputs):
+                self._fill(getattr(c, "in")[j], name, where)
+            self._fill(c.out, node.output, where)
+            if st.scratch is not None and st.scratch.nbytes > 0:
+                self._check(st.scratch, (st.scratch.nbytes,), "bool", f"{where} scratch")
+                cabi.fill_tensor(c.scratch, slot=0, offset=st.scratch.offset, shape=(st.scratch.nbytes,), dtype="bool")
+            in_shapes = [tuple(int(d) for d in g.tensors[i].shape) for i in node.inputs]
+            out_shape = tuple(int(d) for d in g.tensors[node.output].shape)
+            params = cabi.make_params(node.op, opdef.param_values(node.attrs, in_shapes, out_shape))
+            if params is not None:
+                self._params.append(params)
+                c.params = ctypes.cast(ctypes.pointer(params), ctypes.c_void_p)
+            self._ops.append((node.output, node.op))
+
+    def _fill(self, t: cabi.Tensor, name: str, where: str) -> None:
+        tensor = self.graph.tensors[name]
+        shape = tuple(int(d) for d in tensor.shape)
+        if len(shape) > registry.MAX_DIMS:
+            raise ValidationError(f"{where}: tensor {name!r} has rank {len(shape)}, the C limit is {registry.MAX_DIMS}")
+        p = self.plan.placements[name]
+        self._check(p, shape, tensor.dtype, f"{where} tensor {name!r}")
+        cabi.fill_tensor(t, slot=p.slot, offset=p.offset, shape=shape, dtype=tensor.dtype)
+
+    def _check(self, p: Placement, shape, dtype: str, what: str) -> None:
+        from ..ir.graph import ITEMSIZE
+        need = int(np.prod(shape, dtype=np.int64)) * ITEMSIZE[dtype]
+        if p.nbytes != need:
+            raise ValidationError(f"{what}: placed with {p.nbytes} bytes, its shape needs {need}")
+        if not 0 <= p.slot < len(self._slot_nbytes):
+            raise ValidationError(f"{what}: slot {p.slot} does not exist")
+        if p.offset < 0 or p.offset + need > self._slot_nbytes[p.slot]:
+            raise ValidationError(f"{what}: bytes [{p.offset}, {p.offset + need}) lie outside slot {p.slot} "
+                                  f"({self.plan.slots[p.slot].kind} {self.plan.slots[p.slot].name!r}, "
+                                  f"{self._slot_nbytes[p.slot]} bytes)")
+
+    def run(self, feeds: Mapping[str, np.ndarray], profile: bool = False) -> list[np.ndarray]:
+        # The feeds' sizes are the one check we must make: C trusts every byte count.
+        arrays = [(i, feed_array(feeds, name, dtype, nbytes)) for i, name, dtype, nbytes in self._inputs]
+        outs = [np.empty(shape, dtype) for _, shape, dtype in self._outputs]
+        prof = (ctypes.c_int64 * max(self._n, 1))() if profile else None
+        with self._lock:
+            for i, a in arrays:
+                self._slots[i] = a.ctypes.data
+            for (i, _, _), o in zip(self._outputs, outs):
+                self._slots[i] = o.ctypes.data
+            clib.run_calls(self._calls, self._n, self._slots, prof)
+        if profile:
+            self.last_profile = Profile.build([(name, op, "c", prof[k] * 1e-9) for k, (name, op) in enumerate(self._ops)])
+        return outs
+

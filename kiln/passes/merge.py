@@ -1,0 +1,55 @@
+"""Parallel matmuls that read the same input (Q/K/V, gate/up) become one wider matmul.
+
+One pass over the activations instead of several; the wider weight is packed
+once at compile time. Each original output becomes a slice of the merged one.
+"""
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+
+from ..ir.graph import CONST, Graph
+from .engine import dead_code_elimination
+
+
+def merge_parallel_matmuls(graph: Graph) -> int:
+    groups = collections.defaultdict(list)
+    for node in graph.nodes:
+        if node.op != "matmul" or not node.attrs.transpose_b:
+            continue
+        w = graph.tensors[node.inputs[1]]
+        if w.kind != CONST or len(w.shape) != 2:
+            continue
+        if len(node.inputs) == 3 and graph.tensors[node.inputs[2]].kind != CONST:
+            continue
+        key = (node.inputs[0], node.attrs, len(node.inputs), w.shape[1])
+        groups[key].append(node)
+    merged = 0
+    for (x, attrs, n_in, _k), nodes in groups.items():
+        if len(nodes) < 2:
+            continue
+        index = min(graph.nodes.index(n) for n in nodes)
+        weights = [graph.constants[n.inputs[1]] for n in nodes]
+        w = graph.add_const(graph.fresh("merged_weight"), np.concatenate(weights, axis=0))
+        ins = [x, w]
+        if n_in == 3:
+            biases = [graph.constants[n.inputs[2]].reshape(-1) for n in nodes]
+            ins.append(graph.add_const(graph.fresh("merged_bias"), np.concatenate(biases)))
+        out = graph.add_node("matmul", ins, attrs, name="merged_matmul", source=nodes[0].source, index=index)
+        index += 1
+        axis = len(graph.tensors[out].shape) - 1
+        start = 0
+        for n, wt in zip(nodes, weights):
+            end = start + wt.shape[0]
+            piece = graph.add_node("slice", [out], {"axis": axis, "start": start, "end": end, "step": 1},
+                                   name=f"{n.output}_part", source=n.source, index=index)
+            index += 1
+            for c in graph.nodes:
+                if n.output in c.inputs:
+                    c.inputs = [piece if i == n.output else i for i in c.inputs]
+            graph.outputs = [piece if o == n.output else o for o in graph.outputs]
+            start = end
+        merged += 1
+    dead_code_elimination(graph)
+    return merged

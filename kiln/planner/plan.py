@@ -1,0 +1,223 @@
+"""The Plan: execution order, where every tensor lives, and what memory that costs.
+
+Slots are the buffers an executor binds pointers to: slot 0 is the arena (all
+activations and scratch), then one slot per graph input, graph output, weight
+and state tensor. A Placement is (slot, byte offset, byte size); executors need
+nothing else to find a tensor's bytes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ..errors import ValidationError
+from ..ir.graph import ACT, CONST, INPUT, STATE, Graph
+from ..ir.validate import validate
+from . import arena, order as order_mod
+from .lifetimes import KERNEL, share
+
+ARENA, INPUT_SLOT, OUTPUT_SLOT, CONST_SLOT, STATE_SLOT = "arena", "input", "output", "const", "state"
+
+
+@dataclass(frozen=True)
+class Slot:
+    kind: str      # arena | input | output | const | state
+    name: str      # the tensor owning it ("" for the arena)
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class Placement:
+    slot: int
+    offset: int    # bytes from the start of the slot
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class Step:
+    node: int                          # index into plan.graph.nodes
+    kind: str                          # kernel | alias (no work) | inplace (kernel, out over input 0)
+    scratch: Optional[Placement] = None
+
+
+@dataclass(frozen=True)
+class BufferRecord:
+    offset: int
+    size: int
+    start: int
+    end: int
+    members: tuple[str, ...]           # tensors living in it (empty for scratch)
+    scratch_step: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class PlanStats:
+    arena_bytes: int
+    no_reuse_bytes: int        # arena a bump allocator needs without aliasing, in-place or reuse
+    alias_saved_bytes: int     # bytes of outputs that alias their input instead of being copied
+    inplace_saved_bytes: int   # bytes of outputs written over their input
+    scratch_bytes: int         # total kernel scratch (each live for one step)
+    live_bytes: tuple[int, ...]  # arena bytes live at each step (aligned sizes)
+
+    @property
+    def peak_live_bytes(self) -> int:
+        return max(self.live_bytes, default=0)
+
+    def __str__(self) -> str:
+        return (f"arena {fmt_bytes(self.arena_bytes)} (no reuse {fmt_bytes(self.no_reuse_bytes)}, peak live "
+                f"{fmt_bytes(self.peak_live_bytes)}); aliasing saved {fmt_bytes(self.alias_saved_bytes)}, "
+                f"in-place {fmt_bytes(self.inplace_saved_bytes)}")
+
+
+def fmt_bytes(n: int) -> str:
+    for unit, scale in (("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n} B"
+
+
+@dataclass(frozen=True)
+class Plan:
+    graph: Graph                        # the graph the steps index (outputs normalized, see _normalize)
+    steps: tuple[Step, ...]
+    slots: tuple[Slot, ...]
+    placements: dict[str, Placement]    # every tensor the steps touch
+    lifetimes: dict[str, tuple[int, int]]  # activation -> (def step, last use step)
+    buffers: tuple[BufferRecord, ...]
+    stats: PlanStats
+    options: dict = field(default_factory=dict)
+    source: Optional[Graph] = field(default=None, repr=False, compare=False)  # the graph given to plan()
+
+    @property
+    def order(self) -> tuple[int, ...]:
+        return tuple(s.node for s in self.steps)
+
+    @property
+    def arena_bytes(self) -> int:
+        return self.stats.arena_bytes
+
+    def slot_of(self, kind: str, name: str) -> int:
+        for i, s in enumerate(self.slots):
+            if s.kind == kind and s.name == name:
+                return i
+        raise KeyError((kind, name))
+
+    def verify(self) -> None:
+        from .verify import verify
+        verify(self)
+
+    def check_graph(self, graph: Graph) -> Graph:
+        """The graph executors should run: the plan's own, after checking `graph` is the one planned."""
+        if graph is not self.graph and graph is not self.source:
+            raise ValidationError("this plan was made for a different graph")
+        return self.graph
+
+    def summary(self) -> str:
+        kinds = [s.kind for s in self.steps]
+        return (f"Plan: {len(self.steps)} steps ({kinds.count('alias')} aliases, {kinds.count('inplace')} in place), "
+                f"{len(self.buffers)} arena buffers; {self.stats}")
+
+
+def plan(graph: Graph, *, order: str = "memory", allocator: str = "best_fit",
+         inplace: bool = True, alias: bool = True, check: bool = True) -> Plan:
+    """Plan a static, executable graph. ``order``: "memory" (best of the registered orders),
+    or a registered order name ("given", "greedy"). ``allocator``: a registered allocator."""
+    validate(graph, static=True, executable=True)
+    alloc = arena.get_allocator(allocator)
+    g = _normalize(graph)
+    if order == "memory":
+        names = list(order_mod.ORDERS)
+    elif order in order_mod.ORDERS:
+        names = [order]
+    else:
+        raise ValidationError(f"unknown plan order {order!r}; known: memory, {', '.join(order_mod.ORDERS)}")
+    best: Optional[Plan] = None
+    tried: set[tuple[int, ...]] = set()
+    for name in names:  # "given" first: on ties the graph's own order wins
+        steps = order_mod.ORDERS[name](g, alias)
+        if tuple(steps) in tried:
+            continue
+        tried.add(tuple(steps))
+        order_mod.check_order(g, steps)
+        p = _build(g, graph, steps, alloc, alias=alias, inplace=inplace,
+                   options={"order": name, "allocator": allocator, "inplace": inplace, "alias": alias})
+        if best is None or p.stats.arena_bytes < best.stats.arena_bytes:
+            best = p
+    assert best is not None
+    if check:
+        best.verify()
+    return best
+
+
+def _normalize(graph: Graph) -> Graph:
+    """Give every graph output its own producer node: an output that is an input, weight or
+    state tensor, or that is listed twice, becomes a `copy` node's output. Then each output
+    owns one external slot that the executor allocates per run."""
+    seen: set[str] = set()
+    bad = []
+    for i, o in enumerate(graph.outputs):
+        if graph.tensors[o].kind != ACT or o in seen:
+            bad.append(i)
+        seen.add(o)
+    if not bad:
+        return graph
+    g = graph.copy()
+    for i in bad:
+        g.outputs[i] = g.add_node("copy", [g.outputs[i]], name=f"{g.outputs[i]}_out")
+    return g
+
+
+def _build(g: Graph, source: Graph, steps: list[int], alloc, *, alias: bool, inplace: bool, options: dict) -> Plan:
+    sh = share(g, steps, alias=alias, inplace=inplace)
+    intervals = [arena.Interval(b.size, b.start, b.end) for b in sh.buffers]
+    offsets = alloc(intervals, arena.ALIGNMENT)
+    arena_bytes = max((arena.align(o + b.size) for o, b in zip(offsets, sh.buffers)), default=0)
+
+    slots = [Slot(ARENA, "", arena_bytes)]
+    slot_index: dict[str, int] = {}
+    groups = ((INPUT_SLOT, list(g.inputs)), (OUTPUT_SLOT, list(g.outputs)),
+              (CONST_SLOT, [n for n, t in g.tensors.items() if t.kind == CONST]),
+              (STATE_SLOT, [n for n, t in g.tensors.items() if t.kind == STATE]))
+    for kind, names in groups:
+        for n in names:
+            slot_index[n] = len(slots)
+            slots.append(Slot(kind, n, int(g.tensors[n].nbytes)))
+
+    placements: dict[str, Placement] = {}
+    for name, ((where, key), off) in sh.loc.items():
+        nbytes = int(g.tensors[name].nbytes)
+        if where == "arena":
+            placements[name] = Placement(0, offsets[key] + off, nbytes)
+        else:
+            placements[name] = Placement(slot_index[key], off, nbytes)
+
+    plan_steps = []
+    for s, idx in enumerate(steps):
+        sb = sh.scratch[s]
+        scratch = Placement(0, offsets[sb], sh.buffers[sb].size) if sb is not None else None
+        plan_steps.append(Step(idx, sh.kinds[s], scratch))
+    buffers = tuple(BufferRecord(offsets[i], b.size, b.start, b.end, tuple(b.members), b.scratch_step)
+                    for i, b in enumerate(sh.buffers))
+    return Plan(g, tuple(plan_steps), tuple(slots), placements, sh.lifetimes, buffers,
+                _stats(g, steps, sh, arena_bytes), options, source)
+
+
+def _stats(g: Graph, steps: list[int], sh, arena_bytes: int) -> PlanStats:
+    outputs = set(g.outputs)
+    no_reuse = sum(arena.align(int(g.tensors[g.nodes[i].output].nbytes)) for i in steps
+                   if g.nodes[i].output not in outputs)
+    scratch = sum(sh.buffers[b].size for b in sh.scratch if b is not None)
+    no_reuse += sum(arena.align(sh.buffers[b].size) for b in sh.scratch if b is not None)
+    saved = {"alias": 0, "inplace": 0}
+    for s, idx in enumerate(steps):
+        if sh.kinds[s] != KERNEL:
+            saved[sh.kinds[s]] += int(g.tensors[g.nodes[idx].output].nbytes)
+    delta = [0] * (len(steps) + 2)
+    for b in sh.buffers:  # live bytes per step via a difference array
+        delta[b.start] += arena.align(b.size)
+        delta[b.end + 1] -= arena.align(b.size)
+    live, acc = [], 0
+    for s in range(len(steps)):
+        acc += delta[s]
+        live.append(acc)
+    return PlanStats(arena_bytes, no_reuse, saved["alias"], saved["inplace"], scratch, tuple(live))
