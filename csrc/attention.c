@@ -31,6 +31,8 @@ typedef struct {
     int mask_bool;
     int64_t ms[4];  /* mask strides over [B, Hq, Sq, Sk] (0 = broadcast) */
     int64_t B, Hq, Hkv, Sq, Sk, D, Dv, group;
+    int64_t kv_len;   /* keys [0, kv_len) are valid (Sk, or the cache's filled prefix) */
+    int64_t offset;   /* causal: query i sits at position offset + i */
     int causal;
     float scale;
 } attn_args;
@@ -76,13 +78,19 @@ static void scores(const attn_args *a, const float *q, const float *k, int64_t m
     }
 }
 
+/* number of leading keys query row i may attend to */
+static inline int64_t visible(const attn_args *a, int64_t i) {
+    int64_t last = a->offset + i + 1;
+    return a->causal && last < a->kv_len ? last : a->kv_len;
+}
+
 static void row_standard(const attn_args *a, int64_t b, int64_t h, int64_t i, float *s) {
     int64_t hk = h / a->group;
     const float *q = a->q + ((b * a->Hq + h) * a->Sq + i) * a->D;
     const float *k = a->k + (b * a->Hkv + hk) * a->Sk * a->D;
     const float *v = a->v + (b * a->Hkv + hk) * a->Sk * a->Dv;
     float *o = a->out + ((b * a->Hq + h) * a->Sq + i) * a->Dv;
-    int64_t n = a->causal ? (i + 1 < a->Sk ? i + 1 : a->Sk) : a->Sk;
+    int64_t n = visible(a, i);
     int64_t moff = b * a->ms[0] + h * a->ms[1] + i * a->ms[2];
     for (int64_t d = 0; d < a->Dv; d++) o[d] = 0.0f;
     if (n <= 0) return;
@@ -116,7 +124,7 @@ static void row_flash(const attn_args *a, int64_t b, int64_t h, int64_t i, float
     const float *v = a->v + (b * a->Hkv + hk) * a->Sk * a->Dv;
     float *o = a->out + ((b * a->Hq + h) * a->Sq + i) * a->Dv;
     float *s = buf, *acc = buf + KILN_FLASH_BLOCK;
-    int64_t n = a->causal ? (i + 1 < a->Sk ? i + 1 : a->Sk) : a->Sk;
+    int64_t n = visible(a, i);
     int64_t moff = b * a->ms[0] + h * a->ms[1] + i * a->ms[2];
     float m = -INFINITY, l = 0.0f;
     for (int64_t d = 0; d < a->Dv; d++) acc[d] = 0.0f;
@@ -153,6 +161,8 @@ static void row_flash(const attn_args *a, int64_t b, int64_t h, int64_t i, float
     for (int64_t d = 0; d < a->Dv; d++) o[d] = acc[d] * inv;
 }
 
+static void run_rows(const attn_args *a, const kiln_call *c);
+
 void kiln_k_attention(const kiln_call *c) {
     const kiln_attention_params *p = (const kiln_attention_params *)c->params;
     const kiln_tensor *Q = &c->in[0], *K = &c->in[1], *V = &c->in[2], *O = &c->out;
@@ -188,16 +198,24 @@ void kiln_k_attention(const kiln_call *c) {
             run *= sz;
         }
     }
+    a.kv_len = a.Sk;
+    a.offset = 0;
+    run_rows(&a, c);
+}
+
+/* Shared by attention and cached_attention: all rows of queries, standard or flash. */
+static void run_rows(const attn_args *pa, const kiln_call *c) {
+    attn_args a = *pa;
     int64_t rows = a.B * a.Hq * a.Sq;
     if (rows == 0 || a.Dv == 0) return;
-    int flash = flash_min_sk >= 0 ? a.Sk >= flash_min_sk : a.Sk >= KILN_FLASH_MIN_SK;
+    int flash = flash_min_sk >= 0 ? a.kv_len >= flash_min_sk : a.kv_len >= KILN_FLASH_MIN_SK;
     int64_t per = a.Sk > KILN_FLASH_BLOCK + a.Dv + 2 ? a.Sk : KILN_FLASH_BLOCK + a.Dv + 2;
     int64_t avail = c->scratch.data ? c->scratch.nbytes / (4 * per) : 0;
     int nthr = 1;
 #ifdef _OPENMP
     nthr = omp_get_max_threads();
 #endif
-    if (rows * a.Sk * (a.D + a.Dv) < (1 << 15)) nthr = 1;
+    if (rows * a.kv_len * (a.D + a.Dv) < (1 << 15)) nthr = 1;
     if (avail < 1) {
         /* no (or too little) scratch: flash with a stack tile, if the row fits */
         if (a.Dv > KILN_STACK_DV) return;
@@ -221,6 +239,48 @@ void kiln_k_attention(const kiln_call *c) {
             else row_standard(&a, bh / a.Hq, bh % a.Hq, i, buf);
         }
     }
+}
+
+/* q [B, Hq, S, D] at positions pos..pos+S-1 over caches [B, Hkv, L, D]: causal, keys [0, pos+S). */
+void kiln_k_cached_attention(const kiln_call *c) {
+    const kiln_cached_attention_params *p = (const kiln_cached_attention_params *)c->params;
+    const kiln_tensor *Q = &c->in[0], *K = &c->in[1], *V = &c->in[2];
+    if (Q->ndim != 4 || K->ndim != 4 || V->ndim != 4) return;
+    int64_t pos = *(const int64_t *)c->in[3].data;
+    attn_args a;
+    memset(&a, 0, sizeof a);
+    a.q = (const float *)Q->data;
+    a.k = (const float *)K->data;
+    a.v = (const float *)V->data;
+    a.out = (float *)c->out.data;
+    a.B = Q->shape[0];
+    a.Hq = Q->shape[1];
+    a.Sq = Q->shape[2];
+    a.D = Q->shape[3];
+    a.Hkv = K->shape[1];
+    a.Sk = K->shape[2];
+    a.Dv = V->shape[3];
+    a.group = p->group > 0 ? p->group : 1;
+    if (a.Hkv * a.group != a.Hq || K->shape[0] != a.B || K->shape[3] != a.D) return;
+    if (pos < 0 || pos + a.Sq > a.Sk) return;  /* the session checks capacity before running */
+    a.causal = 1;
+    a.scale = p->scale;
+    a.kv_len = pos + a.Sq;
+    a.offset = pos;
+    run_rows(&a, c);
+}
+
+/* [B, H, S, D] rows written into the cache [B, H, L, D] at positions pos..pos+S-1; out is the cache. */
+void kiln_k_cache_write(const kiln_call *c) {
+    const kiln_tensor *C = &c->in[0], *N = &c->in[1];
+    int64_t pos = *(const int64_t *)c->in[2].data;
+    int64_t L = C->shape[2], S = N->shape[2], D = N->shape[3], BH = N->shape[0] * N->shape[1];
+    if (pos < 0 || pos + S > L || C->ndim != 4 || N->ndim != 4) return;
+    char *dst = (char *)c->out.data;
+    const char *src = (const char *)N->data;
+    int64_t isz = kiln_itemsize(N->dtype), row = S * D * isz;
+    if (dst != (char *)C->data) memcpy(dst, C->data, (size_t)kiln_numel(C) * isz);
+    for (int64_t bh = 0; bh < BH; bh++) memcpy(dst + (bh * L + pos) * D * isz, src + bh * row, (size_t)row);
 }
 
 /* Test hook: force the kernel choice (-1 restores the default size rule). */

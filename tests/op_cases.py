@@ -191,4 +191,27 @@ CASES["gated_act"] = ([([f32(3, 8), f32(3, 8)], {"act": "silu"}), ([f32(2, 3, 16
                        ([f32(4, 6), f32(4, 6)], {"act": "gelu_tanh"}), ([f32(5, 10)], {"act": "relu"})], _gated)
 CASES["rope"] = ([([f32(1, 2, 5, 8), f32(5, 8), f32(5, 8)], {}), ([f32(3, 4, 16), f32(4, 16), f32(4, 16)], {})], _rope)
 
+def _cache_write(xs, a):
+    cache, new, pos = xs
+    out = cache.clone()
+    out[:, :, int(pos):int(pos) + new.shape[2]] = new
+    return out
+
+
+def _cached_attention(xs, a):
+    q, k, v, pos = xs
+    p, sq = int(pos), q.shape[2]
+    k, v = k[:, :, :p + sq], v[:, :, :p + sq]
+    keep = torch.arange(p + sq)[None, :] <= (p + torch.arange(sq))[:, None]
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=keep, scale=a.get("scale"),
+                                                            enable_gqa=q.shape[1] != k.shape[1])
+
+
+CASES["cache_write"] = ([([f32(1, 2, 10, 4), f32(1, 2, 3, 4), np.array(4)], {}),
+                         ([f32(2, 3, 6, 8), f32(2, 3, 1, 8), np.array(5)], {})], _cache_write)
+CASES["cached_attention"] = ([([f32(1, 4, 3, 8), f32(1, 2, 12, 8), f32(1, 2, 12, 8), np.array(5)], {}),
+                              ([f32(1, 2, 1, 16), f32(1, 2, 9, 16), f32(1, 2, 9, 16), np.array(8)], {"scale": 0.3}),
+                              ([f32(2, 3, 4, 8), f32(2, 3, 4, 8), f32(2, 3, 4, 8), np.array(0)], {})],
+                             _cached_attention)
+
 _ = (attention, creation, elementwise, matmul, reduce, shape, math)

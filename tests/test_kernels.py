@@ -248,6 +248,15 @@ if "rope" in registry.REGISTRY:
         add(Case("rope", [rnd(*shp), rnd(*shp[-2:], lo=-1, hi=1), rnd(*shp[-2:], lo=-1, hi=1)]))
     add(Case("rope", [rnd(2, 3, 7, 64), rnd(7, 64, lo=-1, hi=1), rnd(7, 64, lo=-1, hi=1)], inplace=True))
 
+# -- KV cache ---------------------------------------------------------------------------------------
+for pos, s_new in ((0, 5), (7, 1), (3, 4), (15, 1)):
+    add(Case("cache_write", [rnd(1, 3, 16, 8), rnd(1, 3, s_new, 8), np.array(pos, np.int64)], inplace=True),
+        Case("cache_write", [rnd(2, 2, 16, 8), rnd(2, 2, s_new, 8), np.array(pos, np.int64)]))
+    add(Case("cached_attention", [rnd(1, 6, s_new, 16), rnd(1, 2, 16, 16), rnd(1, 2, 16, 16), np.array(pos, np.int64)],
+             rtol=1e-4, atol=1e-5),
+        Case("cached_attention", [rnd(1, 3, s_new, 64), rnd(1, 3, 2000, 64), rnd(1, 3, 2000, 64),
+                                  np.array(pos * 100, np.int64)], rtol=1e-4, atol=1e-5))
+
 # -- matmul ------------------------------------------------------------------------------------------
 MM = dict(rtol=1e-4, atol=1e-4)
 for sa, sb, tb in [((5, 7), (7, 3), False), ((1, 64), (64, 100), False), ((1, 64), (100, 64), True),

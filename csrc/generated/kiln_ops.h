@@ -26,49 +26,51 @@ enum kiln_op {
     KILN_OP_ABS = 0,
     KILN_OP_ADD = 1,
     KILN_OP_ATTENTION = 2,
-    KILN_OP_CAST = 3,
-    KILN_OP_CONCAT = 4,
-    KILN_OP_COPY = 5,
-    KILN_OP_COS = 6,
-    KILN_OP_DIV = 7,
-    KILN_OP_EMBEDDING = 8,
-    KILN_OP_ERF = 9,
-    KILN_OP_EXP = 10,
-    KILN_OP_EXPAND = 11,
-    KILN_OP_GATED_ACT = 12,
-    KILN_OP_GATHER = 13,
-    KILN_OP_GELU = 14,
-    KILN_OP_GELU_TANH = 15,
-    KILN_OP_INDEX_SELECT = 16,
-    KILN_OP_LAYER_NORM = 17,
-    KILN_OP_LOG = 18,
-    KILN_OP_LOG_SOFTMAX = 19,
-    KILN_OP_MATMUL = 20,
-    KILN_OP_MAX = 21,
-    KILN_OP_MAXIMUM = 22,
-    KILN_OP_MEAN = 23,
-    KILN_OP_MINIMUM = 24,
-    KILN_OP_MUL = 25,
-    KILN_OP_NEG = 26,
-    KILN_OP_PERMUTE = 27,
-    KILN_OP_POW = 28,
-    KILN_OP_RECIPROCAL = 29,
-    KILN_OP_RELU = 30,
-    KILN_OP_RESHAPE = 31,
-    KILN_OP_RMS_NORM = 32,
-    KILN_OP_ROPE = 33,
-    KILN_OP_RSQRT = 34,
-    KILN_OP_SIGMOID = 35,
-    KILN_OP_SILU = 36,
-    KILN_OP_SIN = 37,
-    KILN_OP_SLICE = 38,
-    KILN_OP_SOFTMAX = 39,
-    KILN_OP_SQRT = 40,
-    KILN_OP_SUB = 41,
-    KILN_OP_SUM = 42,
-    KILN_OP_TANH = 43,
-    KILN_OP_WHERE = 44,
-    KILN_NUM_OPS = 45
+    KILN_OP_CACHE_WRITE = 3,
+    KILN_OP_CACHED_ATTENTION = 4,
+    KILN_OP_CAST = 5,
+    KILN_OP_CONCAT = 6,
+    KILN_OP_COPY = 7,
+    KILN_OP_COS = 8,
+    KILN_OP_DIV = 9,
+    KILN_OP_EMBEDDING = 10,
+    KILN_OP_ERF = 11,
+    KILN_OP_EXP = 12,
+    KILN_OP_EXPAND = 13,
+    KILN_OP_GATED_ACT = 14,
+    KILN_OP_GATHER = 15,
+    KILN_OP_GELU = 16,
+    KILN_OP_GELU_TANH = 17,
+    KILN_OP_INDEX_SELECT = 18,
+    KILN_OP_LAYER_NORM = 19,
+    KILN_OP_LOG = 20,
+    KILN_OP_LOG_SOFTMAX = 21,
+    KILN_OP_MATMUL = 22,
+    KILN_OP_MAX = 23,
+    KILN_OP_MAXIMUM = 24,
+    KILN_OP_MEAN = 25,
+    KILN_OP_MINIMUM = 26,
+    KILN_OP_MUL = 27,
+    KILN_OP_NEG = 28,
+    KILN_OP_PERMUTE = 29,
+    KILN_OP_POW = 30,
+    KILN_OP_RECIPROCAL = 31,
+    KILN_OP_RELU = 32,
+    KILN_OP_RESHAPE = 33,
+    KILN_OP_RMS_NORM = 34,
+    KILN_OP_ROPE = 35,
+    KILN_OP_RSQRT = 36,
+    KILN_OP_SIGMOID = 37,
+    KILN_OP_SILU = 38,
+    KILN_OP_SIN = 39,
+    KILN_OP_SLICE = 40,
+    KILN_OP_SOFTMAX = 41,
+    KILN_OP_SQRT = 42,
+    KILN_OP_SUB = 43,
+    KILN_OP_SUM = 44,
+    KILN_OP_TANH = 45,
+    KILN_OP_WHERE = 46,
+    KILN_NUM_OPS = 47
 };
 
 typedef struct kiln_tensor {
@@ -96,6 +98,11 @@ typedef struct {
     float scale;
     int64_t group;
 } kiln_attention_params;
+
+typedef struct {
+    float scale;
+    int64_t group;
+} kiln_cached_attention_params;
 
 typedef struct {
     int64_t axis;
@@ -161,6 +168,8 @@ typedef void (*kiln_kernel)(const kiln_call *call);
 void kiln_k_abs(const kiln_call *call);
 void kiln_k_add(const kiln_call *call);
 void kiln_k_attention(const kiln_call *call);
+void kiln_k_cache_write(const kiln_call *call);
+void kiln_k_cached_attention(const kiln_call *call);
 void kiln_k_cast(const kiln_call *call);
 void kiln_k_concat(const kiln_call *call);
 void kiln_k_copy(const kiln_call *call);

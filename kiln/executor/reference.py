@@ -11,7 +11,8 @@ import numpy as np
 
 from ..errors import KilnError
 from ..ir.feeds import check_feeds
-from ..ir.graph import Graph
+from ..ir.graph import STATE, Graph
+from ..ops.cache import WRITES_STATE
 from ..ir.resolve import resolve
 from ..ops import registry
 
@@ -29,6 +30,8 @@ def run_reference(graph: Graph, feeds: Mapping[str, np.ndarray], *,
             out = registry.get(node.op).evaluate([values[i] for i in node.inputs], node.attrs)
         except KilnError as e:
             raise type(e)(f"{node!r}: {e}" + (f"\n  at {node.source}" if node.source else "")) from None
+        if registry.get(node.op).has(WRITES_STATE) and graph.tensors[node.inputs[0]].kind == STATE:
+            np.copyto(graph.constants[node.inputs[0]], out)  # state persists across runs
         values[node.output] = out
         if timings is not None:
             timings.setdefault(node.op, []).append(time.perf_counter() - t0)

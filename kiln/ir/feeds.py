@@ -44,7 +44,7 @@ def check_feeds(graph: Graph, feeds: Mapping[str, np.ndarray]) -> tuple[dict[str
                 if want != got:
                     raise FeedError(f"input {name!r}: expected shape {dims.fmt_shape(t.shape)}, got {list(a.shape)} "
                                     f"(axis {axis} must be {want})")
-        arrays[name] = np.ascontiguousarray(a, dtype=t.dtype if t.dtype != "bool" else np.bool_)
+        arrays[name] = np.asarray(a, dtype=t.dtype if t.dtype != "bool" else np.bool_, order="C")
     # Bind bare symbols first, then check every expression against the binding.
     for name in graph.inputs:
         t = graph.tensors[name]

@@ -6,6 +6,8 @@ Walking the order once, each node's output is either
   * written in place over input 0 (the op is INPLACE): allowed only when input 0 sits
     in an arena buffer whose every member dies at this step, with the same dtype and
     element count, and no other input of the node reads that buffer;
+  * written into a state tensor's own slot (a ``writes_state`` op such as cache_write
+    over a state): the new value persists; state.py orders the old value's readers first;
   * a graph output: it gets its own external slot, and is never an alias (the op's
     kernel then copies), so outputs never point into the arena or at a weight;
   * otherwise a fresh arena buffer.
@@ -21,6 +23,7 @@ from typing import Optional
 
 from ..ir.graph import ACT, ITEMSIZE, Graph, Node
 from ..ops import registry
+from .state import writes_state
 
 KERNEL, ALIAS, INPLACE = "kernel", "alias", "inplace"
 
@@ -114,7 +117,10 @@ def share(graph: Graph, order: list[int], *, alias: bool = True, inplace: bool =
         kind = KERNEL
         if out not in outputs:
             off = alias_bytes(graph, node) if alias else None
-            if off is not None:
+            if writes_state(graph, node) is not None:
+                loc[out] = loc[node.inputs[0]]  # into the state's own slot, so the value persists
+                kind = INPLACE
+            elif off is not None:
                 key, base = loc[node.inputs[0]]
                 loc[out] = (key, base + off)
                 kind = ALIAS

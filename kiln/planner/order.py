@@ -7,12 +7,15 @@ given order wins.
 """
 from __future__ import annotations
 
+import heapq
 from typing import Callable
 
 from ..ir.graph import ACT, Graph
 from .lifetimes import alias_bytes
+from .state import writes_state
 
-Order = Callable[[Graph, bool], list[int]]
+# (graph, alias enabled, extra deps: node -> nodes that must run before it) -> node indices
+Order = Callable[[Graph, bool, dict[int, set[int]]], list[int]]
 ORDERS: dict[str, Order] = {}
 
 
@@ -24,13 +27,43 @@ def register_order(name: str) -> Callable[[Order], Order]:
 
 
 @register_order("given")
-def given_order(graph: Graph, alias: bool) -> list[int]:
-    """The graph's node list (already checked to be topological by validation)."""
-    return list(range(len(graph.nodes)))
+def given_order(graph: Graph, alias: bool, deps: dict[int, set[int]]) -> list[int]:
+    """The graph's node list; with extra deps (state writes), the stable topological sort that
+    moves as little as possible (the node list itself when it already satisfies them)."""
+    if not deps:
+        return list(range(len(graph.nodes)))
+    preds = _preds(graph, deps)
+    succs: dict[int, list[int]] = {}
+    for i, ps in enumerate(preds):
+        for p in ps:
+            succs.setdefault(p, []).append(i)
+    waiting = [len(ps) for ps in preds]
+    ready = [i for i, w in enumerate(waiting) if w == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for s in succs.get(i, ()):
+            waiting[s] -= 1
+            if waiting[s] == 0:
+                heapq.heappush(ready, s)
+    if len(order) < len(graph.nodes):
+        from ..errors import ValidationError
+        stuck = graph.nodes[min(set(range(len(graph.nodes))) - set(order))]
+        raise ValidationError(f"no order satisfies the state writes: {stuck!r} waits on a cycle "
+                              "(two nodes overwrite the same state value?)")
+    return order
+
+
+def _preds(graph: Graph, deps: dict[int, set[int]]) -> list[set[int]]:
+    producer = {n.output: i for i, n in enumerate(graph.nodes)}
+    return [{producer[t] for t in n.inputs if t in producer} | deps.get(i, set())
+            for i, n in enumerate(graph.nodes)]
 
 
 @register_order("greedy")
-def greedy_order(graph: Graph, alias: bool) -> list[int]:
+def greedy_order(graph: Graph, alias: bool, deps: dict[int, set[int]]) -> list[int]:
     """List scheduling: among ready nodes run the one that frees the most bytes net of what it
     allocates; ties go to the earlier node so the result stays close to the given order.
 
@@ -42,7 +75,8 @@ def greedy_order(graph: Graph, alias: bool) -> list[int]:
     outputs = set(graph.outputs)
     group: dict[str, str] = {}
     for n in nodes:  # the given order is topological, so input 0's group is known
-        if alias and n.output not in outputs and alias_bytes(graph, n) is not None:
+        if n.output not in outputs and ((alias and alias_bytes(graph, n) is not None)
+                                        or writes_state(graph, n) is not None):
             group[n.output] = group.get(n.inputs[0], n.inputs[0])
         else:
             group[n.output] = n.output
@@ -56,13 +90,12 @@ def greedy_order(graph: Graph, alias: bool) -> list[int]:
         node_groups.append(gs)
         for g in gs:
             users[g] = users.get(g, 0) + 1
-    producer = {n.output: i for i, n in enumerate(nodes)}
-    waiting = [len({i for i in n.inputs if i in producer}) for n in nodes]
-    readers: dict[str, list[int]] = {}
-    for idx, n in enumerate(nodes):
-        for i in set(n.inputs):
-            if i in producer:
-                readers.setdefault(i, []).append(idx)
+    preds = _preds(graph, deps)
+    waiting = [len(ps) for ps in preds]
+    succs: dict[int, list[int]] = {}
+    for idx, ps in enumerate(preds):
+        for p in ps:
+            succs.setdefault(p, []).append(idx)
     ready = [i for i, w in enumerate(waiting) if w == 0]
     order: list[int] = []
 
@@ -78,23 +111,24 @@ def greedy_order(graph: Graph, alias: bool) -> list[int]:
         order.append(best)
         for g in node_groups[best]:
             users[g] -= 1
-        for r in readers.get(nodes[best].output, ()):
+        for r in succs.get(best, ()):
             waiting[r] -= 1
             if waiting[r] == 0:
                 ready.append(r)
     return order
 
 
-def check_order(graph: Graph, order: list[int]) -> None:
-    """A permutation of the nodes in which every input is produced before it is read."""
+def check_order(graph: Graph, order: list[int], deps: dict[int, set[int]]) -> None:
+    """A permutation of the nodes in which every input (and extra dep) comes first."""
     from ..errors import ValidationError
     if sorted(order) != list(range(len(graph.nodes))):
         raise ValidationError(f"plan order is not a permutation of the graph's {len(graph.nodes)} nodes")
-    producer = {n.output: i for i, n in enumerate(graph.nodes)}
+    preds = _preds(graph, deps)
     done: set[int] = set()
     for idx in order:
-        node = graph.nodes[idx]
-        for i in node.inputs:
-            if i in producer and producer[i] not in done:
-                raise ValidationError(f"plan order runs {node.output} = {node.op}(...) before its input {i!r}")
+        missing = preds[idx] - done
+        if missing:
+            node = graph.nodes[idx]
+            raise ValidationError(f"plan order runs {node!r} before {graph.nodes[min(missing)]!r}, "
+                                  "which must come first")
         done.add(idx)

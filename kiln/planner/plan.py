@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ..errors import ValidationError
-from ..ir.graph import ACT, CONST, INPUT, STATE, Graph
+from ..ir.graph import ACT, CONST, STATE, Graph
 from ..ir.validate import validate
 from . import arena, order as order_mod
 from .lifetimes import KERNEL, share
+from .state import extra_deps, writes_state
 
 ARENA, INPUT_SLOT, OUTPUT_SLOT, CONST_SLOT, STATE_SLOT = "arena", "input", "output", "const", "state"
 
@@ -131,14 +132,15 @@ def plan(graph: Graph, *, order: str = "memory", allocator: str = "best_fit",
         names = [order]
     else:
         raise ValidationError(f"unknown plan order {order!r}; known: memory, {', '.join(order_mod.ORDERS)}")
+    deps = extra_deps(g)
     best: Optional[Plan] = None
     tried: set[tuple[int, ...]] = set()
     for name in names:  # "given" first: on ties the graph's own order wins
-        steps = order_mod.ORDERS[name](g, alias)
+        steps = order_mod.ORDERS[name](g, alias, deps)
         if tuple(steps) in tried:
             continue
         tried.add(tuple(steps))
-        order_mod.check_order(g, steps)
+        order_mod.check_order(g, steps, deps)
         p = _build(g, graph, steps, alloc, alias=alias, inplace=inplace,
                    options={"order": name, "allocator": allocator, "inplace": inplace, "alias": alias})
         if best is None or p.stats.arena_bytes < best.stats.arena_bytes:
@@ -151,12 +153,14 @@ def plan(graph: Graph, *, order: str = "memory", allocator: str = "best_fit",
 
 def _normalize(graph: Graph) -> Graph:
     """Give every graph output its own producer node: an output that is an input, weight or
-    state tensor, or that is listed twice, becomes a `copy` node's output. Then each output
-    owns one external slot that the executor allocates per run."""
+    state tensor, a state written in place, or that is listed twice, becomes a `copy` node's
+    output. Then each output owns one external slot that the executor allocates per run."""
     seen: set[str] = set()
     bad = []
+    producers = graph.producers()
     for i, o in enumerate(graph.outputs):
-        if graph.tensors[o].kind != ACT or o in seen:
+        if graph.tensors[o].kind != ACT or o in seen or (
+                o in producers and writes_state(graph, producers[o]) is not None):
             bad.append(i)
         seen.add(o)
     if not bad:

@@ -7,7 +7,8 @@ starts a class), and checks that
   * every placement lies within its slot, and arena buffers start 64-byte aligned;
   * an alias sits exactly where the op's alias_offset says, inside its source;
   * an in-place write happens only when everything sharing those bytes is dead after
-    the step and no other input of the node reads them;
+    the step and no other input of the node reads them (for state writes: everything
+    viewing the state's slot);
   * only graph outputs are written outside the arena;
   * no two classes that are live at the same step overlap in the arena.
 """
@@ -19,13 +20,18 @@ from ..ops import registry
 from .arena import ALIGNMENT
 from .lifetimes import ALIAS, INPLACE, KERNEL, alias_bytes, lifetimes
 from .order import check_order
+from .state import extra_deps, writes_state
 
 
 def verify(plan) -> None:
     g = plan.graph
     order = [s.node for s in plan.steps]
-    check_order(g, order)
+    check_order(g, order, extra_deps(g))
     life = lifetimes(g, order)
+    last_read: dict[str, int] = {}          # every tensor, external ones included
+    for step, idx in enumerate(order):
+        for i in g.nodes[idx].inputs:
+            last_read[i] = step
     if dict(plan.lifetimes) != life:
         bad = next(k for k in set(life) | set(plan.lifetimes) if life.get(k) != plan.lifetimes.get(k))
         raise ValidationError(f"plan lifetime of {bad!r} is {plan.lifetimes.get(bad)}, the order gives {life.get(bad)}")
@@ -84,17 +90,26 @@ def verify(plan) -> None:
             a, b = g.tensors[node.inputs[0]], g.tensors[node.output]
             if not opdef.has(registry.INPLACE) or a.dtype != b.dtype or tuple(a.shape) != tuple(b.shape):
                 raise ValidationError(f"{where}: may not run in place over {node.inputs[0]!r}")
-            if out != src or out.slot != 0:
-                raise ValidationError(f"{where}: in-place output must sit exactly on an arena input 0")
-            cls = find(node.inputs[0])
-            for m in members[cls]:
-                if life[m][1] > step:
-                    raise ValidationError(f"{where}: writes over {node.inputs[0]!r} while {m!r}, sharing its "
-                                          f"bytes, is still read at step {life[m][1]}")
-            for j, other in enumerate(node.inputs[1:], start=1):
-                if other in parent and find(other) == cls and not (
-                        other == node.inputs[0] and opdef.has(registry.ELEMENTWISE)):
-                    raise ValidationError(f"{where}: writes over input 0 while input {j} ({other!r}) reads it")
+            if out != src:
+                raise ValidationError(f"{where}: in-place output must sit exactly on input 0")
+            if out.slot != 0:
+                if writes_state(g, node) is None or plan.slots[out.slot].kind != "state":
+                    raise ValidationError(f"{where}: writes in place outside the arena")
+                for m, p in plan.placements.items():  # everything viewing the state's old bytes
+                    defined = life[m][0] if m in life else -1
+                    if p.slot == out.slot and defined < step and last_read.get(m, -1) > step:
+                        raise ValidationError(f"{where}: overwrites state while {m!r} is still read "
+                                              f"at step {last_read[m]}")
+            else:
+                cls = find(node.inputs[0])
+                for m in members[cls]:
+                    if life[m][1] > step:
+                        raise ValidationError(f"{where}: writes over {node.inputs[0]!r} while {m!r}, sharing "
+                                              f"its bytes, is still read at step {life[m][1]}")
+                for j, other in enumerate(node.inputs[1:], start=1):
+                    if other in parent and find(other) == cls and not (
+                            other == node.inputs[0] and opdef.has(registry.ELEMENTWISE)):
+                        raise ValidationError(f"{where}: writes over input 0 while input {j} ({other!r}) reads it")
         elif s.kind != KERNEL:
             raise ValidationError(f"{where}: unknown step kind {s.kind!r}")
         if s.kind == KERNEL and out.slot != 0 and node.output not in outputs:

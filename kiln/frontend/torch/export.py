@@ -81,8 +81,7 @@ def from_exported_program(ep) -> Graph:
         elif node.op == "get_attr":
             raise UnsupportedOpError(f"get_attr {node.target} (submodules/higher-order ops) is not supported")
     for sym, vr in ep.range_constraints.items():
-        lo, hi = vr.lower, vr.upper
-        g.sym_ranges[str(sym)] = (int(lo) if lo.is_finite else 0, int(hi) if hi.is_finite else 2**62)
+        g.sym_ranges[str(sym)] = (_bound(vr.lower, 0), _bound(vr.upper, 2**62))
     g.remove_unused_tensors()
     validate(g)
     return g
@@ -126,6 +125,14 @@ def _user_input(g: Graph, node) -> str:
             if coef == 1 and len(mono) == 1:  # a bare symbol: this axis binds it
                 g.sym_sources.setdefault(mono[0], (name, axis))
     return name
+
+
+def _bound(v, default: int) -> int:
+    """A range bound as an int (torch uses sympy infinities for unbounded sides)."""
+    try:
+        return int(v)
+    except (TypeError, ValueError, OverflowError, AttributeError):
+        return default
 
 
 def _to_numpy(t: torch.Tensor, name: str):

@@ -1,0 +1,97 @@
+"""Give a stateless causal LM graph a KV cache held as graph state.
+
+Input: a graph computing logits for the current tokens from input_ids alone,
+whose attentions are causal over those tokens (the passes absorb the model's
+mask into ``causal=True``) and whose positions come from ``arange(S)``.
+Output: the same graph plus an int64 scalar input ``cache_position`` (how
+many positions the cache already holds) and, per attention, two state
+tensors [B, Hkv, max_len, D]. Each step writes its new keys/values in place
+at ``cache_position`` and attends over the valid prefix only; positions
+become ``arange(S) + cache_position``, so rotary tables and learned position
+embeddings follow without knowing which the model uses. The sequence length
+stays symbolic: prefill (S prompt tokens) and decode (S = 1) are two plans
+of one graph.
+"""
+from __future__ import annotations
+
+
+import numpy as np
+
+from ..errors import KilnError
+from ..ir import dims
+from ..ir.dims import Sym
+from ..ir.graph import STATE, Graph
+from ..ir.validate import validate
+
+POSITION = "cache_position"
+
+
+def add_kv_cache(graph: Graph, max_len: int) -> Graph:
+    if max_len < 1:
+        raise KilnError(f"KV cache length must be >= 1, got {max_len}")
+    g = graph.copy()
+    if POSITION in g.tensors:
+        raise KilnError(f"graph already has a tensor named {POSITION!r}")
+    g.add_input(POSITION, (), "int64")
+    layer = 0
+    for node in list(g.nodes):
+        if node.op != "attention":
+            continue
+        if not node.attrs.causal or len(node.inputs) != 3:
+            raise KilnError(f"cannot add a KV cache: attention {node.output} is not plainly causal "
+                            f"(causal={node.attrs.causal}, {len(node.inputs) - 3} mask input(s))"
+                            + (f"\n  at {node.source}" if node.source else ""))
+        q, k, v = node.inputs
+        b, hkv, _, d = g.tensors[k].shape
+        dv = g.tensors[v].shape[3]
+        if not all(isinstance(x, int) for x in (b, hkv, d, dv)):
+            raise KilnError(f"cannot add a KV cache: batch/heads/head size of {k} must be static, "
+                            f"got {g.tensors[k].shape}")
+        caches = []
+        for kind, src, width in (("k", k, d), ("v", v, dv)):
+            name = g.add_const(f"kv_cache.{layer}.{kind}", np.zeros((b, hkv, max_len, width), np.float32), kind=STATE)
+            index = g.nodes.index(node)
+            caches.append(g.add_node("cache_write", [name, src, POSITION], name=f"{name}.write",
+                                     source=node.source, index=index))
+        index = g.nodes.index(node)
+        out = g.add_node("cached_attention", [q, caches[0], caches[1], POSITION], {"scale": node.attrs.scale},
+                         name=f"{node.output}.cached", source=node.source, index=index)
+        for n in g.nodes:
+            if node.output in n.inputs:
+                n.inputs = [out if i == node.output else i for i in n.inputs]
+        g.outputs = [out if o == node.output else o for o in g.outputs]
+        g.nodes.remove(node)
+        del g.tensors[node.output]
+        layer += 1
+    if layer == 0:
+        raise KilnError("cannot add a KV cache: the graph has no attention")
+    _offset_positions(g)
+    # One-token decode is valid for this graph even if the export range started at 2.
+    g.sym_ranges = {s: (min(lo, 1), hi) for s, (lo, hi) in g.sym_ranges.items()}
+    validate(g)
+    return g
+
+
+def _offset_positions(g: Graph) -> None:
+    """arange(0, S) over the sequence becomes arange(0, S) + cache_position."""
+    seq = {s for n in g.nodes if n.op == "cached_attention" for s in dims.symbols_of(g.tensors[n.inputs[0]].shape)}
+    for node in list(g.nodes):
+        a = node.attrs
+        if node.op != "arange" or a.start != 0 or a.step != 1 or not isinstance(a.end, Sym) or a.end.symbols - seq:
+            continue
+        consumers = [n for n in g.nodes if node.output in n.inputs]
+        index = g.nodes.index(node) + 1
+        shifted = g.add_node("add", [node.output, POSITION], name=f"{node.output}.shifted", source=node.source,
+                             index=index)
+        for n in consumers:
+            n.inputs = [shifted if i == node.output else i for i in n.inputs]
+        g.outputs = [shifted if o == node.output else o for o in g.outputs]
+
+
+def cache_length(graph: Graph) -> int:
+    for t in graph.tensors.values():
+        if t.kind == STATE and t.name.startswith("kv_cache."):
+            return int(t.shape[2])
+    raise KilnError("graph has no KV cache")
+
+
