@@ -29,6 +29,9 @@ class Session:
         self.meta = dict(meta or {})
         self._executors: dict[tuple, object] = {}
         self.last_profile: Optional[dict] = None
+        # State (a KV cache) belongs to the session: every per-binding plan reads and writes
+        # these same arrays, so a prefill plan and a decode plan continue one sequence.
+        self.state = {name: np.array(graph.constants[name], order="C", copy=True) for name in graph.state}
 
     # -- public surface ---------------------------------------------------------------
     @property
@@ -50,6 +53,11 @@ class Session:
     def __call__(self, *args: np.ndarray, **feeds: np.ndarray) -> list[np.ndarray]:
         feeds = dict(zip(self.input_names, args), **feeds)
         return self.run(feeds)
+
+    def reset_state(self) -> None:
+        """Return every state tensor (e.g. the KV cache) to its initial value."""
+        for name, a in self.state.items():
+            a[...] = self.graph.constants[name]
 
     def save(self, path: str | os.PathLike) -> None:
         serialize.save(self.graph, path, extra={"meta": self.meta})
@@ -75,19 +83,17 @@ class Session:
 
     def _build(self, binding: dict):
         if self.executor == "reference":
-            return _ReferenceExecutor(self.graph)
+            return _ReferenceExecutor(self.graph, self.state)
         static = resolve(self.graph, binding) if self.graph.symbols else self.graph
         validate(static, static=True, executable=True)
         from .planner import plan as make_plan
         p = make_plan(static)
         if self.executor == "compiled":
             from .executor.compiled import CompiledExecutor
-            ex = CompiledExecutor(static, p)
-        else:
-            from .executor.planned import PlannedExecutor
-            ex = PlannedExecutor(static, p, backends=("c", "numpy") if self.executor == "interpreted" else ("numpy",))
-        ex.plan = p
-        return ex
+            return CompiledExecutor(static, p, state=self.state)
+        from .executor.planned import PlannedExecutor
+        return PlannedExecutor(static, p, backends=("c", "numpy") if self.executor == "interpreted" else ("numpy",),
+                               state=self.state)
 
 
 class _ReferenceExecutor:
@@ -95,14 +101,15 @@ class _ReferenceExecutor:
 
     plan = None
 
-    def __init__(self, graph: Graph):
+    def __init__(self, graph: Graph, state: dict):
         self.graph = graph
+        self.state = state
         self.last_profile = None
 
     def run(self, arrays, profile: bool = False) -> list[np.ndarray]:
         from .executor.reference import run_reference
         timings: Optional[dict] = {} if profile else None
-        outs = run_reference(self.graph, arrays, timings=timings)
+        outs = run_reference(self.graph, arrays, timings=timings, state=self.state)
         if timings is not None:
             self.last_profile = {op: {"count": len(t), "ms": 1e3 * sum(t)} for op, t in timings.items()}
         return outs

@@ -201,3 +201,78 @@ def test_compiled_accepts_noncontiguous_and_other_dtypes():
     got = ex.run({"x": x})
     want = run_reference(g, {"x": x.astype(np.float32)})
     assert all(rel_err(a, b) < 1e-5 for a, b in zip(got, want))
+
+
+# -- state written in place ---------------------------------------------------------------
+def kv_cache_graph(reader_first: bool = True) -> Graph:
+    g = Graph()
+    cache = g.add_const("k_cache", np.zeros((1, 2, 6, 4), np.float32), kind=STATE)
+    new = g.add_input("new", (1, 2, 2, 4), "float32")
+    pos = g.add_input("pos", (), "int64")
+    old = g.add_node("neg", [cache], name="old")        # reads the value before the write
+    k = g.add_node("cache_write", [cache, new, pos], name="k")
+    g.outputs = [g.add_node("add", [k, old], name="y"), k]
+    if not reader_first:
+        g.nodes[0], g.nodes[1] = g.nodes[1], g.nodes[0]
+    return g
+
+
+@pytest.mark.parametrize("order", ["given", "memory"])
+def test_state_written_in_place_persists(order):
+    for idx in range(3 if HAVE_C else 1):
+        g = kv_cache_graph()
+        oracle = {"k_cache": np.zeros((1, 2, 6, 4), np.float32)}   # the reference's persistent state
+        p = plan(g, order=order)
+        write = next(s for s in p.steps if p.graph.nodes[s.node].op == "cache_write")
+        assert write.kind == "inplace" and p.placements["k"] == p.placements["k_cache"]
+        name, ex = list(_executors(g, p))[idx]
+        rng = np.random.default_rng(0)
+        for pos in (0, 2, 3):
+            feeds = {"new": rng.standard_normal((1, 2, 2, 4)).astype(np.float32), "pos": np.array(pos)}
+            want = run_reference(g, feeds, state=oracle)
+            got = ex.run(feeds)
+            assert all(rel_err(a, b) < 1e-6 for a, b in zip(got, want)), (name, pos)
+            np.testing.assert_array_equal(ex.state["k_cache"], oracle["k_cache"])  # it persisted
+        ex.reset_state()
+        assert not ex.state["k_cache"].any()
+
+
+def test_readers_of_the_old_state_run_before_the_write():
+    g = kv_cache_graph(reader_first=False)              # node list: write, then the old-value reader
+    for order in ("given", "greedy"):
+        p = plan(g, order=order)
+        steps = [p.graph.nodes[s.node].output for s in p.steps]
+        assert steps.index("old") < steps.index("k"), order
+
+
+def test_state_read_after_write():
+    g = Graph()
+    cache = g.add_const("c", np.zeros((1, 1, 4, 2), np.float32), kind=STATE)
+    new = g.add_input("new", (1, 1, 1, 2), "float32")
+    pos = g.add_input("pos", (), "int64")
+    k = g.add_node("cache_write", [cache, new, pos])
+    g.outputs = [g.add_node("add", [k, g.add_node("relu", [cache], name="r")])]  # fine: relu runs first
+    p = plan(g)
+    assert [p.graph.nodes[s.node].op for s in p.steps][:2] == ["relu", "cache_write"]
+    g.outputs = [g.add_node("add", [k, cache])]     # one kernel reading the old and the new value
+    with pytest.raises(ValidationError, match="old value"):
+        plan(g)
+
+
+def test_verify_rejects_a_state_write_before_its_old_readers():
+    g = kv_cache_graph()
+    p = plan(g, order="given")
+    steps = list(p.steps)
+    steps[0], steps[1] = steps[1], steps[0]          # the write now runs before neg(k_cache)
+    with pytest.raises(ValidationError, match="must come first"):
+        dataclasses.replace(p, steps=tuple(steps)).verify()
+
+
+def test_state_write_through_a_view_is_refused():
+    g = Graph()
+    cache = g.add_const("c", np.zeros((1, 1, 4, 2), np.float32), kind=STATE)
+    view = g.add_node("reshape", [cache], {"shape": (1, 1, 4, 2)})
+    g.outputs = [g.add_node("cache_write", [view, g.add_input("new", (1, 1, 1, 2), "float32"),
+                                            g.add_input("pos", (), "int64")])]
+    with pytest.raises(ValidationError, match="view of state"):
+        plan(g)

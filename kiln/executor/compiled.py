@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
-from typing import Mapping
+from typing import Mapping, Optional
 
 import numpy as np
 
@@ -25,13 +25,13 @@ from .planned import Profile, aligned_arena, feed_array, fixed_slot_arrays
 
 
 class CompiledExecutor:
-    def __init__(self, graph: Graph, plan: Plan):
+    def __init__(self, graph: Graph, plan: Plan, state: Optional[dict[str, np.ndarray]] = None):
         if not clib.available():
             raise BackendError("the compiled executor needs the C kernels: run `pip install -e .` to build them")
         self.plan = plan
         self.graph = g = plan.check_graph(graph)
         self._arena = aligned_arena(plan.arena_bytes)
-        arrays, self.state = fixed_slot_arrays(g, plan)
+        arrays, self.state = fixed_slot_arrays(g, plan, state)
         arrays[0] = self._arena
         self._arrays = arrays  # keeps weights/state/arena alive while C holds their pointers
         # Bytes actually behind each slot: the real arrays where they exist, the resolved
@@ -101,6 +101,12 @@ class CompiledExecutor:
             raise ValidationError(f"{what}: bytes [{p.offset}, {p.offset + need}) lie outside slot {p.slot} "
                                   f"({self.plan.slots[p.slot].kind} {self.plan.slots[p.slot].name!r}, "
                                   f"{self._slot_nbytes[p.slot]} bytes)")
+
+    def reset_state(self) -> None:
+        """Put every state tensor back to its initial value (in place: the slots keep their pointers)."""
+        with self._lock:
+            for name, a in self.state.items():
+                a[...] = self.graph.constants[name]
 
     def run(self, feeds: Mapping[str, np.ndarray], profile: bool = False) -> list[np.ndarray]:
         # The feeds' sizes are the one check we must make: C trusts every byte count.

@@ -42,20 +42,31 @@ def as_bytes(a: np.ndarray) -> np.ndarray:
     return a.reshape(-1).view(np.uint8)
 
 
-def fixed_slot_arrays(graph: Graph, plan: Plan) -> tuple[list[Optional[np.ndarray]], dict[str, np.ndarray]]:
-    """Arrays behind the slots that do not change per run: weights (as given) and state (a
-    private copy that persists across runs). Inputs and outputs are bound per run (None here)."""
+def fixed_slot_arrays(graph: Graph, plan: Plan, state: Optional[dict[str, np.ndarray]] = None
+                      ) -> tuple[list[Optional[np.ndarray]], dict[str, np.ndarray]]:
+    """Arrays behind the slots that do not change per run: weights (as given) and state.
+
+    State persists across runs. ``state`` hands in arrays owned by the caller (a Session
+    shares one set between its prefill and decode plans); they are used in place, never
+    copied. Without it the executor keeps a private copy. Inputs and outputs are bound per
+    run (None here)."""
+    shared = state
+
     arrays: list[Optional[np.ndarray]] = [None] * len(plan.slots)
-    state: dict[str, np.ndarray] = {}
+    state = {}
     for i, s in enumerate(plan.slots):
         if s.kind in (CONST_SLOT, STATE_SLOT):
             t = graph.tensors[s.name]
-            a = np.asarray(graph.constants[s.name])
+            a = np.asarray(shared[s.name] if shared is not None and s.kind == STATE_SLOT else graph.constants[s.name])
             if a.dtype != registry.np_dtype(t.dtype) or tuple(a.shape) != tuple(t.shape):
                 raise ValidationError(f"{s.kind} {s.name!r}: data is {a.dtype}{list(a.shape)}, "
                                       f"the graph says {t.dtype}{list(t.shape)}")
             if s.kind == STATE_SLOT:
-                a = state[s.name] = np.array(a, order="C", copy=True)
+                if shared is None:
+                    a = np.array(a, order="C", copy=True)
+                elif not a.flags.c_contiguous or not a.flags.writeable:
+                    raise ValidationError(f"state {s.name!r} must be a writable C-contiguous array")
+                state[s.name] = a
             elif not a.flags.c_contiguous:
                 a = a.copy(order="C")
             if a.nbytes != s.nbytes:
@@ -118,7 +129,8 @@ class Profile(Mapping):
 
 
 class PlannedExecutor:
-    def __init__(self, graph: Graph, plan: Plan, backends: Sequence[str] = BACKENDS):
+    def __init__(self, graph: Graph, plan: Plan, backends: Sequence[str] = BACKENDS,
+                 state: Optional[dict[str, np.ndarray]] = None):
         unknown = [b for b in backends if b not in BACKENDS]
         if unknown or not backends:
             raise KilnError(f"backends must be a non-empty sequence of {BACKENDS}, got {tuple(backends)}")
@@ -132,7 +144,7 @@ class PlannedExecutor:
             if not self.use_c and not self.use_numpy:
                 raise BackendError("the C backend was requested alone but the kernels are not built")
         self._arena = aligned_arena(plan.arena_bytes)
-        fixed, self.state = fixed_slot_arrays(g, plan)
+        fixed, self.state = fixed_slot_arrays(g, plan, state)
         self._fixed = [as_bytes(a) if a is not None else None for a in fixed]
         self._fixed[0] = self._arena
         self._inputs = [(i, s.name, registry.np_dtype(g.tensors[s.name].dtype), s.nbytes)
@@ -154,6 +166,12 @@ class PlannedExecutor:
         p = self.plan.placements[name]
         t = self.graph.tensors[name]
         return (p.slot, p.offset, p.nbytes, registry.np_dtype(t.dtype), tuple(int(d) for d in t.shape))
+
+    def reset_state(self) -> None:
+        """Put every state tensor back to its initial value (in place: the slots keep their pointers)."""
+        with self._lock:
+            for name, a in self.state.items():
+                a[...] = self.graph.constants[name]
 
     def run(self, feeds: Mapping[str, np.ndarray], profile: bool = False) -> list[np.ndarray]:
         with self._lock:  # the arena is shared by every run

@@ -18,21 +18,34 @@ from ..ops import registry
 
 
 def run_reference(graph: Graph, feeds: Mapping[str, np.ndarray], *,
-                  timings: Optional[dict] = None) -> list[np.ndarray]:
+                  timings: Optional[dict] = None, state: Optional[dict] = None) -> list[np.ndarray]:
+    """Evaluate ``graph``. Values are functional: a node naming a state tensor sees its value
+    from before the run. With ``state`` (name -> array), state is read from it and each state
+    written by the graph is stored back into it at the end; without, nothing persists."""
     arrays, binding = check_feeds(graph, feeds)
     if graph.symbols:
         graph = resolve(graph, binding)
     values: dict[str, np.ndarray] = dict(graph.constants)
+    if state is not None:
+        values.update(state)
     values.update(arrays)
+    written: dict[str, str] = {}  # state -> the tensor holding its newest value
+    written_root: dict[str, str] = {}
     for node in graph.nodes:
         t0 = time.perf_counter() if timings is not None else 0.0
         try:
             out = registry.get(node.op).evaluate([values[i] for i in node.inputs], node.attrs)
         except KilnError as e:
             raise type(e)(f"{node!r}: {e}" + (f"\n  at {node.source}" if node.source else "")) from None
-        if registry.get(node.op).has(WRITES_STATE) and graph.tensors[node.inputs[0]].kind == STATE:
-            np.copyto(graph.constants[node.inputs[0]], out)  # state persists across runs
+        if registry.get(node.op).has(WRITES_STATE):
+            root = written_root.get(node.inputs[0], node.inputs[0])
+            if graph.tensors[root].kind == STATE:
+                written[root] = node.output
+                written_root[node.output] = root
         values[node.output] = out
         if timings is not None:
             timings.setdefault(node.op, []).append(time.perf_counter() - t0)
+    if state is not None:
+        for root, t in written.items():
+            np.copyto(state[root], values[t])
     return [values[o] for o in graph.outputs]

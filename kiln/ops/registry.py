@@ -42,7 +42,7 @@ class OpDef:
     ref: Callable                           # (list[np.ndarray], attrs) -> np.ndarray
     attrs: Optional[type] = None            # frozen dataclass of typed attrs
     props: frozenset = frozenset()
-    # byte offset of the output inside input 0 when it can alias, else None:
+    # offset (in elements) of the output inside input 0 when it can alias, else None:
     # (input shapes, output shape, attrs) -> Optional[int]
     alias_offset: Optional[Callable] = None
     scratch: Optional[Callable] = None      # (input shapes, output shape, attrs) -> bytes

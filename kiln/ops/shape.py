@@ -141,7 +141,7 @@ def _slice_infer(ins, a):
 
 
 def _slice_alias(ins, out, a):
-    shape = ins
+    shape = ins[0]
     if a.step != 1 and out[a.axis] > 1:
         return None
     if any(d != 1 for d in shape[:a.axis]):

@@ -51,6 +51,7 @@ def extra_deps(graph: Graph) -> dict[int, set[int]]:
     deps: dict[int, set[int]] = {}
     for w, node in enumerate(nodes):
         if writes_state(graph, node) is None:
+            _refuse_view_of_state(graph, node)
             continue
         # The old value: input 0 and everything that views its bytes (aliases of it, transitively).
         old, stack = set(), [node.inputs[0]]
@@ -82,3 +83,17 @@ def _descendants(nodes, readers, start: int) -> set[int]:
                 out.add(r)
                 stack.append(r)
     return out
+
+
+def _refuse_view_of_state(graph: Graph, node) -> None:
+    """A state write through a reshape/slice of the state would update a copy, and the new value
+    would silently not persist: refuse it (the graph should write the state tensor itself)."""
+    if not node.inputs or not registry.get(node.op).has(WRITES_STATE):
+        return
+    producers = graph.producers()
+    name = node.inputs[0]
+    while name in producers and registry.get(producers[name].op).alias_offset is not None:
+        name = producers[name].inputs[0]
+    if graph.tensors[name].kind == STATE:
+        raise ValidationError(f"{node!r} writes a view of state {name!r}; it must write the state tensor "
+                              "itself (or an earlier write of it) for the new value to persist")

@@ -43,6 +43,10 @@ def tiny_config(arch: str, vocab: int):
         return tf.Qwen3Config(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4,
                               num_key_value_heads=2, head_dim=16, max_position_embeddings=128,
                               tie_word_embeddings=True, rope_theta=1000000.0, **common)
+    if arch == "qwen2":  # q/k/v biases
+        return tf.Qwen2Config(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                              num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=False,
+                              **common)
     if arch == "llama":
         return tf.LlamaConfig(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4,
                               num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=False,
@@ -54,11 +58,12 @@ def make_tiny_model(arch: str, vocab: int, seed: int = 0):
     import torch
     import transformers as tf
     torch.manual_seed(seed)
-    cls = {"gpt2": tf.GPT2LMHeadModel, "qwen3": tf.Qwen3ForCausalLM, "llama": tf.LlamaForCausalLM}[arch]
+    cls = {"gpt2": tf.GPT2LMHeadModel, "qwen3": tf.Qwen3ForCausalLM, "qwen2": tf.Qwen2ForCausalLM,
+           "llama": tf.LlamaForCausalLM}[arch]
     model = cls(tiny_config(arch, vocab)).eval()
     with torch.no_grad():  # norms start at exactly 1/0; perturb them so the loaders must carry them over
         for name, p in model.named_parameters():
-            if "norm" in name or ".ln_" in name:
+            if "norm" in name or ".ln_" in name or name.endswith(".bias"):
                 p.add_(0.1 * torch.randn_like(p))
     return model
 

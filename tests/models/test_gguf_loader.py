@@ -38,7 +38,7 @@ def test_qk_permutation_inverts():
     assert not np.array_equal(permute_qk(w, 6), w)
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "qwen2"])
 def test_f32_weights_exact(arch, gguf_files):
     path, model, _ = gguf_files(arch, quantized=False)
     state = hf_state_dict(read_gguf(path))
@@ -66,7 +66,8 @@ def test_quantized_weights_match_gguf_dequantize(gguf_files):
     assert 0 < np.abs(q - ref).max() < 0.2 * np.abs(ref).max()
 
 
-@pytest.mark.parametrize("arch,quantized", [("llama", False), ("llama", True), ("qwen3", False)])
+@pytest.mark.parametrize("arch,quantized", [("llama", False), ("llama", True), ("qwen3", False),
+                                                   ("qwen2", False)])
 def test_logits_through_kiln(arch, quantized, gguf_files, executor):
     path, model, _ = gguf_files(arch, quantized)
     gf = read_gguf(path)
@@ -112,3 +113,13 @@ def test_gguf_errors(tmp_path):
     junk.write_bytes(b"not a gguf file at all" * 10)
     with pytest.raises(FileFormatError):
         read_gguf(junk)
+
+
+def test_load_model_from_gguf_path(gguf_files, executor):
+    from kiln.models import load_model, torch_greedy
+    path, _, _ = gguf_files("llama", quantized=True)
+    lm = load_model(path, executor=executor, keep_torch=True, max_len=48)
+    assert lm.name == path.name and lm.eos_ids == (2,) and lm.has_chat_template
+    lm.eos_ids = ()  # random weights: compare all 16 tokens
+    prompt = lm.encode("Paris is")
+    assert lm.generate(prompt, 16).ids == torch_greedy(lm, prompt, 16)[0]

@@ -1,0 +1,148 @@
+"""What machine this is, and its measured compute and memory ceilings (for the roofline floor)."""
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+import threading
+import time
+
+import numpy as np
+
+
+def _lscpu() -> dict:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    info = {}
+    for line in out.splitlines():
+        k, _, v = line.partition(":")
+        info[k.strip()] = v.strip()
+    return info
+
+
+def _mem_total() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _version(mod: str):
+    try:
+        m = __import__(mod)
+        return getattr(m, "__version__", "?")
+    except Exception:  # noqa: BLE001 - any import failure means "not available"
+        return None
+
+
+def describe(threads: int) -> dict:
+    import kiln
+    cpu = _lscpu()
+    flags = cpu.get("Flags", "").split()
+    info = {
+        "cpu": cpu.get("Model name", platform.processor()),
+        "cores": os.cpu_count(),
+        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "threads_per_core": cpu.get("Thread(s) per core"),
+        "hypervisor": cpu.get("Hypervisor vendor"),
+        "l2": cpu.get("L2 cache"), "l3": cpu.get("L3 cache"),
+        "simd": [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile") if f in flags],
+        "memory_bytes": _mem_total(),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "threads": threads,
+        "load_avg_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "versions": {"kiln": kiln.__version__, "numpy": np.__version__, "torch": _version("torch"),
+                     "transformers": _version("transformers"), "onnxruntime": _version("onnxruntime"),
+                     "onnx": _version("onnx"), "onnxscript": _version("onnxscript")},
+        "env": {k: os.environ.get(k) for k in ("KILN_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_CORETYPE")},
+    }
+    try:
+        from kiln.backends import clib
+        info["kiln_build"] = clib.build_info()
+        info["kiln_blas_core"] = _kiln_blas_core()
+    except Exception as e:  # noqa: BLE001
+        info["kiln_build"] = f"unavailable: {e}"
+    try:
+        import torch
+        info["torch_threads"] = torch.get_num_threads()
+        info["torch_config"] = " ".join(l.strip() for l in torch.__config__.show().splitlines()
+                                        if "CPU capability" in l or "BLAS_INFO" in l or "Intel(R) MKL" in l)[:300]
+    except Exception:  # noqa: BLE001
+        pass
+    return info
+
+
+def _kiln_blas_core() -> str:
+    from kiln.backends import clib
+    blas = clib._state.get("blas")  # noqa: SLF001 - read-only peek for the report
+    return clib._corename(blas) if blas is not None else ""  # noqa: SLF001
+
+
+def _median_time(fn, reps: int, min_sample: float = 0.05) -> float:
+    fn()
+    t0 = time.perf_counter()
+    fn()
+    once = time.perf_counter() - t0
+    k = max(1, int(min_sample / max(once, 1e-9)))
+    samples = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        for _ in range(k):
+            fn()
+        samples.append((time.perf_counter() - t0) / k)
+    return statistics.median(samples)
+
+
+def sgemm_peak(n: int = 2048, reps: int = 7) -> dict:
+    """GFLOP/s of one n^3 sgemm through Kiln's own matmul kernel (its BLAS), NN and NT layouts."""
+    from kiln.backends import clib
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    c = np.empty((n, n), np.float32)
+    res = {}
+    for label, tb in (("NN", False), ("NT", True)):
+        t = _median_time(lambda: clib.run_op("matmul", [a, b], {"transpose_b": tb}, c), reps)
+        res[label] = 2.0 * n ** 3 / t / 1e9
+    res["gflops"] = max(res["NN"], res["NT"])
+    res["n"] = n
+    return res
+
+
+def read_bandwidth(nbytes: int = 1 << 30, reps: int = 7, threads: int = 2) -> dict:
+    """GB/s reading a large float32 array: Kiln's C `sum` kernel (OpenMP), numpy's sum in one thread,
+    and numpy's sum split over `threads` Python threads (numpy drops the GIL in reductions).
+    The best of the three is the read bandwidth the floor uses."""
+    n = nbytes // 4
+    rows = 1024
+    a = np.ones((rows, n // rows), np.float32)
+    res = {}
+    try:
+        from kiln.backends import clib
+        out = np.empty((rows,), np.float32)
+        t = _median_time(lambda: clib.run_op("sum", [a], {"axes": (1,), "keepdim": False}, out), reps)
+        res["kiln_sum"] = a.nbytes / t / 1e9
+    except Exception as e:  # noqa: BLE001 - attr names may differ; numpy still measures
+        res["kiln_sum_error"] = str(e)[:200]
+    flat = a.reshape(-1)
+    res["numpy_1thread"] = a.nbytes / _median_time(lambda: flat.sum(), reps) / 1e9
+    parts = np.array_split(flat, threads)
+
+    def threaded():
+        ts = [threading.Thread(target=p.sum) for p in parts]
+        for t_ in ts:
+            t_.start()
+        for t_ in ts:
+            t_.join()
+    res[f"numpy_{threads}threads"] = a.nbytes / _median_time(threaded, reps) / 1e9
+    res["gbps"] = max(v for k, v in res.items() if isinstance(v, float))
+    res["bytes"] = a.nbytes
+    return res

@@ -1,0 +1,132 @@
+"""Benchmark models: real architectures at their real sizes, random weights, input_ids -> logits.
+
+A copy of tests/models.py's configurations (the harness must not import tests/), plus the
+analytic FLOP and weight-byte counts that the roofline floor needs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    key: str          # "gpt2-2L", "qwen3-28L", ...
+    family: str       # gpt2 | qwen3 | llama | tiny
+    layers: int
+    label: str        # human name
+
+    @property
+    def max_seq(self) -> int:
+        return 1024
+
+
+def _spec(key: str) -> ModelSpec:
+    fam, _, lay = key.rpartition("-")
+    if not lay.endswith("L") or not lay[:-1].isdigit():
+        raise ValueError(f"model key {key!r} must look like FAMILY-<N>L, e.g. gpt2-2L")
+    n = int(lay[:-1])
+    names = {"gpt2": "GPT-2", "qwen3": "Qwen3-0.6B", "llama": "SmolLM2-135M", "tiny": "tiny GPT-2"}
+    if fam not in names:
+        raise ValueError(f"unknown model family {fam!r} (one of {', '.join(names)})")
+    whole = {"gpt2": 12, "qwen3": 28, "llama": 30}.get(fam)
+    label = f"{names[fam]} {'whole (' + str(n) + ' layers)' if n == whole else str(n) + '-layer body'}"
+    return ModelSpec(key, fam, n, label)
+
+
+def spec(key: str) -> ModelSpec:
+    return _spec(key)
+
+
+# Full-benchmark configurations and the seq lengths each runs.
+FULL = {
+    "gpt2-2L": [16, 64, 256, 1024],
+    "qwen3-2L": [16, 64, 256, 1024],
+    "llama-30L": [16, 64, 256, 1024],
+    "gpt2-12L": [16, 64, 256, 1024],
+    "qwen3-28L": [16, 64, 256, 1024],
+}
+QUICK = {
+    "gpt2-2L": [16, 256],
+    "qwen3-2L": [16, 256],
+    "llama-30L": [64],
+}
+
+
+def hf_config(family: str, layers: int):
+    import transformers as tf
+    if family == "gpt2":
+        return tf.GPT2Config(n_layer=layers)
+    if family == "tiny":
+        return tf.GPT2Config(n_layer=layers, n_embd=64, n_head=4, n_inner=256, vocab_size=512, n_positions=1024)
+    if family == "qwen3":  # Qwen3-0.6B sizes
+        return tf.Qwen3Config(
+            num_hidden_layers=layers, hidden_size=1024, intermediate_size=3072, num_attention_heads=16,
+            num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=True,
+            max_position_embeddings=40960, rope_theta=1000000.0, rms_norm_eps=1e-6)
+    if family == "llama":  # SmolLM2-135M sizes
+        return tf.LlamaConfig(
+            num_hidden_layers=layers, hidden_size=576, intermediate_size=1536, num_attention_heads=9,
+            num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True, rms_norm_eps=1e-5,
+            rope_theta=100000.0, max_position_embeddings=8192)
+    raise ValueError(family)
+
+
+def build_model(s: ModelSpec):
+    """The torch module (eval mode, seeded random weights): input_ids -> logits."""
+    import torch
+    import transformers as tf
+    from torch import nn
+
+    class LogitsOnly(nn.Module):
+        def __init__(self, model: nn.Module):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+            return self.model(input_ids=input_ids, use_cache=False).logits
+
+    torch.manual_seed(0)
+    cfg = hf_config(s.family, s.layers)
+    cls = {"gpt2": tf.GPT2LMHeadModel, "tiny": tf.GPT2LMHeadModel,
+           "qwen3": tf.Qwen3ForCausalLM, "llama": tf.LlamaForCausalLM}[s.family]
+    model = cls(cfg).eval()
+    return LogitsOnly(model).eval(), cfg
+
+
+def vocab_size(cfg) -> int:
+    return int(cfg.vocab_size)
+
+
+def dims_of(cfg) -> dict:
+    """d, q_dim, kv_dim, ff, gated, vocab, layers from a transformers config."""
+    if cfg.model_type == "gpt2":
+        d = cfg.n_embd
+        return dict(d=d, q=d, kv=d, ff=cfg.n_inner or 4 * d, gated=False, vocab=cfg.vocab_size,
+                    layers=cfg.n_layer)
+    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    return dict(d=cfg.hidden_size, q=cfg.num_attention_heads * hd, kv=cfg.num_key_value_heads * hd,
+                ff=cfg.intermediate_size, gated=True, vocab=cfg.vocab_size, layers=cfg.num_hidden_layers)
+
+
+def flops(cfg, seq: int, batch: int = 1) -> int:
+    """Multiply-add FLOPs (2 per MAC) of one forward pass: projections, MLP, causal attention
+    (QK^T and PV over the lower triangle only: 2*S*S*q_dim per layer) and the LM head over all
+    S positions. Norms, activations and softmax are not counted (they are O(S*d))."""
+    m = dims_of(cfg)
+    d, q, kv, ff = m["d"], m["q"], m["kv"], m["ff"]
+    per_tok_layer = 2 * d * (q + 2 * kv) + 2 * q * d + (3 if m["gated"] else 2) * 2 * d * ff
+    attn_layer = 2 * seq * seq * q  # 4*S^2*q for full QK^T+PV, halved for the causal triangle
+    head = 2 * d * m["vocab"]
+    return int(batch * (m["layers"] * (seq * per_tok_layer + attn_layer) + seq * head))
+
+
+def weight_bytes(module) -> int:
+    """Unique parameter + buffer bytes of the torch module (tied weights counted once)."""
+    seen, total = set(), 0
+    for t in list(module.parameters()) + list(module.buffers()):
+        key = t.data_ptr()
+        if key in seen or not t.is_floating_point():
+            continue
+        seen.add(key)
+        total += t.numel() * t.element_size()
+    return total
