@@ -131,7 +131,7 @@ def read_bandwidth(nbytes: int = 1 << 30, reps: int = 7, threads: int = 2) -> di
         t = _median_time(lambda: clib.run_op("sum", [a], {"axes": (1,), "keepdim": False}, out), reps)
         res["kiln_sum"] = a.nbytes / t / 1e9
     except Exception as e:  # noqa: BLE001 - attr names may differ; numpy still measures
-        res["kiln_sum_error"] = str(e)[:200]
+        res["kiln_sum_error"] = f"{type(e).__name__}: {str(e)[:200]}"
     flat = a.reshape(-1)
     res["numpy_1thread"] = a.nbytes / _median_time(lambda: flat.sum(), reps) / 1e9
     parts = np.array_split(flat, threads)

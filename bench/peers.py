@@ -113,8 +113,12 @@ class Kiln(Contestant):
 
         import kiln
         from kiln.backends import clib
-        if self.executor == "compiled" and not clib.available():
-            raise Unavailable("Kiln's C kernels are not built")
+        try:
+            ok = clib.available()
+        except Exception as e:  # noqa: BLE001 - e.g. a stale build
+            raise Unavailable(f"Kiln's C kernels failed to load: {type(e).__name__}: {e}") from None
+        if self.executor == "compiled" and not ok:
+            raise Unavailable("Kiln's C kernels are not built (pip install -e .)")
         t0 = time.perf_counter()
         try:
             self.session = kiln.compile(
@@ -264,6 +268,9 @@ class OnnxRuntime(Contestant):
         so.intra_op_num_threads = self.threads
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # ORT's pool threads spin after each run by default; on a 2-core machine a spinning thread
+        # steals a core from whichever runtime runs next in the interleaved rounds. Spinning off.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         t1 = time.perf_counter()
         self.sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
         self.session_s = time.perf_counter() - t1

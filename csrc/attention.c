@@ -203,11 +203,107 @@ void kiln_k_attention(const kiln_call *c) {
     run_rows(&a, c);
 }
 
-/* Shared by attention and cached_attention: all rows of queries, standard or flash. */
+/* Blocked attention for many queries (prefill): tasks are (head, block of KILN_ATTN_BLOCK_ROWS
+ * query rows), parallel over threads; each computes the scores for the keys its block can
+ * see with one single-threaded sgemm, the softmax in place, and P @ V with a second sgemm.
+ * Causal blocks stop at the last key their last row sees, so the upper triangle is mostly
+ * skipped. Scratch: one block of scores per thread, BR x Sk floats (the formula in
+ * kiln/ops/attention.py). Returns 0 if it does not apply (no BLAS, few queries, too little
+ * scratch, forced row kernels). */
+static int blocked_enabled = 1;
+
+/* One query block of one head: scores by sgemm, softmax in place, then P @ V by sgemm. */
+static void block_rows(const attn_args *a, int64_t b, int64_t h, int64_t i0, int64_t nr, float *S) {
+    int64_t hk = h / a->group;
+    const float *q = a->q + ((b * a->Hq + h) * a->Sq + i0) * a->D;
+    const float *k = a->k + (b * a->Hkv + hk) * a->Sk * a->D;
+    const float *v = a->v + (b * a->Hkv + hk) * a->Sk * a->Dv;
+    float *o = a->out + ((b * a->Hq + h) * a->Sq + i0) * a->Dv;
+    int64_t n = visible(a, i0 + nr - 1);   /* keys the block's last row sees */
+    if (n <= 0) {
+        memset(o, 0, (size_t)(nr * a->Dv) * sizeof(float));
+        return;
+    }
+    kiln_blas_sgemm(KILN_CBLAS_ROW_MAJOR, KILN_CBLAS_NO_TRANS, KILN_CBLAS_TRANS, (int)nr, (int)n, (int)a->D, a->scale,
+                    q, (int)a->D, k, (int)a->D, 0.0f, S, (int)n);
+    for (int64_t r = 0; r < nr; r++) {
+        int64_t i = i0 + r, lim = visible(a, i);
+        float *s = S + r * n;
+        if (a->mask) {
+            int64_t moff = b * a->ms[0] + h * a->ms[1] + i * a->ms[2];
+            if (a->mask_bool) {
+                const uint8_t *m = (const uint8_t *)a->mask + moff;
+                for (int64_t j = 0; j < lim; j++)
+                    if (!m[j * a->ms[3]]) s[j] = -INFINITY;
+            } else {
+                const float *m = (const float *)a->mask + moff;
+                for (int64_t j = 0; j < lim; j++) s[j] += m[j * a->ms[3]];
+            }
+        }
+        float mx = -INFINITY;
+        for (int64_t j = 0; j < lim; j++) mx = s[j] > mx ? s[j] : mx;
+        if (mx == -INFINITY) { /* every key masked: the row's output is zero */
+            for (int64_t j = 0; j < n; j++) s[j] = 0.0f;
+            continue;
+        }
+        float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t j = 0; j < lim; j++) {
+            float e = kiln_exp(s[j] - mx);
+            s[j] = e;
+            sum += e;
+        }
+        float inv = 1.0f / sum;
+#pragma omp simd
+        for (int64_t j = 0; j < lim; j++) s[j] *= inv;
+        for (int64_t j = lim; j < n; j++) s[j] = 0.0f;
+    }
+    kiln_blas_sgemm(KILN_CBLAS_ROW_MAJOR, KILN_CBLAS_NO_TRANS, KILN_CBLAS_NO_TRANS, (int)nr, (int)a->Dv, (int)n, 1.0f,
+                    S, (int)n, v, (int)a->Dv, 0.0f, o, (int)a->Dv);
+}
+
+static int run_blocked(const attn_args *a, const kiln_call *c) {
+    int64_t BR = KILN_ATTN_BLOCK_ROWS < a->Sq ? KILN_ATTN_BLOCK_ROWS : a->Sq;
+    if (!blocked_enabled || flash_min_sk >= 0 || !kiln_blas_sgemm || a->Sq < KILN_ATTN_BLOCKED_MIN_SQ) return 0;
+    if (a->Sk >= (1LL << 31) || a->D >= (1LL << 31) || a->Dv >= (1LL << 31)) return 0;
+    int64_t per = BR * a->Sk;   /* floats of scores per thread */
+    int64_t avail = c->scratch.data ? c->scratch.nbytes / (4 * per) : 0;
+    if (avail < 1) return 0;
+    int64_t nblocks = (a->Sq + BR - 1) / BR, tasks = a->B * a->Hq * nblocks;
+    int nthr = 1;
+#ifdef _OPENMP
+    nthr = omp_get_max_threads();
+#endif
+    if (nthr > avail) nthr = (int)avail;
+    if (nthr > tasks) nthr = (int)tasks;
+    float *scratch = (float *)c->scratch.data;
+    /* Causal blocks further down see more keys: hand them out dynamically. */
+#pragma omp parallel num_threads(nthr) if(nthr > 1)
+    {
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        float *S = scratch + tid * per;
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t t = 0; t < tasks; t++) {
+            int64_t blk = t % nblocks, bh = t / nblocks;
+            int64_t i0 = blk * BR, nr = a->Sq - i0 < BR ? a->Sq - i0 : BR;
+            block_rows(a, bh / a->Hq, bh % a->Hq, i0, nr, S);
+        }
+    }
+    return 1;
+}
+
+/* Test hook: 0 forces the row kernels even where the blocked one applies. */
+void kiln_set_attention_blocked(int on) { blocked_enabled = on; }
+
+/* Shared by attention and cached_attention: all rows of queries, blocked, standard or flash. */
 static void run_rows(const attn_args *pa, const kiln_call *c) {
     attn_args a = *pa;
     int64_t rows = a.B * a.Hq * a.Sq;
     if (rows == 0 || a.Dv == 0) return;
+    if (run_blocked(&a, c)) return;
     int flash = flash_min_sk >= 0 ? a.kv_len >= flash_min_sk : a.kv_len >= KILN_FLASH_MIN_SK;
     int64_t per = a.Sk > KILN_FLASH_BLOCK + a.Dv + 2 ? a.Sk : KILN_FLASH_BLOCK + a.Dv + 2;
     int64_t avail = c->scratch.data ? c->scratch.nbytes / (4 * per) : 0;

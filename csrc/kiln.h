@@ -35,6 +35,7 @@ void kiln_set_num_threads(int n);
 int kiln_get_num_threads(void);
 int kiln_set_blas(void *sgemm, void *set_threads);
 void kiln_set_flash_min_sk(int64_t sk);
+void kiln_set_attention_blocked(int on);
 const char *kiln_build_info(void);
 int kiln_abi_version(void);
 int64_t kiln_sizeof_call(void);

@@ -8,6 +8,10 @@
  * for M = 1 (which does not switch to GEMV). Without a BLAS the same kernel,
  * in blocks of rows, keeps results correct (slowly).
  */
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include "kiln.h"
 
 #define SMALL_M 8      /* up to this many rows: our skinny kernel (B streamed once) beats sgemm */
@@ -84,6 +88,39 @@ static void gemm_ref(int tb, int64_t M, int64_t N, int64_t K, float alpha, const
     for (int64_t i = 0; i < M; i += SMALL_M)
         gemm_skinny(tb, M - i < SMALL_M ? M - i : SMALL_M, N, K, alpha, A + i * K, B, tb ? K : N, beta, C + i * N);
 }
+/* One single-threaded sgemm per OpenMP thread, over a contiguous share of N (or of M when
+ * N is the smaller side); each share is a whole GEMM, so per-call overhead is paid once. */
+static void gemm_blas(int tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A, const float *B,
+                      float beta, float *C) {
+    int nt = 1;
+#ifdef _OPENMP
+    nt = omp_get_max_threads();
+#endif
+    if (M * N * K < (1LL << 20)) nt = 1;
+    int split_n = N >= M;
+    int64_t total = split_n ? N : M, unit = split_n ? 16 : 8;
+    int64_t share = ((total + nt - 1) / nt + unit - 1) / unit * unit;
+    int ldb = tb ? (int)K : (int)N;
+#pragma omp parallel num_threads(nt) if(nt > 1)
+    {
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        int64_t lo = tid * share, hi = lo + share < total ? lo + share : total;
+        if (lo < hi) {
+            if (split_n)
+                kiln_blas_sgemm(KILN_CBLAS_ROW_MAJOR, KILN_CBLAS_NO_TRANS, tb ? KILN_CBLAS_TRANS : KILN_CBLAS_NO_TRANS,
+                                (int)M, (int)(hi - lo), (int)K, alpha, A, (int)K, tb ? B + lo * K : B + lo, ldb, beta,
+                                C + lo, (int)N);
+            else
+                kiln_blas_sgemm(KILN_CBLAS_ROW_MAJOR, KILN_CBLAS_NO_TRANS, tb ? KILN_CBLAS_TRANS : KILN_CBLAS_NO_TRANS,
+                                (int)(hi - lo), (int)N, (int)K, alpha, A + lo * K, (int)K, B, ldb, beta, C + lo * N,
+                                (int)N);
+        }
+    }
+}
+
 static void gemm(int tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A, const float *B, float beta,
                  float *C) {
     if (M == 0 || N == 0) return;
@@ -94,8 +131,7 @@ static void gemm(int tb, int64_t M, int64_t N, int64_t K, float alpha, const flo
     if (M <= SMALL_M) {
         gemm_skinny(tb, M, N, K, alpha, A, B, tb ? K : N, beta, C);
     } else if (kiln_blas_sgemm && M < (1LL << 31) && N < (1LL << 31) && K < (1LL << 31)) {
-        kiln_blas_sgemm(KILN_CBLAS_ROW_MAJOR, KILN_CBLAS_NO_TRANS, tb ? KILN_CBLAS_TRANS : KILN_CBLAS_NO_TRANS,
-                        (int)M, (int)N, (int)K, alpha, A, (int)K, B, tb ? (int)K : (int)N, beta, C, (int)N);
+        gemm_blas(tb, M, N, K, alpha, A, B, beta, C);
     } else {
         gemm_ref(tb, M, N, K, alpha, A, B, beta, C);
     }

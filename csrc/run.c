@@ -49,7 +49,10 @@ void kiln_set_num_threads(int n) {
 #ifdef _OPENMP
     omp_set_num_threads(n);
 #endif
-    if (blas_set_threads) blas_set_threads(n);
+    /* The BLAS always runs in the calling thread: Kiln splits GEMMs over its own OpenMP
+     * threads. Two thread pools (OpenBLAS's pthreads and OpenMP) that each spin-wait between
+     * calls fight over the cores, which on 2 cores cost milliseconds per switch. */
+    if (blas_set_threads) blas_set_threads(1);
 }
 
 int kiln_get_num_threads(void) {
@@ -63,7 +66,7 @@ int kiln_get_num_threads(void) {
 int kiln_set_blas(void *sgemm, void *set_threads) {
     kiln_blas_sgemm = (kiln_sgemm_fn)sgemm;
     blas_set_threads = (void (*)(int))set_threads;
-    if (blas_set_threads) blas_set_threads(num_threads);
+    if (blas_set_threads) blas_set_threads(1);
     return 0;
 }
 

@@ -256,6 +256,8 @@ for pos, s_new in ((0, 5), (7, 1), (3, 4), (15, 1)):
              rtol=1e-4, atol=1e-5),
         Case("cached_attention", [rnd(1, 3, s_new, 64), rnd(1, 3, 2000, 64), rnd(1, 3, 2000, 64),
                                   np.array(pos * 100, np.int64)], rtol=1e-4, atol=1e-5))
+add(Case("cached_attention", [rnd(1, 4, 150, 32), rnd(1, 2, 300, 32), rnd(1, 2, 300, 32), np.array(37, np.int64)],
+         rtol=1e-4, atol=1e-5, tag="blocked-prefill"))
 
 # -- matmul ------------------------------------------------------------------------------------------
 MM = dict(rtol=1e-4, atol=1e-4)
@@ -303,6 +305,14 @@ add(_full)
 _full_f = attn(1, 2, 2, 4, 100, 8, mask=((4, 100), "bool"), flash=0, tag="fully-masked-row-flash")
 _full_f.inputs[3][2, :] = False
 add(_full_f)
+# Blocked (sgemm) kernel: Sq >= 32 under the default rule; row blocks of 128, so 130 crosses one.
+add(attn(1, 4, 2, 130, 130, 32, causal=True, tag="blocked"),
+    attn(2, 3, 3, 40, 64, 16, mask=((2, 1, 40, 64), "float"), causal=True, tag="blocked"),
+    attn(1, 2, 2, 64, 33, 8, mask=((64, 33), "bool"), tag="blocked"),         # Sq > Sk
+    attn(1, 2, 1, 33, 300, 16, dv=24, scale=0.2, causal=True, tag="blocked"))
+_full_b = attn(1, 2, 2, 40, 50, 8, mask=((40, 50), "bool"), tag="blocked-fully-masked-row")
+_full_b.inputs[3][5, :] = False
+add(_full_b)
 
 
 # -- the tests ----------------------------------------------------------------------------------------

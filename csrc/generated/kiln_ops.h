@@ -6,6 +6,8 @@
 #define KILN_MAX_DIMS 8
 #define KILN_MAX_INPUTS 8
 #define KILN_FLASH_BLOCK 64
+#define KILN_ATTN_BLOCK_ROWS 128
+#define KILN_ATTN_BLOCKED_MIN_SQ 32
 
 enum kiln_dtype {
     KILN_FLOAT32 = 0,

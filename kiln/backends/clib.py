@@ -165,6 +165,7 @@ def _load():
     lib.kiln_set_blas.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
     lib.kiln_set_blas.restype = ctypes.c_int
     lib.kiln_set_flash_min_sk.argtypes = [ctypes.c_int64]
+    lib.kiln_set_attention_blocked.argtypes = [ctypes.c_int]
     for what, c_size, py_size in (("kiln_call", lib.kiln_sizeof_call(), ctypes.sizeof(cabi.Call)),
                                   ("kiln_tensor", lib.kiln_sizeof_tensor(), ctypes.sizeof(cabi.Tensor))):
         if c_size != py_size:

@@ -6,8 +6,7 @@ from typing import Optional
 
 import numpy as np
 
-from .. import config
-from .attention import FLASH_BLOCK, scale_of
+from .attention import attention_scratch, scale_of
 from .registry import FUSED, INPLACE, declare
 from ..errors import ShapeError
 
@@ -77,8 +76,7 @@ def _cached_ref(xs, a):
 
 
 def _cached_scratch(in_shapes, out_shape, a):
-    per_thread = max(in_shapes[1][2], FLASH_BLOCK + in_shapes[2][3] + 2)
-    return 4 * per_thread * config.num_threads()
+    return attention_scratch(in_shapes[0][2], in_shapes[1][2], in_shapes[2][3])
 
 
 declare("cached_attention", inputs=("q", "k_cache", "v_cache", "pos"), attrs=CachedAttentionAttrs,

@@ -53,8 +53,9 @@ def enums() -> dict[str, tuple[str, ...]]:
 
 def constants() -> dict[str, int]:
     """Numbers both languages use (tile sizes that scratch formulas depend on)."""
-    from .attention import FLASH_BLOCK
-    return {"KILN_FLASH_BLOCK": FLASH_BLOCK}
+    from . import attention
+    return {"KILN_FLASH_BLOCK": attention.FLASH_BLOCK, "KILN_ATTN_BLOCK_ROWS": attention.BLOCK_ROWS,
+            "KILN_ATTN_BLOCKED_MIN_SQ": attention.BLOCKED_MIN_SQ}
 
 
 def header() -> str:
