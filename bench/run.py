@@ -78,10 +78,12 @@ def _build_contestants(model, example, max_seq, peers, passes_off, n_threads, ex
 
 def run_config(key: str, seqs, *, rounds: int = 10, warmup: int = 2, peers=ALL_PEERS, passes_off=None,
                min_sample: float = 0.02, max_run_s: float = 60.0, gap_s: float = 0.005,
-               executor: str = "compiled", memory: bool = True, profile: bool = True) -> dict:
+               executor: str = "compiled", memory: bool = True, profile: bool = True,
+               wait_quiet_s: float = 0.0) -> dict:
     """Benchmark one model config at each seq length. Returns a JSON-able dict."""
     import torch
 
+    from . import machine
     from . import models as M
     from . import peers as P
     n_threads = threads()
@@ -130,6 +132,8 @@ def run_config(key: str, seqs, *, rounds: int = 10, warmup: int = 2, peers=ALL_P
                 log(f"   seq {s}: skipped ({entry['skipped']})")
                 continue
         ids = rng.integers(0, vocab, (1, s), dtype=np.int64)
+        if wait_quiet_s > 0:
+            entry["foreign_load_before"] = machine.wait_quiet(wait_quiet_s, log=log)
         entry["loadavg_before"] = os.getloadavg()[0]
         entry.update(first_call_s={}, rel_err={}, samples_ms={}, median_ms={}, q1_ms={}, q3_ms={},
                      calls_per_sample={}, memory={}, excluded={})
@@ -170,6 +174,7 @@ def run_config(key: str, seqs, *, rounds: int = 10, warmup: int = 2, peers=ALL_P
             per_call[c.name] = min(ts)
             entry["calls_per_sample"][c.name] = max(1, int(np.ceil(min_sample / max(min(ts), 1e-6))))
         samples = {c.name: [] for c in live}
+        foreign = machine.ForeignLoad().start()
         for _ in range(rounds):
             for c in live:
                 k = entry["calls_per_sample"][c.name]
@@ -179,6 +184,7 @@ def run_config(key: str, seqs, *, rounds: int = 10, warmup: int = 2, peers=ALL_P
                 samples[c.name].append((time.perf_counter() - t0) / k * 1e3)
                 if gap_s:
                     time.sleep(gap_s)
+        entry["foreign_load"] = foreign.stop()
         for name, xs in samples.items():
             q1, med, q3 = quantiles(xs)
             entry["samples_ms"][name] = xs
@@ -198,7 +204,7 @@ def run_config(key: str, seqs, *, rounds: int = 10, warmup: int = 2, peers=ALL_P
                         entry.setdefault("kiln_profile", {})[c.name] = {"error": str(e)[:200]}
         entry["loadavg_after"] = os.getloadavg()[0]
         line = "  ".join(f"{n} {entry['median_ms'][n]:.2f}" for n in entry["median_ms"])
-        log(f"   seq {s}: median ms: {line}")
+        log(f"   seq {s}: median ms: {line}  (other processes: {entry['foreign_load']:.2f} cores)")
         prev = entry
     for c in contestants:
         c.close()
@@ -248,7 +254,8 @@ def add_floors(results: dict) -> None:
 def run_worker(args) -> int:
     res = run_config(args.worker, [int(s) for s in args.seqs.split(",")], rounds=args.rounds,
                      warmup=args.warmup, peers=args.peers.split(","),
-                     min_sample=args.min_sample, max_run_s=args.max_run_seconds, executor=args.executor)
+                     min_sample=args.min_sample, max_run_s=args.max_run_seconds, executor=args.executor,
+                     wait_quiet_s=args.wait_quiet)
     with open(args.result, "w") as f:
         json.dump(res, f)
     return 0
@@ -274,14 +281,15 @@ def run_all(args) -> dict:
     rounds = args.rounds or (5 if args.quick else 10)
     log(f"kiln bench: {len(configs)} model configs, {n_threads} threads, {rounds} rounds, out {args.out}")
     results = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "argv": sys.argv[1:], "rounds": rounds,
-               "machine": measure_machine(n_threads, args.quick), "configs": {}}
+               "machine": ({"threads": n_threads} if args.skip_machine else measure_machine(n_threads, args.quick)),
+               "configs": {}}
     json_path = os.path.join(args.out, "results.json")
     for key, seqs in configs.items():
         t0 = time.perf_counter()
         if args.in_process:
             res = run_config(key, seqs, rounds=rounds, warmup=args.warmup, peers=args.peers.split(","),
                              min_sample=args.min_sample, max_run_s=args.max_run_seconds,
-                             executor=args.executor, memory=not args.no_memory)
+                             executor=args.executor, memory=not args.no_memory, wait_quiet_s=args.wait_quiet)
         else:
             res = _run_subprocess(key, seqs, rounds, args)
         res["wall_s"] = time.perf_counter() - t0
@@ -291,7 +299,7 @@ def run_all(args) -> dict:
             json.dump(results, f, indent=1)
         report.write(results, args.out, plots=not args.no_plots)
         log(f"== {key} done in {res['wall_s']:.0f}s; tables in {os.path.join(args.out, 'results.md')}")
-    if not args.quick and not args.in_process:
+    if not args.quick and not args.in_process and not args.skip_machine:
         from . import machine
         results["machine"].setdefault("remeasured", []).append(
             {"sgemm": machine.sgemm_peak(), "bandwidth": machine.read_bandwidth(threads=n_threads)})
@@ -311,7 +319,7 @@ def _run_subprocess(key, seqs, rounds, args) -> dict:
     cmd = [sys.executable, "-m", "bench.run", "--worker", key, "--seqs", ",".join(map(str, seqs)),
            "--rounds", str(rounds), "--warmup", str(args.warmup), "--peers", args.peers,
            "--min-sample", str(args.min_sample), "--max-run-seconds", str(args.max_run_seconds),
-           "--executor", args.executor, "--result", result]
+           "--executor", args.executor, "--wait-quiet", str(args.wait_quiet), "--result", result]
     env = dict(os.environ)
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
     rc = subprocess.call(cmd, cwd=REPO, env=env)
@@ -337,8 +345,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-sample", type=float, default=0.02, help="seconds per timing sample (calls averaged)")
     p.add_argument("--max-run-seconds", type=float, default=60.0, help="skip shapes whose one run exceeds this")
     p.add_argument("--executor", default="compiled", help="Kiln executor to time (default compiled)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads for every runtime (sets KILN_NUM_THREADS; default: KILN_NUM_THREADS or all cores)")
+    p.add_argument("--wait-quiet", type=float, default=0.0,
+                   help="before each shape, wait up to this many seconds for other processes to go idle")
     p.add_argument("--in-process", action="store_true", help="run every config in this process")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--skip-machine", action="store_true", help="don't measure sgemm peak / bandwidth (no floor)")
     p.add_argument("--no-memory", action="store_true")
 
 
@@ -349,6 +362,8 @@ def main(argv=None) -> int:
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if getattr(args, "threads", None):
+        os.environ["KILN_NUM_THREADS"] = str(args.threads)
     if args.worker:
         return run_worker(args)
     run_all(args)

@@ -2,18 +2,8 @@
 #include "kiln.h"
 #include "vmath.h"
 
-static inline float act_apply(int act, float v) {
-    switch (act) {
-    case KILN_ACT_RELU: return v > 0.0f ? v : (v != v ? v : 0.0f);
-    case KILN_ACT_GELU: return kiln_gelu(v);
-    case KILN_ACT_GELU_TANH: return kiln_gelu_tanh(v);
-    case KILN_ACT_SILU: return v * kiln_sigmoid(v);
-    default: return v;
-    }
-}
-
 #define GATED_ROW(ACT)                                                              \
-    _Pragma("omp simd") for (int64_t i = 0; i < n; i++) o[i] = act_apply(ACT, g[i]) * u[i];
+    _Pragma("omp simd") for (int64_t i = 0; i < n; i++) o[i] = kiln_act_apply(ACT, g[i]) * u[i];
 
 /* out = act(gate) * up; one input: gate and up are the two halves of its last axis.
  * Safe when out == gate (two-input form: same index read before write). */

@@ -13,6 +13,7 @@
 #endif
 
 #include "kiln.h"
+#include "vmath.h"
 
 #define SMALL_M 8      /* up to this many rows: our skinny kernel (B streamed once) beats sgemm */
 #define NB_T 16        /* B^T rows per task: 16 x K floats stay in L2 while every A row uses them */
@@ -137,6 +138,13 @@ static void gemm(int tb, int64_t M, int64_t N, int64_t K, float alpha, const flo
     }
 }
 
+/* The fused activation (bias + ReLU/GELU/...), row-parallel over the finished output. */
+static void epilogue(float *o, int64_t rows, int64_t n, int act) {
+    if (act == KILN_ACT_NONE || rows * n == 0) return;
+#pragma omp parallel for schedule(static) if(rows > 1 && rows * n >= KILN_PAR_MIN)
+    for (int64_t r = 0; r < rows; r++) kiln_act_span(o + r * n, n, act);
+}
+
 void kiln_k_matmul(const kiln_call *c) {
     const kiln_matmul_params *p = (const kiln_matmul_params *)c->params;
     const kiln_tensor *A = &c->in[0], *B = &c->in[1], *O = &c->out;
@@ -160,6 +168,7 @@ void kiln_k_matmul(const kiln_call *c) {
     if (b_batch == 1 && a_batch == batch) {
         /* B shared by every batch entry: one GEMM over all rows */
         gemm(tb, batch * M, N, K, p->alpha, a, b, beta, o);
+        epilogue(o, batch * M, N, (int)p->act);
         return;
     }
     /* broadcast batch strides (in matrices) for A and B over out's batch dims */
@@ -182,4 +191,5 @@ void kiln_k_matmul(const kiln_call *c) {
         }
         gemm(tb, M, N, K, p->alpha, a + ia * M * K, b + ib * K * N, beta, o + i * M * N);
     }
+    epilogue(o, batch * M, N, (int)p->act);
 }

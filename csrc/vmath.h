@@ -108,4 +108,28 @@ static inline float kiln_gelu_tanh(float x) {
     return x * kiln_sigmoid(2.0f * u);
 }
 
+/* An activation by its code (enum kiln_act, generated from kiln/ops/fused.py). */
+static inline float kiln_act_apply(int act, float v) {
+    switch (act) {
+    case KILN_ACT_RELU: return v > 0.0f ? v : (v != v ? v : 0.0f);
+    case KILN_ACT_GELU: return kiln_gelu(v);
+    case KILN_ACT_GELU_TANH: return kiln_gelu_tanh(v);
+    case KILN_ACT_SILU: return v * kiln_sigmoid(v);
+    default: return v;
+    }
+}
+
+/* y = act(y) over n floats; one switch per span so each loop vectorizes. */
+static inline void kiln_act_span(float *y, int64_t n, int act) {
+#define KILN_ACT_LOOP(CODE) _Pragma("omp simd") for (int64_t i = 0; i < n; i++) y[i] = kiln_act_apply(CODE, y[i]);
+    switch (act) {
+    case KILN_ACT_RELU: KILN_ACT_LOOP(KILN_ACT_RELU) break;
+    case KILN_ACT_GELU: KILN_ACT_LOOP(KILN_ACT_GELU) break;
+    case KILN_ACT_GELU_TANH: KILN_ACT_LOOP(KILN_ACT_GELU_TANH) break;
+    case KILN_ACT_SILU: KILN_ACT_LOOP(KILN_ACT_SILU) break;
+    default: break;
+    }
+#undef KILN_ACT_LOOP
+}
+
 #endif

@@ -1,4 +1,4 @@
-"""The `kiln` command: compile, run, inspect, ops, demo (generate and bench join later)."""
+"""The `kiln` command: generate, bench, inspect, ops, demo."""
 from __future__ import annotations
 
 import argparse
@@ -66,6 +66,9 @@ def main(argv=None) -> int:
     i.add_argument("model")
     i.add_argument("--dump", action="store_true", help="node by node, with shapes")
     i.set_defaults(fn=_inspect)
+    from kiln import cli_bench, cli_generate
+    cli_generate.add_parser(sub)
+    cli_bench.add_parser(sub)
     args = p.parse_args(argv)
     from kiln.errors import KilnError
     try:

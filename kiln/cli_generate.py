@@ -33,6 +33,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="apply the model's chat template (default: on when the model has one)")
     p.add_argument("--executor", default="compiled", help=f"one of {', '.join(EXECUTORS)} (default compiled)")
     p.add_argument("--max-len", default=None, help="longest sequence to compile for (default min(context, 2048))")
+    p.add_argument("--cache", action=argparse.BooleanOptionalAction, default=True,
+                   help="decode with a KV cache (default); --no-cache recomputes the prefix every token")
     p.add_argument("--compare-torch", action="store_true",
                    help="also run transformers generate (greedy, same weights) and compare speed and tokens")
     p.set_defaults(fn=run)
@@ -84,7 +86,7 @@ def run(args: argparse.Namespace, *, out: Optional[TextIO] = None, err: Optional
     from .models.generate import load_model, torch_greedy
     progress = Progress(err)
     lm = load_model(args.model, executor=args.executor, max_len=max_len, keep_torch=args.compare_torch,
-                    progress=progress)
+                    progress=progress, cache=args.cache)
     if args.compare_torch and not lm.sampling.greedy:
         progress("--compare-torch: using greedy decoding instead of the model's default sampling")
         temperature = 0.0
@@ -120,21 +122,3 @@ def run(args: argparse.Namespace, *, out: Optional[TextIO] = None, err: Optional
             print(f"  first difference at new token {first}: kiln {gen.ids[first:first + 5]} "
                   f"torch {torch_ids[first:first + 5]}", file=err, flush=True)
     return 0
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    """Stand-alone entry (python -m kiln.cli_generate ...) until the lead wires it into `kiln`."""
-    parser = argparse.ArgumentParser(prog="kiln")
-    add_parser(parser.add_subparsers(dest="cmd", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.fn(args)
-    except KilnError as e:
-        print(f"kiln: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

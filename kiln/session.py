@@ -1,6 +1,7 @@
 """Session: a compiled model you can run, profile, inspect and save."""
 from __future__ import annotations
 
+import collections
 import os
 from typing import Mapping, Optional, Sequence
 
@@ -14,6 +15,9 @@ from .ir.resolve import resolve
 from .ir.validate import validate
 
 EXECUTORS = ("compiled", "interpreted", "numpy", "reference")
+# Plans kept per session (least recently used first out): a decode loop needs two, and a
+# server seeing many prompt lengths must not grow without bound.
+MAX_PLANS = 8
 
 
 class Session:
@@ -27,7 +31,7 @@ class Session:
         self.graph = graph
         self.executor = executor
         self.meta = dict(meta or {})
-        self._executors: dict[tuple, object] = {}
+        self._executors: collections.OrderedDict[tuple, object] = collections.OrderedDict()
         self.last_profile: Optional[dict] = None
         # State (a KV cache) belongs to the session: every per-binding plan reads and writes
         # these same arrays, so a prefill plan and a decode plan continue one sequence.
@@ -79,6 +83,10 @@ class Session:
         if ex is None:
             ex = self._build(dict(binding))
             self._executors[key] = ex
+            while len(self._executors) > MAX_PLANS:
+                self._executors.popitem(last=False)
+        else:
+            self._executors.move_to_end(key)
         return ex
 
     def _build(self, binding: dict):

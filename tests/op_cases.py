@@ -46,6 +46,9 @@ BINARY_TORCH = {"add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": tor
 COMPARE_TORCH = {"eq": torch.eq, "ne": torch.ne, "lt": torch.lt, "le": torch.le, "gt": torch.gt, "ge": torch.ge,
                  "logical_and": torch.logical_and, "logical_or": torch.logical_or}
 
+_ACTS = {"silu": torch.nn.functional.silu, "gelu": torch.nn.functional.gelu, "relu": torch.relu,
+         "gelu_tanh": lambda x: torch.nn.functional.gelu(x, approximate="tanh")}
+
 # op -> (cases: list of (inputs, attrs dict)), torch oracle (torch inputs, attrs) -> tensor)
 CASES: dict[str, tuple[list, callable]] = {}
 
@@ -81,13 +84,18 @@ CASES["cast"] = ([([f32(3, 4) * 10], {"dtype": "int64"}), ([ints(7, 5)], {"dtype
 def _mm(xs, a):
     x, w = xs[0], xs[1]
     out = a.get("alpha", 1.0) * (x @ (w.transpose(-1, -2) if a.get("transpose_b") else w))
-    return out + a.get("beta", 1.0) * xs[2] if len(xs) == 3 else out
+    out = out + a.get("beta", 1.0) * xs[2] if len(xs) == 3 else out
+    act = a.get("act", "none")
+    return out if act == "none" else _ACTS[act](out)
 
 
 CASES["matmul"] = ([([f32(5, 7), f32(7, 3)], {}), ([f32(2, 5, 7), f32(3, 7)], {"transpose_b": True}),
                     ([f32(2, 3, 4, 6), f32(2, 3, 6, 5)], {}), ([f32(2, 1, 4, 6), f32(3, 6, 5)], {}),
                     ([f32(1, 9), f32(9, 17), f32(17)], {"alpha": 0.5, "beta": 2.0}),
-                    ([f32(1, 1, 33), f32(12, 33), f32(12)], {"transpose_b": True})], _mm)
+                    ([f32(1, 1, 33), f32(12, 33), f32(12)], {"transpose_b": True}),
+                    ([f32(4, 9), f32(9, 7), f32(7)], {"act": "relu"}), ([f32(3, 9), f32(6, 9)], {"transpose_b": True,
+                                                                                             "act": "gelu_tanh"}),
+                    ([f32(2, 3, 9), f32(9, 5)], {"act": "gelu"})], _mm)
 
 CASES["reshape"] = ([([f32(2, 3, 4)], {"shape": (6, 4)}), ([f32(2, 3, 4)], {"shape": (2, -1)}),
                      ([ints(5, 4, 1)], {"shape": (4,)})], lambda xs, a: xs[0].reshape(a["shape"]))
@@ -171,10 +179,6 @@ def _index(xs, a):
 
 CASES["index"] = ([([f32(4, 5), ints(4, 3, 1)], {"axes": (0,)}), ([f32(2, 6, 3), ints(2, 1, 1), ints(6, 1, 4)], {"axes": (0, 1)}),
                    ([f32(3, 4, 5), ints(3, 2), ints(5, 2)], {"axes": (0, 2)})], _index)
-
-_ACTS = {"silu": torch.nn.functional.silu, "gelu": torch.nn.functional.gelu, "relu": torch.relu,
-         "gelu_tanh": lambda x: torch.nn.functional.gelu(x, approximate="tanh")}
-
 
 def _gated(xs, a):
     g, u = (xs[0], xs[1]) if len(xs) == 2 else xs[0].chunk(2, -1)

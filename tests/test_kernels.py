@@ -259,6 +259,11 @@ for pos, s_new in ((0, 5), (7, 1), (3, 4), (15, 1)):
 add(Case("cached_attention", [rnd(1, 4, 150, 32), rnd(1, 2, 300, 32), rnd(1, 2, 300, 32), np.array(37, np.int64)],
          rtol=1e-4, atol=1e-5, tag="blocked-prefill"))
 
+# matmul with a fused activation epilogue (bias + relu/gelu...), small-M and BLAS paths
+for act in ("relu", "gelu", "gelu_tanh", "silu"):
+    add(Case("matmul", [rnd(3, 40), rnd(24, 40), rnd(24)], {"transpose_b": True, "act": act}, rtol=1e-4, atol=1e-4),
+        Case("matmul", [rnd(70, 40), rnd(40, 33), rnd(33)], {"act": act}, rtol=1e-4, atol=1e-4))
+
 # -- matmul ------------------------------------------------------------------------------------------
 MM = dict(rtol=1e-4, atol=1e-4)
 for sa, sb, tb in [((5, 7), (7, 3), False), ((1, 64), (64, 100), False), ((1, 64), (100, 64), True),

@@ -8,7 +8,7 @@ from torch.export import Dim
 import kiln
 from kiln.models.tiny import Block, TinyTransformer
 from tests.conftest import rel_err
-from tests.models import hf_model
+from tests.hf_zoo import hf_model
 
 EXECUTORS = ["reference", "numpy", "interpreted", "compiled"]
 

@@ -155,3 +155,38 @@ def test_damaged_file(tiny, tmp_path, damage):
 def test_missing_file(tmp_path):
     with pytest.raises(FileFormatError, match="not a readable Kiln model"):
         kiln.load(tmp_path / "nope.kiln")
+
+
+def test_kv_cache_state_round_trip(tmp_path):
+    """A graph with KV-cache state saves without the zero cache and continues a sequence after load."""
+    import transformers as tf
+    from kiln.frontend.torch import export
+    from kiln.passes import optimize
+    from kiln.passes.kv_cache import add_kv_cache
+    torch.manual_seed(0)
+    model = tf.LlamaForCausalLM(tf.LlamaConfig(num_hidden_layers=1, hidden_size=32, intermediate_size=64,
+                                               num_attention_heads=4, num_key_value_heads=2, vocab_size=50)).eval()
+
+    class Step(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = model
+
+        def forward(self, input_ids):
+            return self.m(input_ids=input_ids, use_cache=False, logits_to_keep=1).logits
+
+    g = add_kv_cache(optimize(export(Step(), (torch.randint(0, 50, (1, 4)),),
+                                     dynamic_shapes={"input_ids": {1: Dim("s", min=2, max=16)}})), 16)
+    path = tmp_path / "cached.kiln"
+    kiln.Session(g).save(path)
+    raw = path.read_bytes()
+    header = json.loads(raw[8:8 + struct.unpack("<Q", raw[:8])[0]])
+    assert g.state and not set(g.state) & set(header)  # zero caches are not stored, only declared
+    ids = torch.randint(0, 50, (1, 6))
+    want = model(ids).logits[0, -1].detach().numpy()
+    sess = kiln.load(path)
+    sess.run({"input_ids": ids[:, :5].numpy(), "cache_position": np.array(0)})
+    got = sess.run({"input_ids": ids[:, 5:].numpy(), "cache_position": np.array(5)})[0][0, -1]
+    assert rel_err(got, want) < 1e-4
+    sess.reset_state()
+    assert not any(a.any() for a in sess.state.values())

@@ -134,6 +134,7 @@ typedef struct {
     int64_t transpose_b;
     float alpha;
     float beta;
+    int64_t act;
 } kiln_matmul_params;
 
 typedef struct {

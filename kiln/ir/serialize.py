@@ -69,7 +69,8 @@ def graph_to_json(g: Graph) -> dict:
     return {
         "format": FORMAT,
         "inputs": list(g.inputs), "outputs": list(g.outputs),
-        "tensors": [{"name": t.name, "shape": _shape_enc(t.shape), "dtype": t.dtype, "kind": t.kind}
+        "tensors": [dict({"name": t.name, "shape": _shape_enc(t.shape), "dtype": t.dtype, "kind": t.kind},
+                         **({"init": "zeros"} if _zero_state(g, t) else {}))
                     for t in g.tensors.values() if t.kind != ACT],
         "nodes": [{"op": n.op, "inputs": n.inputs, "output": n.output, "source": n.source,
                    "attrs": None if n.attrs is None else
@@ -78,6 +79,10 @@ def graph_to_json(g: Graph) -> dict:
         "sym_sources": {k: list(v) for k, v in g.sym_sources.items()},
         "sym_ranges": {k: list(v) for k, v in g.sym_ranges.items()},
     }
+
+
+def _zero_state(g: Graph, t: Tensor) -> bool:
+    return t.kind == STATE and not np.any(g.constants[t.name])
 
 
 # -- writing -----------------------------------------------------------------------
@@ -89,6 +94,8 @@ def save(g: Graph, path: str | os.PathLike, extra: dict | None = None) -> None:
     offset = 0
     arrays = []
     for name, arr in g.constants.items():
+        if _zero_state(g, g.tensors[name]):
+            continue  # a zero-initialized KV cache is recreated on load, not stored
         arr = np.ascontiguousarray(arr)
         header[name] = {"dtype": _ST_DTYPES[g.tensors[name].dtype], "shape": list(arr.shape),
                         "data_offsets": [offset, offset + arr.nbytes]}
@@ -164,7 +171,11 @@ def graph_from_json(gj: Any, arrays: dict[str, np.ndarray], where: str = "model"
             if kind not in (INPUT, CONST, STATE) or dtype not in _ST_DTYPES:
                 raise FileFormatError(f"{where}: tensor {name!r}: bad kind {kind!r} or dtype {dtype!r}")
             shape = _shape_dec(t["shape"], f"{where}: tensor {name!r}")
-            if kind in (CONST, STATE):
+            if kind == STATE and t.get("init") == "zeros":
+                if not dims.is_static(shape):
+                    raise FileFormatError(f"{where}: state {name!r} has a symbolic shape")
+                g.constants[name] = np.zeros(tuple(shape), dtype=np.bool_ if dtype == "bool" else dtype)
+            elif kind in (CONST, STATE):
                 if name not in arrays:
                     raise FileFormatError(f"{where}: tensor {name!r}: data missing from the file")
                 if tuple(arrays[name].shape) != shape or arrays[name].dtype != np.dtype(

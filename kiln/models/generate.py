@@ -5,9 +5,10 @@
         print(ev.text, end="", flush=True)
     result = lm.generate([1, 2, 3], max_new_tokens=8)   # ids in, ids + text + timings out
 
-Decoding goes through the `Decoder` protocol (prefill(ids) -> logits, step(token) -> logits). Today's
-`RecomputeDecoder` reruns the whole prefix every step on one dynamic-length session; a KV-cache decoder
-implements the same two calls and drops in without touching sampling, streaming or the CLI.
+Decoding goes through the `Decoder` protocol (prefill(ids) -> logits, step(token) -> logits).
+`CachedDecoder` (the default) keeps the KV cache as graph state: prefill writes the prompt's keys and
+values, each step feeds one token. `RecomputeDecoder` (``cache=False``) reruns the whole prefix every
+step on the same dynamic-length graph, for comparison.
 """
 from __future__ import annotations
 
@@ -60,6 +61,36 @@ class RecomputeDecoder:
         feed[0, :n] = self.ids
         logits = self.session.run({self.input_name: feed})[0]
         return np.asarray(logits[0, -1] if self.last_only else logits[0, n - 1], dtype=np.float32)
+
+
+class CachedDecoder:
+    """KV cache as graph state: one plan for the prompt length, one for single tokens, no Python per layer."""
+
+    def __init__(self, session: Any, *, max_len: int):
+        from ..passes.kv_cache import POSITION
+        self.session, self.max_len, self.position_name = session, max_len, POSITION
+        self.input_name = next(n for n in session.input_names if n != POSITION)
+        self.pos = 0
+
+    def prefill(self, ids: Sequence[int]) -> np.ndarray:
+        # Old cache rows need no clearing: attention reads only positions [0, pos + n).
+        self.pos = 0
+        return self._run([int(i) for i in ids])
+
+    def step(self, token: int) -> np.ndarray:
+        return self._run([int(token)])
+
+    def _run(self, ids: list[int]) -> np.ndarray:
+        n = len(ids)
+        if n == 0:
+            raise KilnError("cannot run an empty prompt")
+        if self.pos + n > self.max_len:
+            raise KilnError(f"the KV cache holds {self.max_len} positions; {self.pos} are used and {n} more "
+                            f"were requested (compile with a larger max_len)")
+        logits = self.session.run({self.input_name: np.asarray([ids], dtype=np.int64),
+                                   self.position_name: np.asarray(self.pos, dtype=np.int64)})[0]
+        self.pos += n
+        return np.asarray(logits[0, -1], dtype=np.float32)
 
 
 @dataclass
@@ -167,6 +198,8 @@ class LanguageModel:
     last_only: bool
     torch_model: Any = None            # kept only with keep_torch=True (comparisons)
     timings: dict[str, float] = field(default_factory=dict)   # load step -> seconds
+    cached_session: Any = None         # the same graph with a KV cache (None: recompute only)
+    use_cache: bool = True
 
     @property
     def has_chat_template(self) -> bool:
@@ -178,6 +211,8 @@ class LanguageModel:
         return [int(i) for i in prompt]
 
     def decoder(self) -> Decoder:
+        if self.use_cache and self.cached_session is not None:
+            return CachedDecoder(self.cached_session, max_len=self.max_len)
         return RecomputeDecoder(self.session, min_len=self.min_len, max_len=self.max_len, last_only=self.last_only)
 
     def stream(self, prompt: Prompt, max_new_tokens: int = 64, *, temperature: Optional[float] = None,
@@ -200,10 +235,12 @@ class LanguageModel:
 
 
 def load_model(spec: Union[str, os.PathLike] = "default", *, executor: str = "compiled", max_len: Optional[int] = None,
-               keep_torch: bool = False, progress: Optional[Progress] = None, last_only: bool = True) -> LanguageModel:
+               keep_torch: bool = False, progress: Optional[Progress] = None, last_only: bool = True,
+               cache: bool = True) -> LanguageModel:
     """'default' (SmolLM2-135M-Instruct), a Hugging Face model folder, or a .gguf file → LanguageModel.
 
     ``progress`` is called with the name of each step as it starts (loading, compiling, ...).
+    ``cache`` decodes with a KV cache of ``max_len`` positions (else the prefix is recomputed).
     """
     from .hf import DEFAULT_MAX_LEN, compile_causal_lm, context_length, eos_token_ids
     say = progress or (lambda _msg: None)
@@ -219,8 +256,16 @@ def load_model(spec: Union[str, os.PathLike] = "default", *, executor: str = "co
     say(f"exporting and compiling with Kiln (executor {executor}, sequence length 1..{max_len})")
     t0 = time.perf_counter()
     compiled = compile_causal_lm(model, max_len=max_len, executor=executor, last_only=last_only)
+    cached = None
+    if cache:
+        if not compiled.last_only:
+            raise KilnError("the KV cache needs a graph that returns the last position's logits")
+        from ..passes.kv_cache import add_kv_cache
+        from ..session import Session
+        say(f"adding a KV cache of {max_len} positions")
+        cached = Session(add_kv_cache(compiled.session.graph, max_len), executor=executor)
     timings["compile"] = time.perf_counter() - t0
-    return LanguageModel(
+    return LanguageModel(cached_session=cached, use_cache=cache,
         name=name, session=compiled.session, tokenizer=parts.tokenizer, config=model.config,
         eos_ids=eos_token_ids(model, parts.tokenizer, parts.generation_config),
         sampling=defaults_from_generation_config(parts.generation_config), min_len=compiled.min_len,

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .fused import ACTIVATIONS, apply_act
 from .registry import broadcast_shapes, declare
 from ..errors import ShapeError
 
@@ -12,8 +13,9 @@ from ..errors import ShapeError
 @dataclass(frozen=True)
 class MatmulAttrs:
     transpose_b: bool = False   # B is stored [.., N, K]
-    alpha: float = 1.0          # out = alpha * A @ B (+ beta * bias)
+    alpha: float = 1.0          # out = act(alpha * A @ B (+ beta * bias))
     beta: float = 1.0
+    act: str = "none"           # fused epilogue activation (one of fused.ACTIVATIONS)
 
 
 def _infer(ins, attrs):
@@ -29,6 +31,8 @@ def _infer(ins, attrs):
                          f"{' (transposed)' if attrs.transpose_b else ''}")
     batch = broadcast_shapes(a.shape[:-2], b.shape[:-2])
     out = tuple(batch) + (m, n)
+    if attrs.act not in ACTIVATIONS:
+        raise ShapeError(f"matmul: unknown activation {attrs.act!r} (known: {', '.join(ACTIVATIONS)})")
     if len(ins) == 3:
         broadcast_shapes(out, ins[2].shape)
         if broadcast_shapes(out, ins[2].shape) != out:
@@ -43,13 +47,14 @@ def _ref(xs, attrs):
     out = np.matmul(a.astype(np.float64), b.astype(np.float64)) * attrs.alpha
     if len(xs) == 3:
         out = out + attrs.beta * xs[2]
-    return out.astype(np.float32)
+    return apply_act(out.astype(np.float32), attrs.act)
 
 
 def _lower(attrs, in_shapes, out_shape):
-    return {"transpose_b": int(attrs.transpose_b), "alpha": attrs.alpha, "beta": attrs.beta}
+    return {"transpose_b": int(attrs.transpose_b), "alpha": attrs.alpha, "beta": attrs.beta,
+            "act": ACTIVATIONS.index(attrs.act)}
 
 
 declare("matmul", inputs=("a", "b", "bias?"), attrs=MatmulAttrs, infer=_infer, ref=_ref,
-        params=(("transpose_b", "i64"), ("alpha", "f32"), ("beta", "f32")), lower=_lower,
-        doc="alpha * A @ B(^T) + beta * bias, batch dims broadcast")
+        params=(("transpose_b", "i64"), ("alpha", "f32"), ("beta", "f32"), ("act", "i64")), lower=_lower,
+        doc="act(alpha * A @ B(^T) + beta * bias), batch dims broadcast")

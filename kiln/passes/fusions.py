@@ -168,3 +168,17 @@ def _rope(b, x, cos, sin, hi, lo):
 
 ROPE = RuleSet([Rule("rope-rotate-half", Op("add", Op("mul", Any("x"), Any("cos")), Op("mul", Op(
     "concat", Op("neg", Op("slice", Any("x"), name="hi")), Op("slice", Any("x"), name="lo")), Any("sin"))), _rope)])
+
+
+# -- activation epilogue: act(matmul + bias) in the matmul's output pass --------------------
+def _epilogue(act):
+    def build(b, mm):
+        node = b.graph.producers()[mm]
+        if node.attrs.act != "none":
+            return None
+        return b.op("matmul", list(node.inputs), dataclasses.replace(node.attrs, act=act))
+    return build
+
+
+EPILOGUE = RuleSet([Rule(f"matmul-{act}", Op(act, Op("matmul", name="mm")), _epilogue(act))
+                    for act in ("relu", "gelu", "gelu_tanh")])

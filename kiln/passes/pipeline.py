@@ -11,6 +11,8 @@ Order matters and each position has a reason:
                  reads shared K/V heads; causal masks become a flag (after attention
                  fusion, which is what exposes the mask)
   bias           matmul + bias → beta, after activation fusion has claimed its patterns
+  epilogue       relu/gelu of a matmul (with its bias) applied in the matmul's output pass;
+                 SiLU is left to the gated activation that consumes it
   merge          parallel matmuls on one input → one wider matmul (late: it rewrites
                  the matmuls every other stage matches on); then a gated activation
                  reads the merged gate/up output directly
@@ -46,6 +48,7 @@ STAGES: list[Stage] = [
     ("fuse-rope", fusions.ROPE),
     ("fuse-gated", fusions.GATED),
     ("bias", fusions.BIAS),
+    ("epilogue", fusions.EPILOGUE),
     ("merge-matmuls", merge_parallel_matmuls),
     ("fuse-gated-packed", fusions.GATED_PACKED),
     ("cse", cse),

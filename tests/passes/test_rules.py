@@ -101,6 +101,9 @@ POSITIVE = [
     ("gated-packed", lambda m, x: F.silu(F.linear(x, m.w1)) * F.linear(x, m.w2), (r(3, 8),),
      {"w1": torch.randn(16, 8), "w2": torch.randn(16, 8)}),
     ("dedupe", lambda m, x: x.exp() + x.exp(), (r(3, 4),), {}),
+    ("matmul-relu", lambda m, x: torch.relu(F.linear(x, m.w, m.b)), (r(3, 8),), {"w": W, "b": torch.randn(16)}),
+    ("matmul-gelu", lambda m, x: F.gelu(F.linear(x, m.w, m.b)), (r(3, 8),), {"w": W, "b": torch.randn(16)}),
+    ("matmul-gelu_tanh", lambda m, x: F.gelu(x @ m.w.t(), approximate="tanh"), (r(3, 8),), {"w": W}),
 ]
 
 # (rule, fn, inputs, params): the rule must NOT fire (a near miss)
@@ -125,6 +128,7 @@ NEAR_MISS = [
      {"cos": torch.randn(1, 1, 5, 8), "sin": torch.randn(1, 1, 5, 8)}),  # halves do not split at D/2
     ("gated-packed", lambda m, x: F.silu(F.linear(x, m.w1)) * F.linear(x, m.w2) + F.linear(x, m.w1), (r(3, 8),),
      {"w1": torch.randn(16, 8), "w2": torch.randn(16, 8)}),
+    ("matmul-relu", lambda m, x: torch.relu(F.linear(x, m.w)) + F.linear(x, m.w), (r(3, 8),), {"w": W}),  # read twice
 ]
 
 
