@@ -46,13 +46,6 @@ def _ops(args) -> int:
     return 0
 
 
-def _inspect(args) -> int:
-    import kiln
-    sess = kiln.load(args.model)
-    print(sess.graph.dump() if args.dump else sess.summary())
-    return 0
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="kiln", description="Ahead-of-time inference for PyTorch models on the CPU")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -62,13 +55,10 @@ def main(argv=None) -> int:
     o = sub.add_parser("ops", help="list Kiln ops (or, with --aten, the supported ATen ops)")
     o.add_argument("--aten", action="store_true")
     o.set_defaults(fn=_ops)
-    i = sub.add_parser("inspect", help="print a saved model's graph")
-    i.add_argument("model")
-    i.add_argument("--dump", action="store_true", help="node by node, with shapes")
-    i.set_defaults(fn=_inspect)
-    from kiln import cli_bench, cli_generate
+    from kiln import cli_bench, cli_generate, cli_inspect
     cli_generate.add_parser(sub)
     cli_bench.add_parser(sub)
+    cli_inspect.add_parser(sub)
     args = p.parse_args(argv)
     from kiln.errors import KilnError
     try:

@@ -116,9 +116,11 @@ class GenerationStats:
         return self.decode_steps / self.decode_s if self.decode_s > 0 else float("nan")
 
     def summary(self) -> str:
+        why = {"eos": "end of sequence", "max_new_tokens": "--max-new-tokens reached",
+               "max_len": "the compiled context (KV cache) is full; compile with a larger --max-len"}
         return (f"prompt {self.prompt_tokens} tokens, {self.new_tokens} new tokens, "
                 f"prefill {1e3 * self.prefill_s:.1f} ms, decode {self.decode_tokens_per_s:.1f} tokens/s "
-                f"(stop: {self.stop_reason})")
+                f"(stop: {why.get(self.stop_reason, self.stop_reason)})")
 
 
 class Generation:
