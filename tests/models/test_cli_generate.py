@@ -1,9 +1,9 @@
-"""`kiln generate` through kiln.cli_generate (the lead wires the same parser into kiln.cli)."""
+"""`kiln generate`: the parser from kiln.cli_generate, run through the `kiln` entry point."""
 import argparse
 
 import pytest
 
-from kiln import cli_generate
+from kiln import cli, cli_generate
 from kiln.errors import KilnError
 
 
@@ -15,7 +15,7 @@ def _args(argv):
 
 def test_generate_smoke(hf_folder, executor, capsys):
     folder = hf_folder("llama")
-    code = cli_generate.main(["generate", "What is the capital of France?", "--model", str(folder),
+    code = cli.main(["generate", "What is the capital of France?", "--model", str(folder),
                               "--max-new-tokens", "6", "--executor", executor, "--max-len", "64", "--compare-torch"])
     out, err = capsys.readouterr()
     assert code == 0, err
@@ -48,6 +48,6 @@ def test_generate_sampling_no_chat(hf_folder, executor, capsys):
 def test_bad_input_is_a_kiln_error(argv, message, capsys):
     with pytest.raises(KilnError, match=message.replace("(", r"\(")):
         cli_generate.run(_args(argv))
-    assert cli_generate.main(["generate", *argv]) == 2
+    assert cli.main(["generate", *argv]) == 2
     err = capsys.readouterr().err
     assert "kiln: error:" in err and "Traceback" not in err
