@@ -147,12 +147,23 @@ class Kiln(Contestant):
         return {**st, "output_bytes": out_bytes, "activation_bytes": st["arena_bytes"] + out_bytes,
                 "method": "plan arena + output array"}
 
-    def profile(self, ids) -> dict:
-        self.session.run({"input_ids": ids}, profile=True)
-        p = self.session.last_profile
-        by_op = getattr(p, "by_op", p) or {}
-        return {"total_ms": float(getattr(p, "total_ms", sum(e["ms"] for e in by_op.values()))),
-                "by_op": {k: {"count": int(v["count"]), "ms": float(v["ms"])} for k, v in by_op.items()}}
+    def profile(self, ids, budget_s: float = 20.0, runs: int = 3) -> dict:
+        """Per-op-type times of one `profile=True` run: the fastest of up to `runs` runs (within
+        `budget_s`), since on a shared machine a single run can catch another process's burst."""
+        best, t_end = None, time.perf_counter() + budget_s
+        for i in range(runs):
+            self.session.run({"input_ids": ids}, profile=True)
+            p = self.session.last_profile
+            by_op = getattr(p, "by_op", p) or {}
+            rec = {"total_ms": float(getattr(p, "total_ms", sum(e["ms"] for e in by_op.values()))),
+                   "by_op": {k: {"count": int(v["count"]), "ms": float(v["ms"])} for k, v in by_op.items()},
+                   "runs": i + 1}
+            if best is None or rec["total_ms"] < best["total_ms"]:
+                best = rec
+            best["runs"] = i + 1
+            if time.perf_counter() > t_end:
+                break
+        return best
 
     def weight_bytes(self):
         return int(self.session.graph.param_bytes())

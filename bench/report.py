@@ -113,7 +113,7 @@ def markdown(results: dict) -> str:
                 prof_rows.append(f"| {s} | {p['total_ms']:.2f} | " +
                                  ", ".join(f"{op} {v['ms'] / tot * 100:.0f}%" for op, v in top) + " |")
         if prof_rows:
-            out += ["", "Kiln per-op profile (one `profile=True` run):", "", "| seq | total ms | top ops |",
+            out += ["", "Kiln per-op profile (the fastest of up to 3 `profile=True` runs):", "", "| seq | total ms | top ops |",
                     "|---|---|---|"] + prof_rows
         if "kiln-passes-off" in names:
             out += ["", "Passes off vs on (Kiln compiled executor):", "",
@@ -215,3 +215,38 @@ def write(results: dict, out_dir: str, plots_too: bool = True, **kw) -> dict:
     if kw.get("plots", plots_too):
         files["plots"] = plots(results, out_dir)
     return files
+
+
+def main(argv=None) -> int:
+    """Re-render (and merge) results: python -m bench.report OUT_DIR results.json [more.json ...]"""
+    import argparse
+    import json
+    p = argparse.ArgumentParser(prog="python -m bench.report", description=main.__doc__)
+    p.add_argument("out")
+    p.add_argument("results", nargs="+")
+    a = p.parse_args(argv)
+    merged = None
+    for path in a.results:
+        with open(path) as f:
+            r = json.load(f)
+        if merged is None:
+            merged = r
+        else:
+            merged["configs"].update(r["configs"])
+            merged.setdefault("machine", {}).setdefault("remeasured", []).append(
+                {k: r["machine"][k] for k in ("sgemm", "bandwidth") if k in r.get("machine", {})})
+            merged["finished"] = r.get("finished", merged.get("finished"))
+            merged.setdefault("parts", []).append({"started": r.get("started"), "finished": r.get("finished"),
+                                                   "argv": r.get("argv")})
+    from .run import add_floors
+    add_floors(merged)
+    import os
+    os.makedirs(a.out, exist_ok=True)
+    with open(os.path.join(a.out, "results.json"), "w") as f:
+        json.dump(merged, f, indent=1)
+    print(write(merged, a.out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

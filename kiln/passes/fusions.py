@@ -172,13 +172,17 @@ ROPE = RuleSet([Rule("rope-rotate-half", Op("add", Op("mul", Any("x"), Any("cos"
 
 # -- activation epilogue: act(matmul + bias) in the matmul's output pass --------------------
 def _epilogue(act):
-    def build(b, mm):
+    def build(b, mm, view=None):
         node = b.graph.producers()[mm]
         if node.attrs.act != "none":
             return None
-        return b.op("matmul", list(node.inputs), dataclasses.replace(node.attrs, act=act))
+        out = b.op("matmul", list(node.inputs), dataclasses.replace(node.attrs, act=act))
+        # An elementwise activation commutes with a reshape (GPT-2's Conv1D views its output).
+        return out if view is None else b.op("reshape", [out], {"shape": tuple(b.shape(view))})
     return build
 
 
 EPILOGUE = RuleSet([Rule(f"matmul-{act}", Op(act, Op("matmul", name="mm")), _epilogue(act))
-                    for act in ("relu", "gelu", "gelu_tanh")])
+                    for act in ("relu", "gelu", "gelu_tanh")] +
+                   [Rule(f"matmul-{act}-through-view", Op(act, Op("reshape", Op("matmul", name="mm"), name="view")),
+                         _epilogue(act)) for act in ("relu", "gelu", "gelu_tanh")])

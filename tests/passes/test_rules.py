@@ -104,6 +104,9 @@ POSITIVE = [
     ("matmul-relu", lambda m, x: torch.relu(F.linear(x, m.w, m.b)), (r(3, 8),), {"w": W, "b": torch.randn(16)}),
     ("matmul-gelu", lambda m, x: F.gelu(F.linear(x, m.w, m.b)), (r(3, 8),), {"w": W, "b": torch.randn(16)}),
     ("matmul-gelu_tanh", lambda m, x: F.gelu(x @ m.w.t(), approximate="tanh"), (r(3, 8),), {"w": W}),
+    ("matmul-gelu_tanh-through-view", lambda m, x: F.gelu(torch.addmm(m.b, x.view(-1, 8), m.w.t()).view(2, 3, 16),
+                                                          approximate="tanh"), (r(2, 3, 8),),
+     {"w": W, "b": torch.randn(16)}),
 ]
 
 # (rule, fn, inputs, params): the rule must NOT fire (a near miss)

@@ -1,0 +1,142 @@
+"""Decode speed with the KV cache: Kiln vs transformers `generate` (its own cache), same weights.
+
+    python -m bench.decode [--models smollm2,qwen3-28L] [--new-tokens 64] [--rounds 3]
+
+For each model, in one process and interleaved rounds: prefill time of a fixed prompt and
+decode tokens/s excluding prefill (Kiln: the steps after the first token; transformers:
+generate(n) minus generate(1)). fp32 decode reads every weight once per token, so the floor
+is weight bytes ÷ read bandwidth, measured in the same run; decode is reported as a
+fraction of that bound.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+import warnings
+
+import numpy as np
+
+from . import machine
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def kiln_model(key: str, max_len: int):
+    """(LanguageModel-like decoder factory, torch model, weight bytes per token, label)."""
+    from kiln.models import load_model, zoo
+    from kiln.models.generate import CachedDecoder
+    from kiln.models.hf import compile_causal_lm
+    from kiln.passes.kv_cache import add_kv_cache
+    from kiln.session import Session
+    if key == "smollm2":
+        lm = load_model("default", keep_torch=True, max_len=max_len)
+        session, model, label = lm.cached_session, lm.torch_model, "SmolLM2-135M-Instruct (real weights)"
+    else:
+        family, layers = key.split("-")[0], int(key.split("-")[1].rstrip("L"))
+        model = zoo.causal_lm(family, layers)
+        compiled = compile_causal_lm(model, max_len=max_len, last_only=True)
+        session = Session(add_kv_cache(compiled.session.graph, max_len))
+        label = f"{zoo.FAMILIES[family][0]} ({layers} layers, random weights)"
+    weights = sum(a.nbytes for n, a in session.graph.constants.items() if session.graph.tensors[n].kind == "const")
+    return (lambda: CachedDecoder(session, max_len=max_len)), model, weights, label
+
+
+def kiln_run(make_decoder, prompt, n):
+    dec = make_decoder()
+    t0 = time.perf_counter()
+    logits = dec.prefill(prompt)
+    t1 = time.perf_counter()
+    tok = int(np.argmax(logits))
+    out = [tok]
+    for _ in range(n - 1):
+        tok = int(np.argmax(dec.step(tok)))
+        out.append(tok)
+    t2 = time.perf_counter()
+    return t1 - t0, (t2 - t1) / (n - 1), out
+
+
+def hf_generate(model, prompt, n):
+    import torch
+    config = copy.deepcopy(model.generation_config)
+    config.update(eos_token_id=-1, max_new_tokens=n, do_sample=False, pad_token_id=0, temperature=None,
+                  top_k=None, top_p=None)
+    ids = torch.tensor([prompt])
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t0 = time.perf_counter()
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config)
+        return time.perf_counter() - t0, out[0, len(prompt):].tolist()
+
+
+def measure(key: str, new_tokens: int, prompt_tokens: int, rounds: int, max_len: int, threads: int) -> dict:
+    import torch
+    torch.set_num_threads(threads)
+    make, model, weight_bytes, label = kiln_model(key, max_len)
+    vocab = model.config.vocab_size
+    prompt = np.random.default_rng(0).integers(0, vocab, prompt_tokens).tolist()
+    kiln_run(make, prompt, 4)  # warm-up: plans for the prompt length and for one token
+    hf_generate(model, prompt, 2)
+    k_prefill, k_step, h_prefill, h_step = [], [], [], []
+    same = True
+    for r in range(rounds):
+        p, s, ids = kiln_run(make, prompt, new_tokens)
+        k_prefill.append(p)
+        k_step.append(s)
+        t1, _ = hf_generate(model, prompt, 1)
+        tn, hids = hf_generate(model, prompt, new_tokens)
+        h_prefill.append(t1)
+        h_step.append((tn - t1) / (new_tokens - 1))
+        same &= hids == ids
+        log(f"  {key} round {r + 1}/{rounds}: kiln {1 / s:.1f} tok/s, transformers {1 / h_step[-1]:.1f} tok/s")
+    return {"model": key, "label": label, "weight_bytes": weight_bytes, "prompt_tokens": prompt_tokens,
+            "new_tokens": new_tokens, "tokens_match": same,
+            "kiln_prefill_ms": 1e3 * float(np.median(k_prefill)), "kiln_step_ms": 1e3 * float(np.median(k_step)),
+            "hf_prefill_ms": 1e3 * float(np.median(h_prefill)), "hf_step_ms": 1e3 * float(np.median(h_step))}
+
+
+def table(results: list, bandwidth: float) -> str:
+    lines = [f"Read bandwidth measured in this run: {bandwidth:.1f} GB/s.", "",
+             "| model | weights | prefill ms (kiln / transformers) | decode tok/s kiln | decode tok/s transformers"
+             " | kiln ÷ transformers | bound tok/s | kiln % of bound | transformers % of bound | tokens match |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in results:
+        bound_s = r["weight_bytes"] / (bandwidth * 1e9)
+        k, h = 1e3 / r["kiln_step_ms"], 1e3 / r["hf_step_ms"]
+        lines.append(f"| {r['label']} | {r['weight_bytes'] / 2**20:.0f} MiB | {r['kiln_prefill_ms']:.0f} / "
+                     f"{r['hf_prefill_ms']:.0f} | {k:.1f} | {h:.1f} | {k / h:.2f}× | {1 / bound_s:.1f} | "
+                     f"{100 * k * bound_s:.0f}% | {100 * h * bound_s:.0f}% | {'yes' if r['tokens_match'] else 'NO'} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.decode")
+    p.add_argument("--models", default="smollm2,qwen3-28L")
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--prompt-tokens", type=int, default=32)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--max-len", type=int, default=512)
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    from kiln import config
+    threads = config.num_threads()
+    log("measuring read bandwidth ...")
+    bw = machine.read_bandwidth(threads=threads)["gbps"]
+    results = []
+    for key in args.models.split(","):
+        log(f"{key}: compiling and warming up ...")
+        results.append(measure(key, args.new_tokens, args.prompt_tokens, args.rounds, args.max_len, threads))
+    bw = max(bw, machine.read_bandwidth(threads=threads)["gbps"])
+    print(table(results, bw))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"bandwidth_gbps": bw, "threads": threads, "results": results}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
