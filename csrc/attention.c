@@ -163,29 +163,33 @@ static void row_flash(const attn_args *a, int64_t b, int64_t h, int64_t i, float
 
 static void run_rows(const attn_args *a, const kiln_call *c);
 
+/* The fields attention and cached_attention share; 0 when q/k/v do not fit together. */
+static int attn_setup(attn_args *a, const kiln_call *c, int64_t group, float scale) {
+    const kiln_tensor *Q = &c->in[0], *K = &c->in[1], *V = &c->in[2];
+    if (Q->ndim != 4 || K->ndim != 4 || V->ndim != 4) return 0;
+    memset(a, 0, sizeof *a);
+    a->q = (const float *)Q->data;
+    a->k = (const float *)K->data;
+    a->v = (const float *)V->data;
+    a->out = (float *)c->out.data;
+    a->B = Q->shape[0];
+    a->Hq = Q->shape[1];
+    a->Sq = Q->shape[2];
+    a->D = Q->shape[3];
+    a->Hkv = K->shape[1];
+    a->Sk = K->shape[2];
+    a->Dv = V->shape[3];
+    a->group = group > 0 ? group : 1;
+    a->scale = scale;
+    a->kv_len = a->Sk;
+    return a->Hkv * a->group == a->Hq && K->shape[0] == a->B && K->shape[3] == a->D;
+}
+
 void kiln_k_attention(const kiln_call *c) {
     const kiln_attention_params *p = (const kiln_attention_params *)c->params;
-    const kiln_tensor *Q = &c->in[0], *K = &c->in[1], *V = &c->in[2], *O = &c->out;
-    if (Q->ndim != 4 || K->ndim != 4 || V->ndim != 4) return;
     attn_args a;
-    a.q = (const float *)Q->data;
-    a.k = (const float *)K->data;
-    a.v = (const float *)V->data;
-    a.out = (float *)O->data;
-    a.B = Q->shape[0];
-    a.Hq = Q->shape[1];
-    a.Sq = Q->shape[2];
-    a.D = Q->shape[3];
-    a.Hkv = K->shape[1];
-    a.Sk = K->shape[2];
-    a.Dv = V->shape[3];
-    a.group = p->group > 0 ? p->group : 1;
-    if (a.Hkv * a.group != a.Hq || K->shape[0] != a.B || K->shape[3] != a.D) return;
+    if (!attn_setup(&a, c, p->group, p->scale)) return;
     a.causal = p->causal != 0;
-    a.scale = p->scale;
-    a.mask = NULL;
-    a.mask_bool = 0;
-    for (int d = 0; d < 4; d++) a.ms[d] = 0;
     if (c->n_in > 3 && c->in[3].data) {
         const kiln_tensor *Mk = &c->in[3];
         if (Mk->ndim > 4) return;
@@ -198,8 +202,6 @@ void kiln_k_attention(const kiln_call *c) {
             run *= sz;
         }
     }
-    a.kv_len = a.Sk;
-    a.offset = 0;
     run_rows(&a, c);
 }
 
@@ -340,27 +342,11 @@ static void run_rows(const attn_args *pa, const kiln_call *c) {
 /* q [B, Hq, S, D] at positions pos..pos+S-1 over caches [B, Hkv, L, D]: causal, keys [0, pos+S). */
 void kiln_k_cached_attention(const kiln_call *c) {
     const kiln_cached_attention_params *p = (const kiln_cached_attention_params *)c->params;
-    const kiln_tensor *Q = &c->in[0], *K = &c->in[1], *V = &c->in[2];
-    if (Q->ndim != 4 || K->ndim != 4 || V->ndim != 4) return;
-    int64_t pos = *(const int64_t *)c->in[3].data;
     attn_args a;
-    memset(&a, 0, sizeof a);
-    a.q = (const float *)Q->data;
-    a.k = (const float *)K->data;
-    a.v = (const float *)V->data;
-    a.out = (float *)c->out.data;
-    a.B = Q->shape[0];
-    a.Hq = Q->shape[1];
-    a.Sq = Q->shape[2];
-    a.D = Q->shape[3];
-    a.Hkv = K->shape[1];
-    a.Sk = K->shape[2];
-    a.Dv = V->shape[3];
-    a.group = p->group > 0 ? p->group : 1;
-    if (a.Hkv * a.group != a.Hq || K->shape[0] != a.B || K->shape[3] != a.D) return;
+    if (!attn_setup(&a, c, p->group, p->scale)) return;
+    int64_t pos = *(const int64_t *)c->in[3].data;
     if (pos < 0 || pos + a.Sq > a.Sk) return;  /* the session checks capacity before running */
     a.causal = 1;
-    a.scale = p->scale;
     a.kv_len = pos + a.Sq;
     a.offset = pos;
     run_rows(&a, c);

@@ -190,3 +190,7 @@ def test_kv_cache_state_round_trip(tmp_path):
     assert rel_err(got, want) < 1e-4
     sess.reset_state()
     assert not any(a.any() for a in sess.state.values())
+    with pytest.raises(FeedError, match=r"positions \[15, 17\) do not fit the KV cache of 16 positions"):
+        sess.run({"input_ids": ids[:, :2].numpy(), "cache_position": np.array(15)})
+    with pytest.raises(FeedError, match="do not fit"):
+        sess.run({"input_ids": ids[:, :1].numpy(), "cache_position": np.array(-1)})

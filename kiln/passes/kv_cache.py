@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import KilnError
+from ..errors import FeedError, KilnError
 from ..ir import dims
 from ..ir.dims import Sym
 from ..ir.graph import STATE, Graph
@@ -86,6 +86,22 @@ def _offset_positions(g: Graph) -> None:
         for n in consumers:
             n.inputs = [shifted if i == node.output else i for i in n.inputs]
         g.outputs = [shifted if o == node.output else o for o in g.outputs]
+
+
+def position_check(graph: Graph):
+    """A feed check for graphs with a KV cache: the new positions must fit in the cache."""
+    if POSITION not in graph.inputs:
+        return None
+    length = cache_length(graph)
+    token_input = next(n for n in graph.inputs if n != POSITION)
+
+    def check(arrays) -> None:
+        pos = int(arrays[POSITION])
+        new = arrays[token_input].shape[-1] if arrays[token_input].ndim else 1
+        if pos < 0 or pos + new > length:
+            raise FeedError(f"input {POSITION!r}: positions [{pos}, {pos + new}) do not fit the KV cache of "
+                            f"{length} positions")
+    return check
 
 
 def cache_length(graph: Graph) -> int:
