@@ -11,11 +11,9 @@ fraction of that bound.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import time
-import warnings
 
 import numpy as np
 
@@ -61,16 +59,9 @@ def kiln_run(make_decoder, prompt, n):
 
 
 def hf_generate(model, prompt, n):
-    import torch
-    config = copy.deepcopy(model.generation_config)
-    config.update(eos_token_id=-1, max_new_tokens=n, do_sample=False, pad_token_id=0, temperature=None,
-                  top_k=None, top_p=None)
-    ids = torch.tensor([prompt])
-    with torch.inference_mode(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        t0 = time.perf_counter()
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config)
-        return time.perf_counter() - t0, out[0, len(prompt):].tolist()
+    from kiln.models.generate import hf_greedy
+    ids, seconds = hf_greedy(model, prompt, n, eos_ids=())
+    return seconds, ids
 
 
 def measure(key: str, new_tokens: int, prompt_tokens: int, rounds: int, max_len: int, threads: int) -> dict:

@@ -5,14 +5,11 @@ weights, and the real SmolLM2-135M-Instruct: logits within 1e-4 x max |logit|, a
 generation with the KV cache token-for-token equal to recomputing the prefix and to
 transformers' own generate with its cache.
 """
-import copy
-import warnings
-
 import numpy as np
 import pytest
 import torch
 
-from kiln.models.generate import CachedDecoder, RecomputeDecoder
+from kiln.models.generate import CachedDecoder, RecomputeDecoder, hf_greedy
 from kiln.models.hf import compile_causal_lm
 from kiln.passes.kv_cache import add_kv_cache
 from kiln.session import Session
@@ -32,16 +29,7 @@ def greedy(decoder, prompt, n):
 
 
 def transformers_greedy(model, prompt, n):
-    """Exactly n greedy tokens. EOS is made unreachable (-1) rather than forbidden: min_new_tokens would
-    mask the EOS logit and change which token wins."""
-    config = copy.deepcopy(model.generation_config)
-    config.update(eos_token_id=-1, max_new_tokens=n, do_sample=False, pad_token_id=0, temperature=None,
-                  top_k=None, top_p=None)
-    ids = torch.tensor([prompt])
-    with torch.inference_mode(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config)
-    return out[0, len(prompt):].tolist()
+    return hf_greedy(model, prompt, n, eos_ids=())[0]
 
 
 def check_model(model, executor, vocab):
