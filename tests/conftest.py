@@ -27,3 +27,20 @@ def rel_err(a, b) -> float:
         return 0.0
     scale = max(float(np.abs(b[fin]).max()), 1e-30)
     return float(np.abs(a[fin] - b[fin]).max() / scale)
+
+
+def fn_module(fn, **params):
+    """A module whose forward is ``fn(module, *inputs)``, with ``params`` as parameters."""
+    import torch
+
+    class Fn(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fn = fn
+            for k, v in params.items():
+                self.register_parameter(k, torch.nn.Parameter(v, requires_grad=False))
+
+        def forward(self, *xs):
+            return self.fn(self, *xs)
+
+    return Fn()

@@ -11,20 +11,9 @@ from torch import nn
 import kiln
 from kiln.executor.reference import run_reference
 from kiln.frontend.torch import export, from_exported_program, supported_ops
-from tests.conftest import rel_err
+from tests.conftest import fn_module as Fn, rel_err
 
 torch.manual_seed(0)
-
-
-class Fn(nn.Module):
-    def __init__(self, fn, **params):
-        super().__init__()
-        self.fn = fn
-        for k, v in params.items():
-            self.register_parameter(k, nn.Parameter(v, requires_grad=False))
-
-    def forward(self, *xs):
-        return self.fn(self, *xs)
 
 
 def r(*s):

@@ -11,20 +11,9 @@ from torch.export import Dim
 from kiln.executor.reference import run_reference
 from kiln.frontend.torch import export
 from kiln.passes import optimize
-from tests.conftest import rel_err
+from tests.conftest import fn_module as Fn, rel_err
 
 torch.manual_seed(0)
-
-
-class Fn(nn.Module):
-    def __init__(self, fn, **params):
-        super().__init__()
-        self.fn = fn
-        for k, v in params.items():
-            self.register_buffer(k, v)
-
-    def forward(self, *xs):
-        return self.fn(self, *xs)
 
 
 def r(*s):
