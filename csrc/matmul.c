@@ -15,7 +15,7 @@
 #include "kiln.h"
 #include "vmath.h"
 
-#define SMALL_M 8      /* up to this many rows: our skinny kernel (B streamed once) beats sgemm */
+#define SMALL_M KILN_MATMUL_SKINNY_MAX_M  /* up to this many rows: our skinny kernel (B streamed once) */
 #define NB_T 16        /* B^T rows per task: 16 x K floats stay in L2 while every A row uses them */
 #define NB_N 256       /* output columns per task for row-major B */
 
@@ -122,8 +122,44 @@ static void gemm_blas(int tb, int64_t M, int64_t N, int64_t K, float alpha, cons
     }
 }
 
+/* Few rows against B^T: OpenBLAS is markedly faster computing C^T = B @ A^T (the long side
+ * as its rows) than C = A @ B^T (measured 1.3-1.4x at M = 16 and 1.1x at 64 for layer-sized
+ * N on this machine; no gain for vocabulary-sized N). Each
+ * thread computes its share of C^T into scratch (N x M floats, planner-provided) and writes
+ * it back transposed, adding the bias already in C. */
+static int gemm_blas_transposed(int64_t M, int64_t N, int64_t K, float alpha, const float *A, const float *B,
+                                float beta, float *C, float *T) {
+    int nt = 1;
+#ifdef _OPENMP
+    nt = omp_get_max_threads();
+#endif
+    if (M * N * K < (1LL << 20)) nt = 1;
+    int64_t share = ((N + nt - 1) / nt + 15) / 16 * 16;
+#pragma omp parallel num_threads(nt) if(nt > 1)
+    {
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        int64_t lo = tid * share, hi = lo + share < N ? lo + share : N;
+        if (lo < hi) {
+            float *t = T + lo * M;
+            kiln_blas_sgemm(KILN_CBLAS_ROW_MAJOR, KILN_CBLAS_NO_TRANS, KILN_CBLAS_TRANS, (int)(hi - lo), (int)M,
+                            (int)K, alpha, B + lo * K, (int)K, A, (int)K, 0.0f, t, (int)M);
+            for (int64_t m = 0; m < M; m++) {
+                float *c = C + m * N;
+                if (beta != 0.0f)
+                    for (int64_t n = lo; n < hi; n++) c[n] = t[(n - lo) * M + m] + beta * c[n];
+                else
+                    for (int64_t n = lo; n < hi; n++) c[n] = t[(n - lo) * M + m];
+            }
+        }
+    }
+    return 1;
+}
+
 static void gemm(int tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A, const float *B, float beta,
-                 float *C) {
+                 float *C, const kiln_tensor *scratch) {
     if (M == 0 || N == 0) return;
     if (K == 0) {
         for (int64_t i = 0; i < M * N; i++) C[i] = beta != 0.0f ? beta * C[i] : 0.0f;
@@ -131,6 +167,9 @@ static void gemm(int tb, int64_t M, int64_t N, int64_t K, float alpha, const flo
     }
     if (M <= SMALL_M) {
         gemm_skinny(tb, M, N, K, alpha, A, B, tb ? K : N, beta, C);
+    } else if (tb && kiln_blas_sgemm && M <= KILN_MATMUL_TRANSPOSED_MAX_M && N <= KILN_MATMUL_TRANSPOSED_MAX_N &&
+               scratch->data && scratch->nbytes >= 4 * M * N && K < (1LL << 31)) {
+        gemm_blas_transposed(M, N, K, alpha, A, B, beta, C, (float *)scratch->data);
     } else if (kiln_blas_sgemm && M < (1LL << 31) && N < (1LL << 31) && K < (1LL << 31)) {
         gemm_blas(tb, M, N, K, alpha, A, B, beta, C);
     } else {
@@ -167,7 +206,7 @@ void kiln_k_matmul(const kiln_call *c) {
     if (batch == 0) return;
     if (b_batch == 1 && a_batch == batch) {
         /* B shared by every batch entry: one GEMM over all rows */
-        gemm(tb, batch * M, N, K, p->alpha, a, b, beta, o);
+        gemm(tb, batch * M, N, K, p->alpha, a, b, beta, o, &c->scratch);
         epilogue(o, batch * M, N, (int)p->act);
         return;
     }
@@ -189,7 +228,7 @@ void kiln_k_matmul(const kiln_call *c) {
             ia += x * sa[d];
             ib += x * sb[d];
         }
-        gemm(tb, M, N, K, p->alpha, a + ia * M * K, b + ib * K * N, beta, o + i * M * N);
+        gemm(tb, M, N, K, p->alpha, a + ia * M * K, b + ib * K * N, beta, o + i * M * N, &c->scratch);
     }
     epilogue(o, batch * M, N, (int)p->act);
 }

@@ -259,6 +259,11 @@ for pos, s_new in ((0, 5), (7, 1), (3, 4), (15, 1)):
 add(Case("cached_attention", [rnd(1, 4, 150, 32), rnd(1, 2, 300, 32), rnd(1, 2, 300, 32), np.array(37, np.int64)],
          rtol=1e-4, atol=1e-5, tag="blocked-prefill"))
 
+# 8 < rows <= 128 against B^T: computed as C^T = B @ A^T through scratch, bias added on the way back
+for sa, with_bias in (((20, 40), True), ((3, 7, 40), False), ((128, 40), True), ((129, 40), True)):
+    add(Case("matmul", [rnd(*sa), rnd(52, 40)] + ([rnd(52)] if with_bias else []),
+             {"transpose_b": True, "alpha": 0.5, "beta": 2.0}, rtol=1e-4, atol=1e-4, tag="transposed"))
+
 # matmul with a fused activation epilogue (bias + relu/gelu...), small-M and BLAS paths
 for act in ("relu", "gelu", "gelu_tanh", "silu"):
     add(Case("matmul", [rnd(3, 40), rnd(24, 40), rnd(24)], {"transpose_b": True, "act": act}, rtol=1e-4, atol=1e-4),

@@ -53,9 +53,10 @@ def enums() -> dict[str, tuple[str, ...]]:
 
 def constants() -> dict[str, int]:
     """Numbers both languages use (tile sizes that scratch formulas depend on)."""
-    from . import attention
+    from . import attention, matmul
     return {"KILN_FLASH_BLOCK": attention.FLASH_BLOCK, "KILN_ATTN_BLOCK_ROWS": attention.BLOCK_ROWS,
-            "KILN_ATTN_BLOCKED_MIN_SQ": attention.BLOCKED_MIN_SQ}
+            "KILN_ATTN_BLOCKED_MIN_SQ": attention.BLOCKED_MIN_SQ, "KILN_MATMUL_SKINNY_MAX_M": matmul.SKINNY_MAX_M,
+            "KILN_MATMUL_TRANSPOSED_MAX_M": matmul.TRANSPOSED_MAX_M, "KILN_MATMUL_TRANSPOSED_MAX_N": matmul.TRANSPOSED_MAX_N}
 
 
 def header() -> str:
