@@ -33,7 +33,28 @@ static void gemm_skinny(int tb, int64_t M, int64_t N, int64_t K, float alpha, co
                 const float *a = A + m * K;
                 float *c = C + m * N;
                 int64_t n = n0;
-                /* four B rows at a time: four independent FMA chains share each load of a */
+                /* eight B rows at a time: eight weight streams in flight (memory-level
+                 * parallelism bounds GEMV), eight FMA chains share each load of a */
+                for (; n + 8 <= n1; n += 8) {
+                    const float *b0 = B + n * ldb, *b1 = b0 + ldb, *b2 = b1 + ldb, *b3 = b2 + ldb;
+                    const float *b4 = b3 + ldb, *b5 = b4 + ldb, *b6 = b5 + ldb, *b7 = b6 + ldb;
+                    float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f, s4 = 0.0f, s5 = 0.0f, s6 = 0.0f, s7 = 0.0f;
+#pragma omp simd reduction(+ : s0, s1, s2, s3, s4, s5, s6, s7)
+                    for (int64_t k = 0; k < K; k++) {
+                        float ak = a[k];
+                        s0 += ak * b0[k];
+                        s1 += ak * b1[k];
+                        s2 += ak * b2[k];
+                        s3 += ak * b3[k];
+                        s4 += ak * b4[k];
+                        s5 += ak * b5[k];
+                        s6 += ak * b6[k];
+                        s7 += ak * b7[k];
+                    }
+                    float s[8] = {s0, s1, s2, s3, s4, s5, s6, s7};
+                    for (int q = 0; q < 8; q++)
+                        c[n + q] = alpha * s[q] + (beta != 0.0f ? beta * c[n + q] : 0.0f);
+                }
                 for (; n + 4 <= n1; n += 4) {
                     const float *b0 = B + n * ldb, *b1 = b0 + ldb, *b2 = b1 + ldb, *b3 = b2 + ldb;
                     float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
