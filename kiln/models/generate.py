@@ -266,6 +266,8 @@ def load_model(spec: Union[str, os.PathLike] = "default", *, executor: str = "co
         from ..session import Session
         say(f"adding a KV cache of {max_len} positions")
         cached = Session(add_kv_cache(compiled.session.graph, max_len), executor=executor)
+        for sym in cached.graph.sym_sources:  # plan single-token decode now, not on the first token
+            cached.plan(**{sym: 1})
     timings["compile"] = time.perf_counter() - t0
     return LanguageModel(cached_session=cached, use_cache=cache,
         name=name, session=compiled.session, tokenizer=parts.tokenizer, config=model.config,
