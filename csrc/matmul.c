@@ -110,26 +110,38 @@ static void gemm_ref(int tb, int64_t M, int64_t N, int64_t K, float alpha, const
     for (int64_t i = 0; i < M; i += SMALL_M)
         gemm_skinny(tb, M - i < SMALL_M ? M - i : SMALL_M, N, K, alpha, A + i * K, B, tb ? K : N, beta, C + i * N);
 }
-/* One single-threaded sgemm per OpenMP thread, over a contiguous share of N (or of M when
- * N is the smaller side); each share is a whole GEMM, so per-call overhead is paid once. */
-static void gemm_blas(int tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A, const float *B,
-                      float beta, float *C) {
+/* Threads for a GEMM: all of them, unless it is too small to be worth a fork/join. */
+static inline int gemm_threads(int64_t M, int64_t N, int64_t K) {
     int nt = 1;
 #ifdef _OPENMP
     nt = omp_get_max_threads();
 #endif
-    if (M * N * K < (1LL << 20)) nt = 1;
+    return M * N * K < (1LL << 20) ? 1 : nt;
+}
+
+/* This thread's share [lo, hi) of `total` items, split over the team in multiples of `unit`. */
+static inline void thread_share(int64_t total, int64_t unit, int nt, int64_t *lo, int64_t *hi) {
+    int tid = 0;
+#ifdef _OPENMP
+    tid = omp_get_thread_num();
+#endif
+    int64_t share = ((total + nt - 1) / nt + unit - 1) / unit * unit;
+    *lo = tid * share;
+    *hi = *lo + share < total ? *lo + share : total;
+}
+
+/* One single-threaded sgemm per OpenMP thread, over a contiguous share of N (or of M when
+ * N is the smaller side); each share is a whole GEMM, so per-call overhead is paid once. */
+static void gemm_blas(int tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A, const float *B,
+                      float beta, float *C) {
+    int nt = gemm_threads(M, N, K);
     int split_n = N >= M;
     int64_t total = split_n ? N : M, unit = split_n ? 16 : 8;
-    int64_t share = ((total + nt - 1) / nt + unit - 1) / unit * unit;
     int ldb = tb ? (int)K : (int)N;
 #pragma omp parallel num_threads(nt) if(nt > 1)
     {
-        int tid = 0;
-#ifdef _OPENMP
-        tid = omp_get_thread_num();
-#endif
-        int64_t lo = tid * share, hi = lo + share < total ? lo + share : total;
+        int64_t lo, hi;
+        thread_share(total, unit, nt, &lo, &hi);
         if (lo < hi) {
             if (split_n)
                 kiln_blas_sgemm(KILN_CBLAS_ROW_MAJOR, KILN_CBLAS_NO_TRANS, tb ? KILN_CBLAS_TRANS : KILN_CBLAS_NO_TRANS,
@@ -148,21 +160,13 @@ static void gemm_blas(int tb, int64_t M, int64_t N, int64_t K, float alpha, cons
  * N on this machine; no gain for vocabulary-sized N). Each
  * thread computes its share of C^T into scratch (N x M floats, planner-provided) and writes
  * it back transposed, adding the bias already in C. */
-static int gemm_blas_transposed(int64_t M, int64_t N, int64_t K, float alpha, const float *A, const float *B,
+static void gemm_blas_transposed(int64_t M, int64_t N, int64_t K, float alpha, const float *A, const float *B,
                                 float beta, float *C, float *T) {
-    int nt = 1;
-#ifdef _OPENMP
-    nt = omp_get_max_threads();
-#endif
-    if (M * N * K < (1LL << 20)) nt = 1;
-    int64_t share = ((N + nt - 1) / nt + 15) / 16 * 16;
+    int nt = gemm_threads(M, N, K);
 #pragma omp parallel num_threads(nt) if(nt > 1)
     {
-        int tid = 0;
-#ifdef _OPENMP
-        tid = omp_get_thread_num();
-#endif
-        int64_t lo = tid * share, hi = lo + share < N ? lo + share : N;
+        int64_t lo, hi;
+        thread_share(N, 16, nt, &lo, &hi);
         if (lo < hi) {
             float *t = T + lo * M;
             kiln_blas_sgemm(KILN_CBLAS_ROW_MAJOR, KILN_CBLAS_NO_TRANS, KILN_CBLAS_TRANS, (int)(hi - lo), (int)M,
@@ -176,7 +180,6 @@ static int gemm_blas_transposed(int64_t M, int64_t N, int64_t K, float alpha, co
             }
         }
     }
-    return 1;
 }
 
 static void gemm(int tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A, const float *B, float beta,

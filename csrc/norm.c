@@ -4,9 +4,8 @@
 
 #include "kiln.h"
 
-static void norm(const kiln_call *c, int layer) {
+static void norm(const kiln_call *c, int layer, float eps) {
     const kiln_tensor *X = &c->in[0];
-    float eps = *(const float *)c->params;
     int64_t D = X->ndim ? X->shape[X->ndim - 1] : 1;
     if (D == 0) return;
     int64_t rows = kiln_numel(X) / D;
@@ -51,5 +50,5 @@ static void norm(const kiln_call *c, int layer) {
     }
 }
 
-void kiln_k_layer_norm(const kiln_call *c) { norm(c, 1); }
-void kiln_k_rms_norm(const kiln_call *c) { norm(c, 0); }
+void kiln_k_layer_norm(const kiln_call *c) { norm(c, 1, ((const kiln_layer_norm_params *)c->params)->eps); }
+void kiln_k_rms_norm(const kiln_call *c) { norm(c, 0, ((const kiln_rms_norm_params *)c->params)->eps); }

@@ -14,9 +14,8 @@ enum { R_SUM, R_MEAN, R_MAX };
 
 static int64_t ld(const kiln_tensor *t, int64_t i) { return kiln_load_i64(t->data, t->dtype, i); }
 
-static void reduce(const kiln_call *c, int kind) {
+static void reduce(const kiln_call *c, int kind, int64_t mask) {
     const kiln_tensor *X = &c->in[0], *O = &c->out;
-    int64_t mask = *(const int64_t *)c->params;
     int nd = X->ndim;
     int64_t nout = kiln_numel(O), nin = kiln_numel(X);
     if (nout == 0) return;
@@ -169,6 +168,6 @@ static void reduce(const kiln_call *c, int kind) {
     }
 }
 
-void kiln_k_sum(const kiln_call *c) { reduce(c, R_SUM); }
-void kiln_k_mean(const kiln_call *c) { reduce(c, R_MEAN); }
-void kiln_k_max(const kiln_call *c) { reduce(c, R_MAX); }
+void kiln_k_sum(const kiln_call *c) { reduce(c, R_SUM, ((const kiln_sum_params *)c->params)->axes_mask); }
+void kiln_k_mean(const kiln_call *c) { reduce(c, R_MEAN, ((const kiln_mean_params *)c->params)->axes_mask); }
+void kiln_k_max(const kiln_call *c) { reduce(c, R_MAX, ((const kiln_max_params *)c->params)->axes_mask); }

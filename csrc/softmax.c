@@ -62,9 +62,9 @@ static void softmax_cols(float *y, const float *x, int64_t L, int64_t inner, int
     }
 }
 
-static void softmax(const kiln_call *c, int logsm) {
+static void softmax(const kiln_call *c, int logsm, int64_t axis) {
     const kiln_tensor *X = &c->in[0];
-    int ax = (int)*(const int64_t *)c->params;
+    int ax = (int)axis;
     if (ax < 0 || ax >= X->ndim || kiln_numel(X) == 0) return;
     int64_t outer = kiln_prod(X->shape, 0, ax), L = X->shape[ax];
     int64_t inner = kiln_prod(X->shape, ax + 1, X->ndim);
@@ -84,5 +84,5 @@ static void softmax(const kiln_call *c, int logsm) {
     }
 }
 
-void kiln_k_softmax(const kiln_call *c) { softmax(c, 0); }
-void kiln_k_log_softmax(const kiln_call *c) { softmax(c, 1); }
+void kiln_k_softmax(const kiln_call *c) { softmax(c, 0, ((const kiln_softmax_params *)c->params)->axis); }
+void kiln_k_log_softmax(const kiln_call *c) { softmax(c, 1, ((const kiln_log_softmax_params *)c->params)->axis); }
