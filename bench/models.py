@@ -1,7 +1,7 @@
 """Benchmark models: real architectures at their real sizes, random weights, input_ids -> logits.
 
-A copy of tests/models.py's configurations (the harness must not import tests/), plus the
-analytic FLOP and weight-byte counts that the roofline floor needs.
+The configurations are kiln.models.zoo's (plus a tiny smoke model), with the analytic FLOP
+and weight-byte counts that the roofline floor needs.
 """
 from __future__ import annotations
 
@@ -53,44 +53,25 @@ QUICK = {
 
 
 def hf_config(family: str, layers: int):
-    import transformers as tf
-    if family == "gpt2":
-        return tf.GPT2Config(n_layer=layers)
+    """The real architectures come from kiln.models.zoo; "tiny" is a bench-only smoke model."""
     if family == "tiny":
+        import transformers as tf
         return tf.GPT2Config(n_layer=layers, n_embd=64, n_head=4, n_inner=256, vocab_size=512, n_positions=1024)
-    if family == "qwen3":  # Qwen3-0.6B sizes
-        return tf.Qwen3Config(
-            num_hidden_layers=layers, hidden_size=1024, intermediate_size=3072, num_attention_heads=16,
-            num_key_value_heads=8, head_dim=128, vocab_size=151936, tie_word_embeddings=True,
-            max_position_embeddings=40960, rope_theta=1000000.0, rms_norm_eps=1e-6)
-    if family == "llama":  # SmolLM2-135M sizes
-        return tf.LlamaConfig(
-            num_hidden_layers=layers, hidden_size=576, intermediate_size=1536, num_attention_heads=9,
-            num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True, rms_norm_eps=1e-5,
-            rope_theta=100000.0, max_position_embeddings=8192)
-    raise ValueError(family)
+    from kiln.models import zoo
+    return zoo.config(family, layers)
 
 
 def build_model(s: ModelSpec):
-    """The torch module (eval mode, seeded random weights): input_ids -> logits."""
+    """The torch module (eval mode, seeded random weights): input_ids -> logits, and its config."""
     import torch
     import transformers as tf
-    from torch import nn
 
-    class LogitsOnly(nn.Module):
-        def __init__(self, model: nn.Module):
-            super().__init__()
-            self.model = model
-
-        def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-            return self.model(input_ids=input_ids, use_cache=False).logits
-
+    from kiln.models.hf import logits_module
     torch.manual_seed(0)
     cfg = hf_config(s.family, s.layers)
     cls = {"gpt2": tf.GPT2LMHeadModel, "tiny": tf.GPT2LMHeadModel,
            "qwen3": tf.Qwen3ForCausalLM, "llama": tf.LlamaForCausalLM}[s.family]
-    model = cls(cfg).eval()
-    return LogitsOnly(model).eval(), cfg
+    return logits_module(cls(cfg).eval()), cfg
 
 
 def vocab_size(cfg) -> int:

@@ -1,5 +1,4 @@
 """Whole graphs against PyTorch fp32: an MLP, transformer blocks, and 2-layer GPT-2 / Qwen3 / Llama."""
-import numpy as np
 import pytest
 import torch
 from torch import nn

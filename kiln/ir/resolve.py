@@ -26,6 +26,19 @@ def resolve_value(v, binding: Mapping[str, int]):
     return v
 
 
+def attr_symbols(attrs) -> set:
+    """The symbols an op's attrs mention (e.g. a reshape to [1, s0, 12])."""
+    out: set = set()
+    if attrs is None:
+        return out
+    for f in dataclasses.fields(attrs):
+        v = getattr(attrs, f.name)
+        for x in (v if isinstance(v, tuple) else (v,)):
+            if isinstance(x, Sym):
+                out |= x.symbols
+    return out
+
+
 def resolve_attrs(attrs, binding: Mapping[str, int]):
     if attrs is None:
         return None

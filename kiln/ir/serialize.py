@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import FileFormatError, KilnError
 from . import dims
 from .dims import Sym
-from .graph import ACT, CONST, INPUT, STATE, Graph, Node, Tensor
+from .graph import ACT, CONST, INPUT, STATE, Graph, Tensor
 
 FORMAT = "kiln-graph/1"
 _ST_DTYPES = {"float32": "F32", "int64": "I64", "int32": "I32", "bool": "BOOL"}

@@ -12,7 +12,6 @@ import numpy as np
 
 from .registry import FOLD_ONLY, broadcast_shapes, declare, np_dtype
 from ..errors import ShapeError
-from ..ir import dims
 from ..ir.dims import Dim
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .registry import (BINARY, COMMUTATIVE, ELEMENTWISE, FOLD_ONLY, INPLACE, UNARY, broadcast_shapes,
-                       declare, np_dtype, same_as_first)
+                       declare, np_dtype)
 from ..errors import ShapeError
 
 

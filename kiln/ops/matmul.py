@@ -61,7 +61,7 @@ def _ref(xs, attrs):
 def _scratch(in_shapes, out_shape, attrs) -> int:
     """Bytes for C^T when the transposed path applies (mirrors the C decision; the kernel
     falls back to the plain GEMM when it is given less)."""
-    a, b = in_shapes[0], in_shapes[1]
+    b = in_shapes[1]
     if not attrs.transpose_b:
         return 0
     m, n = out_shape[-2], out_shape[-1]

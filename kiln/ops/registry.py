@@ -9,7 +9,7 @@ planner. ``kiln.ops.codegen`` derives the C header from these declarations.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np

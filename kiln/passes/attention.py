@@ -9,7 +9,7 @@ import numpy as np
 
 from ..ir import dims
 from ..ir.graph import CONST, Graph
-from ..ir.resolve import resolve_attrs
+from ..ir.resolve import attr_symbols, resolve_attrs
 from ..ops import registry
 from .engine import Rule, RuleSet
 from .pattern import Any, Op, Scalar
@@ -124,7 +124,7 @@ def causal_mask_absorption(graph: Graph) -> int:
             continue
         q, k, mask = (graph.tensors[t] for t in (node.inputs[0], node.inputs[1], node.inputs[3]))
         syms = sorted(dims.symbols_of(q.shape) | dims.symbols_of(k.shape) | dims.symbols_of(mask.shape)
-                      | _attr_symbols(sub))
+                      | {x for n in sub for x in attr_symbols(n.attrs)})
         if all(_is_causal(graph, sub, node.inputs[3], q.shape, k.shape, b) for b in _samples(graph, syms)):
             graph.nodes[i] = dataclasses.replace(node, inputs=node.inputs[:3],
                                                  attrs=dataclasses.replace(node.attrs, causal=True))
@@ -147,19 +147,6 @@ def _shape_only_subgraph(graph, producers, t):
             return None
     order = {id(n): j for j, n in enumerate(graph.nodes)}
     return sorted(nodes, key=lambda n: order[id(n)])
-
-
-def _attr_symbols(nodes) -> set:
-    out = set()
-    for n in nodes:
-        if n.attrs is None:
-            continue
-        for f in dataclasses.fields(n.attrs):
-            v = getattr(n.attrs, f.name)
-            for x in (v if isinstance(v, tuple) else (v,)):
-                if isinstance(x, dims.Sym):
-                    out |= x.symbols
-    return out
 
 
 def _samples(graph, syms):

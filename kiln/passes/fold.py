@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from ..ir import dims
 from ..ir.graph import CONST, Graph, Tensor
+from ..ir.resolve import attr_symbols
 from ..ops import registry
 from .engine import dead_code_elimination
 
@@ -19,7 +20,7 @@ def constant_folding(graph: Graph) -> int:
         out = graph.tensors[node.output]
         ins = [graph.tensors[i] for i in node.inputs]
         if not all(t.kind == CONST for t in ins) or not dims.is_static(out.shape) or \
-                _has_symbolic_attrs(node.attrs):
+                attr_symbols(node.attrs):
             keep.append(node)
             continue
         in_bytes = sum(graph.constants[i].nbytes for i in node.inputs)
@@ -34,18 +35,3 @@ def constant_folding(graph: Graph) -> int:
     dead_code_elimination(graph)
     return folded
 
-
-def _has_symbolic_attrs(attrs) -> bool:
-    if attrs is None:
-        return False
-    import dataclasses
-    for f in dataclasses.fields(attrs):
-        v = getattr(attrs, f.name)
-        vs = v if isinstance(v, tuple) else (v,)
-        if any(isinstance(x, dims.Sym) for x in vs):
-            return True
-    return False
-
-
-def dce(graph: Graph) -> int:
-    return dead_code_elimination(graph)

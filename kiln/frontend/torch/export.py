@@ -16,7 +16,7 @@ from ...errors import KilnError, UnsupportedOpError
 from ...ir.dims import Sym
 from ...ir.graph import Graph
 from ...ir.validate import validate
-from . import aten_creation, aten_elementwise, aten_nn, aten_shape  # noqa: F401  (register handlers)
+from . import aten_creation, aten_elementwise, aten_nn, aten_shape  # noqa: F401  (registers the handlers)
 from .context import SYM_OPS, Ctx, kiln_dtype, sym_to_dim
 from .handlers import HANDLERS
 
