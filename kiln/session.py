@@ -36,8 +36,6 @@ class Session:
         # State (a KV cache) belongs to the session: every per-binding plan reads and writes
         # these same arrays, so a prefill plan and a decode plan continue one sequence.
         self.state = {name: np.array(graph.constants[name], order="C", copy=True) for name in graph.state}
-        from .passes.kv_cache import position_check
-        self._value_check = position_check(graph)  # shapes are checked generically; cache positions here
 
     # -- public surface ---------------------------------------------------------------
     @property
@@ -50,8 +48,8 @@ class Session:
 
     def run(self, feeds: Mapping[str, np.ndarray], *, profile: bool = False) -> list[np.ndarray]:
         arrays, binding = check_feeds(self.graph, feeds)
-        if self._value_check is not None:
-            self._value_check(arrays)
+        if self.graph.kv_cache is not None:  # shapes are checked generically; cache positions here
+            self.graph.kv_cache.check_positions(arrays)
         ex = self._executor_for(binding)
         outs = ex.run(arrays, profile=profile)
         if profile:

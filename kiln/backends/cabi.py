@@ -5,7 +5,7 @@ import ctypes
 from typing import Optional
 
 from ..ops import codegen, registry
-from ..ir.graph import DTYPES
+from ..core.dtypes import DTYPES, ITEMSIZE
 
 DTYPE_CODE = {d: i for i, d in enumerate(DTYPES)}
 _SCALAR = {"ptr": ctypes.c_void_p, "i32": ctypes.c_int32, "i64": ctypes.c_int64, "f32": ctypes.c_float}
@@ -63,7 +63,6 @@ def make_params(op: str, values: dict):
 
 
 def fill_tensor(t: Tensor, *, slot: int, offset: int, shape, dtype: str) -> None:
-    from ..ir.graph import ITEMSIZE
     if len(shape) > registry.MAX_DIMS:
         from ..errors import KilnError
         raise KilnError(f"rank {len(shape)} exceeds the C limit of {registry.MAX_DIMS} dims")

@@ -26,7 +26,7 @@ import numpy as np
 from . import cabi
 from .. import config
 from ..errors import BackendError, KilnError
-from ..ir.graph import ITEMSIZE
+from ..core.dtypes import ITEMSIZE
 from ..ops import registry
 
 _PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -16,6 +16,7 @@ from typing import Mapping, Optional
 import numpy as np
 
 from ..backends import cabi, clib
+from ..core.dtypes import ITEMSIZE, np_dtype
 from ..errors import BackendError, ValidationError
 from ..ir.graph import Graph
 from ..ops import registry
@@ -41,9 +42,9 @@ class CompiledExecutor:
         for i, a in enumerate(arrays):
             if a is not None:
                 self._slots[i] = a.ctypes.data
-        self._inputs = [(i, s.name, registry.np_dtype(g.tensors[s.name].dtype), s.nbytes)
+        self._inputs = [(i, s.name, np_dtype(g.tensors[s.name].dtype), s.nbytes)
                         for i, s in enumerate(plan.slots) if s.kind == INPUT_SLOT]
-        self._outputs = [(i, tuple(int(d) for d in g.tensors[s.name].shape), registry.np_dtype(g.tensors[s.name].dtype))
+        self._outputs = [(i, tuple(int(d) for d in g.tensors[s.name].shape), np_dtype(g.tensors[s.name].dtype))
                          for i, s in enumerate(plan.slots) if s.kind == OUTPUT_SLOT]
         self._build_calls()
         self._lock = threading.Lock()  # the arena and slots array are shared by every run
@@ -91,7 +92,6 @@ class CompiledExecutor:
         cabi.fill_tensor(t, slot=p.slot, offset=p.offset, shape=shape, dtype=tensor.dtype)
 
     def _check(self, p: Placement, shape, dtype: str, what: str) -> None:
-        from ..ir.graph import ITEMSIZE
         need = int(np.prod(shape, dtype=np.int64)) * ITEMSIZE[dtype]
         if p.nbytes != need:
             raise ValidationError(f"{what}: placed with {p.nbytes} bytes, its shape needs {need}")

@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from ..core.dtypes import np_dtype
 from ..errors import BackendError, FeedError, KilnError, ValidationError
 from ..ir.graph import Graph
 from ..ops import registry
@@ -58,7 +59,7 @@ def fixed_slot_arrays(graph: Graph, plan: Plan, state: Optional[dict[str, np.nda
         if s.kind in (CONST_SLOT, STATE_SLOT):
             t = graph.tensors[s.name]
             a = np.asarray(shared[s.name] if shared is not None and s.kind == STATE_SLOT else graph.constants[s.name])
-            if a.dtype != registry.np_dtype(t.dtype) or tuple(a.shape) != tuple(t.shape):
+            if a.dtype != np_dtype(t.dtype) or tuple(a.shape) != tuple(t.shape):
                 raise ValidationError(f"{s.kind} {s.name!r}: data is {a.dtype}{list(a.shape)}, "
                                       f"the graph says {t.dtype}{list(t.shape)}")
             if s.kind == STATE_SLOT:
@@ -147,9 +148,9 @@ class PlannedExecutor:
         fixed, self.state = fixed_slot_arrays(g, plan, state)
         self._fixed = [as_bytes(a) if a is not None else None for a in fixed]
         self._fixed[0] = self._arena
-        self._inputs = [(i, s.name, registry.np_dtype(g.tensors[s.name].dtype), s.nbytes)
+        self._inputs = [(i, s.name, np_dtype(g.tensors[s.name].dtype), s.nbytes)
                         for i, s in enumerate(plan.slots) if s.kind == INPUT_SLOT]
-        self._outputs = [(i, tuple(g.tensors[s.name].shape), registry.np_dtype(g.tensors[s.name].dtype))
+        self._outputs = [(i, tuple(g.tensors[s.name].shape), np_dtype(g.tensors[s.name].dtype))
                          for i, s in enumerate(plan.slots) if s.kind == OUTPUT_SLOT]
         self._steps = []
         for st in plan.steps:
@@ -165,7 +166,7 @@ class PlannedExecutor:
     def _spec(self, name: str) -> Spec:
         p = self.plan.placements[name]
         t = self.graph.tensors[name]
-        return (p.slot, p.offset, p.nbytes, registry.np_dtype(t.dtype), tuple(int(d) for d in t.shape))
+        return (p.slot, p.offset, p.nbytes, np_dtype(t.dtype), tuple(int(d) for d in t.shape))
 
     def reset_state(self) -> None:
         """Put every state tensor back to its initial value (in place: the slots keep their pointers)."""

@@ -6,8 +6,8 @@ from typing import Mapping
 import numpy as np
 
 from ..errors import FeedError
-from . import dims
-from .dims import Sym
+from ..core import dims
+from ..core.dims import Sym
 from .graph import Graph
 
 # numpy kinds accepted for each graph dtype, converted without loss of meaning

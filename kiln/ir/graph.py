@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional
+import types
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Optional
 
 import numpy as np
 
-from . import dims
-from .dims import Dim, fmt_shape
-
-DTYPES = ("float32", "int64", "int32", "bool")
-ITEMSIZE = {"float32": 4, "int64": 8, "int32": 4, "bool": 1}
+from ..core import dims
+from ..core.dims import Dim, fmt_shape
+from ..core.dtypes import DTYPES, ITEMSIZE, from_numpy
+from ..errors import KilnError
+from .kv_cache import KVCacheInfo
 
 INPUT, CONST, STATE, ACT = "input", "const", "state", "activation"
 
@@ -34,8 +35,10 @@ class Tensor:
         return dims.numel(self.shape) * ITEMSIZE[self.dtype]
 
 
-@dataclass
+@dataclass(eq=False)   # identity: the graph's use-def maps key on nodes
 class Node:
+    """One compute step. Read its fields freely; change ``inputs``/``output`` only through the
+    Graph (``set_inputs``, ``replace_all_uses``, ``rename``), which keeps its use-def maps."""
     op: str
     inputs: list[str]
     output: str
@@ -53,17 +56,84 @@ def _fmt_attrs(attrs) -> str:
     return f" {{{items}}}" if items else ""
 
 
-@dataclass
 class Graph:
-    tensors: dict[str, Tensor] = field(default_factory=dict)
-    nodes: list[Node] = field(default_factory=list)
-    inputs: list[str] = field(default_factory=list)
-    outputs: list[str] = field(default_factory=list)
-    constants: dict[str, np.ndarray] = field(default_factory=dict)  # weights and state initial values
-    # symbol -> (input name, axis) that binds it at run time; kept for messages
-    sym_sources: dict[str, tuple[str, int]] = field(default_factory=dict)
-    # symbol -> (min, max) the model was exported for
-    sym_ranges: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """Tensors by name, nodes in a topological order, and the use-def maps.
+
+    The graph keeps, incrementally, which node produces each tensor and which nodes read
+    it; every change to the nodes goes through the methods below (assigning ``nodes``
+    rebuilds the maps). ``check_use_def`` compares them with a recomputation.
+    """
+
+    def __init__(self, tensors: Optional[dict[str, Tensor]] = None, nodes: Iterable[Node] = (),
+                 inputs: Iterable[str] = (), outputs: Iterable[str] = (),
+                 constants: Optional[dict[str, np.ndarray]] = None,
+                 sym_sources: Optional[dict[str, tuple[str, int]]] = None,
+                 sym_ranges: Optional[dict[str, tuple[int, int]]] = None,
+                 kv_cache: Optional[KVCacheInfo] = None):
+        self.tensors: dict[str, Tensor] = dict(tensors or {})
+        self.inputs: list[str] = list(inputs)
+        self.outputs: list[str] = list(outputs)
+        self.constants: dict[str, np.ndarray] = dict(constants or {})  # weights and state initial values
+        # symbol -> (input name, axis) that binds it at run time; kept for messages
+        self.sym_sources: dict[str, tuple[str, int]] = dict(sym_sources or {})
+        # symbol -> (min, max) the model was exported for
+        self.sym_ranges: dict[str, tuple[int, int]] = dict(sym_ranges or {})
+        self.kv_cache: Optional[KVCacheInfo] = kv_cache
+        self.nodes = list(nodes)
+
+    # -- the node list and its use-def maps ----------------------------------------
+    @property
+    def nodes(self) -> list[Node]:
+        """The nodes in a topological order. Read it; change it through the Graph's methods."""
+        return self._nodes
+
+    @nodes.setter
+    def nodes(self, nodes: Iterable[Node]) -> None:
+        self._nodes = list(nodes)
+        self._producer: dict[str, Node] = {}
+        self._users: dict[str, dict[Node, int]] = {}   # tensor -> reader -> times it reads it
+        for n in self._nodes:
+            self._link(n)
+
+    def _link(self, n: Node) -> None:
+        if n.output in self._producer:
+            raise KilnError(f"tensor {n.output!r} has two producers")
+        self._producer[n.output] = n
+        for i in n.inputs:
+            readers = self._users.setdefault(i, {})
+            readers[n] = readers.get(n, 0) + 1
+
+    def _unlink(self, n: Node) -> None:
+        del self._producer[n.output]
+        for i in n.inputs:
+            readers = self._users[i]
+            readers[n] -= 1
+            if not readers[n]:
+                del readers[n]
+                if not readers:
+                    del self._users[i]
+
+    def producer(self, name: str) -> Optional[Node]:
+        """The node computing ``name``; None for inputs, constants and state."""
+        return self._producer.get(name)
+
+    def producers(self) -> Mapping[str, Node]:
+        """tensor -> the node computing it (a live read-only view; no copy)."""
+        return types.MappingProxyType(self._producer)
+
+    def users(self, name: str) -> list[Node]:
+        """The nodes reading ``name``, each once."""
+        return list(self._users.get(name, ()))
+
+    def is_used(self, name: str) -> bool:
+        """Whether a node reads ``name`` or it is a graph output."""
+        return name in self._users or name in self.outputs
+
+    def check_use_def(self) -> None:
+        """Raise if the incremental maps differ from a recomputation (a change bypassed the Graph)."""
+        fresh = Graph(nodes=self._nodes)
+        if fresh._producer != self._producer or fresh._users != self._users:
+            raise KilnError("graph use-def maps are out of date: a node was changed without the Graph")
 
     # -- building ---------------------------------------------------------------
     def add_input(self, name: str, shape, dtype: str) -> str:
@@ -73,7 +143,7 @@ class Graph:
 
     def add_const(self, name: str, value: np.ndarray, kind: str = CONST) -> str:
         value = np.asarray(value, order="C")  # (ascontiguousarray would turn 0-d into 1-d)
-        dtype = _np_dtype_name(value.dtype)
+        dtype = from_numpy(value.dtype)
         if value.dtype != np.dtype(dtype):
             value = value.astype(dtype)
         self._add_tensor(Tensor(name, tuple(int(d) for d in value.shape), dtype, kind))
@@ -90,18 +160,66 @@ class Graph:
         shape, dtype = opdef.infer([self.tensors[i] for i in inputs], attrs)
         out = self.fresh(name or op)
         self._add_tensor(Tensor(out, tuple(shape), dtype, ACT))
-        node = Node(op, inputs, out, attrs, source)
-        if index is None:
-            self.nodes.append(node)
-        else:
-            self.nodes.insert(index, node)
+        self.insert_node(Node(op, inputs, out, attrs, source), index)
         return out
+
+    def insert_node(self, node: Node, index: Optional[int] = None) -> Node:
+        """Add an already built node (its output tensor must exist) at ``index`` (default: last)."""
+        self._link(node)
+        if index is None:
+            self._nodes.append(node)
+        else:
+            self._nodes.insert(index, node)
+        return node
+
+    def remove_node(self, node: Node, *, drop_output: bool = True) -> None:
+        """Take ``node`` out (and its output tensor unless ``drop_output``)."""
+        self._unlink(node)
+        self._nodes.remove(node)
+        if drop_output:
+            del self.tensors[node.output]
+
+    def replace_node(self, old: Node, new: Node) -> None:
+        """Put ``new`` in ``old``'s place in the order (same output name)."""
+        self._unlink(old)
+        self._link(new)
+        self._nodes[self._nodes.index(old)] = new
+
+    def set_inputs(self, node: Node, inputs: Iterable[str]) -> None:
+        self._unlink(node)
+        node.inputs = list(inputs)
+        self._link(node)
+
+    def replace_all_uses(self, old: str, new: str, *, outputs: bool = True) -> list[Node]:
+        """Every read of ``old`` (and, with ``outputs``, the graph outputs) reads ``new`` instead.
+        Returns the nodes changed."""
+        readers = self.users(old)
+        for n in readers:
+            self.set_inputs(n, [new if i == old else i for i in n.inputs])
+        if outputs:
+            self.outputs = [new if o == old else o for o in self.outputs]
+        return readers
+
+    def rename(self, old: str, new: str) -> None:
+        """Give tensor ``old`` the name ``new`` everywhere (producer, readers, inputs, outputs)."""
+        if new in self.tensors:
+            raise KilnError(f"cannot rename {old!r}: tensor {new!r} already exists")
+        t = self.tensors.pop(old)
+        self.tensors[new] = dataclasses.replace(t, name=new)
+        if old in self.constants:
+            self.constants[new] = self.constants.pop(old)
+        node = self._producer.get(old)
+        if node is not None:
+            self._unlink(node)
+            node.output = new
+            self._link(node)
+        self.replace_all_uses(old, new)
+        self.inputs = [new if i == old else i for i in self.inputs]
 
     def _add_tensor(self, t: Tensor) -> None:
         if t.name in self.tensors:
             raise ValueError(f"tensor {t.name!r} already exists")
         if t.dtype not in DTYPES:
-            from ..errors import KilnError
             raise KilnError(f"tensor {t.name!r}: dtype {t.dtype} is not supported (supported: {', '.join(DTYPES)})")
         self.tensors[t.name] = t
 
@@ -114,16 +232,6 @@ class Graph:
         return f"{base}_{i}"
 
     # -- queries ----------------------------------------------------------------
-    def producers(self) -> dict[str, Node]:
-        return {n.output: n for n in self.nodes}
-
-    def consumers(self) -> dict[str, list[Node]]:
-        out: dict[str, list[Node]] = collections.defaultdict(list)
-        for n in self.nodes:
-            for i in n.inputs:
-                out[i].append(n)
-        return out
-
     def is_const(self, name: str) -> bool:
         return self.tensors[name].kind == CONST
 
@@ -141,14 +249,11 @@ class Graph:
     def copy(self) -> "Graph":
         return Graph(dict((k, dataclasses.replace(v)) for k, v in self.tensors.items()),
                      [dataclasses.replace(n, inputs=list(n.inputs)) for n in self.nodes],
-                     list(self.inputs), list(self.outputs), dict(self.constants),
-                     dict(self.sym_sources), dict(self.sym_ranges))
+                     self.inputs, self.outputs, self.constants, self.sym_sources, self.sym_ranges,
+                     self.kv_cache)
 
     def remove_unused_tensors(self) -> None:
-        used = set(self.inputs) | set(self.outputs) | set(self.state)
-        for n in self.nodes:
-            used.add(n.output)
-            used.update(n.inputs)
+        used = set(self.inputs) | set(self.outputs) | set(self.state) | set(self._producer) | set(self._users)
         for name in list(self.tensors):
             if name not in used:
                 del self.tensors[name]
@@ -184,13 +289,3 @@ class Graph:
     def __str__(self) -> str:
         return self.summary()
 
-
-def _np_dtype_name(dt) -> str:
-    dt = np.dtype(dt)
-    if dt == np.float64 or dt == np.float16:
-        return "float32"
-    if dt == np.bool_:
-        return "bool"
-    if dt.kind in "iu":
-        return "int64" if dt.itemsize == 8 or dt.kind == "u" else ("int32" if dt.itemsize == 4 else "int64")
-    return str(dt)

@@ -13,8 +13,8 @@ from typing import Mapping
 
 from ..errors import KilnError, ShapeError
 from ..ops import registry
-from . import dims
-from .dims import Sym
+from ..core import dims
+from ..core.dims import Sym
 from .graph import ACT, CONST, Graph, Tensor
 
 
@@ -53,7 +53,7 @@ def resolve_attrs(attrs, binding: Mapping[str, int]):
 
 def resolve(graph: Graph, binding: Mapping[str, int]) -> Graph:
     out = Graph(inputs=list(graph.inputs), outputs=list(graph.outputs), constants=dict(graph.constants),
-                sym_sources=dict(graph.sym_sources), sym_ranges=dict(graph.sym_ranges))
+                sym_sources=graph.sym_sources, sym_ranges=graph.sym_ranges, kv_cache=graph.kv_cache)
     for name, t in graph.tensors.items():
         if t.kind != ACT:
             out.tensors[name] = Tensor(name, dims.resolve_shape(t.shape, binding), t.dtype, t.kind)
@@ -75,6 +75,6 @@ def resolve(graph: Graph, binding: Mapping[str, int]) -> Graph:
             folded.add(node.output)
             continue
         out.tensors[node.output] = Tensor(node.output, tuple(int(d) for d in shape), dtype, ACT)
-        out.nodes.append(dataclasses.replace(node, attrs=attrs, inputs=list(node.inputs)))
+        out.insert_node(dataclasses.replace(node, attrs=attrs, inputs=list(node.inputs)))
     out.remove_unused_tensors()
     return out

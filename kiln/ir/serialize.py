@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import FileFormatError, KilnError
-from . import dims
-from .dims import Sym
+from ..core import dims
+from ..core.dims import Sym
 from .graph import ACT, CONST, INPUT, STATE, Graph, Tensor
+from .kv_cache import KVCacheInfo
 
 FORMAT = "kiln-graph/1"
 _ST_DTYPES = {"float32": "F32", "int64": "I64", "int32": "I32", "bool": "BOOL"}
@@ -78,6 +79,7 @@ def graph_to_json(g: Graph) -> dict:
                   for n in g.nodes],
         "sym_sources": {k: list(v) for k, v in g.sym_sources.items()},
         "sym_ranges": {k: list(v) for k, v in g.sym_ranges.items()},
+        **({"kv_cache": g.kv_cache.to_json()} if g.kv_cache is not None else {}),
     }
 
 
@@ -211,6 +213,8 @@ def graph_from_json(gj: Any, arrays: dict[str, np.ndarray], where: str = "model"
             g.outputs.append(name)
         g.sym_sources = {k: (str(v[0]), int(v[1])) for k, v in gj.get("sym_sources", {}).items()}
         g.sym_ranges = {k: (int(v[0]), int(v[1])) for k, v in gj.get("sym_ranges", {}).items()}
+        if gj.get("kv_cache") is not None:
+            g.kv_cache = KVCacheInfo.from_json(gj["kv_cache"])
     except FileFormatError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError) as e:

@@ -1,9 +1,10 @@
 """Structural checks at stage boundaries; each failure names the node or tensor."""
 from __future__ import annotations
 
-from ..errors import ValidationError
+from ..core import dims
+from ..errors import KilnError, ValidationError
 from ..ops import registry
-from . import dims
+from ..ops.cache import WRITES_STATE
 from .graph import ACT, CONST, INPUT, STATE, Graph
 
 
@@ -51,3 +52,32 @@ def validate(graph: Graph, *, static: bool = False, executable: bool = False) ->
     for o in graph.outputs:
         if o not in produced:
             raise ValidationError(f"graph output {o!r} is never produced")
+    try:
+        graph.check_use_def()
+    except KilnError as e:
+        raise ValidationError(str(e)) from None
+    _check_kv_cache(graph)
+
+
+def _check_kv_cache(graph: Graph) -> None:
+    """The cache ops write at a fed position: the graph must say which feed that is, so the
+    runtime can check it (kiln/ir/kv_cache.py) before anything reaches C."""
+    info = graph.kv_cache
+    if info is None:
+        for node in graph.nodes:
+            if registry.get(node.op).has(WRITES_STATE) or node.op == "cached_attention":
+                raise ValidationError(f"node {node.output} = {node.op}(...) writes a KV cache, but the graph "
+                                      f"has no KV-cache metadata (graph.kv_cache)")
+        return
+    for name, role in ((info.token_input, "token_input"), (info.position_input, "position_input")):
+        if name not in graph.inputs:
+            raise ValidationError(f"kv_cache.{role} {name!r} is not a graph input")
+    pos = graph.tensors[info.position_input]
+    if pos.dtype != "int64" or tuple(pos.shape) != ():
+        raise ValidationError(f"kv_cache.position_input {pos.name!r} must be an int64 scalar, "
+                              f"got {pos.dtype}{list(pos.shape)}")
+    for name in info.state_names:
+        t = graph.tensors.get(name)
+        if t is None or t.kind != STATE or len(t.shape) != 4 or t.shape[2] != info.max_len:
+            raise ValidationError(f"kv_cache state {name!r} must be a [B, H, {info.max_len}, D] state tensor, "
+                                  f"got {t.kind + str(list(t.shape)) if t else 'no tensor'}")

@@ -67,9 +67,11 @@ class CachedDecoder:
     """KV cache as graph state: one plan for the prompt length, one for single tokens, no Python per layer."""
 
     def __init__(self, session: Any, *, max_len: int):
-        from ..passes.kv_cache import POSITION
-        self.session, self.max_len, self.position_name = session, max_len, POSITION
-        self.input_name = next(n for n in session.input_names if n != POSITION)
+        info = session.graph.kv_cache
+        if info is None:
+            raise KilnError("CachedDecoder needs a graph with a KV cache (kiln.passes.kv_cache.add_kv_cache)")
+        self.session, self.max_len, self.position_name = session, max_len, info.position_input
+        self.input_name = info.token_input
         self.pos = 0
 
     def prefill(self, ids: Sequence[int]) -> np.ndarray:

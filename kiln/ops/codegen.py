@@ -13,7 +13,7 @@ import pathlib
 import sys
 
 from . import registry
-from ..ir.graph import DTYPES
+from ..core.dtypes import DTYPES
 
 # (name, kind) with kind in: ptr, i32, i64, f32, i64xN (array), tensor, tensorxN
 TENSOR_FIELDS = (("data", "ptr"), ("offset", "i64"), ("nbytes", "i64"),

@@ -10,9 +10,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .registry import FOLD_ONLY, broadcast_shapes, declare, np_dtype
+from ..core.dtypes import np_dtype
+from .registry import FOLD_ONLY, broadcast_shapes, declare
 from ..errors import ShapeError
-from ..ir.dims import Dim
+from ..core.dims import Dim
 
 
 @dataclass(frozen=True)

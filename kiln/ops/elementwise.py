@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .registry import (BINARY, COMMUTATIVE, ELEMENTWISE, FOLD_ONLY, INPLACE, UNARY, broadcast_shapes,
-                       declare, np_dtype)
+from ..core.dtypes import np_dtype
+from .registry import BINARY, COMMUTATIVE, ELEMENTWISE, FOLD_ONLY, INPLACE, UNARY, broadcast_shapes, declare
 from ..errors import ShapeError
 
 

@@ -27,9 +27,6 @@ MOVEMENT = "movement"
 FOLD_ONLY = "fold_only"       # exists only to be constant-folded; never executed
 FUSED = "fused"               # produced by passes, not by the frontend
 
-# C parameter field types: name -> (C type, ctypes name, numpy dtype)
-CTYPES = {"i64": ("int64_t", "c_int64"), "f32": ("float", "c_float"),
-          "i64x8": ("int64_t", "c_int64")}
 MAX_DIMS = 8
 MAX_INPUTS = 8
 
@@ -158,6 +155,3 @@ def norm_axis(axis: int, rank: int, op: str = "") -> int:
 def same_as_first(ins, attrs):
     return ins[0].shape, ins[0].dtype
 
-
-def np_dtype(name: str):
-    return np.dtype(name if name != "bool" else np.bool_)

@@ -9,8 +9,8 @@ import numpy as np
 from . import registry
 from .registry import MOVEMENT, declare
 from ..errors import ShapeError
-from ..ir import dims
-from ..ir.dims import Dim
+from ..core import dims
+from ..core.dims import Dim
 
 INT_MAX = 2**62
 

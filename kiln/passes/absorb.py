@@ -25,7 +25,7 @@ def _transpose_b(b, a, bt, src):
 
 
 def _scale_out(b, mm, c):
-    node = b.graph.producers()[mm]
+    node = b.node(mm)
     f = float(b.value(c).reshape(()))
     has_bias = len(node.inputs) == 3
     attrs = dataclasses.replace(node.attrs, alpha=node.attrs.alpha * f, beta=node.attrs.beta * f if has_bias else 1.0)

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from ..ir import dims
+from ..core import dims
 from ..ir.graph import CONST, Graph
 from ..ir.resolve import attr_symbols, resolve_attrs
 from ..ops import registry
@@ -22,10 +22,10 @@ def _scores():
 
 
 def _attention(b, q, k, v, scores, mask=None, mask_kind=None, p=None, **_):
-    mm = b.graph.producers()[scores]
+    mm = b.node(scores)
     if len(mm.inputs) != 2 or any(len(b.shape(t)) != 4 for t in (q, k, v)):
         return None
-    if b.graph.producers()[p].attrs.axis != 3:
+    if b.node(p).attrs.axis != 3:
         return None
     ins = [q, k, v]
     if mask_kind == "keep":
@@ -57,12 +57,12 @@ ATTENTION = RuleSet([
 
 # -- naive softmax ------------------------------------------------------------------------
 def _softmax(b, x, e, den, mx=None):
-    root_axes = b.graph.producers()[den].attrs
+    root_axes = b.node(den).attrs
     if not root_axes.keepdim or len(root_axes.axes) != 1:
         return None
     axis = root_axes.axes[0]
     if mx is not None:
-        ma = b.graph.producers()[mx].attrs
+        ma = b.node(mx).attrs
         if tuple(ma.axes) != (axis,) or not ma.keepdim:
             return None
     return b.op("softmax", [x], {"axis": axis})
@@ -115,24 +115,23 @@ def causal_mask_absorption(graph: Graph) -> int:
     off-by-one shifts show) identifies the causal pattern.
     """
     fired = 0
-    producers = graph.producers()
-    for i, node in enumerate(graph.nodes):
+    for node in list(graph.nodes):
         if node.op != "attention" or len(node.inputs) != 4 or node.attrs.causal:
             continue
-        sub = _shape_only_subgraph(graph, producers, node.inputs[3])
+        sub = _shape_only_subgraph(graph, node.inputs[3])
         if sub is None:
             continue
         q, k, mask = (graph.tensors[t] for t in (node.inputs[0], node.inputs[1], node.inputs[3]))
         syms = sorted(dims.symbols_of(q.shape) | dims.symbols_of(k.shape) | dims.symbols_of(mask.shape)
                       | {x for n in sub for x in attr_symbols(n.attrs)})
         if all(_is_causal(graph, sub, node.inputs[3], q.shape, k.shape, b) for b in _samples(graph, syms)):
-            graph.nodes[i] = dataclasses.replace(node, inputs=node.inputs[:3],
-                                                 attrs=dataclasses.replace(node.attrs, causal=True))
+            graph.replace_node(node, dataclasses.replace(node, inputs=node.inputs[:3],
+                                                         attrs=dataclasses.replace(node.attrs, causal=True)))
             fired += 1
     return fired
 
 
-def _shape_only_subgraph(graph, producers, t):
+def _shape_only_subgraph(graph, t):
     """The nodes computing ``t`` if every leaf is a constant; None if it reads an input/state."""
     nodes, stack, seen = [], [t], set()
     while stack:
@@ -140,9 +139,10 @@ def _shape_only_subgraph(graph, producers, t):
         if x in seen:
             continue
         seen.add(x)
-        if x in producers:
-            nodes.append(producers[x])
-            stack.extend(producers[x].inputs)
+        p = graph.producer(x)
+        if p is not None:
+            nodes.append(p)
+            stack.extend(p.inputs)
         elif graph.tensors[x].kind != CONST:
             return None
     order = {id(n): j for j, n in enumerate(graph.nodes)}

@@ -16,7 +16,7 @@ def _reshape_chain(b, x, inner):
 
 
 def _permute_chain(b, x, inner):
-    p1 = b.graph.producers()[inner].attrs.perm
+    p1 = b.node(inner).attrs.perm
     p2 = b.match.root.attrs.perm
     perm = tuple(p1[i] for i in p2)
     return x if perm == tuple(range(len(perm))) else b.op("permute", [x], {"perm": perm})

@@ -10,7 +10,8 @@ def cse(graph: Graph) -> int:
     rename: dict[str, str] = {}
     merged = 0
     for node in graph.nodes:
-        node.inputs = [rename.get(i, i) for i in node.inputs]
+        if any(i in rename for i in node.inputs):
+            graph.set_inputs(node, [rename.get(i, i) for i in node.inputs])
         key = (node.op, tuple(node.inputs), node.attrs)
         try:
             first = seen.setdefault(key, node.output)

@@ -3,19 +3,18 @@
 The engine, not the rules, owns safety: a match whose interior value is read
 outside the match (or is a graph output) is refused, the replacement must
 have the replaced value's shape and dtype, graph outputs keep their names,
-and dead nodes are removed after each change.
+and nodes that lose their last reader are removed as the change is made.
 """
 from __future__ import annotations
 
 import collections
-import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
 
 import numpy as np
 
 from ..errors import KilnError
-from ..ir.graph import ACT, Graph, Node
+from ..ir.graph import ACT, CONST, Graph, Node
 from .pattern import Match, Matcher, Pattern
 
 
@@ -65,6 +64,10 @@ class Builder:
         self.added_consts.append(name)
         return name
 
+    def node(self, t: str) -> Node:
+        """The matched node computing ``t`` (its op and attrs), without a graph lookup."""
+        return self.match.node(t)
+
     def shape(self, t: str) -> tuple:
         return self.graph.tensors[t].shape
 
@@ -75,34 +78,39 @@ class Builder:
         return self.graph.constants.get(t)
 
     def rollback(self) -> None:
-        for n in self.added:
-            self.graph.nodes.remove(n)
-            del self.graph.tensors[n.output]
+        for n in reversed(self.added):
+            self.graph.remove_node(n)
         for c in self.added_consts:
             del self.graph.tensors[c]
             del self.graph.constants[c]
 
 
-def rewrite(graph: Graph, rules: RuleSet, *, max_rounds: int = 50) -> dict[str, int]:
-    """Apply ``rules`` until none fires. Mutates ``graph``; returns fire counts per rule."""
+def rewrite(graph: Graph, rules: RuleSet, *, max_steps: Optional[int] = None) -> dict[str, int]:
+    """Apply ``rules`` until none fires. Mutates ``graph``; returns fire counts per rule.
+
+    A worklist holds the nodes to try, all of them at first in graph order. After a rule
+    fires only the nodes near the change go back on it: the replacement's nodes, the
+    readers of the new value, and the producers of the match's inputs (a match that failed
+    on a shared value may succeed once the value has fewer readers). Nodes that lose their
+    last reader are removed on the spot, with whatever they alone kept alive.
+    """
     fired: dict[str, int] = collections.Counter()
-    for _ in range(max_rounds):
-        if not _one_round(graph, rules, fired):
-            return dict(fired)
-    raise KilnError(f"rewrite did not converge after {max_rounds} rounds (rules fired: {dict(fired)})")
-
-
-def _one_round(graph: Graph, rules: RuleSet, fired) -> bool:
-    changed = False
+    limit = max_steps if max_steps is not None else 50 * (len(graph.nodes) + 16)
+    work = collections.deque(graph.nodes)
+    queued = set(work)
     matcher = Matcher(graph)
-    consumers = graph.consumers()
-    alive = {id(n) for n in graph.nodes}
-    for node in list(graph.nodes):
-        if id(node) not in alive or (not consumers.get(node.output) and node.output not in graph.outputs):
+    steps = 0
+    while work:
+        node = work.popleft()
+        queued.discard(node)
+        if graph.producer(node.output) is not node:
+            continue                         # removed since it was queued
+        if not graph.is_used(node.output):
+            _remove_dead(graph, node, work, queued)
             continue
         for rule in rules.by_root.get(node.op, ()):
             m = matcher.match(rule.pattern, node)
-            if m is None or not _interior_is_private(m, consumers, graph):
+            if m is None or not _interior_is_private(m, graph):
                 continue
             b = Builder(graph, m)
             try:
@@ -114,23 +122,32 @@ def _one_round(graph: Graph, rules: RuleSet, fired) -> bool:
                 b.rollback()
                 continue
             _check_same_type(graph, node.output, new, rule)
-            _replace(graph, node, new, b)
             fired[rule.name] += 1
-            changed = True
-            dead_code_elimination(graph)
-            matcher = Matcher(graph)
-            consumers = graph.consumers()
-            alive = {id(n) for n in graph.nodes}
+            steps += 1
+            if steps > limit:
+                raise KilnError(f"rewrite did not converge after {limit} rewrites (rules fired: {dict(fired)})")
+            near = _replace(graph, node, new, b)
+            near += [graph.producer(t) for t in m.captures.values()]
+            for n in near:
+                if n is not None and n not in queued:
+                    work.append(n)
+                    queued.add(n)
+            for n in m.nodes:
+                if graph.producer(n.output) is n and not graph.is_used(n.output):
+                    _remove_dead(graph, n, work, queued)
+            for c in b.added_consts:
+                if c in graph.tensors and not graph.is_used(c):
+                    del graph.tensors[c]
+                    del graph.constants[c]
             break
-    return changed
+    return dict(fired)
 
 
-def _interior_is_private(m: Match, consumers, graph: Graph) -> bool:
-    inside = {id(n) for n in m.nodes}
+def _interior_is_private(m: Match, graph: Graph) -> bool:
     for n in m.nodes:
         if n is m.root:
             continue
-        if n.output in graph.outputs or any(id(c) not in inside for c in consumers.get(n.output, ())):
+        if n.output in graph.outputs or any(c not in m.nodes for c in graph.users(n.output)):
             return False
     return True
 
@@ -142,30 +159,35 @@ def _check_same_type(graph: Graph, old: str, new: str, rule: Rule) -> None:
                         f"{new} ({b.dtype}{list(b.shape)}): shapes/dtypes differ")
 
 
-def _replace(graph: Graph, root: Node, new: str, b: Builder) -> None:
+def _replace(graph: Graph, root: Node, new: str, b: Builder) -> list[Node]:
+    """Readers of the root read ``new``; returns the nodes to revisit."""
     old = root.output
-    for n in graph.nodes:
-        if old in n.inputs:
-            n.inputs = [new if i == old else i for i in n.inputs]
+    near = list(b.added) + graph.replace_all_uses(old, new, outputs=False)
     if old in graph.outputs:
         produced_here = any(n.output == new for n in b.added) and graph.tensors[new].kind == ACT
         if produced_here:  # keep the user-visible output name
-            graph.nodes.remove(root)
-            del graph.tensors[old]
-            rename(graph, new, old)
+            graph.remove_node(root)
+            graph.rename(new, old)
         else:
             graph.outputs = [new if o == old else o for o in graph.outputs]
+    return near
 
 
-def rename(graph: Graph, old: str, new: str) -> None:
-    t = graph.tensors.pop(old)
-    graph.tensors[new] = dataclasses.replace(t, name=new)
-    for n in graph.nodes:
-        if n.output == old:
-            n.output = new
-        if old in n.inputs:
-            n.inputs = [new if i == old else i for i in n.inputs]
-    graph.outputs = [new if o == old else o for o in graph.outputs]
+def _remove_dead(graph: Graph, node: Node, work, queued) -> None:
+    """Remove ``node`` (read by no one, not an output), then whatever only it kept alive."""
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        graph.remove_node(n)
+        for i in dict.fromkeys(n.inputs):
+            if graph.is_used(i):
+                continue
+            p = graph.producer(i)
+            if p is not None:
+                stack.append(p)
+            elif graph.tensors[i].kind == CONST:
+                del graph.tensors[i]
+                graph.constants.pop(i, None)
 
 
 def dead_code_elimination(graph: Graph) -> int:
@@ -177,6 +199,7 @@ def dead_code_elimination(graph: Graph) -> int:
             keep.append(n)
             used.update(n.inputs)
     removed = len(graph.nodes) - len(keep)
-    graph.nodes = keep[::-1]
+    if removed:
+        graph.nodes = keep[::-1]
     graph.remove_unused_tensors()
     return removed

@@ -1,7 +1,7 @@
 """Constant folding with the numpy reference, and dead-code elimination (weights included)."""
 from __future__ import annotations
 
-from ..ir import dims
+from ..core import dims
 from ..ir.graph import CONST, Graph, Tensor
 from ..ir.resolve import attr_symbols
 from ..ops import registry

@@ -10,7 +10,7 @@ from .pattern import Any, Const, Op, Scalar
 
 def _last(b, x, *reductions) -> bool:
     last = len(b.shape(x)) - 1
-    return all(tuple(b.graph.producers()[r].attrs.axes) == (last,) and b.graph.producers()[r].attrs.keepdim
+    return all(tuple(b.node(r).attrs.axes) == (last,) and b.node(r).attrs.keepdim
                for r in reductions)
 
 
@@ -52,7 +52,7 @@ def _ln(b, x, mu, xc, var, eps, n):
 
 
 def _absorb_weight(b, n, w):
-    node = b.graph.producers()[n]
+    node = b.node(n)
     x = node.inputs[0]
     if len(node.inputs) != 1 or not _vector(b, w, x):
         return None
@@ -60,7 +60,7 @@ def _absorb_weight(b, n, w):
 
 
 def _absorb_bias(b, n, bias):
-    node = b.graph.producers()[n]
+    node = b.node(n)
     x = node.inputs[0]
     if len(node.inputs) != 2 or not _vector(b, bias, x):
         return None
@@ -104,7 +104,7 @@ ACTIVATIONS = RuleSet([
 
 # -- matmul + bias → beta ---------------------------------------------------------------------
 def _bias(b, mm, bias):
-    node = b.graph.producers()[mm]
+    node = b.node(mm)
     n = b.shape(mm)[-1]
     bshape = b.shape(bias)
     if len(node.inputs) != 2 or not bshape or bshape[-1] != n or any(d != 1 for d in bshape[:-1]) \
@@ -133,7 +133,7 @@ GATED = RuleSet([Rule(f"gated-{act}", Op("mul", Op(act, Any("g")), Any("u")), _g
 def _packed(b, m, g, u):
     """gated_act(m[..., :I], m[..., I:]) reads the merged gate/up matmul output directly."""
     last = len(b.shape(m)) - 1
-    ga, ua = b.graph.producers()[g].attrs, b.graph.producers()[u].attrs
+    ga, ua = b.node(g).attrs, b.node(u).attrs
     n = b.shape(m)[-1]
     if not (ga.axis == ua.axis == last and ga.step == ua.step == 1 and ga.start == 0 and ga.end == ua.start
             and ua.end == n and 2 * ga.end == n):
@@ -152,7 +152,7 @@ def _rope(b, x, cos, sin, hi, lo):
         return None
     d = xs[-1]
     last = len(xs) - 1
-    ha, la = b.graph.producers()[hi].attrs, b.graph.producers()[lo].attrs
+    ha, la = b.node(hi).attrs, b.node(lo).attrs
     if not (ha.axis == la.axis == last and ha.step == la.step == 1 and la.start == 0 and ha.start == la.end
             and 2 * la.end == d and ha.end == d):
         return None
@@ -173,7 +173,7 @@ ROPE = RuleSet([Rule("rope-rotate-half", Op("add", Op("mul", Any("x"), Any("cos"
 # -- activation epilogue: act(matmul + bias) in the matmul's output pass --------------------
 def _epilogue(act):
     def build(b, mm, view=None):
-        node = b.graph.producers()[mm]
+        node = b.node(mm)
         if node.attrs.act != "none":
             return None
         out = b.op("matmul", list(node.inputs), dataclasses.replace(node.attrs, act=act))

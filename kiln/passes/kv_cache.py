@@ -10,17 +10,20 @@ at ``cache_position`` and attends over the valid prefix only; positions
 become ``arange(S) + cache_position``, so rotary tables and learned position
 embeddings follow without knowing which the model uses. The sequence length
 stays symbolic: prefill (S prompt tokens) and decode (S = 1) are two plans
-of one graph.
+of one graph. The facts the runtime needs (which input holds the tokens, which
+the position, the cache length, the state tensors) are recorded on the graph as
+``graph.kv_cache`` (kiln/ir/kv_cache.py), not left to be guessed from names.
 """
 from __future__ import annotations
 
 
 import numpy as np
 
-from ..errors import FeedError, KilnError
-from ..ir import dims
-from ..ir.dims import Sym
+from ..core import dims
+from ..core.dims import Sym
+from ..errors import KilnError
 from ..ir.graph import STATE, Graph
+from ..ir.kv_cache import KVCacheInfo
 from ..ir.validate import validate
 
 POSITION = "cache_position"
@@ -30,9 +33,16 @@ def add_kv_cache(graph: Graph, max_len: int) -> Graph:
     if max_len < 1:
         raise KilnError(f"KV cache length must be >= 1, got {max_len}")
     g = graph.copy()
+    if g.kv_cache is not None:
+        raise KilnError("the graph already has a KV cache")
     if POSITION in g.tensors:
         raise KilnError(f"graph already has a tensor named {POSITION!r}")
+    tokens = [i for i in g.inputs if g.tensors[i].dtype == "int64" and len(g.tensors[i].shape) == 2]
+    if len(tokens) != 1:
+        raise KilnError(f"cannot add a KV cache: the graph must have exactly one int64 [B, S] input (token ids); "
+                        f"it has {', '.join(f'{i}: {g.tensors[i].dtype}{list(g.tensors[i].shape)}' for i in g.inputs)}")
     g.add_input(POSITION, (), "int64")
+    states: list[str] = []
     layer = 0
     for node in list(g.nodes):
         if node.op != "attention":
@@ -49,23 +59,22 @@ def add_kv_cache(graph: Graph, max_len: int) -> Graph:
                             f"got {g.tensors[k].shape}")
         caches = []
         for kind, src, width in (("k", k, d), ("v", v, dv)):
-            name = g.add_const(f"kv_cache.{layer}.{kind}", np.zeros((b, hkv, max_len, width), np.float32), kind=STATE)
+            name = g.add_const(g.fresh(f"kv_cache.{layer}.{kind}"), np.zeros((b, hkv, max_len, width), np.float32),
+                               kind=STATE)
+            states.append(name)
             index = g.nodes.index(node)
             caches.append(g.add_node("cache_write", [name, src, POSITION], name=f"{name}.write",
                                      source=node.source, index=index))
         index = g.nodes.index(node)
         out = g.add_node("cached_attention", [q, caches[0], caches[1], POSITION], {"scale": node.attrs.scale},
                          name=f"{node.output}.cached", source=node.source, index=index)
-        for n in g.nodes:
-            if node.output in n.inputs:
-                n.inputs = [out if i == node.output else i for i in n.inputs]
-        g.outputs = [out if o == node.output else o for o in g.outputs]
-        g.nodes.remove(node)
-        del g.tensors[node.output]
+        g.replace_all_uses(node.output, out)
+        g.remove_node(node)
         layer += 1
     if layer == 0:
         raise KilnError("cannot add a KV cache: the graph has no attention")
     _offset_positions(g)
+    g.kv_cache = KVCacheInfo(tokens[0], POSITION, max_len, tuple(states))
     # One-token decode is valid for this graph even if the export range started at 2.
     g.sym_ranges = {s: (min(lo, 1), hi) for s, (lo, hi) in g.sym_ranges.items()}
     validate(g)
@@ -79,35 +88,11 @@ def _offset_positions(g: Graph) -> None:
         a = node.attrs
         if node.op != "arange" or a.start != 0 or a.step != 1 or not isinstance(a.end, Sym) or a.end.symbols - seq:
             continue
-        consumers = [n for n in g.nodes if node.output in n.inputs]
+        readers = g.users(node.output)
         index = g.nodes.index(node) + 1
         shifted = g.add_node("add", [node.output, POSITION], name=f"{node.output}.shifted", source=node.source,
                              index=index)
-        for n in consumers:
-            n.inputs = [shifted if i == node.output else i for i in n.inputs]
+        for n in readers:
+            g.set_inputs(n, [shifted if i == node.output else i for i in n.inputs])
         g.outputs = [shifted if o == node.output else o for o in g.outputs]
-
-
-def position_check(graph: Graph):
-    """A feed check for graphs with a KV cache: the new positions must fit in the cache."""
-    if POSITION not in graph.inputs:
-        return None
-    length = cache_length(graph)
-    token_input = next(n for n in graph.inputs if n != POSITION)
-
-    def check(arrays) -> None:
-        pos = int(arrays[POSITION])
-        new = arrays[token_input].shape[-1] if arrays[token_input].ndim else 1
-        if pos < 0 or pos + new > length:
-            raise FeedError(f"input {POSITION!r}: positions [{pos}, {pos + new}) do not fit the KV cache of "
-                            f"{length} positions")
-    return check
-
-
-def cache_length(graph: Graph) -> int:
-    for t in graph.tensors.values():
-        if t.kind == STATE and t.name.startswith("kv_cache."):
-            return int(t.shape[2])
-    raise KilnError("graph has no KV cache")
-
 

@@ -45,10 +45,7 @@ def merge_parallel_matmuls(graph: Graph) -> int:
             piece = graph.add_node("slice", [out], {"axis": axis, "start": start, "end": end, "step": 1},
                                    name=f"{n.output}_part", source=n.source, index=index)
             index += 1
-            for c in graph.nodes:
-                if n.output in c.inputs:
-                    c.inputs = [piece if i == n.output else i for i in c.inputs]
-            graph.outputs = [piece if o == n.output else o for o in graph.outputs]
+            graph.replace_all_uses(n.output, piece)
             start = end
         merged += 1
     dead_code_elimination(graph)

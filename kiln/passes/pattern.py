@@ -83,6 +83,13 @@ class Match:
     def const(self, name: str) -> Optional[np.ndarray]:
         return self.graph.constants.get(self.captures[name])
 
+    def node(self, tensor: str) -> Node:
+        """The matched node computing ``tensor`` (a captured interior value or the root)."""
+        for n in self.nodes:
+            if n.output == tensor:
+                return n
+        raise KeyError(f"{tensor!r} is not computed by a node of this match")
+
     def shape(self, name: str) -> tuple:
         return self.graph.tensors[self.captures[name]].shape
 
@@ -90,7 +97,6 @@ class Match:
 class Matcher:
     def __init__(self, graph: Graph):
         self.graph = graph
-        self.producers = graph.producers()
 
     def match(self, pattern: Pattern, node: Node) -> Optional[Match]:
         for m in self._match(pattern, node.output, Match(self.graph, node)):
@@ -106,7 +112,7 @@ class Matcher:
         if p.const is not None and (t.kind == CONST) != p.const:
             return
         if p.ops is not None:
-            node = self.producers.get(tensor)
+            node = self.graph.producer(tensor)
             if node is None or node.op not in p.ops:
                 return
             for attr, want in p.attrs:

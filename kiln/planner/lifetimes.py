@@ -21,7 +21,8 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ..ir.graph import ACT, ITEMSIZE, Graph, Node
+from ..core.dtypes import ITEMSIZE
+from ..ir.graph import ACT, Graph, Node
 from ..ops import registry
 from .state import writes_state
 

@@ -157,10 +157,9 @@ def _normalize(graph: Graph) -> Graph:
     output. Then each output owns one external slot that the executor allocates per run."""
     seen: set[str] = set()
     bad = []
-    producers = graph.producers()
     for i, o in enumerate(graph.outputs):
-        if graph.tensors[o].kind != ACT or o in seen or (
-                o in producers and writes_state(graph, producers[o]) is not None):
+        p = graph.producer(o)
+        if graph.tensors[o].kind != ACT or o in seen or (p is not None and writes_state(graph, p) is not None):
             bad.append(i)
         seen.add(o)
     if not bad:

@@ -15,11 +15,7 @@ from typing import Optional
 from ..errors import ValidationError
 from ..ir.graph import STATE, Graph
 from ..ops import registry
-
-try:
-    from ..ops.cache import WRITES_STATE
-except ImportError:  # the cache ops are optional; the property name is what matters
-    WRITES_STATE = "writes_state"
+from ..ops.cache import WRITES_STATE
 
 
 def writes_state(graph: Graph, node) -> Optional[str]:
@@ -30,12 +26,11 @@ def writes_state(graph: Graph, node) -> Optional[str]:
 
 
 def state_root(graph: Graph, name: str) -> Optional[str]:
-    producers = graph.producers()
     while True:
         t = graph.tensors[name]
         if t.kind == STATE:
             return name
-        node = producers.get(name)
+        node = graph.producer(name)
         if node is None or not registry.get(node.op).has(WRITES_STATE):
             return None
         name = node.inputs[0]
@@ -90,10 +85,9 @@ def _refuse_view_of_state(graph: Graph, node) -> None:
     would silently not persist: refuse it (the graph should write the state tensor itself)."""
     if not node.inputs or not registry.get(node.op).has(WRITES_STATE):
         return
-    producers = graph.producers()
     name = node.inputs[0]
-    while name in producers and registry.get(producers[name].op).alias_offset is not None:
-        name = producers[name].inputs[0]
+    while (p := graph.producer(name)) is not None and registry.get(p.op).alias_offset is not None:
+        name = p.inputs[0]
     if graph.tensors[name].kind == STATE:
         raise ValidationError(f"{node!r} writes a view of state {name!r}; it must write the state tensor "
                               "itself (or an earlier write of it) for the new value to persist")
