@@ -1,6 +1,6 @@
 """Per-op test cases and PyTorch oracles, keyed by op name.
 
-Every registered op must appear here (tests/test_ops.py asserts it), so an op
+Every registered op must appear here (tests/ops/test_ops.py asserts it), so an op
 declared without a reference test and a shape-inference test fails the suite.
 """
 from __future__ import annotations

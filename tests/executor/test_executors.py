@@ -13,7 +13,7 @@ from kiln.executor.planned import PlannedExecutor
 from kiln.ir.graph import STATE, Graph
 from kiln.planner import plan
 from tests.conftest import rel_err
-from tests.test_planner import SETTINGS, assert_same, feeds_for, random_graphs, run_reference
+from tests.graphs import SETTINGS, assert_same, feeds_for, random_graphs, run_reference
 
 HAVE_C = clib.available()
 needs_c = pytest.mark.skipif(not HAVE_C, reason="C kernels not built (run `pip install -e .`); CI builds them")

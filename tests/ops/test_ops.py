@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from kiln.ir import dims
-from kiln.ir.dims import Sym
+from kiln.core import dims
+from kiln.core.dims import Sym
 from kiln.ir.graph import Tensor
 from kiln.ops import registry
 from tests.conftest import rel_err
