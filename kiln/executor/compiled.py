@@ -20,8 +20,8 @@ from ..core.dtypes import ITEMSIZE, np_dtype
 from ..errors import BackendError, ValidationError
 from ..ir.graph import Graph
 from ..ops import registry
-from ..planner.lifetimes import ALIAS
-from ..planner.plan import INPUT_SLOT, OUTPUT_SLOT, Placement, Plan
+from ..planner.kinds import SlotKind, StepKind
+from ..planner.plan import Placement, Plan
 from .planned import Profile, aligned_arena, feed_array, fixed_slot_arrays
 
 
@@ -30,7 +30,7 @@ class CompiledExecutor:
         if not clib.available():
             raise BackendError("the compiled executor needs the C kernels: run `pip install -e .` to build them")
         self.plan = plan
-        self.graph = g = plan.check_graph(graph)
+        self.graph = g = plan.graph_to_run(graph)
         self._arena = aligned_arena(plan.arena_bytes)
         arrays, self.state = fixed_slot_arrays(g, plan, state)
         arrays[0] = self._arena
@@ -43,16 +43,16 @@ class CompiledExecutor:
             if a is not None:
                 self._slots[i] = a.ctypes.data
         self._inputs = [(i, s.name, np_dtype(g.tensors[s.name].dtype), s.nbytes)
-                        for i, s in enumerate(plan.slots) if s.kind == INPUT_SLOT]
+                        for i, s in enumerate(plan.slots) if s.kind == SlotKind.INPUT]
         self._outputs = [(i, tuple(int(d) for d in g.tensors[s.name].shape), np_dtype(g.tensors[s.name].dtype))
-                         for i, s in enumerate(plan.slots) if s.kind == OUTPUT_SLOT]
+                         for i, s in enumerate(plan.slots) if s.kind == SlotKind.OUTPUT]
         self._build_calls()
         self._lock = threading.Lock()  # the arena and slots array are shared by every run
         self.last_profile = None
 
     def _build_calls(self) -> None:
         g, plan = self.graph, self.plan
-        work = [s for s in plan.steps if s.kind != ALIAS]  # true aliases need no kernel
+        work = [s for s in plan.steps if s.kind != StepKind.ALIAS]  # true aliases need no kernel
         self._n = len(work)
         self._calls = (cabi.Call * max(self._n, 1))()
         self._params = []  # ctypes param structs must outlive the calls that point at them

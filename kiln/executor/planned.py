@@ -22,8 +22,8 @@ from ..errors import BackendError, FeedError, KilnError, ValidationError
 from ..ir.graph import Graph
 from ..ops import registry
 from ..planner.arena import ALIGNMENT
-from ..planner.lifetimes import ALIAS
-from ..planner.plan import CONST_SLOT, INPUT_SLOT, OUTPUT_SLOT, STATE_SLOT, Plan
+from ..planner.kinds import SlotKind, StepKind
+from ..planner.plan import Plan
 
 BACKENDS = ("c", "numpy")
 
@@ -56,13 +56,13 @@ def fixed_slot_arrays(graph: Graph, plan: Plan, state: Optional[dict[str, np.nda
     arrays: list[Optional[np.ndarray]] = [None] * len(plan.slots)
     state = {}
     for i, s in enumerate(plan.slots):
-        if s.kind in (CONST_SLOT, STATE_SLOT):
+        if s.kind in (SlotKind.CONST, SlotKind.STATE):
             t = graph.tensors[s.name]
-            a = np.asarray(shared[s.name] if shared is not None and s.kind == STATE_SLOT else graph.constants[s.name])
+            a = np.asarray(shared[s.name] if shared is not None and s.kind == SlotKind.STATE else graph.constants[s.name])
             if a.dtype != np_dtype(t.dtype) or tuple(a.shape) != tuple(t.shape):
                 raise ValidationError(f"{s.kind} {s.name!r}: data is {a.dtype}{list(a.shape)}, "
                                       f"the graph says {t.dtype}{list(t.shape)}")
-            if s.kind == STATE_SLOT:
+            if s.kind == SlotKind.STATE:
                 if shared is None:
                     a = np.array(a, order="C", copy=True)
                 elif not a.flags.c_contiguous or not a.flags.writeable:
@@ -136,7 +136,7 @@ class PlannedExecutor:
         if unknown or not backends:
             raise KilnError(f"backends must be a non-empty sequence of {BACKENDS}, got {tuple(backends)}")
         self.plan = plan
-        self.graph = g = plan.check_graph(graph)
+        self.graph = g = plan.graph_to_run(graph)
         self.use_numpy = "numpy" in backends
         self.use_c = False
         if "c" in backends:
@@ -149,12 +149,12 @@ class PlannedExecutor:
         self._fixed = [as_bytes(a) if a is not None else None for a in fixed]
         self._fixed[0] = self._arena
         self._inputs = [(i, s.name, np_dtype(g.tensors[s.name].dtype), s.nbytes)
-                        for i, s in enumerate(plan.slots) if s.kind == INPUT_SLOT]
+                        for i, s in enumerate(plan.slots) if s.kind == SlotKind.INPUT]
         self._outputs = [(i, tuple(g.tensors[s.name].shape), np_dtype(g.tensors[s.name].dtype))
-                         for i, s in enumerate(plan.slots) if s.kind == OUTPUT_SLOT]
+                         for i, s in enumerate(plan.slots) if s.kind == SlotKind.OUTPUT]
         self._steps = []
         for st in plan.steps:
-            if st.kind == ALIAS:
+            if st.kind == StepKind.ALIAS:
                 continue  # the output's view already shows the input's bytes
             node = g.nodes[st.node]
             self._steps.append((node, registry.get(node.op), [self._spec(i) for i in node.inputs],

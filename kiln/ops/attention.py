@@ -81,11 +81,11 @@ def _scratch(in_shapes, out_shape, a):
     return attention_scratch(in_shapes[0][2], in_shapes[1][2], in_shapes[2][3])
 
 
-def _lower(a, ins, out):
+def _c_params(a, ins, out):
     q, k = ins[0], ins[1]
     return {"causal": int(a.causal), "scale": scale_of(a, q[3]), "group": q[1] // k[1]}
 
 
 declare("attention", inputs=("q", "k", "v", "mask?"), attrs=AttentionAttrs, infer=_infer, ref=_ref,
-        scratch=_scratch, params=(("causal", "i64"), ("scale", "f32"), ("group", "i64")), lower=_lower,
+        scratch=_scratch, params=(("causal", "i64"), ("scale", "f32"), ("group", "i64")), c_params=_c_params,
         doc="softmax(q k^T * scale + mask) v; K/V heads shared by groups of query heads")

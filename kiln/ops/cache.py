@@ -82,5 +82,5 @@ def _cached_scratch(in_shapes, out_shape, a):
 declare("cached_attention", inputs=("q", "k_cache", "v_cache", "pos"), attrs=CachedAttentionAttrs,
         infer=_cached_infer, ref=_cached_ref, scratch=_cached_scratch, props=(FUSED,),
         params=(("scale", "f32"), ("group", "i64")),
-        lower=lambda a, ins, out: {"scale": scale_of(a, ins[0][3]), "group": ins[0][1] // ins[1][1]},
+        c_params=lambda a, ins, out: {"scale": scale_of(a, ins[0][3]), "group": ins[0][1] // ins[1][1]},
         doc="causal attention of q (positions pos..pos+S) over the cache's first pos+S keys; GQA by head groups")

@@ -83,5 +83,5 @@ def _lower(attrs, in_shapes, out_shape):
 
 
 declare("matmul", inputs=("a", "b", "bias?"), attrs=MatmulAttrs, infer=_infer, ref=_ref, scratch=_scratch,
-        params=(("transpose_b", "i64"), ("alpha", "f32"), ("beta", "f32"), ("act", "i64")), lower=_lower,
+        params=(("transpose_b", "i64"), ("alpha", "f32"), ("beta", "f32"), ("act", "i64")), c_params=_lower,
         doc="act(alpha * A @ B(^T) + beta * bias), batch dims broadcast")

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .registry import FOLD_ONLY, INPLACE, declare, same_as_first
+from .registry import FOLD_ONLY, INPLACE, AxisAttrs, declare, same_as_first
 from ..errors import ShapeError
 
 
@@ -39,12 +39,7 @@ def _reduce_ref(fn):
 
 for _name, _fn in (("sum", np.sum), ("mean", np.mean), ("max", np.max)):
     declare(_name, inputs=("x",), attrs=ReduceAttrs, infer=_reduce_infer, ref=_reduce_ref(_fn),
-            params=(("axes_mask", "i64"),), lower=_axes_mask, doc=f"{_name} over axes")
-
-
-@dataclass(frozen=True)
-class AxisAttrs:
-    axis: int
+            params=(("axes_mask", "i64"),), c_params=_axes_mask, doc=f"{_name} over axes")
 
 
 def _axis_infer(ins, a):

@@ -44,7 +44,7 @@ class OpDef:
     alias_offset: Optional[Callable] = None
     scratch: Optional[Callable] = None      # (input shapes, output shape, attrs) -> bytes
     params: tuple[tuple[str, str], ...] = ()  # C params struct fields (name, "i64"|"f32"|"i64x8")
-    lower: Optional[Callable] = None        # (attrs, input shapes, output shape) -> dict of params
+    c_params: Optional[Callable] = None     # (attrs, input shapes, output shape) -> {param: value}
     doc: str = ""
 
     # -- schema -----------------------------------------------------------------
@@ -82,8 +82,9 @@ class OpDef:
         return int(self.scratch(in_shapes, out_shape, attrs)) if self.scratch else 0
 
     def param_values(self, attrs, in_shapes, out_shape) -> dict:
-        if self.lower is not None:
-            return self.lower(attrs, in_shapes, out_shape)
+        """The values of the C params struct's fields for one call (default: the attrs of those names)."""
+        if self.c_params is not None:
+            return self.c_params(attrs, in_shapes, out_shape)
         return {name: getattr(attrs, name) for name, _ in self.params}
 
     def evaluate(self, arrays: Sequence[np.ndarray], attrs) -> np.ndarray:
@@ -94,7 +95,7 @@ REGISTRY: dict[str, OpDef] = {}
 
 
 def declare(name: str, *, inputs: Sequence[str], infer: Callable, ref: Callable, attrs: Optional[type] = None,
-            props: Sequence[str] = (), alias_offset=None, scratch=None, params=(), lower=None, doc="") -> OpDef:
+            props: Sequence[str] = (), alias_offset=None, scratch=None, params=(), c_params=None, doc="") -> OpDef:
     if name in REGISTRY:
         raise KilnError(f"op {name!r} declared twice")
     if attrs is not None and not (dataclasses.is_dataclass(attrs) and attrs.__dataclass_params__.frozen):
@@ -102,7 +103,7 @@ def declare(name: str, *, inputs: Sequence[str], infer: Callable, ref: Callable,
     props = frozenset(props)
     if alias_offset is not None:
         props |= {ALIAS}
-    opdef = OpDef(name, tuple(inputs), infer, ref, attrs, props, alias_offset, scratch, tuple(params), lower, doc)
+    opdef = OpDef(name, tuple(inputs), infer, ref, attrs, props, alias_offset, scratch, tuple(params), c_params, doc)
     REGISTRY[name] = opdef
     return opdef
 
@@ -150,6 +151,12 @@ def norm_axis(axis: int, rank: int, op: str = "") -> int:
     if not -max(rank, 1) <= axis < max(rank, 1):
         raise ShapeError(f"{op}: axis {axis} out of range for rank {rank}")
     return axis % max(rank, 1)
+
+
+@dataclass(frozen=True)
+class AxisAttrs:
+    """Attrs of an op along one axis (softmax, log_softmax, cumsum, concat)."""
+    axis: int
 
 
 def same_as_first(ins, attrs):

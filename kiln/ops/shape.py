@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import registry
-from .registry import MOVEMENT, declare
+from .registry import MOVEMENT, AxisAttrs, declare
 from ..errors import ShapeError
 from ..core import dims
 from ..core.dims import Dim
@@ -74,7 +74,7 @@ def _permute_alias(ins, out, a):
 declare("permute", inputs=("x",), attrs=PermuteAttrs, infer=_permute_infer,
         ref=lambda xs, a: np.ascontiguousarray(np.transpose(xs[0], a.perm)), props=(MOVEMENT,),
         alias_offset=_permute_alias, params=(("perm", "i64x8"),),
-        lower=lambda a, i, o: {"perm": list(a.perm)}, doc="general N-d axis permutation")
+        c_params=lambda a, i, o: {"perm": list(a.perm)}, doc="general N-d axis permutation")
 
 
 # -- expand ----------------------------------------------------------------------
@@ -159,16 +159,12 @@ def _slice_ref(xs, a):
 
 declare("slice", inputs=("x",), attrs=SliceAttrs, infer=_slice_infer, ref=_slice_ref, props=(MOVEMENT,),
         alias_offset=_slice_alias, params=(("axis", "i64"), ("start", "i64"), ("step", "i64")),
-        lower=lambda a, ins, out: {"axis": a.axis, "step": a.step,
+        c_params=lambda a, ins, out: {"axis": a.axis, "step": a.step,
                                    "start": range(*slice(a.start, a.end, a.step).indices(ins[0][a.axis])).start},
         doc="strided slice along one axis")
 
 
 # -- concat ----------------------------------------------------------------------
-@dataclass(frozen=True)
-class AxisAttrs:
-    axis: int
-
 
 def _concat_infer(ins, a):
     first = ins[0].shape

@@ -24,9 +24,9 @@ from typing import Optional
 from ..core.dtypes import ITEMSIZE
 from ..ir.graph import ACT, Graph, Node
 from ..ops import registry
+from .kinds import Loc, StepKind
 from .state import writes_state
 
-KERNEL, ALIAS, INPLACE = "kernel", "alias", "inplace"
 
 
 def alias_bytes(graph: Graph, node: Node) -> Optional[int]:
@@ -73,10 +73,9 @@ class Buffer:
 @dataclass
 class Sharing:
     """The result of the walk: where every tensor lives relative to its buffer or slot."""
-    # tensor -> (("arena", buffer index) | ("ext", owning external tensor), byte offset within it)
-    loc: dict[str, tuple[tuple[str, object], int]]
+    loc: dict[str, Loc]                    # tensor -> its buffer or external slot, and offset
     buffers: list[Buffer]
-    kinds: list[str]                       # per step: KERNEL | ALIAS | INPLACE
+    kinds: list[StepKind]
     scratch: list[Optional[int]]           # per step: buffer index of its scratch
     lifetimes: dict[str, tuple[int, int]]  # activation -> (def step, last use step)
 
@@ -100,12 +99,12 @@ def lifetimes(graph: Graph, order: list[int]) -> dict[str, tuple[int, int]]:
 def share(graph: Graph, order: list[int], *, alias: bool = True, inplace: bool = True) -> Sharing:
     life = lifetimes(graph, order)
     outputs = set(graph.outputs)
-    loc: dict[str, tuple[tuple[str, object], int]] = {}
+    loc: dict[str, Loc] = {}
     for name, t in graph.tensors.items():
         if t.kind != ACT or name in outputs:
-            loc[name] = (("ext", name), 0)
+            loc[name] = Loc(external=name)
     buffers: list[Buffer] = []
-    kinds: list[str] = []
+    kinds: list[StepKind] = []
     scratch: list[Optional[int]] = []
 
     def new_buffer(size: int, start: int, end: int, member: Optional[str]) -> int:
@@ -115,25 +114,24 @@ def share(graph: Graph, order: list[int], *, alias: bool = True, inplace: bool =
     for step, idx in enumerate(order):
         node = graph.nodes[idx]
         out = node.output
-        kind = KERNEL
+        kind = StepKind.KERNEL
         if out not in outputs:
             off = alias_bytes(graph, node) if alias else None
             if writes_state(graph, node) is not None:
                 loc[out] = loc[node.inputs[0]]  # into the state's own slot, so the value persists
-                kind = INPLACE
+                kind = StepKind.INPLACE
             elif off is not None:
-                key, base = loc[node.inputs[0]]
-                loc[out] = (key, base + off)
-                kind = ALIAS
+                loc[out] = loc[node.inputs[0]].shifted(off)
+                kind = StepKind.ALIAS
             elif inplace and _can_write_over(graph, node, step, loc, buffers):
                 loc[out] = loc[node.inputs[0]]
-                kind = INPLACE
-            if kind != KERNEL and loc[out][0][0] == "arena":
-                b = buffers[loc[out][0][1]]
+                kind = StepKind.INPLACE
+            if kind != StepKind.KERNEL and loc[out].in_arena:
+                b = buffers[loc[out].buffer]
                 b.members.append(out)
                 b.end = max(b.end, life[out][1])  # an alias keeps its base alive
         if out not in loc:
-            loc[out] = (("arena", new_buffer(int(graph.tensors[out].nbytes), step, life[out][1], out)), 0)
+            loc[out] = Loc(buffer=new_buffer(int(graph.tensors[out].nbytes), step, life[out][1], out))
         kinds.append(kind)
         opdef = registry.get(node.op)
         nscratch = opdef.scratch_bytes([tuple(graph.tensors[i].shape) for i in node.inputs],
@@ -154,13 +152,13 @@ def _can_write_over(graph: Graph, node: Node, step: int, loc, buffers: list[Buff
     src, out = graph.tensors[node.inputs[0]], graph.tensors[node.output]
     if src.dtype != out.dtype or tuple(src.shape) != tuple(out.shape):
         return False  # (equal shapes: equal sizes and the kernel walks both the same way)
-    (where, bi), _ = loc[node.inputs[0]]
-    if where != "arena":
+    src_loc = loc[node.inputs[0]]
+    if not src_loc.in_arena:
         return False  # never over inputs, weights, state or graph outputs
-    if buffers[bi].end != step:
+    if buffers[src_loc.buffer].end != step:
         return False  # some tensor sharing these bytes is read later
     for other in node.inputs[1:]:
-        if loc[other][0] == ("arena", bi):
+        if loc[other].same_bytes_owner(src_loc):
             # The kernel would read those bytes after writing some of them. The same tensor
             # again (x * x) is harmless for elementwise ops, which read index i before writing it.
             if not (other == node.inputs[0] and opdef.has(registry.ELEMENTWISE)):

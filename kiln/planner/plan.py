@@ -14,15 +14,14 @@ from ..errors import ValidationError
 from ..ir.graph import ACT, CONST, STATE, Graph
 from ..ir.validate import validate
 from . import arena, order as order_mod
-from .lifetimes import KERNEL, share
+from .kinds import SlotKind, StepKind
+from .lifetimes import share
 from .state import extra_deps, writes_state
-
-ARENA, INPUT_SLOT, OUTPUT_SLOT, CONST_SLOT, STATE_SLOT = "arena", "input", "output", "const", "state"
 
 
 @dataclass(frozen=True)
 class Slot:
-    kind: str      # arena | input | output | const | state
+    kind: SlotKind
     name: str      # the tensor owning it ("" for the arena)
     nbytes: int
 
@@ -37,7 +36,7 @@ class Placement:
 @dataclass(frozen=True)
 class Step:
     node: int                          # index into plan.graph.nodes
-    kind: str                          # kernel | alias (no work) | inplace (kernel, out over input 0)
+    kind: StepKind
     scratch: Optional[Placement] = None
 
 
@@ -97,7 +96,7 @@ class Plan:
     def arena_bytes(self) -> int:
         return self.stats.arena_bytes
 
-    def slot_of(self, kind: str, name: str) -> int:
+    def slot_of(self, kind: SlotKind, name: str) -> int:
         for i, s in enumerate(self.slots):
             if s.kind == kind and s.name == name:
                 return i
@@ -107,7 +106,7 @@ class Plan:
         from .verify import verify
         verify(self)
 
-    def check_graph(self, graph: Graph) -> Graph:
+    def graph_to_run(self, graph: Graph) -> Graph:
         """The graph executors should run: the plan's own, after checking `graph` is the one planned."""
         if graph is not self.graph and graph is not self.source:
             raise ValidationError("this plan was made for a different graph")
@@ -176,23 +175,23 @@ def _build(g: Graph, source: Graph, steps: list[int], alloc, *, alias: bool, inp
     offsets = alloc(intervals, arena.ALIGNMENT)
     arena_bytes = max((arena.align(o + b.size) for o, b in zip(offsets, sh.buffers)), default=0)
 
-    slots = [Slot(ARENA, "", arena_bytes)]
+    slots = [Slot(SlotKind.ARENA, "", arena_bytes)]
     slot_index: dict[str, int] = {}
-    groups = ((INPUT_SLOT, list(g.inputs)), (OUTPUT_SLOT, list(g.outputs)),
-              (CONST_SLOT, [n for n, t in g.tensors.items() if t.kind == CONST]),
-              (STATE_SLOT, [n for n, t in g.tensors.items() if t.kind == STATE]))
+    groups = ((SlotKind.INPUT, list(g.inputs)), (SlotKind.OUTPUT, list(g.outputs)),
+              (SlotKind.CONST, [n for n, t in g.tensors.items() if t.kind == CONST]),
+              (SlotKind.STATE, [n for n, t in g.tensors.items() if t.kind == STATE]))
     for kind, names in groups:
         for n in names:
             slot_index[n] = len(slots)
             slots.append(Slot(kind, n, int(g.tensors[n].nbytes)))
 
     placements: dict[str, Placement] = {}
-    for name, ((where, key), off) in sh.loc.items():
+    for name, loc in sh.loc.items():
         nbytes = int(g.tensors[name].nbytes)
-        if where == "arena":
-            placements[name] = Placement(0, offsets[key] + off, nbytes)
+        if loc.in_arena:
+            placements[name] = Placement(0, offsets[loc.buffer] + loc.offset, nbytes)
         else:
-            placements[name] = Placement(slot_index[key], off, nbytes)
+            placements[name] = Placement(slot_index[loc.external], loc.offset, nbytes)
 
     plan_steps = []
     for s, idx in enumerate(steps):
@@ -211,9 +210,9 @@ def _stats(g: Graph, steps: list[int], sh, arena_bytes: int) -> PlanStats:
                    if g.nodes[i].output not in outputs)
     scratch = sum(sh.buffers[b].size for b in sh.scratch if b is not None)
     no_reuse += sum(arena.align(sh.buffers[b].size) for b in sh.scratch if b is not None)
-    saved = {"alias": 0, "inplace": 0}
+    saved = {StepKind.ALIAS: 0, StepKind.INPLACE: 0}
     for s, idx in enumerate(steps):
-        if sh.kinds[s] != KERNEL:
+        if sh.kinds[s] != StepKind.KERNEL:
             saved[sh.kinds[s]] += int(g.tensors[g.nodes[idx].output].nbytes)
     delta = [0] * (len(steps) + 2)
     for b in sh.buffers:  # live bytes per step via a difference array
@@ -223,4 +222,4 @@ def _stats(g: Graph, steps: list[int], sh, arena_bytes: int) -> PlanStats:
     for s in range(len(steps)):
         acc += delta[s]
         live.append(acc)
-    return PlanStats(arena_bytes, no_reuse, saved["alias"], saved["inplace"], scratch, tuple(live))
+    return PlanStats(arena_bytes, no_reuse, saved[StepKind.ALIAS], saved[StepKind.INPLACE], scratch, tuple(live))

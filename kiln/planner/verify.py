@@ -18,7 +18,8 @@ from ..errors import ValidationError
 from ..ir.graph import ACT
 from ..ops import registry
 from .arena import ALIGNMENT
-from .lifetimes import ALIAS, INPLACE, KERNEL, alias_bytes, lifetimes
+from .kinds import SlotKind, StepKind
+from .lifetimes import alias_bytes, lifetimes
 from .order import check_order
 from .state import extra_deps, writes_state
 
@@ -36,7 +37,7 @@ def verify(plan) -> None:
         bad = next(k for k in set(life) | set(plan.lifetimes) if life.get(k) != plan.lifetimes.get(k))
         raise ValidationError(f"plan lifetime of {bad!r} is {plan.lifetimes.get(bad)}, the order gives {life.get(bad)}")
     arena_bytes = plan.slots[0].nbytes
-    if plan.slots[0].kind != "arena" or arena_bytes != plan.stats.arena_bytes:
+    if plan.slots[0].kind != SlotKind.ARENA or arena_bytes != plan.stats.arena_bytes:
         raise ValidationError("slot 0 must be the arena, sized as the plan's stats say")
     outputs = set(g.outputs)
     own_slot = {}
@@ -79,14 +80,14 @@ def verify(plan) -> None:
             raise ValidationError(f"{where}: output has no placement")
         src = plan.placements[node.inputs[0]] if node.inputs else None
         opdef = registry.get(node.op)
-        if s.kind == ALIAS:
+        if s.kind == StepKind.ALIAS:
             off = alias_bytes(g, node)
             if off is None or node.output in outputs:
                 raise ValidationError(f"{where}: output may not alias its input here")
             if (out.slot, out.offset) != (src.slot, src.offset + off):
                 raise ValidationError(f"{where}: alias placed at slot {out.slot}+{out.offset}, the op says "
                                       f"slot {src.slot}+{src.offset + off}")
-        elif s.kind == INPLACE:
+        elif s.kind == StepKind.INPLACE:
             a, b = g.tensors[node.inputs[0]], g.tensors[node.output]
             if not opdef.has(registry.INPLACE) or a.dtype != b.dtype or tuple(a.shape) != tuple(b.shape):
                 raise ValidationError(f"{where}: may not run in place over {node.inputs[0]!r}")
@@ -110,11 +111,11 @@ def verify(plan) -> None:
                     if other in parent and find(other) == cls and not (
                             other == node.inputs[0] and opdef.has(registry.ELEMENTWISE)):
                         raise ValidationError(f"{where}: writes over input 0 while input {j} ({other!r}) reads it")
-        elif s.kind != KERNEL:
+        elif s.kind != StepKind.KERNEL:
             raise ValidationError(f"{where}: unknown step kind {s.kind!r}")
-        if s.kind == KERNEL and out.slot != 0 and node.output not in outputs:
+        if s.kind == StepKind.KERNEL and out.slot != 0 and node.output not in outputs:
             raise ValidationError(f"{where}: writes outside the arena but is not a graph output")
-        if s.kind != KERNEL and src.slot == 0:
+        if s.kind != StepKind.KERNEL and src.slot == 0:
             root = find(node.inputs[0])
             parent[node.output] = root
             members[root].append(node.output)
