@@ -201,7 +201,7 @@ class Graph:
         return readers
 
     def rename(self, old: str, new: str) -> None:
-        """Give tensor ``old`` the name ``new`` everywhere (producer, readers, inputs, outputs)."""
+        """Give tensor ``old`` the name ``new`` everywhere (producer, readers, inputs, outputs, metadata)."""
         if new in self.tensors:
             raise KilnError(f"cannot rename {old!r}: tensor {new!r} already exists")
         t = self.tensors.pop(old)
@@ -215,6 +215,9 @@ class Graph:
             self._link(node)
         self.replace_all_uses(old, new)
         self.inputs = [new if i == old else i for i in self.inputs]
+        self.sym_sources = {s: ((new, ax) if src == old else (src, ax)) for s, (src, ax) in self.sym_sources.items()}
+        if self.kv_cache is not None:
+            self.kv_cache = self.kv_cache.renamed(old, new)
 
     def _add_tensor(self, t: Tensor) -> None:
         if t.name in self.tensors:

@@ -22,6 +22,12 @@ class KVCacheInfo:
     max_len: int
     state_names: tuple[str, ...]
 
+    def renamed(self, old: str, new: str) -> "KVCacheInfo":
+        def r(name: str) -> str:
+            return new if name == old else name
+        return KVCacheInfo(r(self.token_input), r(self.position_input), self.max_len,
+                           tuple(r(s) for s in self.state_names))
+
     def to_json(self) -> dict:
         return {"token_input": self.token_input, "position_input": self.position_input,
                 "max_len": self.max_len, "state_names": list(self.state_names)}
