@@ -213,7 +213,7 @@ def kv_cache_graph(reader_first: bool = True) -> Graph:
     k = g.add_node("cache_write", [cache, new, pos], name="k")
     g.outputs = [g.add_node("add", [k, old], name="y"), k]
     if not reader_first:
-        g.nodes[0], g.nodes[1] = g.nodes[1], g.nodes[0]
+        g.nodes = [g.nodes[1], g.nodes[0], *g.nodes[2:]]
     return g
 
 

@@ -24,12 +24,17 @@ def _tensor(a: np.ndarray, name="x", shape=None) -> Tensor:
     return Tensor(name, tuple(a.shape) if shape is None else shape, dt)
 
 
-@pytest.mark.parametrize("op,i", ALL_CASES)
-def test_reference_matches_torch(op, i):
+def _case(op, i):
+    """(declaration, inputs, attrs as given, typed attrs, the reference's output) of one case."""
     opdef = registry.get(op)
     inputs, attrs = CASES[op][0][i]
     a = opdef.make_attrs(attrs)
-    got = opdef.evaluate([x.copy() for x in inputs], a)
+    return opdef, inputs, attrs, a, opdef.evaluate([x.copy() for x in inputs], a)
+
+
+@pytest.mark.parametrize("op,i", ALL_CASES)
+def test_reference_matches_torch(op, i):
+    _, inputs, attrs, _, got = _case(op, i)
     want = CASES[op][1]([torch.from_numpy(x.copy()) for x in inputs], attrs).numpy()
     assert got.shape == want.shape
     if want.dtype == np.bool_ or want.dtype.kind in "iu":
@@ -41,10 +46,7 @@ def test_reference_matches_torch(op, i):
 @pytest.mark.parametrize("op,i", ALL_CASES)
 def test_shape_inference(op, i):
     """Static inference equals the reference's output; symbolic inference evaluates to it."""
-    opdef = registry.get(op)
-    inputs, attrs = CASES[op][0][i]
-    a = opdef.make_attrs(attrs)
-    out = opdef.evaluate([x.copy() for x in inputs], a)
+    opdef, inputs, _, a, out = _case(op, i)
     shape, dtype = opdef.infer([_tensor(x) for x in inputs], a)
     assert tuple(shape) == out.shape
     assert dtype == ("bool" if out.dtype == np.bool_ else str(out.dtype))
