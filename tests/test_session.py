@@ -185,6 +185,9 @@ def test_kv_cache_state_round_trip(tmp_path):
     ids = torch.randint(0, 50, (1, 6))
     want = model(ids).logits[0, -1].detach().numpy()
     sess = kiln.load(path)
+    info = sess.graph.kv_cache
+    assert info == g.kv_cache and info.token_input == "input_ids" and info.position_input == "cache_position"
+    assert info.max_len == 16 and set(info.state_names) == set(g.state)
     sess.run({"input_ids": ids[:, :5].numpy(), "cache_position": np.array(0)})
     got = sess.run({"input_ids": ids[:, 5:].numpy(), "cache_position": np.array(5)})[0][0, -1]
     assert rel_err(got, want) < 1e-4
