@@ -11,7 +11,7 @@ from ..core import dims
 from ..ir.graph import CONST, Graph
 from ..ir.resolve import attr_symbols, resolve_attrs
 from ..ops import registry
-from .engine import Rule, RuleSet
+from .engine import Rule, RuleSet, dead_code_elimination
 from .pattern import Any, Op, Scalar
 
 NEG_INF = -math.inf
@@ -128,6 +128,8 @@ def causal_mask_absorption(graph: Graph) -> int:
             graph.replace_node(node, dataclasses.replace(node, inputs=node.inputs[:3],
                                                          attrs=dataclasses.replace(node.attrs, causal=True)))
             fired += 1
+    if fired:
+        dead_code_elimination(graph)   # the mask builders now have no reader
     return fired
 
 
