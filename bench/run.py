@@ -88,12 +88,9 @@ def run_config(key: str, seqs, *, rounds: int = 10, warmup: int = 2, peers=ALL_P
     from . import peers as P
     n_threads = threads()
     torch.set_num_threads(n_threads)
-    try:
-        from kiln.backends import clib
-        if clib.available():
-            clib.set_num_threads(n_threads)
-    except Exception:  # noqa: BLE001
-        pass
+    from kiln.backends import clib
+    if clib.available():
+        clib.set_num_threads(n_threads)
     spec = M.spec(key)
     if passes_off is None:
         passes_off = spec.layers <= 2
@@ -353,7 +350,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=os.path.join(REPO, "bench", "out"), help="output directory")
     p.add_argument("--min-sample", type=float, default=0.02, help="seconds per timing sample (calls averaged)")
     p.add_argument("--max-run-seconds", type=float, default=60.0, help="skip shapes whose one run exceeds this")
-    p.add_argument("--executor", default="compiled", help="Kiln executor to time (default compiled)")
+    from kiln.executor.registry import DEFAULT, EXECUTORS
+    p.add_argument("--executor", default=DEFAULT, choices=list(EXECUTORS),
+                   help=f"Kiln executor to time (default {DEFAULT})")
     p.add_argument("--threads", type=int, default=None,
                    help="threads for every runtime (sets KILN_NUM_THREADS; default: KILN_NUM_THREADS or all cores)")
     p.add_argument("--wait-quiet", type=float, default=0.0,
