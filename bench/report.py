@@ -169,11 +169,7 @@ def plots(results: dict, out_dir: str) -> list[str]:
         ax.legend(fontsize=6)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    fig.tight_layout()
-    path = os.path.join(out_dir, "latency.png")
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    files.append(path)
+    files.append(_save_figure(plt, fig, out_dir, "latency.png"))
     # memory bars at each config's largest measured seq
     labels, series = [], {n: [] for n in ["kiln"] + PEERS}
     for key, cfg in cfgs.items():
@@ -198,12 +194,16 @@ def plots(results: dict, out_dir: str) -> list[str]:
         ax.set_yscale("log")
         ax.legend(fontsize=7)
         ax.grid(True, axis="y", alpha=0.3)
-        fig.tight_layout()
-        path = os.path.join(out_dir, "memory.png")
-        fig.savefig(path, dpi=80)
-        plt.close(fig)
-        files.append(path)
+        files.append(_save_figure(plt, fig, out_dir, "memory.png"))
     return files
+
+
+def _save_figure(plt, fig, out_dir: str, name: str) -> str:
+    fig.tight_layout()
+    path = os.path.join(out_dir, name)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
 
 
 def add_floors(results: dict) -> None:

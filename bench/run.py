@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 
+from . import report
 from .measure import ALL_PEERS, Settings, log, run_config, threads
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,7 +63,6 @@ def parse_models(args):
 
 
 def run_all(args) -> dict:
-    from . import report
     os.makedirs(args.out, exist_ok=True)
     n_threads = threads()
     configs = parse_models(args)
@@ -80,22 +80,24 @@ def run_all(args) -> dict:
             res = _run_subprocess(key, seqs, rounds, args)
         res["wall_s"] = time.perf_counter() - t0
         results["configs"][key] = res
-        report.add_floors(results)
-        with open(json_path, "w") as f:
-            json.dump(results, f, indent=1)
-        report.write(results, args.out, plots=not args.no_plots)
+        _save(results, args)  # after every config: a long run that stops still leaves its tables
         log(f"== {key} done in {res['wall_s']:.0f}s; tables in {os.path.join(args.out, 'results.md')}")
     if not args.quick and not args.in_process and not args.skip_machine:
         from . import machine
         results["machine"].setdefault("remeasured", []).append(
             {"sgemm": machine.sgemm_peak(), "bandwidth": machine.read_bandwidth(threads=n_threads)})
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    report.add_floors(results)
-    with open(json_path, "w") as f:
-        json.dump(results, f, indent=1)
-    report.write(results, args.out, plots=not args.no_plots)
+    _save(results, args)
     log(f"done: {json_path}, {os.path.join(args.out, 'results.md')}")
     return results
+
+
+def _save(results: dict, args) -> None:
+    """Floors, then results.json and the report (tables, plots) in args.out."""
+    report.add_floors(results)
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    report.write(results, args.out, plots=not args.no_plots)
 
 
 def _run_subprocess(key, seqs, rounds, args) -> dict:

@@ -74,16 +74,12 @@ def load_parts(spec: Union[str, os.PathLike], say: Progress) -> tuple[HFParts, s
         from .default import NAME, default_model_path
         say("locating the default model")
         path = default_model_path()
-        say(f"reading {path.name} (dequantizing to fp32)")
-        from .gguf import load_gguf
-        return load_gguf(path), NAME
+        return _read_gguf(path, say), NAME
     path = Path(spec)
     if path.suffix.lower() == ".gguf":
         if not path.is_file():
             raise KilnError(f"GGUF file {str(path)!r} does not exist")
-        say(f"reading {path.name} (dequantizing to fp32)")
-        from .gguf import load_gguf
-        return load_gguf(path), path.name
+        return _read_gguf(path, say), path.name
     if path.is_dir():
         if not is_hf_folder(path):
             raise KilnError(f"{str(path)!r} is not a Hugging Face model folder (no config.json in it)")
@@ -92,3 +88,9 @@ def load_parts(spec: Union[str, os.PathLike], say: Progress) -> tuple[HFParts, s
     if path.exists():
         raise KilnError(f"{str(path)!r} is neither a .gguf file nor a model folder")
     raise KilnError(f"unknown model {str(spec)!r}: expected 'default', a Hugging Face model folder or a .gguf file")
+
+
+def _read_gguf(path: Path, say: Progress) -> HFParts:
+    say(f"reading {path.name} (dequantizing to fp32)")
+    from .gguf import load_gguf
+    return load_gguf(path)
