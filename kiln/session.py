@@ -7,8 +7,8 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from .ir import serialize
 from .executor.registry import EXECUTORS, check_name
+from .ir import serialize
 from .ir.feeds import check_feeds
 from .ir.graph import Graph
 from .ir.validate import validate
