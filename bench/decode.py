@@ -27,10 +27,9 @@ def log(msg: str) -> None:
 def kiln_model(key: str, max_len: int):
     """(LanguageModel-like decoder factory, torch model, weight bytes per token, label)."""
     from kiln.models import load_model, zoo
-    from kiln.models.generate import CachedDecoder
+    from kiln.models.decoders import CachedDecoder
     from kiln.models.hf import compile_causal_lm
-    from kiln.passes.kv_cache import add_kv_cache
-    from kiln.session import Session
+    from kiln.models.loading import kv_cache_session
     if key == "smollm2":
         lm = load_model("default", keep_torch=True, max_len=max_len)
         session, model, label = lm.cached_session, lm.torch_model, "SmolLM2-135M-Instruct (real weights)"
@@ -38,7 +37,7 @@ def kiln_model(key: str, max_len: int):
         family, layers = key.split("-")[0], int(key.split("-")[1].rstrip("L"))
         model = zoo.causal_lm(family, layers)
         compiled = compile_causal_lm(model, max_len=max_len, last_only=True)
-        session = Session(add_kv_cache(compiled.session.graph, max_len))
+        session = kv_cache_session(compiled.session.graph, max_len)
         label = f"{zoo.FAMILIES[family][0]} ({layers} layers, random weights)"
     weights = sum(a.nbytes for n, a in session.graph.constants.items() if session.graph.tensors[n].kind == "const")
     return (lambda: CachedDecoder(session, max_len=max_len)), model, weights, label
@@ -59,7 +58,7 @@ def kiln_run(make_decoder, prompt, n):
 
 
 def hf_generate(model, prompt, n):
-    from kiln.models.generate import hf_greedy
+    from kiln.models.compare import hf_greedy
     ids, seconds = hf_greedy(model, prompt, n, eos_ids=())
     return seconds, ids
 

@@ -7,6 +7,7 @@ import statistics
 import subprocess
 import threading
 import time
+from typing import Optional
 
 import numpy as np
 
@@ -21,6 +22,19 @@ def _lscpu() -> dict:
         k, _, v = line.partition(":")
         info[k.strip()] = v.strip()
     return info
+
+
+def _proc_cpuinfo(key: str) -> Optional[str]:
+    """The first value of ``key`` in /proc/cpuinfo (lscpu leaves out the current clock on some VMs)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                if k.strip() == key:
+                    return v.strip()
+    except OSError:
+        pass
+    return None
 
 
 def _mem_total() -> int:
@@ -42,17 +56,28 @@ def _version(mod: str):
         return None
 
 
+def cpu() -> dict:
+    """The CPU as lscpu describes it: model, family, MHz (None where lscpu does not say), flags, the
+    whole lscpu table."""
+    table = _lscpu()
+    mhz = table.get("CPU MHz") or _proc_cpuinfo("cpu MHz") or table.get("CPU max MHz")
+    family = table.get("CPU family")
+    return {"model": table.get("Model name", platform.processor()),
+            "family": int(family) if family and family.isdigit() else None,
+            "mhz": float(mhz) if mhz else None, "flags": table.get("Flags", "").split(), "lscpu": table}
+
+
 def describe(threads: int) -> dict:
     import kiln
-    cpu = _lscpu()
-    flags = cpu.get("Flags", "").split()
+    c = cpu()
+    table, flags = c["lscpu"], c["flags"]
     info = {
-        "cpu": cpu.get("Model name", platform.processor()),
+        "cpu": c["model"],
         "cores": os.cpu_count(),
         "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "threads_per_core": cpu.get("Thread(s) per core"),
-        "hypervisor": cpu.get("Hypervisor vendor"),
-        "l2": cpu.get("L2 cache"), "l3": cpu.get("L3 cache"),
+        "threads_per_core": table.get("Thread(s) per core"),
+        "hypervisor": table.get("Hypervisor vendor"),
+        "l2": table.get("L2 cache"), "l3": table.get("L3 cache"),
         "simd": [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile") if f in flags],
         "memory_bytes": _mem_total(),
         "os": platform.platform(),
@@ -86,19 +111,26 @@ def _kiln_blas_core() -> str:
     return clib._corename(blas) if blas is not None else ""  # noqa: SLF001
 
 
-def _median_time(fn, reps: int, min_sample: float = 0.05) -> float:
-    fn()
+def time_samples(fn, reps: int, min_sample: float = 0.05, warmup_s: float = 0.0) -> tuple[list[float], int]:
+    """Seconds per call of ``fn``: ``reps`` samples, each averaging enough calls (returned: how
+    many) to last >= ``min_sample`` s, after a warm-up of >= 2 calls and >= ``warmup_s`` s."""
     t0 = time.perf_counter()
-    fn()
-    once = time.perf_counter() - t0
-    k = max(1, int(min_sample / max(once, 1e-9)))
+    n = 0
+    while n < 2 or time.perf_counter() - t0 < warmup_s:
+        fn()
+        n += 1
+    inner = max(1, int(min_sample / max((time.perf_counter() - t0) / n, 1e-9)))
     samples = []
     for _ in range(reps):
         t0 = time.perf_counter()
-        for _ in range(k):
+        for _ in range(inner):
             fn()
-        samples.append((time.perf_counter() - t0) / k)
-    return statistics.median(samples)
+        samples.append((time.perf_counter() - t0) / inner)
+    return samples, inner
+
+
+def _median_time(fn, reps: int, min_sample: float = 0.05) -> float:
+    return statistics.median(time_samples(fn, reps, min_sample)[0])
 
 
 def sgemm_peak(n: int = 2048, reps: int = 7) -> dict:

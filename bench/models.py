@@ -20,21 +20,22 @@ class ModelSpec:
         return 1024
 
 
-def _spec(key: str) -> ModelSpec:
+TINY = "tiny"  # a bench-only GPT-2 smoke model; the real families are kiln.models.zoo's
+
+
+def spec(key: str) -> ModelSpec:
+    """"FAMILY-<N>L" (e.g. gpt2-2L) -> its ModelSpec; ValueError for anything else."""
+    from kiln.models.zoo import FAMILIES
     fam, _, lay = key.rpartition("-")
     if not lay.endswith("L") or not lay[:-1].isdigit():
         raise ValueError(f"model key {key!r} must look like FAMILY-<N>L, e.g. gpt2-2L")
     n = int(lay[:-1])
-    names = {"gpt2": "GPT-2", "qwen3": "Qwen3-0.6B", "llama": "SmolLM2-135M", "tiny": "tiny GPT-2"}
-    if fam not in names:
-        raise ValueError(f"unknown model family {fam!r} (one of {', '.join(names)})")
-    whole = {"gpt2": 12, "qwen3": 28, "llama": 30}.get(fam)
-    label = f"{names[fam]} {'whole (' + str(n) + ' layers)' if n == whole else str(n) + '-layer body'}"
+    families = dict(FAMILIES, **{TINY: ("tiny GPT-2", None)})
+    if fam not in families:
+        raise ValueError(f"unknown model family {fam!r} (one of {', '.join(families)})")
+    name, whole = families[fam]
+    label = f"{name} {'whole (' + str(n) + ' layers)' if n == whole else str(n) + '-layer body'}"
     return ModelSpec(key, fam, n, label)
-
-
-def spec(key: str) -> ModelSpec:
-    return _spec(key)
 
 
 # Full-benchmark configurations and the seq lengths each runs.
@@ -54,7 +55,7 @@ QUICK = {
 
 def hf_config(family: str, layers: int):
     """The real architectures come from kiln.models.zoo; "tiny" is a bench-only smoke model."""
-    if family == "tiny":
+    if family == TINY:
         import transformers as tf
         return tf.GPT2Config(n_layer=layers, n_embd=64, n_head=4, n_inner=256, vocab_size=512, n_positions=1024)
     from kiln.models import zoo
@@ -63,15 +64,10 @@ def hf_config(family: str, layers: int):
 
 def build_model(s: ModelSpec):
     """The torch module (eval mode, seeded random weights): input_ids -> logits, and its config."""
-    import torch
-    import transformers as tf
-
+    from kiln.models import zoo
     from kiln.models.hf import logits_module
-    torch.manual_seed(0)
     cfg = hf_config(s.family, s.layers)
-    cls = {"gpt2": tf.GPT2LMHeadModel, "tiny": tf.GPT2LMHeadModel,
-           "qwen3": tf.Qwen3ForCausalLM, "llama": tf.LlamaForCausalLM}[s.family]
-    return logits_module(cls(cfg).eval()), cfg
+    return logits_module(zoo.from_config(cfg, seed=0)), cfg
 
 
 def vocab_size(cfg) -> int:

@@ -27,7 +27,6 @@ class Contestant:
     def __init__(self):
         self.notes = []
         self.compile_s = None      # one-time build cost (export, compile)
-        self.first_call_s = {}     # seq -> first call seconds (includes per-shape compile/plan)
 
     def prepare(self) -> None:
         pass
@@ -130,7 +129,6 @@ class Kiln(Contestant):
         self.compile_s = time.perf_counter() - t0
         shape = self.session.graph.tensors[self.session.input_names[0]].shape
         self.sym = str(shape[1])
-        self.n_nodes = len(self.session.graph.nodes)
 
     def __call__(self, ids):
         return self.session.run({"input_ids": ids})[0]

@@ -169,11 +169,7 @@ def plots(results: dict, out_dir: str) -> list[str]:
         ax.legend(fontsize=6)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    fig.tight_layout()
-    path = os.path.join(out_dir, "latency.png")
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    files.append(path)
+    files.append(_save_figure(plt, fig, out_dir, "latency.png"))
     # memory bars at each config's largest measured seq
     labels, series = [], {n: [] for n in ["kiln"] + PEERS}
     for key, cfg in cfgs.items():
@@ -198,12 +194,36 @@ def plots(results: dict, out_dir: str) -> list[str]:
         ax.set_yscale("log")
         ax.legend(fontsize=7)
         ax.grid(True, axis="y", alpha=0.3)
-        fig.tight_layout()
-        path = os.path.join(out_dir, "memory.png")
-        fig.savefig(path, dpi=80)
-        plt.close(fig)
-        files.append(path)
+        files.append(_save_figure(plt, fig, out_dir, "memory.png"))
     return files
+
+
+def _save_figure(plt, fig, out_dir: str, name: str) -> str:
+    fig.tight_layout()
+    path = os.path.join(out_dir, name)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def add_floors(results: dict) -> None:
+    """Floor = max(FLOPs / sgemm peak, weight bytes / read bandwidth); Kiln's time as a multiple of it."""
+    m = results["machine"]
+    peaks = [m.get("sgemm", {}).get("gflops")] + [e.get("sgemm", {}).get("gflops") for e in m.get("remeasured", [])]
+    bws = [m.get("bandwidth", {}).get("gbps")] + [e.get("bandwidth", {}).get("gbps") for e in m.get("remeasured", [])]
+    peak = max([p for p in peaks if p] or [0])
+    bw = max([b for b in bws if b] or [0])
+    results["floor_inputs"] = {"sgemm_gflops": peak, "read_gbps": bw}
+    if not peak or not bw:
+        return
+    for cfg in results["configs"].values():
+        for e in cfg["seqs"].values():
+            compute = e["flops"] / (peak * 1e9)
+            memory = cfg["weight_bytes"] / (bw * 1e9)
+            e["floor_ms"] = 1e3 * max(compute, memory)
+            e["floor_bound"] = "compute" if compute >= memory else "memory"
+            if "kiln" in e.get("median_ms", {}):
+                e["kiln_x_floor"] = e["median_ms"]["kiln"] / e["floor_ms"]
 
 
 def write(results: dict, out_dir: str, plots_too: bool = True, **kw) -> dict:
@@ -238,9 +258,7 @@ def main(argv=None) -> int:
             merged["finished"] = r.get("finished", merged.get("finished"))
             merged.setdefault("parts", []).append({"started": r.get("started"), "finished": r.get("finished"),
                                                    "argv": r.get("argv")})
-    from .run import add_floors
     add_floors(merged)
-    import os
     os.makedirs(a.out, exist_ok=True)
     with open(os.path.join(a.out, "results.json"), "w") as f:
         json.dump(merged, f, indent=1)

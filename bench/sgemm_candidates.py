@@ -42,6 +42,10 @@ import subprocess
 import sys
 import time
 
+if __package__ in (None, ""):  # run as a script (also its per-library workers): make `bench` importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench import machine  # noqa: E402
+
 CblasRowMajor = 101
 CblasNoTrans = 111
 CblasTrans = 112
@@ -237,24 +241,6 @@ def worker_setup(lib: str, threads: int, mkl_path: str | None):
     raise ValueError(lib)
 
 
-def time_call(call, reps: int, min_sample: float, warmup_s: float):
-    # warm-up: at least 2 calls and ~warmup_s seconds
-    t0 = time.perf_counter()
-    nw = 0
-    while nw < 2 or time.perf_counter() - t0 < warmup_s:
-        call()
-        nw += 1
-    per = (time.perf_counter() - t0) / nw
-    inner = max(1, int(min_sample / max(per, 1e-9)))
-    samples = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        for _ in range(inner):
-            call()
-        samples.append((time.perf_counter() - t) / inner)
-    return samples, inner
-
-
 def record(out, args, label, m, n, k, lay, samples, inner):
     med = statistics.median(samples)
     flops = 2.0 * m * n * k
@@ -297,12 +283,12 @@ def run_worker(args):
             b = rng.uniform(-1, 1, (n, k) if transb else (k, n)).astype(np.float32)
             c = np.zeros((m, n), np.float32)
             call = make_call(a, b, c, transb)
-            samples, inner = time_call(call, args.reps, args.min_sample, args.warmup)
+            samples, inner = machine.time_samples(call, args.reps, args.min_sample, args.warmup)
             record(out, args, label, m, n, k, lay, samples, inner)
             if m == 1:  # same product through the library's GEMV entry point
                 x = np.ascontiguousarray(a[0])
                 y = np.zeros(n, np.float32)
-                samples, inner = time_call(make_gemv(x, b, y, transb), args.reps, args.min_sample, args.warmup)
+                samples, inner = machine.time_samples(make_gemv(x, b, y, transb), args.reps, args.min_sample, args.warmup)
                 record(out, args, f"1x{n}x{k} [sgemv call]", m, n, k, lay, samples, inner)
     print(json.dumps(out))
 
@@ -348,25 +334,11 @@ def measure_clock_ghz() -> float | None:
 
 
 def cpu_info(measure_clock: bool = True):
-    info = {"machine": platform.machine(), "nproc": os.cpu_count()}
-    try:
-        with open("/proc/cpuinfo") as f:
-            txt = f.read()
-        for line in txt.splitlines():
-            key, _, val = line.partition(":")
-            key = key.strip()
-            if key == "model name" and "model" not in info:
-                info["model"] = val.strip()
-            elif key == "cpu MHz" and "mhz" not in info:
-                info["mhz"] = float(val)
-            elif key == "cpu family" and "family" not in info:
-                info["family"] = int(val)
-            elif key == "flags" and "avx512f" not in info:
-                fl = val.split()
-                info["avx512f"] = "avx512f" in fl
-                info["avx2"] = "avx2" in fl
-    except OSError:
-        pass
+    c = machine.cpu()
+    info = {"machine": platform.machine(), "nproc": os.cpu_count(), "model": c["model"], "family": c["family"],
+            "avx512f": "avx512f" in c["flags"], "avx2": "avx2" in c["flags"]}
+    if c["mhz"]:
+        info["mhz"] = c["mhz"]
     # 2 FMA pipes x 16 fp32 lanes (512-bit) x 2 flops per FMA  (AVX2: 8 lanes)
     if info.get("mhz"):
         info["peak_avx512_core_gflops_reported_clock"] = 2 * 16 * 2 * info["mhz"] / 1000.0

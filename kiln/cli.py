@@ -50,7 +50,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="kiln", description="Ahead-of-time inference for PyTorch models on the CPU")
     sub = p.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("demo", help="compile the built-in tiny transformer and compare with PyTorch")
-    d.add_argument("--executor", default="compiled")
+    from kiln.executor.registry import DEFAULT, EXECUTORS, describe
+    d.add_argument("--executor", default=DEFAULT, choices=list(EXECUTORS), help=describe())
     d.set_defaults(fn=_demo)
     o = sub.add_parser("ops", help="list Kiln ops (or, with --aten, the supported ATen ops)")
     o.add_argument("--aten", action="store_true")

@@ -11,8 +11,7 @@ import time
 from typing import Any, Callable, Optional, TextIO
 
 from .errors import KilnError
-
-EXECUTORS = ("compiled", "interpreted", "numpy", "reference")
+from .executor.registry import DEFAULT, EXECUTORS, check_name
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -31,7 +30,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--seed", default=None, help="random seed for sampling")
     p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
                    help="apply the model's chat template (default: on when the model has one)")
-    p.add_argument("--executor", default="compiled", help=f"one of {', '.join(EXECUTORS)} (default compiled)")
+    p.add_argument("--executor", default=DEFAULT, help=f"one of {', '.join(EXECUTORS)} (default {DEFAULT})")
     p.add_argument("--max-len", default=None, help="longest sequence to compile for (default min(context, 2048))")
     p.add_argument("--cache", action=argparse.BooleanOptionalAction, default=True,
                    help="decode with a KV cache (default); --no-cache recomputes the prefix every token")
@@ -78,12 +77,12 @@ def run(args: argparse.Namespace, *, out: Optional[TextIO] = None, err: Optional
     max_len = _number(args.max_len, "--max-len", int, low=2)
     if top_p == 0.0:
         raise KilnError("--top-p must be in (0, 1], got 0")
-    if args.executor not in EXECUTORS:
-        raise KilnError(f"--executor must be one of {', '.join(EXECUTORS)}, got {args.executor!r}")
+    check_name(args.executor, "--executor")
     if args.compare_torch and temperature not in (None, 0.0):
         raise KilnError("--compare-torch compares greedy generations; leave --temperature unset or 0")
 
-    from .models.generate import load_model, torch_greedy
+    from .models.compare import torch_greedy
+    from .models.loading import load_model
     progress = Progress(err)
     lm = load_model(args.model, executor=args.executor, max_len=max_len, keep_torch=args.compare_torch,
                     progress=progress, cache=args.cache)

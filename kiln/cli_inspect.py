@@ -44,9 +44,9 @@ def run(args: argparse.Namespace) -> int:
         module = zoo.logits_model(args.model, args.layers)
         label = f"{zoo.FAMILIES[args.model][0]}, {args.layers} layers, random weights"
     else:
-        from .models.generate import _load_parts
+        from .models.loading import load_parts
         from .models.hf import logits_module
-        parts, label = _load_parts(args.model, lambda msg: print(f"  {msg}", file=sys.stderr))
+        parts, label = load_parts(args.model, lambda msg: print(f"  {msg}", file=sys.stderr))
         module = logits_module(parts.model, last_only=False)
     print(f"{label}: exporting with a dynamic sequence length ...", file=sys.stderr, flush=True)
     graph = export(module, (torch.zeros((1, 8), dtype=torch.long),),

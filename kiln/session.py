@@ -7,14 +7,12 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from .errors import KilnError
+from .executor.registry import EXECUTORS, check_name
 from .ir import serialize
 from .ir.feeds import check_feeds
 from .ir.graph import Graph
-from .ir.resolve import resolve
 from .ir.validate import validate
 
-EXECUTORS = ("compiled", "interpreted", "numpy", "reference")
 # Plans kept per session (least recently used first out): a decode loop needs two, and a
 # server seeing many prompt lengths must not grow without bound.
 MAX_PLANS = 8
@@ -25,8 +23,7 @@ class Session:
     dynamic-shape session never re-exports or re-optimizes; it only re-plans for new sizes."""
 
     def __init__(self, graph: Graph, *, executor: str = "compiled", meta: Optional[dict] = None):
-        if executor not in EXECUTORS:
-            raise KilnError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+        check_name(executor)
         validate(graph)
         self.graph = graph
         self.executor = executor
@@ -62,8 +59,8 @@ class Session:
 
     def reset_state(self) -> None:
         """Return every state tensor (e.g. the KV cache) to its initial value."""
-        for name, a in self.state.items():
-            a[...] = self.graph.constants[name]
+        from .executor.planned import reset_state
+        reset_state(self.state, self.graph)
 
     def save(self, path: str | os.PathLike) -> None:
         serialize.save(self.graph, path, extra={"meta": self.meta})
@@ -92,37 +89,7 @@ class Session:
         return ex
 
     def _build(self, binding: dict):
-        if self.executor == "reference":
-            return _ReferenceExecutor(self.graph, self.state)
-        static = resolve(self.graph, binding) if self.graph.symbols else self.graph
-        validate(static, static=True, executable=True)
-        from .planner import plan as make_plan
-        p = make_plan(static)
-        if self.executor == "compiled":
-            from .executor.compiled import CompiledExecutor
-            return CompiledExecutor(static, p, state=self.state)
-        from .executor.planned import PlannedExecutor
-        return PlannedExecutor(static, p, backends=("c", "numpy") if self.executor == "interpreted" else ("numpy",),
-                               state=self.state)
-
-
-class _ReferenceExecutor:
-    """The unplanned numpy reference behind the Session interface (the oracle)."""
-
-    plan = None
-
-    def __init__(self, graph: Graph, state: dict):
-        self.graph = graph
-        self.state = state
-        self.last_profile = None
-
-    def run(self, arrays, profile: bool = False) -> list[np.ndarray]:
-        from .executor.reference import run_reference
-        timings: Optional[dict] = {} if profile else None
-        outs = run_reference(self.graph, arrays, timings=timings, state=self.state)
-        if timings is not None:
-            self.last_profile = {op: {"count": len(t), "ms": 1e3 * sum(t)} for op, t in timings.items()}
-        return outs
+        return EXECUTORS[self.executor](self.graph, binding, self.state)
 
 
 def load(path: str | os.PathLike, *, executor: str = "compiled") -> Session:

@@ -46,23 +46,23 @@ def test_harness_writes_json_and_markdown(tmp_path):
 
 
 def test_unavailable_peer_is_skipped_not_fatal(tmp_path, monkeypatch):
-    from bench import peers, run
+    from bench import measure, peers
 
     def boom(self):
         raise peers.Unavailable("not installed here")
     monkeypatch.setattr(peers.OnnxRuntime, "prepare", boom)
-    res = run.run_config("tiny-2L", [8], rounds=1, warmup=1, peers=["eager", "onnxruntime"], min_sample=0,
+    res = measure.run_config("tiny-2L", [8], rounds=1, warmup=1, peers=["eager", "onnxruntime"], min_sample=0,
                          memory=False, profile=False)
     assert res["contestants"]["onnxruntime"]["status"] == "unavailable"
     assert "eager" in res["seqs"]["8"]["median_ms"]
 
 
 def test_flops_and_report_helpers():
-    from bench import models, report, run
+    from bench import measure, models, report
     _, cfg = models.build_model(models.spec("tiny-2L"))
     assert models.flops(cfg, 32) > models.flops(cfg, 16) > 0
-    assert run.rel_err(np.ones(3, np.float32), np.ones(3)) == 0.0
-    assert run.quantiles([3.0, 1.0, 2.0])[1] == 2.0
+    assert measure.rel_err(np.ones(3, np.float32), np.ones(3)) == 0.0
+    assert measure.quantiles([3.0, 1.0, 2.0])[1] == 2.0
     with pytest.raises(ValueError):
         models.spec("gpt2")
     assert "# Kiln benchmark results" in report.markdown({"configs": {}})

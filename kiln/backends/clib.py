@@ -27,6 +27,7 @@ from . import cabi
 from .. import config
 from ..errors import BackendError, KilnError
 from ..core.dtypes import ITEMSIZE
+from ..ir.graph import Tensor
 from ..ops import registry
 
 _PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -157,15 +158,12 @@ def _load():
     lib.kiln_run.restype = ctypes.c_int
     lib.kiln_run.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
     lib.kiln_build_info.restype = ctypes.c_char_p
-    lib.kiln_abi_version.restype = ctypes.c_int
     lib.kiln_sizeof_call.restype = ctypes.c_int64
     lib.kiln_sizeof_tensor.restype = ctypes.c_int64
     lib.kiln_set_num_threads.argtypes = [ctypes.c_int]
-    lib.kiln_get_num_threads.restype = ctypes.c_int
     lib.kiln_set_blas.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
     lib.kiln_set_blas.restype = ctypes.c_int
     lib.kiln_set_flash_min_sk.argtypes = [ctypes.c_int64]
-    lib.kiln_set_attention_blocked.argtypes = [ctypes.c_int]
     for what, c_size, py_size in (("kiln_call", lib.kiln_sizeof_call(), ctypes.sizeof(cabi.Call)),
                                   ("kiln_tensor", lib.kiln_sizeof_tensor(), ctypes.sizeof(cabi.Tensor))):
         if c_size != py_size:
@@ -223,12 +221,6 @@ def _dtype_name(a: np.ndarray) -> str:
     return name
 
 
-class _Spec:
-    """Shape/dtype stand-in for a graph tensor, for the ops' infer functions."""
-    def __init__(self, shape, dtype):
-        self.shape, self.dtype = tuple(shape), dtype
-
-
 def run_op(op: str, inputs: Sequence[np.ndarray], attrs, out: np.ndarray, *, scratch_bytes: Optional[int] = None) -> None:
     """Run one op's kernel on numpy arrays; `out` must be allocated with the inferred shape/dtype.
 
@@ -248,7 +240,8 @@ def run_op(op: str, inputs: Sequence[np.ndarray], attrs, out: np.ndarray, *, scr
         raise BackendError(f"{op}: output array is read-only")
     in_shapes = [tuple(int(d) for d in a.shape) for a in inputs]
     out_shape = tuple(int(d) for d in out.shape)
-    want_shape, want_dtype = opdef.infer([_Spec(s, _dtype_name(a)) for s, a in zip(in_shapes, inputs)], attrs)
+    specs = [Tensor(f"input{i}", s, _dtype_name(a)) for i, (s, a) in enumerate(zip(in_shapes, inputs))]
+    want_shape, want_dtype = opdef.infer(specs, attrs)
     if tuple(int(d) for d in want_shape) != out_shape or want_dtype != _dtype_name(out):
         raise BackendError(f"{op}: output is {list(out_shape)} {_dtype_name(out)}, "
                            f"the op produces {list(want_shape)} {want_dtype}")

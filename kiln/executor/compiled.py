@@ -102,12 +102,6 @@ class CompiledExecutor:
                                   f"({self.plan.slots[p.slot].kind} {self.plan.slots[p.slot].name!r}, "
                                   f"{self._slot_nbytes[p.slot]} bytes)")
 
-    def reset_state(self) -> None:
-        """Put every state tensor back to its initial value (in place: the slots keep their pointers)."""
-        with self._lock:
-            for name, a in self.state.items():
-                a[...] = self.graph.constants[name]
-
     def run(self, feeds: Mapping[str, np.ndarray], profile: bool = False) -> list[np.ndarray]:
         # The feeds' sizes are the one check we must make: C trusts every byte count.
         arrays = [(i, feed_array(feeds, name, dtype, nbytes)) for i, name, dtype, nbytes in self._inputs]

@@ -76,6 +76,14 @@ def fixed_slot_arrays(graph: Graph, plan: Plan, state: Optional[dict[str, np.nda
     return arrays, state
 
 
+def reset_state(state: dict[str, np.ndarray], graph: Graph) -> None:
+    """Put every state tensor (e.g. a KV cache) back to its initial value, ``graph.constants[name]``.
+
+    In place: executors hold these arrays' pointers in their slots, so the arrays must stay."""
+    for name, a in state.items():
+        a[...] = graph.constants[name]
+
+
 def feed_array(feeds: Mapping[str, np.ndarray], name: str, dtype: np.dtype, nbytes: int) -> np.ndarray:
     """The feed as a C-contiguous array of the graph's dtype; its size must match the plan's slot."""
     try:
@@ -167,12 +175,6 @@ class PlannedExecutor:
         p = self.plan.placements[name]
         t = self.graph.tensors[name]
         return (p.slot, p.offset, p.nbytes, np_dtype(t.dtype), tuple(int(d) for d in t.shape))
-
-    def reset_state(self) -> None:
-        """Put every state tensor back to its initial value (in place: the slots keep their pointers)."""
-        with self._lock:
-            for name, a in self.state.items():
-                a[...] = self.graph.constants[name]
 
     def run(self, feeds: Mapping[str, np.ndarray], profile: bool = False) -> list[np.ndarray]:
         with self._lock:  # the arena is shared by every run

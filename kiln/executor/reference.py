@@ -17,6 +17,24 @@ from ..ir.resolve import resolve
 from ..ops import registry
 
 
+class ReferenceExecutor:
+    """`run_reference` behind the executor interface (see kiln.executor.registry); ``plan`` is None."""
+
+    plan = None
+
+    def __init__(self, graph: Graph, state: dict):
+        self.graph = graph
+        self.state = state
+        self.last_profile: Optional[dict] = None
+
+    def run(self, arrays: Mapping[str, np.ndarray], profile: bool = False) -> list[np.ndarray]:
+        timings: Optional[dict] = {} if profile else None
+        outs = run_reference(self.graph, arrays, timings=timings, state=self.state)
+        if timings is not None:
+            self.last_profile = {op: {"count": len(t), "ms": 1e3 * sum(t)} for op, t in timings.items()}
+        return outs
+
+
 def run_reference(graph: Graph, feeds: Mapping[str, np.ndarray], *,
                   timings: Optional[dict] = None, state: Optional[dict] = None) -> list[np.ndarray]:
     """Evaluate ``graph``. Values are functional: a node naming a state tensor sees its value

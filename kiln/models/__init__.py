@@ -10,8 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 _EXPORTS = {
-    "load_model": "generate", "LanguageModel": "generate", "Generation": "generate", "GenerationStats": "generate",
-    "TokenEvent": "generate", "Decoder": "generate", "RecomputeDecoder": "generate", "torch_greedy": "generate",
+    "load_model": "loading", "load_parts": "loading", "kv_cache_session": "loading",
+    "LanguageModel": "language_model",
+    "Generation": "generation", "GenerationStats": "generation", "TokenEvent": "generation",
+    "Decoder": "decoders", "CachedDecoder": "decoders", "RecomputeDecoder": "decoders",
+    "torch_greedy": "compare", "hf_greedy": "compare",
+    "causal_lm_class": "architectures", "config_class": "architectures",
     "SamplingConfig": "sampling", "sample": "sampling",
     "load_hf_folder": "hf", "compile_causal_lm": "hf",
     "load_gguf": "gguf", "read_gguf": "gguf",

@@ -184,10 +184,11 @@ def build_config(gf: GGUFFile) -> Any:
 def build_model(gf: GGUFFile, state: Optional[dict[str, np.ndarray]] = None) -> Any:
     """A fp32 eval transformers model holding the file's weights (dequantized)."""
     import torch
-    import transformers as tf
+
+    from .architectures import causal_lm_class
     config = build_config(gf)
     state = hf_state_dict(gf) if state is None else state
-    cls = {"llama": tf.LlamaForCausalLM, "qwen2": tf.Qwen2ForCausalLM, "qwen3": tf.Qwen3ForCausalLM}[gf.architecture]
+    cls = causal_lm_class(gf.architecture)
     with _no_init():  # every parameter is overwritten below; random init would cost seconds
         model = cls(config)
     tensors = {k: torch.from_numpy(v) for k, v in state.items()}

@@ -9,7 +9,7 @@ from hypothesis import given
 
 from kiln.backends import clib
 from kiln.errors import FeedError, ValidationError
-from kiln.executor.planned import PlannedExecutor
+from kiln.executor.planned import PlannedExecutor, reset_state
 from kiln.ir.graph import STATE, Graph
 from kiln.planner import plan
 from tests.conftest import rel_err
@@ -233,7 +233,7 @@ def test_state_written_in_place_persists(order):
             got = ex.run(feeds)
             assert all(rel_err(a, b) < 1e-6 for a, b in zip(got, want)), (name, pos)
             np.testing.assert_array_equal(ex.state["k_cache"], oracle["k_cache"])  # it persisted
-        ex.reset_state()
+        reset_state(ex.state, g)
         assert not ex.state["k_cache"].any()
 
 
@@ -276,3 +276,13 @@ def test_state_write_through_a_view_is_refused():
                                             g.add_input("pos", (), "int64")])]
     with pytest.raises(ValidationError, match="view of state"):
         plan(g)
+
+
+def test_executor_registry_names_every_executor_once():
+    from kiln.errors import KilnError
+    from kiln.executor.registry import EXECUTORS, check_name, describe
+    assert set(EXECUTORS) == {"compiled", "interpreted", "numpy", "reference"}
+    assert all(f.__doc__ and f.__doc__.strip() for f in EXECUTORS.values())
+    assert all(f"{name}:" in describe() for name in EXECUTORS)
+    with pytest.raises(KilnError, match="executor must be one of compiled, interpreted, numpy, reference"):
+        check_name("gpu")

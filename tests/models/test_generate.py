@@ -4,7 +4,7 @@ import pytest
 
 from kiln.errors import KilnError
 from kiln.models import load_model, torch_greedy
-from kiln.models.generate import Generation
+from kiln.models.generation import Generation
 from kiln.models.sampling import (SamplingConfig, defaults_from_generation_config, sample, top_k_filter,
                                   top_p_filter)
 from kiln.models.tokenizer import StreamDecoder

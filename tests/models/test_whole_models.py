@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from kiln.models.generate import CachedDecoder, RecomputeDecoder, hf_greedy
+from kiln.models.compare import hf_greedy
+from kiln.models.decoders import CachedDecoder, RecomputeDecoder
 from kiln.models.hf import compile_causal_lm
-from kiln.passes.kv_cache import add_kv_cache
-from kiln.session import Session
+from kiln.models.loading import kv_cache_session
 
 pytestmark = pytest.mark.slow
 NEW_TOKENS = 64
@@ -43,7 +43,7 @@ def check_model(model, executor, vocab):
     assert err <= 1e-4, f"logit error {err:.2e}"
 
     last = compile_causal_lm(model, max_len=128, executor=executor, last_only=True)
-    cached = CachedDecoder(Session(add_kv_cache(last.session.graph, 128), executor=executor), max_len=128)
+    cached = CachedDecoder(kv_cache_session(last.session.graph, 128, executor=executor), max_len=128)
     recompute = RecomputeDecoder(last.session, min_len=last.min_len, max_len=128, last_only=True)
     with_cache = greedy(cached, prompt, NEW_TOKENS)
     assert with_cache == greedy(recompute, prompt, NEW_TOKENS)
