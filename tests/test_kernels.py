@@ -22,7 +22,7 @@ import pytest
 
 import kiln.ops  # noqa: F401  (registers the ops)
 from kiln.backends import cabi, clib
-from kiln.errors import BackendError
+from kiln.errors import BackendError, ShapeError
 from kiln.ops import registry
 
 
@@ -386,24 +386,40 @@ def test_vector_math_vs_float64():
         assert not bad.any(), f"{op}: worst at x={xi[bad][:5]}, got {out[bad][:5]}, want {want[bad][:5]}"
 
 
-def test_embedding_out_of_range_ids_give_zeros():
+@pytest.mark.parametrize("bad", [10, -11, 2**40, -(2**40)])
+def test_embedding_out_of_range_id_is_an_error_and_writes_nothing(bad):
     w = rnd(10, 4)
-    ids = np.array([0, 10, -11, 2**40, -(2**40), 9], dtype=np.int64)
-    out = np.full((6, 4), 7, np.float32)
+    ids = np.array([0, bad, 9], dtype=np.int64)
+    out = np.full((3, 4), 7, np.float32)
+    with pytest.raises(clib.KernelError, match="index") as e:
+        clib.run_op("embedding", [w, ids], None, out)
+    assert e.value.code == -7 and e.value.index == 0
+    np.testing.assert_array_equal(out, 7)  # checked before any row is copied
+    with pytest.raises(ShapeError, match="out of range"):  # the reference agrees
+        registry.get("embedding").ref([w, ids], registry.get("embedding").make_attrs(None))
+
+
+def test_negative_ids_count_from_the_end():
+    w, ids = rnd(10, 4), np.array([-1, -10, 3], np.int32)
+    out = np.empty((3, 4), np.float32)
     clib.run_op("embedding", [w, ids], None, out)
-    np.testing.assert_array_equal(out[[0, 5]], w[[0, 9]])
-    np.testing.assert_array_equal(out[1:5], 0)
+    np.testing.assert_array_equal(out, w[[9, 0, 3]])
 
 
-def test_index_select_and_gather_out_of_range_do_not_crash():
+@pytest.mark.parametrize("op,index,out_shape", [
+    ("index_select", np.array([1, 99, -99], np.int64), (5, 3)),
+    ("index_select", np.array([6], np.int32), (5, 1)),
+    ("gather", np.full((5, 6), 1000, np.int64), (5, 6)),
+    ("gather", np.full((5, 6), -7, np.int32), (5, 6)),
+])
+def test_index_select_and_gather_out_of_range_is_an_error(op, index, out_shape):
     x = rnd(5, 6)
-    out = np.full((5, 3), 7, np.float32)
-    clib.run_op("index_select", [x, np.array([1, 99, -99], np.int64)], {"axis": 1}, out)
-    np.testing.assert_array_equal(out[:, 0], x[:, 1])
-    np.testing.assert_array_equal(out[:, 1:], 0)
-    out = np.full((5, 6), 7, np.float32)
-    clib.run_op("gather", [x, np.full((5, 6), 1000, np.int64)], {"axis": 1}, out)
-    np.testing.assert_array_equal(out, 0)
+    out = np.full(out_shape, 7, np.float32)
+    with pytest.raises(clib.KernelError, match="index"):
+        clib.run_op(op, [x, index], {"axis": 1}, out)
+    np.testing.assert_array_equal(out, 7)
+    with pytest.raises(ShapeError, match="out of range"):
+        registry.get(op).ref([x, index], registry.get(op).make_attrs({"axis": 1}))
 
 
 def _one_call(op_id: int):
