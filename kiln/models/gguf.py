@@ -150,7 +150,9 @@ def _check_arch(gf: GGUFFile) -> None:
 def checked(gf: GGUFFile) -> GGUFDims:
     """The architecture, then every metadata key and tensor shape (kiln.models.gguf_check), before any build."""
     _check_arch(gf)
-    return check_gguf(gf)
+    if "_checked" not in gf.__dict__:  # once per read file: the token and merge lists are long
+        gf.__dict__["_checked"] = check_gguf(gf)
+    return gf.__dict__["_checked"]
 
 
 def build_config(gf: GGUFFile) -> Any:
@@ -214,8 +216,12 @@ def build_tokenizer(gf: GGUFFile) -> Any:
         raise KilnError(f"{gf.path}: no tokenizer in the file (tokenizer.ggml.tokens missing)")
     if kind != "gpt2":
         return _transformers_tokenizer(gf, kind)
-    backend = _byte_level_bpe(tokens, md.get("tokenizer.ggml.merges") or [], md.get("tokenizer.ggml.token_type"),
-                              md.get("tokenizer.ggml.pre"))
+    checked(gf)  # tokens, merges, token types and special ids (FileFormatError naming the key)
+    try:
+        backend = _byte_level_bpe(tokens, md.get("tokenizer.ggml.merges") or [], md.get("tokenizer.ggml.token_type"),
+                                  md.get("tokenizer.ggml.pre"))
+    except Exception as e:  # the tokenizers library raises a bare Exception on a vocabulary it refuses
+        raise FileFormatError(f"{gf.path}: the tokenizer.ggml.* metadata does not make a BPE tokenizer: {e}") from None
 
     def tok(key: str) -> Optional[str]:
         i = md.get(f"tokenizer.ggml.{key}")

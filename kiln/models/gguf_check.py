@@ -188,9 +188,15 @@ def _check_tokenizer(gf: Any, vocab: int) -> None:
                               or not all(isinstance(x, int) for x in types)):
         raise FileFormatError(f"{where}: tokenizer.ggml.token_type is not one integer per token")
     merges = md.get("tokenizer.ggml.merges")
-    if merges is not None and (not isinstance(merges, list)
-                               or not all(isinstance(m, str) and " " in m for m in merges)):
-        raise FileFormatError(f"{where}: tokenizer.ggml.merges is not a list of 'a b' strings")
+    if merges is not None:
+        if not isinstance(merges, list) or not all(isinstance(m, str) and " " in m for m in merges):
+            raise FileFormatError(f"{where}: tokenizer.ggml.merges is not a list of 'a b' strings")
+        known = set(tokens)
+        for i, m in enumerate(merges):  # a BPE merge joins two tokens into a third, all in the vocabulary
+            a, b = m.split(" ", 1)
+            if a not in known or b not in known or a + b not in known:
+                raise FileFormatError(f"{where}: tokenizer.ggml.merges[{i}] = {m!r} joins tokens not in "
+                                      "tokenizer.ggml.tokens")
     for key in ("bos_token_id", "eos_token_id", "padding_token_id", "unknown_token_id"):
         i = md.get(f"tokenizer.ggml.{key}")
         if i is not None and (isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < vocab):
