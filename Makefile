@@ -43,7 +43,7 @@ fuzz: setup
 	$(BIN)/python -m tests.fuzz --seconds $(FUZZ_SECONDS) --start $$(date +%s) $(FUZZ_ARGS)
 
 fuzz-ci: setup
-	$(BIN)/python -m tests.fuzz --seconds 80 $(FUZZ_ARGS)
+	$(BIN)/python -m tests.fuzz --seconds 70 $(FUZZ_ARGS)
 
 clean:
 	rm -rf build kiln/*.so *.egg-info

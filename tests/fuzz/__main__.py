@@ -17,7 +17,8 @@ def main(argv=None) -> int:
     p.add_argument("--start", type=int, default=0, help="first case number (vary it between runs)")
     p.add_argument("--case-timeout", type=float, default=60.0, help="seconds before a case counts as a hang")
     p.add_argument("--memory-gib", type=float, default=6.0, help="address-space cap per worker (0: none)")
-    p.add_argument("--strict", action="store_true", help="also fail on raw (non-Kiln) exceptions")
+    p.add_argument("--strict", action="store_true",
+                   help="also fail on raw (non-Kiln) exceptions and on outputs that differ from the reference")
     p.add_argument("--workdir", type=Path, default=None, help="where seeds and case files go (default: a temp dir)")
     p.add_argument("--replay", metavar="TARGET:CASE", help="run one case here, with its traceback")
     a = p.parse_args(argv)
@@ -28,7 +29,7 @@ def main(argv=None) -> int:
     report = run([t for t in a.targets.split(",") if t], workdir, seconds=a.seconds, max_cases=a.cases,
                  start=a.start, case_timeout=a.case_timeout, memory_gib=a.memory_gib)
     print(report.text())
-    failed = report.crashes or report.hangs or (a.strict and report.raw)
+    failed = report.crashes or report.hangs or (a.strict and (report.raw or report.wrong))
     return 1 if failed else 0
 
 

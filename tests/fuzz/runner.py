@@ -23,6 +23,7 @@ class Report:
     clean: int = 0
     raw: int = 0
     skipped: int = 0                              # mutations the file writer refused (not run)
+    wrong: list = field(default_factory=list)     # (case id, how): compiled output != the reference
     crashes: list = field(default_factory=list)   # (case id, signal name, last stderr lines)
     hangs: list = field(default_factory=list)     # case ids
     raw_classes: dict = field(default_factory=dict)  # "Type at file:line" -> [count, first case id, message]
@@ -35,7 +36,8 @@ class Report:
         lines = [f"fuzz: {self.cases} cases in {self.seconds:.0f} s ("
                  + ", ".join(f"{t} {n}" for t, n in sorted(self.per_target.items())) + ")",
                  f"  ok {self.ok}, clean errors {self.clean}, raw exceptions {self.raw}, "
-                 f"crashes {len(self.crashes)}, hangs {len(self.hangs)}, skipped {self.skipped}"]
+                 f"wrong outputs {len(self.wrong)}, crashes {len(self.crashes)}, hangs {len(self.hangs)}, "
+                 f"skipped {self.skipped}"]
         if self.raw_classes:
             lines.append("  raw exception classes (replay: python -m tests.fuzz --replay CASE):")
             for what, (n, case, msg) in sorted(self.raw_classes.items(), key=lambda kv: -kv[1][0]):
@@ -44,6 +46,8 @@ class Report:
             lines.append(f"  CRASH {case}: {sig}\n" + "".join(f"      {t}\n" for t in tail))
         for case in self.hangs:
             lines.append(f"  HANG {case}")
+        for case, how in self.wrong[:20]:
+            lines.append(f"  WRONG {case}: {how}")
         return "\n".join(lines)
 
 
@@ -146,6 +150,8 @@ def _record(report: Report, target: str, case: int, res: dict) -> None:
         report.raw += 1
         entry = report.raw_classes.setdefault(res["what"], [0, cid, res.get("message", "")])
         entry[0] += 1
+    elif out == "wrong":
+        report.wrong.append((cid, res.get("message", "")))
     elif out == "crash":
         report.crashes.append((cid, res["what"], res["tail"]))
     else:

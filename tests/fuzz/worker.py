@@ -24,6 +24,32 @@ def case_rng(target: str, case: int) -> np.random.Generator:
     return np.random.default_rng([case, zlib.crc32(target.encode())])
 
 
+class WrongOutput(Exception):
+    """The compiled executor and the numpy reference disagree on a file both accept."""
+
+
+def compare(got: list, want: list) -> None:
+    if len(got) != len(want):
+        raise WrongOutput(f"{len(got)} outputs, the reference has {len(want)}")
+    for i, (a, b) in enumerate(zip(got, want)):
+        a, b = np.asarray(a), np.asarray(b)
+        if a.shape != b.shape or a.dtype != b.dtype:
+            raise WrongOutput(f"output {i}: {a.dtype}{list(a.shape)} vs reference {b.dtype}{list(b.shape)}")
+        if a.dtype.kind == "f":
+            fin = np.isfinite(b)
+            scale = float(np.abs(b[fin]).max()) if fin.any() else 1.0
+            same = np.isclose(a, b, rtol=1e-3, atol=1e-3 * max(scale, 1e-30), equal_nan=True)
+            if not same.all():
+                raise WrongOutput(f"output {i}: {int((~same).sum())} of {a.size} values differ from the reference")
+        elif not np.array_equal(a, b):
+            raise WrongOutput(f"output {i}: values differ from the reference")
+
+
+def zeros_for(t) -> np.ndarray:
+    """A feed for input tensor `t`; a symbolic dim (a mutation may make one) gets size 2."""
+    return np.zeros(tuple(d if isinstance(d, int) else 2 for d in t.shape), t.dtype)
+
+
 class Cases:
     """Builds and runs case `case` of `target` (deterministic: the same id is the same input)."""
 
@@ -52,8 +78,7 @@ class Cases:
             import kiln
             for path in self.kiln_seeds:
                 sess = kiln.load(path)
-                sess.run({n: np.zeros(tuple(int(d) for d in sess.graph.tensors[n].shape), sess.graph.tensors[n].dtype)
-                          for n in sess.input_names})
+                sess.run({n: zeros_for(sess.graph.tensors[n]) for n in sess.input_names})
 
     def prepare(self, target: str, case: int) -> Callable[[], None]:
         """Build case `case`'s input (the mutation) and return what runs it through Kiln."""
@@ -70,9 +95,12 @@ class Cases:
 
         def go():
             sess = kiln.load(path)
-            feeds = {n: np.zeros(tuple(int(d) for d in sess.graph.tensors[n].shape), sess.graph.tensors[n].dtype)
-                     for n in sess.input_names}
-            sess.run(feeds)
+            feeds = {n: zeros_for(sess.graph.tensors[n]) for n in sess.input_names}
+            got = sess.run(feeds)
+            # Differential check: a file the compiled path runs must give what the float64-checked
+            # numpy reference gives (silently wrong output is the worst outcome there is).
+            want = kiln.load(path, executor="reference").run(feeds)
+            compare(got, want)
         return go
 
     def _feeds(self, rng, case):
@@ -122,11 +150,14 @@ def classify(fn: Callable[[], None]) -> dict:
         return {"outcome": "ok"}
     except KilnError as e:
         return {"outcome": "clean", "what": type(e).__name__}
+    except WrongOutput as e:
+        return {"outcome": "wrong", "what": "compiled output differs from the reference", "message": str(e)[:200]}
     except Exception as e:  # noqa: BLE001 (the point: every escape is recorded by class and place)
         frames = traceback.extract_tb(e.__traceback__)
         root = str(Path(__file__).resolve().parents[2])
         ours = [f for f in frames if f.filename.startswith(root) and "/tests/fuzz/" not in f.filename]
-        at = f"{os.path.relpath(ours[-1].filename, root)}:{ours[-1].lineno}" if ours else "outside kiln"
+        last = ours[-1] if ours else frames[-1]
+        at = f"{os.path.relpath(last.filename, root) if last.filename.startswith(root) else last.filename}:{last.lineno}"
         return {"outcome": "raw", "what": f"{type(e).__name__} at {at}", "message": str(e)[:200]}
 
 
