@@ -613,7 +613,7 @@ def test_stale_op_table_is_a_clear_error(monkeypatch):
     lib = clib.lib()
     monkeypatch.setattr(registry, "executable_ops", lambda: ["zzz"] + sorted(registry.REGISTRY)[1:])
     with pytest.raises(BackendError, match="rebuild the C library"):
-        clib._check_abi(lib, "libkiln.so")
+        clib._check_library(lib, "libkiln.so")
 
 
 # -- softmax family: no cancellation at large logits --------------------------------------

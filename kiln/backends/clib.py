@@ -165,7 +165,7 @@ def _load():
         raise BackendError(f"cannot load C kernels {path!r}: {e} (rebuild with `pip install -e .`)") from None
     lib.kiln_run.restype = ctypes.c_int
     try:
-        _check_abi(lib, path)
+        _check_library(lib, path)
     except AttributeError as e:
         raise BackendError(f"{path} lacks {e}: the C library is stale; rebuild the C library "
                            "(`pip install -e .`)") from None
@@ -193,7 +193,7 @@ def _load():
     return lib
 
 
-def _check_abi(lib, path: str) -> None:
+def _check_library(lib, path: str) -> None:
     """The library must speak this ABI and number the ops exactly as the declarations do
     (ids index the kernel table: a library built from other declarations would run the
     wrong kernel on the right-looking call)."""

@@ -122,6 +122,8 @@ class CompiledExecutor:
             try:
                 clib.run_calls(self._calls, self._n, self._slots, prof)
             except clib.KernelError as e:  # name the node; its output (and later ones) are unwritten
+                if not 0 <= e.index < self._n:
+                    raise
                 raise BackendError(f"{self.graph.nodes[self._nodes[e.index]]!r}: {e}") from None
         if profile:
             self.last_profile = Profile.build([(name, op, "c", prof[k] * 1e-9) for k, (name, op) in enumerate(self._ops)])
