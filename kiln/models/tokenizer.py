@@ -193,8 +193,8 @@ def render_chat(tokenizer: Any, messages: Sequence[Mapping[str, Any]], add_gener
         template = template.get("default")
     if not isinstance(template, str) or not template:
         raise KilnError("the tokenizer has no chat template")
-    specials = {k: str(v) for k, v in (getattr(tokenizer, "special_tokens_map", None) or {}).items()
-                if isinstance(v, str)}
+    specials = {k: [str(x) for x in v] if isinstance(v, (list, tuple)) else str(v)  # as transformers passes them
+                for k, v in (getattr(tokenizer, "special_tokens_map", None) or {}).items()}
     context = {**specials, **kwargs, "messages": [dict(m) for m in messages], "tools": None, "documents": None,
                "add_generation_prompt": add_generation_prompt}
     return render_template(template, context)
