@@ -152,7 +152,21 @@ def checked(gf: GGUFFile) -> GGUFDims:
     _check_arch(gf)
     if "_checked" not in gf.__dict__:  # once per read file: the token and merge lists are long
         gf.__dict__["_checked"] = check_gguf(gf)
+        _check_byte_level_bpe(gf.metadata, gf.path)
     return gf.__dict__["_checked"]
+
+
+def _check_byte_level_bpe(md: dict, where: str) -> None:
+    """Tokenizer keys that change how text splits: refused unless build_tokenizer honours them."""
+    if md.get("tokenizer.ggml.model") != "gpt2":
+        return
+    pre = md.get("tokenizer.ggml.pre")
+    if pre not in (None, "default", "gpt2", "smollm", *_SPLITS):  # another split would tokenize differently
+        raise FileFormatError(f"{where}: tokenizer.ggml.pre = {pre!r} is not a pre-tokenizer Kiln knows "
+                              f"(known: gpt2, smollm, {', '.join(_SPLITS)})")
+    if md.get("tokenizer.ggml.add_space_prefix"):
+        raise FileFormatError(f"{where}: tokenizer.ggml.add_space_prefix is set; Kiln's byte-level BPE "
+                              "does not add one")
 
 
 def build_config(gf: GGUFFile) -> Any:

@@ -147,6 +147,8 @@ def _lying_cases():
         ({a + "vocab_size": 7}, {}, "vocab_size = 7 but token_embd.weight has"),
         ({"tokenizer.ggml.eos_token_id": 10**6}, {}, "eos_token_id = 1000000 is not a token id"),
         ({"tokenizer.ggml.merges": [1, 2]}, {}, "merges is not a list"),
+        ({"tokenizer.ggml.pre": "some-new-model"}, {}, "tokenizer.ggml.pre = 'some-new-model' is not"),
+        ({"tokenizer.ggml.add_space_prefix": True}, {}, "add_space_prefix"),
         ({}, {"blk.0.ffn_up.weight": "DROP"}, "tensor blk.0.ffn_up.weight is missing"),
         ({}, {"blk.0.attn_k.weight": np.zeros((3, 5), np.float32)}, r"blk.0.attn_k.weight is \[3, 5\]"),
         ({}, {"rope_freqs.weight": np.ones(8, np.float32)}, "rope_freqs"),
