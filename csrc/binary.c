@@ -141,28 +141,31 @@ static void binary_mixed(const kiln_call *c, const kiln_bcast *bc, int op) {
     }
 }
 
-static void binary(const kiln_call *c, int op) {
-    if (kiln_numel(&c->out) == 0) return;
+static int binary(const kiln_call *c, int op) {
+    KILN_REQUIRE(c->n_in == 2, KILN_ERR_BAD_CALL);
+    KILN_REQUIRE(kiln_broadcasts(&c->in[0], &c->out) && kiln_broadcasts(&c->in[1], &c->out), KILN_ERR_SHAPE);
+    if (kiln_numel(&c->out) == 0) return KILN_OK;
     const kiln_tensor *ins[2] = {&c->in[0], &c->in[1]};
     kiln_bcast bc;
     kiln_bcast_init(&bc, &c->out, ins, 2);
     int dt = c->out.dtype;
     if (c->in[0].dtype != dt || c->in[1].dtype != dt || dt == KILN_BOOL) {
         binary_mixed(c, &bc, op);
-        return;
+        return KILN_OK;
     }
     const row_fn *tab = dt == KILN_FLOAT32 ? F32 : dt == KILN_INT64 ? I64 : I32;
     run_rows(&bc, tab[op], (char *)c->out.data, (const char *)c->in[0].data, (const char *)c->in[1].data,
              kiln_itemsize(dt));
+    return KILN_OK;
 }
 
-void kiln_k_add(const kiln_call *c) { binary(c, B_ADD); }
-void kiln_k_sub(const kiln_call *c) { binary(c, B_SUB); }
-void kiln_k_mul(const kiln_call *c) { binary(c, B_MUL); }
-void kiln_k_div(const kiln_call *c) { binary(c, B_DIV); }
-void kiln_k_pow(const kiln_call *c) { binary(c, B_POW); }
-void kiln_k_maximum(const kiln_call *c) { binary(c, B_MAX); }
-void kiln_k_minimum(const kiln_call *c) { binary(c, B_MIN); }
+int kiln_k_add(const kiln_call *c) { return binary(c, B_ADD); }
+int kiln_k_sub(const kiln_call *c) { return binary(c, B_SUB); }
+int kiln_k_mul(const kiln_call *c) { return binary(c, B_MUL); }
+int kiln_k_div(const kiln_call *c) { return binary(c, B_DIV); }
+int kiln_k_pow(const kiln_call *c) { return binary(c, B_POW); }
+int kiln_k_maximum(const kiln_call *c) { return binary(c, B_MAX); }
+int kiln_k_minimum(const kiln_call *c) { return binary(c, B_MIN); }
 
 /* -- where(cond, a, b) ------------------------------------------------------------------ */
 #define WHERE_ROW(T)                                                                \
@@ -173,9 +176,12 @@ void kiln_k_minimum(const kiln_call *c) { binary(c, B_MIN); }
             o[i] = cd[i * sc] ? a[i * sa] : b[i * sb];                              \
     } while (0)
 
-void kiln_k_where(const kiln_call *c) {
+int kiln_k_where(const kiln_call *c) {
+    KILN_REQUIRE(c->n_in == 3, KILN_ERR_BAD_CALL);
     const kiln_tensor *C = &c->in[0], *A = &c->in[1], *B = &c->in[2], *O = &c->out;
-    if (kiln_numel(O) == 0) return;
+    KILN_REQUIRE(C->dtype == KILN_BOOL && kiln_broadcasts(C, O) && kiln_broadcasts(A, O) && kiln_broadcasts(B, O),
+                 KILN_ERR_SHAPE);
+    if (kiln_numel(O) == 0) return KILN_OK;
     const kiln_tensor *ins[3] = {C, A, B};
     kiln_bcast bc;
     kiln_bcast_init(&bc, O, ins, 3);
@@ -202,4 +208,5 @@ void kiln_k_where(const kiln_call *c) {
                                cd[i * sc] ? kiln_load_i64(A->data, A->dtype, off[2] + i * sa)
                                           : kiln_load_i64(B->data, B->dtype, off[3] + i * sb));
     }
+    return KILN_OK;
 }

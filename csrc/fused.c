@@ -7,13 +7,23 @@
 
 /* out = act(gate) * up; one input: gate and up are the two halves of its last axis.
  * Safe when out == gate (two-input form: same index read before write). */
-void kiln_k_gated_act(const kiln_call *c) {
-    int act = (int)((const kiln_gated_act_params *)c->params)->act;
+int kiln_k_gated_act(const kiln_call *c) {
+    KILN_REQUIRE((c->n_in == 1 || c->n_in == 2) && c->params, KILN_ERR_BAD_CALL);
+    int64_t a = ((const kiln_gated_act_params *)c->params)->act;
+    KILN_REQUIRE(a >= KILN_ACT_NONE && a <= KILN_ACT_SILU, KILN_ERR_PARAM);
+    int act = (int)a;
     const kiln_tensor *O = &c->out;
-    int64_t n = O->ndim ? O->shape[O->ndim - 1] : 1;
-    if (n == 0 || kiln_numel(O) == 0) return;
-    int64_t rows = kiln_numel(O) / n;
     int packed = c->n_in < 2;
+    KILN_REQUIRE(O->ndim >= 1 && O->dtype == KILN_FLOAT32, KILN_ERR_SHAPE);
+    int64_t n = O->shape[O->ndim - 1];
+    for (int k = 0; k < c->n_in; k++) {  /* packed: [..., 2n] -> [..., n]; else gate, up and out alike */
+        const kiln_tensor *X = &c->in[k];
+        KILN_REQUIRE(X->dtype == KILN_FLOAT32 && X->ndim == O->ndim, KILN_ERR_SHAPE);
+        for (int d = 0; d < O->ndim; d++)
+            KILN_REQUIRE(X->shape[d] == (packed && d == O->ndim - 1 ? 2 * n : O->shape[d]), KILN_ERR_SHAPE);
+    }
+    if (n == 0 || kiln_numel(O) == 0) return KILN_OK;
+    int64_t rows = kiln_numel(O) / n;
     int64_t stride = packed ? 2 * n : n;
     const float *G = (const float *)c->in[0].data;
     const float *U = packed ? G + n : (const float *)c->in[1].data;
@@ -30,15 +40,22 @@ void kiln_k_gated_act(const kiln_call *c) {
         default: GATED_ROW(KILN_ACT_NONE) break;
         }
     }
+    return KILN_OK;
 }
 
 /* rope, rotate-half form over [..., S, D] with cos/sin [S, D]:
  * out[:h] = x[:h]*cos[:h] - x[h:]*sin[:h]; out[h:] = x[h:]*cos[h:] + x[:h]*sin[h:]. */
-void kiln_k_rope(const kiln_call *c) {
-    const kiln_tensor *X = &c->in[0];
-    if (X->ndim < 2) return;
+int kiln_k_rope(const kiln_call *c) {
+    KILN_REQUIRE(c->n_in == 3, KILN_ERR_BAD_CALL);
+    const kiln_tensor *X = &c->in[0], *O = &c->out;
+    KILN_REQUIRE(X->ndim >= 2 && X->dtype == KILN_FLOAT32 && O->dtype == KILN_FLOAT32 &&
+                 kiln_numel(O) == kiln_numel(X), KILN_ERR_SHAPE);
     int64_t S = X->shape[X->ndim - 2], D = X->shape[X->ndim - 1], h = D / 2;
-    if (S * D == 0) return;
+    /* an odd D would leave the last column unwritten; cos/sin must cover [S, D] */
+    for (int k = 1; k < 3; k++)
+        KILN_REQUIRE(c->in[k].dtype == KILN_FLOAT32 && kiln_numel(&c->in[k]) == S * D, KILN_ERR_SHAPE);
+    KILN_REQUIRE(D % 2 == 0, KILN_ERR_SHAPE);
+    if (S * D == 0 || kiln_numel(X) == 0) return KILN_OK;
     int64_t rows = kiln_numel(X) / D;
     const float *cs = (const float *)c->in[1].data, *sn = (const float *)c->in[2].data;
 #pragma omp parallel for schedule(static) if(rows > 1 && rows * D >= KILN_PAR_MIN)
@@ -54,4 +71,5 @@ void kiln_k_rope(const kiln_call *c) {
             o[i + h] = b * cr[i + h] + a * sr[i + h];
         }
     }
+    return KILN_OK;
 }

@@ -1,25 +1,40 @@
 /* Indexed reads: embedding, index_select, gather. Indices may be int64 or int32;
- * negative indices count from the end (as the numpy reference does). An index
- * still out of range never reads out of bounds: its output is zeros. */
+ * negative indices count from the end (as the numpy reference does). Every index is
+ * checked before anything is written: one out of range fails the call with
+ * KILN_ERR_INDEX (never a zero row, never a read outside the table). */
 #include "kiln.h"
 
 static inline int64_t load_index(const kiln_tensor *t, int64_t i) {
     return t->dtype == KILN_INT32 ? ((const int32_t *)t->data)[i] : ((const int64_t *)t->data)[i];
 }
 
-/* -1 when out of range */
-static inline int64_t fix_index(int64_t v, int64_t n) {
-    if (v < 0) v += n;
-    return (v >= 0 && v < n) ? v : -1;
+static inline int64_t fix_index(int64_t v, int64_t n) { return v < 0 ? v + n : v; }
+
+/* KILN_OK when every index lies in [-n, n). Serial: one cheap pass before the parallel copy. */
+static int check_indices(const kiln_tensor *I, int64_t n) {
+    KILN_REQUIRE(I->dtype == KILN_INT64 || I->dtype == KILN_INT32, KILN_ERR_SHAPE);
+    int64_t m = kiln_numel(I);
+    for (int64_t j = 0; j < m; j++) {
+        int64_t v = load_index(I, j);
+        KILN_REQUIRE(v >= -n && v < n, KILN_ERR_INDEX);
+    }
+    return KILN_OK;
 }
 
-static void take(const kiln_tensor *X, const kiln_tensor *I, const kiln_tensor *O, int ax) {
-    /* out[o, j, :] = x[o, idx[j], :] with idx flat */
+/* out = x.shape[:ax] + idx.shape + x.shape[ax+1:]: out[o, j, :] = x[o, idx[j], :] with idx flat */
+static int take(const kiln_tensor *X, const kiln_tensor *I, const kiln_tensor *O, int ax) {
+    KILN_REQUIRE(ax >= 0 && ax < X->ndim, KILN_ERR_PARAM);
+    KILN_REQUIRE(O->dtype == X->dtype && O->ndim == X->ndim - 1 + I->ndim, KILN_ERR_SHAPE);
+    for (int d = 0; d < O->ndim; d++) {
+        int64_t want = d < ax ? X->shape[d] : d < ax + I->ndim ? I->shape[d - ax] : X->shape[d - I->ndim + 1];
+        KILN_REQUIRE(O->shape[d] == want, KILN_ERR_SHAPE);
+    }
     int64_t esz = kiln_itemsize(X->dtype);
     int64_t outer = kiln_prod(X->shape, 0, ax), n = X->shape[ax];
     int64_t inner = kiln_prod(X->shape, ax + 1, X->ndim) * esz;
     int64_t nidx = kiln_numel(I);
-    if (kiln_numel(O) * esz < outer * nidx * inner) return; /* shapes disagree: write nothing */
+    int rc = check_indices(I, n);
+    if (rc != KILN_OK) return rc;
     const char *src = (const char *)X->data;
     char *dst = (char *)O->data;
     int64_t tasks = outer * nidx;
@@ -27,51 +42,63 @@ static void take(const kiln_tensor *X, const kiln_tensor *I, const kiln_tensor *
     for (int64_t t = 0; t < tasks; t++) {
         int64_t o = t / nidx, j = t % nidx;
         int64_t v = fix_index(load_index(I, j), n);
-        if (v < 0) memset(dst + t * inner, 0, (size_t)inner);
-        else memcpy(dst + t * inner, src + (o * n + v) * inner, (size_t)inner);
+        memcpy(dst + t * inner, src + (o * n + v) * inner, (size_t)inner);
     }
+    return KILN_OK;
 }
 
-void kiln_k_embedding(const kiln_call *c) {
+int kiln_k_embedding(const kiln_call *c) {
     /* weight [V, D], ids [...] -> [..., D] */
-    if (c->in[0].ndim != 2) return;
-    take(&c->in[0], &c->in[1], &c->out, 0);
+    KILN_REQUIRE(c->n_in == 2, KILN_ERR_BAD_CALL);
+    KILN_REQUIRE(c->in[0].ndim == 2, KILN_ERR_SHAPE);
+    return take(&c->in[0], &c->in[1], &c->out, 0);
 }
 
-void kiln_k_index_select(const kiln_call *c) {
-    int ax = (int)((const kiln_index_select_params *)c->params)->axis;
-    if (ax < 0 || ax >= c->in[0].ndim) return;
-    take(&c->in[0], &c->in[1], &c->out, ax);
+int kiln_k_index_select(const kiln_call *c) {
+    KILN_REQUIRE(c->n_in == 2 && c->params, KILN_ERR_BAD_CALL);
+    int64_t ax = ((const kiln_index_select_params *)c->params)->axis;
+    KILN_REQUIRE(ax >= 0 && ax < c->in[0].ndim, KILN_ERR_PARAM);
+    KILN_REQUIRE(c->in[1].ndim == 1, KILN_ERR_SHAPE);
+    return take(&c->in[0], &c->in[1], &c->out, (int)ax);
 }
 
-/* torch.gather: out[i0..ik..] = x[i0..idx[i]..] along axis; other coords shared with idx */
-void kiln_k_gather(const kiln_call *c) {
+/* torch.gather: out[i0..ik..] = x[i0..idx[i]..] along axis; other coords shared with idx
+ * (x may be larger than idx off the axis, as torch allows, or size 1: broadcast). */
+int kiln_k_gather(const kiln_call *c) {
+    KILN_REQUIRE(c->n_in == 2 && c->params, KILN_ERR_BAD_CALL);
     const kiln_tensor *X = &c->in[0], *I = &c->in[1], *O = &c->out;
-    int ax = (int)((const kiln_gather_params *)c->params)->axis;
+    int64_t axis = ((const kiln_gather_params *)c->params)->axis;
     int nd = O->ndim;
-    if (ax < 0 || ax >= nd || X->ndim != nd) return;
+    KILN_REQUIRE(axis >= 0 && axis < nd, KILN_ERR_PARAM);
+    int ax = (int)axis;
+    KILN_REQUIRE(X->ndim == nd && I->ndim == nd && O->dtype == X->dtype, KILN_ERR_SHAPE);
+    for (int d = 0; d < nd; d++) {
+        KILN_REQUIRE(I->shape[d] == O->shape[d], KILN_ERR_SHAPE);
+        KILN_REQUIRE(d == ax || X->shape[d] == 1 || O->shape[d] <= X->shape[d], KILN_ERR_SHAPE);
+    }
+    int64_t total = kiln_numel(O), n = X->shape[ax];
+    int rc = check_indices(I, n);
+    if (rc != KILN_OK) return rc;
     int64_t esz = kiln_itemsize(X->dtype);
     int64_t xst[KILN_MAX_DIMS];
     for (int d = nd - 1, run = 1; d >= 0; d--) {
         xst[d] = run;
         run *= X->shape[d];
     }
-    int64_t total = kiln_numel(O), n = X->shape[ax];
     const char *src = (const char *)X->data;
     char *dst = (char *)O->data;
 #pragma omp parallel for schedule(static) if(total >= KILN_PAR_MIN)
     for (int64_t e = 0; e < total; e++) {
-        int64_t r = e, off = 0, ok = 1;
+        int64_t r = e, off = 0;
         for (int d = nd - 1; d >= 0; d--) {
             int64_t i = r % O->shape[d];
             r /= O->shape[d];
             if (d == ax) continue;
             if (X->shape[d] == 1) i = 0;          /* numpy broadcasts x's size-1 dims */
-            else if (i >= X->shape[d]) ok = 0;
             off += i * xst[d];
         }
         int64_t v = fix_index(load_index(I, e), n);
-        if (v < 0 || !ok) memset(dst + e * esz, 0, (size_t)esz);
-        else memcpy(dst + e * esz, src + (off + v * xst[ax]) * esz, (size_t)esz);
+        memcpy(dst + e * esz, src + (off + v * xst[ax]) * esz, (size_t)esz);
     }
+    return KILN_OK;
 }

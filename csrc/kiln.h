@@ -13,12 +13,27 @@
 
 #include "kiln_ops.h"
 
-#define KILN_ABI_VERSION 1
+#define KILN_ABI_VERSION 2
 
-/* Error codes returned by kiln_run (negative; 0 is success). */
-#define KILN_ERR_BAD_OP (-1)
-#define KILN_ERR_NO_KERNEL (-2)
-#define KILN_ERR_BAD_CALL (-3)
+/* Status codes: kernels and kiln_run return 0 or one of these (kiln_strerror names
+ * them). A kernel that returns an error has written nothing it promises; kiln_run
+ * stops at the first failing call and reports its index, so no caller ever reads an
+ * output a kernel left unwritten. */
+#define KILN_OK 0
+#define KILN_ERR_BAD_OP (-1)      /* op id out of range */
+#define KILN_ERR_NO_KERNEL (-2)   /* no kernel for the op */
+#define KILN_ERR_BAD_CALL (-3)    /* NULL call/slot array, n_in out of range */
+#define KILN_ERR_TENSOR (-4)      /* a tensor's rank, shape, dtype and byte size disagree */
+#define KILN_ERR_SHAPE (-5)       /* operand shapes or dtypes the op cannot combine */
+#define KILN_ERR_PARAM (-6)       /* a param (axis, perm, step, activation, ...) out of range */
+#define KILN_ERR_INDEX (-7)       /* an index or position read from a tensor is out of range */
+#define KILN_ERR_UNSUPPORTED (-8) /* sizes this kernel has no path for */
+
+/* Kernels check before they write: return `err` unless `cond` holds. */
+#define KILN_REQUIRE(cond, err)       \
+    do {                              \
+        if (!(cond)) return (err);    \
+    } while (0)
 
 /* Below this many elements a kernel runs on one thread: OpenMP fork/join
  * (~2-5 us) costs more than the work. */
@@ -30,7 +45,10 @@
 extern "C" {
 #endif
 
-int kiln_run(kiln_call *calls, int64_t n, void *const *slots, int64_t *prof_ns);
+int kiln_run(kiln_call *calls, int64_t n, void *const *slots, int64_t *prof_ns, int64_t *failed_at);
+const char *kiln_strerror(int code);
+int64_t kiln_num_ops(void);
+const char *kiln_op_name(int64_t id);
 void kiln_set_num_threads(int n);
 int kiln_get_num_threads(void);
 int kiln_set_blas(void *sgemm, void *set_threads);
@@ -137,8 +155,11 @@ static inline void kiln_bcast_row(const kiln_bcast *bc, int64_t r, int64_t *off)
         for (int k = 0; k < bc->nops; k++) off[k] += i * bc->st[k][d];
     }
 }
-/* Copy `in` broadcast to `out`'s shape (same dtype); used by expand and matmul's bias. */
-void kiln_broadcast_copy(const kiln_tensor *out, const kiln_tensor *in);
+/* 1 when `in` broadcasts to `out`'s shape (numpy rules: aligned from the right, each dim 1 or equal). */
+int kiln_broadcasts(const kiln_tensor *in, const kiln_tensor *out);
+/* Copy `in` broadcast to `out`'s shape (same dtype); used by expand and matmul's bias.
+ * KILN_ERR_SHAPE unless kiln_broadcasts(in, out) and the dtypes match. */
+int kiln_broadcast_copy(const kiln_tensor *out, const kiln_tensor *in);
 
 /* Fast float32 exp for vectorized loops (max rel. error ~2 ulp). */
 float kiln_expf_scalar(float x);

@@ -208,18 +208,33 @@ static void epilogue(float *o, int64_t rows, int64_t n, int act) {
     for (int64_t r = 0; r < rows; r++) kiln_act_span(o + r * n, n, act);
 }
 
-void kiln_k_matmul(const kiln_call *c) {
+/* 1 when t's batch dims (all but the last two) broadcast to out's. */
+static int batch_broadcasts(const kiln_tensor *t, const kiln_tensor *out) {
+    int nt = t->ndim - 2, no = out->ndim - 2;
+    if (nt > no) return 0;
+    for (int d = 0; d < nt; d++)
+        if (t->shape[d] != 1 && t->shape[d] != out->shape[no - nt + d]) return 0;
+    return 1;
+}
+
+int kiln_k_matmul(const kiln_call *c) {
+    KILN_REQUIRE((c->n_in == 2 || c->n_in == 3) && c->params, KILN_ERR_BAD_CALL);
     const kiln_matmul_params *p = (const kiln_matmul_params *)c->params;
     const kiln_tensor *A = &c->in[0], *B = &c->in[1], *O = &c->out;
-    int tb = p->transpose_b != 0;
-    if (A->ndim < 2 || B->ndim < 2 || O->ndim < 2) return;
+    KILN_REQUIRE((p->transpose_b == 0 || p->transpose_b == 1) && p->act >= KILN_ACT_NONE && p->act <= KILN_ACT_SILU,
+                 KILN_ERR_PARAM);
+    int tb = (int)p->transpose_b;
+    KILN_REQUIRE(A->ndim >= 2 && B->ndim >= 2 && O->ndim >= 2, KILN_ERR_SHAPE);
+    KILN_REQUIRE(A->dtype == KILN_FLOAT32 && B->dtype == KILN_FLOAT32 && O->dtype == KILN_FLOAT32, KILN_ERR_SHAPE);
     int64_t M = A->shape[A->ndim - 2], K = A->shape[A->ndim - 1];
     int64_t N = tb ? B->shape[B->ndim - 2] : B->shape[B->ndim - 1];
     int64_t Kb = tb ? B->shape[B->ndim - 1] : B->shape[B->ndim - 2];
-    if (Kb != K || O->shape[O->ndim - 2] != M || O->shape[O->ndim - 1] != N) return;
+    KILN_REQUIRE(Kb == K && O->shape[O->ndim - 2] == M && O->shape[O->ndim - 1] == N, KILN_ERR_SHAPE);
+    KILN_REQUIRE(batch_broadcasts(A, O) && batch_broadcasts(B, O), KILN_ERR_SHAPE);
     float beta = 0.0f;
     if (c->n_in > 2 && c->in[2].data) {
-        kiln_broadcast_copy(O, &c->in[2]);
+        int rc = kiln_broadcast_copy(O, &c->in[2]);
+        if (rc != KILN_OK) return rc;
         beta = p->beta;
     }
     const float *a = (const float *)A->data, *b = (const float *)B->data;
@@ -227,12 +242,12 @@ void kiln_k_matmul(const kiln_call *c) {
     int nb = O->ndim - 2;
     int64_t batch = kiln_prod(O->shape, 0, nb);
     int64_t a_batch = kiln_prod(A->shape, 0, A->ndim - 2), b_batch = kiln_prod(B->shape, 0, B->ndim - 2);
-    if (batch == 0) return;
+    if (batch == 0) return KILN_OK;
     if (b_batch == 1 && a_batch == batch) {
         /* B shared by every batch entry: one GEMM over all rows */
         gemm(tb, batch * M, N, K, p->alpha, a, b, beta, o, &c->scratch);
         epilogue(o, batch * M, N, (int)p->act);
-        return;
+        return KILN_OK;
     }
     /* broadcast batch strides (in matrices) for A and B over out's batch dims */
     int64_t sa[KILN_MAX_DIMS], sb[KILN_MAX_DIMS];
@@ -255,4 +270,5 @@ void kiln_k_matmul(const kiln_call *c) {
         gemm(tb, M, N, K, p->alpha, a + ia * M * K, b + ib * K * N, beta, o + i * M * N, &c->scratch);
     }
     epilogue(o, batch * M, N, (int)p->act);
+    return KILN_OK;
 }

@@ -13,12 +13,14 @@ static void par_memcpy(void *dst, const void *src, int64_t nbytes) {
     }
 }
 
-void kiln_k_copy(const kiln_call *c) {
-    int64_t n = c->out.nbytes < c->in[0].nbytes ? c->out.nbytes : c->in[0].nbytes;
-    par_memcpy(c->out.data, c->in[0].data, n);
+int kiln_k_copy(const kiln_call *c) {
+    KILN_REQUIRE(c->n_in == 1, KILN_ERR_BAD_CALL);
+    KILN_REQUIRE(c->out.nbytes == c->in[0].nbytes && c->out.dtype == c->in[0].dtype, KILN_ERR_SHAPE);
+    par_memcpy(c->out.data, c->in[0].data, c->out.nbytes);
+    return KILN_OK;
 }
 
-void kiln_k_reshape(const kiln_call *c) { kiln_k_copy(c); }
+int kiln_k_reshape(const kiln_call *c) { return kiln_k_copy(c); }
 
 /* Copy one strided row of n elements (source stride `s` elements) for element size esz. */
 static inline void strided_row(char *dst, const char *src, int64_t n, int64_t s, int64_t esz) {
@@ -48,8 +50,9 @@ static inline void strided_row(char *dst, const char *src, int64_t n, int64_t s,
 }
 
 /* out[...] = in[...] broadcast (same dtype). */
-void kiln_broadcast_copy(const kiln_tensor *out, const kiln_tensor *in) {
-    if (kiln_numel(out) == 0) return;
+int kiln_broadcast_copy(const kiln_tensor *out, const kiln_tensor *in) {
+    KILN_REQUIRE(in->dtype == out->dtype && kiln_broadcasts(in, out), KILN_ERR_SHAPE);
+    if (kiln_numel(out) == 0) return KILN_OK;
     const kiln_tensor *ins[1] = {in};
     kiln_bcast bc;
     kiln_bcast_init(&bc, out, ins, 1);
@@ -70,17 +73,29 @@ void kiln_broadcast_copy(const kiln_tensor *out, const kiln_tensor *in) {
         } else
             for (int64_t i = 0; i < n; i++) memcpy(d + i * esz, p, (size_t)esz);
     }
+    return KILN_OK;
 }
 
-void kiln_k_expand(const kiln_call *c) { kiln_broadcast_copy(&c->out, &c->in[0]); }
+int kiln_k_expand(const kiln_call *c) {
+    KILN_REQUIRE(c->n_in == 1, KILN_ERR_BAD_CALL);
+    return kiln_broadcast_copy(&c->out, &c->in[0]);
+}
 
 /* -- permute ------------------------------------------------------------------------ */
-void kiln_k_permute(const kiln_call *c) {
+int kiln_k_permute(const kiln_call *c) {
+    KILN_REQUIRE(c->n_in == 1 && c->params, KILN_ERR_BAD_CALL);
     const kiln_tensor *X = &c->in[0], *O = &c->out;
     const int64_t *perm = ((const kiln_permute_params *)c->params)->perm;
     int nd = X->ndim;
+    KILN_REQUIRE(O->ndim == nd && O->dtype == X->dtype, KILN_ERR_SHAPE);
+    int seen[KILN_MAX_DIMS] = {0};
+    for (int d = 0; d < nd; d++) {   /* a permutation of 0..nd-1 */
+        KILN_REQUIRE(perm[d] >= 0 && perm[d] < nd && !seen[perm[d]], KILN_ERR_PARAM);
+        seen[perm[d]] = 1;
+        KILN_REQUIRE(O->shape[d] == X->shape[perm[d]], KILN_ERR_SHAPE);
+    }
     int64_t esz = kiln_itemsize(X->dtype);
-    if (kiln_numel(O) == 0) return;
+    if (kiln_numel(O) == 0) return KILN_OK;
     int64_t xst[KILN_MAX_DIMS];
     for (int d = nd - 1, run = 1; d >= 0; d--) {
         xst[d] = run;
@@ -90,7 +105,7 @@ void kiln_k_permute(const kiln_call *c) {
     int m = 0;
     int64_t shp[KILN_MAX_DIMS], st[KILN_MAX_DIMS];
     for (int d = 0; d < nd; d++) {
-        int64_t p = perm[d] >= 0 && perm[d] < nd ? perm[d] : d;
+        int64_t p = perm[d];
         int64_t sz = X->shape[p], s = xst[p];
         if (sz == 1) continue;
         if (m > 0 && st[m - 1] == s * sz) {
@@ -104,7 +119,7 @@ void kiln_k_permute(const kiln_call *c) {
     }
     if (m <= 1 && (m == 0 || st[0] == 1)) {
         par_memcpy(O->data, X->data, kiln_numel(O) * esz);
-        return;
+        return KILN_OK;
     }
     const char *src = (const char *)X->data;
     char *dst = (char *)O->data;
@@ -145,7 +160,7 @@ void kiln_k_permute(const kiln_call *c) {
                     for (int64_t i = i0; i < i1; i++) d8[j * sj + i] = s8[j + i * s_in];
             }
         }
-        return;
+        return KILN_OK;
     }
     int64_t rows = kiln_prod(shp, 0, m - 1);
 #pragma omp parallel for schedule(static) if(rows * inner >= KILN_PAR_MIN && rows > 1)
@@ -157,50 +172,68 @@ void kiln_k_permute(const kiln_call *c) {
         }
         strided_row(dst + r * inner * esz, src + so * esz, inner, s_in, esz);
     }
+    return KILN_OK;
 }
 
 /* -- slice ---------------------------------------------------------------------------- */
-void kiln_k_slice(const kiln_call *c) {
+int kiln_k_slice(const kiln_call *c) {
+    KILN_REQUIRE(c->n_in == 1 && c->params, KILN_ERR_BAD_CALL);
     const kiln_slice_params *p = (const kiln_slice_params *)c->params;
     const kiln_tensor *X = &c->in[0], *O = &c->out;
+    KILN_REQUIRE(p->axis >= 0 && p->axis < X->ndim && p->step >= 1, KILN_ERR_PARAM);
     int ax = (int)p->axis;
-    if (ax < 0 || ax >= X->ndim || kiln_numel(O) == 0) return;
+    KILN_REQUIRE(O->ndim == X->ndim && O->dtype == X->dtype, KILN_ERR_SHAPE);
+    for (int d = 0; d < X->ndim; d++) KILN_REQUIRE(d == ax || O->shape[d] == X->shape[d], KILN_ERR_SHAPE);
+    if (kiln_numel(O) == 0) return KILN_OK;
     int64_t esz = kiln_itemsize(X->dtype);
     int64_t outer = kiln_prod(X->shape, 0, ax), lin = X->shape[ax], lout = O->shape[ax];
     int64_t inner = kiln_prod(X->shape, ax + 1, X->ndim) * esz;
-    int64_t start = p->start, step = p->step < 1 ? 1 : p->step;
-    if (start < 0 || start + (lout - 1) * step >= lin) return; /* bad params: never read out of bounds */
+    int64_t start = p->start, step = p->step;
+    /* the last element read, start + (lout - 1) * step, must lie in [0, lin) (no overflow: lout <= numel) */
+    KILN_REQUIRE(start >= 0 && start < lin && (lout - 1) <= (lin - 1 - start) / step, KILN_ERR_PARAM);
     const char *src = (const char *)X->data;
     char *dst = (char *)O->data;
     if (step == 1) {
 #pragma omp parallel for schedule(static) if(outer > 1 && outer * lout * inner >= 4 * KILN_PAR_MIN)
         for (int64_t o = 0; o < outer; o++)
             memcpy(dst + o * lout * inner, src + (o * lin + start) * inner, (size_t)(lout * inner));
-        return;
+        return KILN_OK;
     }
 #pragma omp parallel for schedule(static) if(outer * lout > 1 && outer * lout * inner >= 4 * KILN_PAR_MIN)
     for (int64_t t = 0; t < outer * lout; t++) {
         int64_t o = t / lout, j = t % lout;
         memcpy(dst + t * inner, src + (o * lin + start + j * step) * inner, (size_t)inner);
     }
+    return KILN_OK;
 }
 
 /* -- concat ----------------------------------------------------------------------------- */
-void kiln_k_concat(const kiln_call *c) {
+int kiln_k_concat(const kiln_call *c) {
+    KILN_REQUIRE(c->n_in >= 1 && c->params, KILN_ERR_BAD_CALL);
     const kiln_tensor *O = &c->out;
-    int ax = (int)((const kiln_concat_params *)c->params)->axis;
-    if (ax < 0 || ax >= O->ndim || kiln_numel(O) == 0) return;
+    int64_t axis = ((const kiln_concat_params *)c->params)->axis;
+    KILN_REQUIRE(axis >= 0 && axis < O->ndim, KILN_ERR_PARAM);
+    int ax = (int)axis;
+    int64_t along = 0;   /* inputs: same rank and dtype as out, same off-axis dims, axis sizes sum to out's */
+    for (int k = 0; k < c->n_in; k++) {
+        const kiln_tensor *X = &c->in[k];
+        KILN_REQUIRE(X->ndim == O->ndim && X->dtype == O->dtype, KILN_ERR_SHAPE);
+        for (int d = 0; d < O->ndim; d++) KILN_REQUIRE(d == ax || X->shape[d] == O->shape[d], KILN_ERR_SHAPE);
+        along += X->shape[ax];
+    }
+    KILN_REQUIRE(along == O->shape[ax], KILN_ERR_SHAPE);
+    if (kiln_numel(O) == 0) return KILN_OK;
     int64_t esz = kiln_itemsize(O->dtype);
     int64_t outer = kiln_prod(O->shape, 0, ax), inner = kiln_prod(O->shape, ax + 1, O->ndim) * esz;
     int64_t orow = O->shape[ax] * inner, base = 0;
     for (int k = 0; k < c->n_in; k++) {
         const kiln_tensor *X = &c->in[k];
-        int64_t xrow = (X->ndim > ax ? X->shape[ax] : 0) * inner;
-        if (base + xrow > orow) xrow = orow - base;
+        int64_t xrow = X->shape[ax] * inner;
         const char *src = (const char *)X->data;
         char *dst = (char *)O->data + base;
 #pragma omp parallel for schedule(static) if(outer > 1 && outer * xrow >= 4 * KILN_PAR_MIN)
         for (int64_t o = 0; o < outer; o++) memcpy(dst + o * orow, src + o * xrow, (size_t)xrow);
         base += xrow;
     }
+    return KILN_OK;
 }

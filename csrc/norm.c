@@ -4,10 +4,15 @@
 
 #include "kiln.h"
 
-static void norm(const kiln_call *c, int layer, float eps) {
+static int norm(const kiln_call *c, int layer, float eps) {
+    KILN_REQUIRE(c->n_in >= 1 && c->n_in <= 3, KILN_ERR_BAD_CALL);
     const kiln_tensor *X = &c->in[0];
     int64_t D = X->ndim ? X->shape[X->ndim - 1] : 1;
-    if (D == 0) return;
+    KILN_REQUIRE(X->dtype == KILN_FLOAT32 && c->out.dtype == KILN_FLOAT32 && kiln_numel(&c->out) == kiln_numel(X),
+                 KILN_ERR_SHAPE);
+    for (int k = 1; k < c->n_in; k++)   /* weight (and bias): D floats */
+        KILN_REQUIRE(c->in[k].dtype == KILN_FLOAT32 && kiln_numel(&c->in[k]) == D, KILN_ERR_SHAPE);
+    if (D == 0) return KILN_OK;
     int64_t rows = kiln_numel(X) / D;
     const float *w = c->n_in > 1 ? (const float *)c->in[1].data : NULL;
     const float *b = (layer && c->n_in > 2) ? (const float *)c->in[2].data : NULL;
@@ -48,7 +53,12 @@ static void norm(const kiln_call *c, int layer, float eps) {
             for (int64_t i = 0; i < D; i++) y[i] = (x[i] - mf) * rstd;
         }
     }
+    return KILN_OK;
 }
 
-void kiln_k_layer_norm(const kiln_call *c) { norm(c, 1, ((const kiln_layer_norm_params *)c->params)->eps); }
-void kiln_k_rms_norm(const kiln_call *c) { norm(c, 0, ((const kiln_rms_norm_params *)c->params)->eps); }
+int kiln_k_layer_norm(const kiln_call *c) {
+    return c->params ? norm(c, 1, ((const kiln_layer_norm_params *)c->params)->eps) : KILN_ERR_BAD_CALL;
+}
+int kiln_k_rms_norm(const kiln_call *c) {
+    return c->params ? norm(c, 0, ((const kiln_rms_norm_params *)c->params)->eps) : KILN_ERR_BAD_CALL;
+}

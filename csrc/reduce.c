@@ -14,12 +14,20 @@ enum { R_SUM, R_MEAN, R_MAX };
 
 static int64_t ld(const kiln_tensor *t, int64_t i) { return kiln_load_i64(t->data, t->dtype, i); }
 
-static void reduce(const kiln_call *c, int kind, int64_t mask) {
+static int reduce(const kiln_call *c, int kind, int64_t mask) {
+    KILN_REQUIRE(c->n_in == 1, KILN_ERR_BAD_CALL);
     const kiln_tensor *X = &c->in[0], *O = &c->out;
     int nd = X->ndim;
     int64_t nout = kiln_numel(O), nin = kiln_numel(X);
-    if (nout == 0) return;
     int isf = X->dtype == KILN_FLOAT32;
+    KILN_REQUIRE(mask >= 0 && (mask >> nd) == 0, KILN_ERR_PARAM);
+    /* out holds the kept dims (float32 stays float32; integers and bool accumulate in int64) */
+    KILN_REQUIRE(O->dtype == (isf ? KILN_FLOAT32 : KILN_INT64), KILN_ERR_SHAPE);
+    int64_t kept = 1;
+    for (int d = 0; d < nd; d++)
+        if (!((mask >> d) & 1)) kept *= X->shape[d];
+    KILN_REQUIRE(kept == nout, KILN_ERR_SHAPE);
+    if (nout == 0) return KILN_OK;
     int64_t cnt = nout ? nin / nout : 0;
     /* coalesce into runs of (size, reduced?) */
     int m = 0;
@@ -79,7 +87,7 @@ static void reduce(const kiln_call *c, int kind, int64_t mask) {
                     y[o] = kind == R_MEAN ? kiln_f2i64(R ? (double)acc / (double)R : NAN) : acc;
                 }
             }
-            return;
+            return KILN_OK;
         }
         /* [outer, R, inner]: accumulate whole rows of `inner` (vectorized over inner) */
         (void)tasks;
@@ -123,7 +131,7 @@ static void reduce(const kiln_call *c, int kind, int64_t mask) {
                     y[o * inner + i] = kind == R_MEAN ? kiln_f2i64(R ? (double)acc / (double)R : NAN) : acc;
                 }
         }
-        return;
+        return KILN_OK;
     }
     /* general: odometer over the input, output index from the kept coords (single thread) */
     int64_t ost[KILN_MAX_DIMS], idx[KILN_MAX_DIMS] = {0};
@@ -166,8 +174,15 @@ static void reduce(const kiln_call *c, int kind, int64_t mask) {
         if (kind == R_MEAN)
             for (int64_t i = 0; i < nout; i++) y[i] = kiln_f2i64((double)y[i] / (double)cnt);
     }
+    return KILN_OK;
 }
 
-void kiln_k_sum(const kiln_call *c) { reduce(c, R_SUM, ((const kiln_sum_params *)c->params)->axes_mask); }
-void kiln_k_mean(const kiln_call *c) { reduce(c, R_MEAN, ((const kiln_mean_params *)c->params)->axes_mask); }
-void kiln_k_max(const kiln_call *c) { reduce(c, R_MAX, ((const kiln_max_params *)c->params)->axes_mask); }
+int kiln_k_sum(const kiln_call *c) {
+    return c->params ? reduce(c, R_SUM, ((const kiln_sum_params *)c->params)->axes_mask) : KILN_ERR_BAD_CALL;
+}
+int kiln_k_mean(const kiln_call *c) {
+    return c->params ? reduce(c, R_MEAN, ((const kiln_mean_params *)c->params)->axes_mask) : KILN_ERR_BAD_CALL;
+}
+int kiln_k_max(const kiln_call *c) {
+    return c->params ? reduce(c, R_MAX, ((const kiln_max_params *)c->params)->axes_mask) : KILN_ERR_BAD_CALL;
+}

@@ -16,32 +16,80 @@ static int64_t now_ns(void) {
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-static void resolve(kiln_tensor *t, void *const *slots) {
-    t->data = (char *)slots[t->slot] + t->offset;
+/* A tensor descriptor C can trust: rank in range, no negative dim, a known dtype and
+ * exactly numel * itemsize bytes (without overflow). Every kernel relies on this. */
+static int tensor_ok(const kiln_tensor *t) {
+    if (t->ndim < 0 || t->ndim > KILN_MAX_DIMS) return 0;
+    if (t->dtype < KILN_FLOAT32 || t->dtype > KILN_BOOL) return 0;
+    int64_t n = 1;
+    for (int i = 0; i < t->ndim; i++) {
+        if (t->shape[i] < 0) return 0;
+        if (t->shape[i] && n > INT64_MAX / 8 / t->shape[i]) return 0;
+        n *= t->shape[i];
+    }
+    return t->nbytes == n * kiln_itemsize(t->dtype);
 }
 
-int kiln_run(kiln_call *calls, int64_t n, void *const *slots, int64_t *prof_ns) {
+static int resolve(kiln_tensor *t, void *const *slots) {
+    if (!tensor_ok(t)) return 0;
+    t->data = (char *)slots[t->slot] + t->offset;
+    return 1;
+}
+
+static int prepare(kiln_call *c, void *const *slots) {
+    if (c->op < 0 || c->op >= KILN_NUM_OPS) return KILN_ERR_BAD_OP;
+    if (!kiln_kernels[c->op]) return KILN_ERR_NO_KERNEL;
+    if (c->n_in < 0 || c->n_in > KILN_MAX_INPUTS) return KILN_ERR_BAD_CALL;
+    for (int j = 0; j < c->n_in; j++)
+        if (!resolve(&c->in[j], slots)) return KILN_ERR_TENSOR;
+    if (!resolve(&c->out, slots)) return KILN_ERR_TENSOR;
+    if (c->scratch.nbytes > 0) {
+        if (!resolve(&c->scratch, slots)) return KILN_ERR_TENSOR;
+    } else {
+        c->scratch.data = NULL;
+    }
+    return KILN_OK;
+}
+
+/* Runs calls[0..n) in order; stops at the first call that fails, stores its index in
+ * *failed_at (when given) and returns its code. */
+int kiln_run(kiln_call *calls, int64_t n, void *const *slots, int64_t *prof_ns, int64_t *failed_at) {
+    if (failed_at) *failed_at = -1;
     if (n > 0 && (!calls || !slots)) return KILN_ERR_BAD_CALL;
     for (int64_t i = 0; i < n; i++) {
         kiln_call *c = &calls[i];
-        if (c->op < 0 || c->op >= KILN_NUM_OPS) return KILN_ERR_BAD_OP;
-        kiln_kernel k = kiln_kernels[c->op];
-        if (!k) return KILN_ERR_NO_KERNEL;
-        if (c->n_in < 0 || c->n_in > KILN_MAX_INPUTS) return KILN_ERR_BAD_CALL;
-        for (int j = 0; j < c->n_in; j++) resolve(&c->in[j], slots);
-        resolve(&c->out, slots);
-        if (c->scratch.nbytes > 0) resolve(&c->scratch, slots);
-        else c->scratch.data = NULL;
-        if (prof_ns) {
-            int64_t t0 = now_ns();
-            k(c);
-            prof_ns[i] = now_ns() - t0;
-        } else {
-            k(c);
+        int rc = prepare(c, slots);
+        if (rc == KILN_OK) {
+            int64_t t0 = prof_ns ? now_ns() : 0;
+            rc = kiln_kernels[c->op](c);
+            if (prof_ns) prof_ns[i] = now_ns() - t0;
+        }
+        if (rc != KILN_OK) {
+            if (failed_at) *failed_at = i;
+            return rc;
         }
     }
-    return 0;
+    return KILN_OK;
 }
+
+const char *kiln_strerror(int code) {
+    switch (code) {
+    case KILN_OK: return "ok";
+    case KILN_ERR_BAD_OP: return "op id out of range";
+    case KILN_ERR_NO_KERNEL: return "no kernel for op";
+    case KILN_ERR_BAD_CALL: return "malformed call array";
+    case KILN_ERR_TENSOR: return "tensor rank, shape, dtype and byte size disagree";
+    case KILN_ERR_SHAPE: return "operand shapes or dtypes the op cannot combine";
+    case KILN_ERR_PARAM: return "op parameter out of range";
+    case KILN_ERR_INDEX: return "index or position out of range";
+    case KILN_ERR_UNSUPPORTED: return "sizes this kernel does not support";
+    default: return "unknown error";
+    }
+}
+
+/* The op names in id order: the loader checks them against the Python declarations. */
+int64_t kiln_num_ops(void) { return KILN_NUM_OPS; }
+const char *kiln_op_name(int64_t id) { return id >= 0 && id < KILN_NUM_OPS ? kiln_op_names[id] : NULL; }
 
 void kiln_set_num_threads(int n) {
     if (n < 1) n = 1;
@@ -103,6 +151,15 @@ int64_t kiln_sizeof_call(void) { return (int64_t)sizeof(kiln_call); }
 int64_t kiln_sizeof_tensor(void) { return (int64_t)sizeof(kiln_tensor); }
 
 /* -- broadcasting ------------------------------------------------------------------ */
+int kiln_broadcasts(const kiln_tensor *in, const kiln_tensor *out) {
+    if (in->ndim > out->ndim) return 0;
+    for (int d = 0; d < in->ndim; d++) {
+        int64_t si = in->shape[d], so = out->shape[out->ndim - in->ndim + d];
+        if (si != 1 && si != so) return 0;
+    }
+    return 1;
+}
+
 void kiln_bcast_init(kiln_bcast *bc, const kiln_tensor *out, const kiln_tensor *const *ins, int n_in) {
     int nd = out->ndim, nops = n_in + 1;
     int64_t shape[KILN_MAX_DIMS], st[KILN_BC_MAX][KILN_MAX_DIMS];

@@ -1,4 +1,6 @@
-/* softmax / log_softmax over any axis, max-subtracted. The axis splits the tensor
+/* softmax / log_softmax over any axis, max-subtracted. log_softmax is computed as
+ * (x - max) - log(sum): adding log(sum) to a large max first would round it away
+ * (at |max| = 1e8 a float's spacing is 8, so log 2 vanishes). The axis splits the tensor
  * into [outer, L, inner]: inner == 1 is a contiguous row; otherwise the work is
  * vectorized across `inner` with the axis walked at stride `inner`. Safe in place. */
 #include <math.h>
@@ -15,9 +17,9 @@ static void softmax_row(float *y, const float *x, int64_t L, int logsm) {
     if (logsm) {
 #pragma omp simd reduction(+ : s)
         for (int64_t i = 0; i < L; i++) s += kiln_exp(x[i] - mx);
-        float lse = mx + (float)log(s);
+        float ls = (float)log(s);
 #pragma omp simd
-        for (int64_t i = 0; i < L; i++) y[i] = x[i] - lse;
+        for (int64_t i = 0; i < L; i++) y[i] = (x[i] - mx) - ls;
     } else {
 #pragma omp simd reduction(+ : s)
         for (int64_t i = 0; i < L; i++) {
@@ -48,11 +50,11 @@ static void softmax_cols(float *y, const float *x, int64_t L, int64_t inner, int
         }
     }
     if (logsm) {
-        float lse[64];
-        for (int64_t i = 0; i < n; i++) lse[i] = mx[i] + (float)log(s[i]);
+        float ls[64];
+        for (int64_t i = 0; i < n; i++) ls[i] = (float)log(s[i]);
         for (int64_t l = 0; l < L; l++)
 #pragma omp simd
-            for (int64_t i = 0; i < n; i++) y[l * inner + i] = x[l * inner + i] - lse[i];
+            for (int64_t i = 0; i < n; i++) y[l * inner + i] = (x[l * inner + i] - mx[i]) - ls[i];
     } else {
         float inv[64];
         for (int64_t i = 0; i < n; i++) inv[i] = (float)(1.0 / s[i]);
@@ -62,10 +64,13 @@ static void softmax_cols(float *y, const float *x, int64_t L, int64_t inner, int
     }
 }
 
-static void softmax(const kiln_call *c, int logsm, int64_t axis) {
-    const kiln_tensor *X = &c->in[0];
+static int softmax(const kiln_call *c, int logsm, int64_t axis) {
+    const kiln_tensor *X = &c->in[0], *O = &c->out;
+    KILN_REQUIRE(c->n_in == 1, KILN_ERR_BAD_CALL);
+    KILN_REQUIRE(axis >= 0 && axis < X->ndim, KILN_ERR_PARAM);
+    KILN_REQUIRE(X->dtype == KILN_FLOAT32 && O->dtype == KILN_FLOAT32 && kiln_numel(O) == kiln_numel(X), KILN_ERR_SHAPE);
     int ax = (int)axis;
-    if (ax < 0 || ax >= X->ndim || kiln_numel(X) == 0) return;
+    if (kiln_numel(X) == 0) return KILN_OK;
     int64_t outer = kiln_prod(X->shape, 0, ax), L = X->shape[ax];
     int64_t inner = kiln_prod(X->shape, ax + 1, X->ndim);
     const float *x = (const float *)X->data;
@@ -74,7 +79,7 @@ static void softmax(const kiln_call *c, int logsm, int64_t axis) {
     if (inner == 1) {
 #pragma omp parallel for schedule(static) if(outer > 1 && total >= KILN_PAR_MIN)
         for (int64_t o = 0; o < outer; o++) softmax_row(y + o * L, x + o * L, L, logsm);
-        return;
+        return KILN_OK;
     }
     int64_t per = (inner + 63) / 64;
 #pragma omp parallel for schedule(static) if(outer * per > 1 && total >= KILN_PAR_MIN)
@@ -82,7 +87,14 @@ static void softmax(const kiln_call *c, int logsm, int64_t axis) {
         int64_t o = t / per, lo = (t % per) * 64, n = inner - lo < 64 ? inner - lo : 64;
         softmax_cols(y + o * L * inner + lo, x + o * L * inner + lo, L, inner, n, logsm);
     }
+    return KILN_OK;
 }
 
-void kiln_k_softmax(const kiln_call *c) { softmax(c, 0, ((const kiln_softmax_params *)c->params)->axis); }
-void kiln_k_log_softmax(const kiln_call *c) { softmax(c, 1, ((const kiln_log_softmax_params *)c->params)->axis); }
+int kiln_k_softmax(const kiln_call *c) {
+    KILN_REQUIRE(c->params, KILN_ERR_BAD_CALL);
+    return softmax(c, 0, ((const kiln_softmax_params *)c->params)->axis);
+}
+int kiln_k_log_softmax(const kiln_call *c) {
+    KILN_REQUIRE(c->params, KILN_ERR_BAD_CALL);
+    return softmax(c, 1, ((const kiln_log_softmax_params *)c->params)->axis);
+}

@@ -13,7 +13,10 @@
             y[i] = (EXPR);                                                          \
         }                                                                           \
     }                                                                               \
-    void kiln_k_##name(const kiln_call *c) {                                        \
+    int kiln_k_##name(const kiln_call *c) {                                         \
+        KILN_REQUIRE(c->n_in == 1, KILN_ERR_BAD_CALL);                              \
+        KILN_REQUIRE(c->in[0].dtype == KILN_FLOAT32 && c->out.dtype == KILN_FLOAT32 && \
+                     kiln_numel(&c->in[0]) == kiln_numel(&c->out), KILN_ERR_SHAPE);  \
         const float *x = (const float *)c->in[0].data;                              \
         float *y = (float *)c->out.data;                                            \
         int64_t n = kiln_numel(&c->out);                                            \
@@ -23,6 +26,7 @@
             int64_t lo = t * KILN_CHUNK, hi = lo + KILN_CHUNK < n ? lo + KILN_CHUNK : n; \
             name##_span(y + lo, x + lo, hi - lo);                                   \
         }                                                                           \
+        return KILN_OK;                                                             \
     }
 
 UNARY_KERNEL(neg, -v)
@@ -64,12 +68,14 @@ void kiln_vexp(float *y, const float *x, int64_t n) {
 
 #define PAIR(a, b) ((a) * 8 + (b))
 
-void kiln_k_cast(const kiln_call *c) {
+int kiln_k_cast(const kiln_call *c) {
+    KILN_REQUIRE(c->n_in == 1, KILN_ERR_BAD_CALL);
+    KILN_REQUIRE(kiln_numel(&c->in[0]) == kiln_numel(&c->out), KILN_ERR_SHAPE);
     int64_t n = kiln_numel(&c->out);
     int di = c->in[0].dtype, dout = c->out.dtype;
     if (di == dout) {
         if (c->out.data != c->in[0].data) memmove(c->out.data, c->in[0].data, (size_t)(n * kiln_itemsize(di)));
-        return;
+        return KILN_OK;
     }
     switch (PAIR(di, dout)) {
     case PAIR(KILN_FLOAT32, KILN_INT64):
@@ -92,4 +98,5 @@ void kiln_k_cast(const kiln_call *c) {
     default:
         for (int64_t i = 0; i < n; i++) kiln_store_f64(c->out.data, dout, i, kiln_load_f64(c->in[0].data, di, i));
     }
+    return KILN_OK;
 }

@@ -34,7 +34,16 @@ _PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _lock = threading.Lock()
 _state: dict = {}
 
-_ERRORS = {-1: "op id out of range", -2: "no kernel for op", -3: "malformed call array"}
+ABI_VERSION = 2  # KILN_ABI_VERSION in csrc/kiln.h
+
+
+class KernelError(BackendError):
+    """kiln_run stopped at call `index` with status `code` (a KILN_ERR_* in csrc/kiln.h); the
+    failing kernel wrote nothing, and no later call ran."""
+
+    def __init__(self, message: str, index: int, code: int):
+        super().__init__(message)
+        self.index, self.code = index, code
 
 
 def _find_library() -> str:
@@ -156,7 +165,14 @@ def _load():
     except OSError as e:
         raise BackendError(f"cannot load C kernels {path!r}: {e} (rebuild with `pip install -e .`)") from None
     lib.kiln_run.restype = ctypes.c_int
-    lib.kiln_run.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
+    try:
+        _check_library(lib, path)
+    except AttributeError as e:
+        raise BackendError(f"{path} lacks {e}: the C library is stale; rebuild the C library "
+                           "(`pip install -e .`)") from None
+    lib.kiln_run.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+    lib.kiln_strerror.restype = ctypes.c_char_p
+    lib.kiln_strerror.argtypes = [ctypes.c_int]
     lib.kiln_build_info.restype = ctypes.c_char_p
     lib.kiln_sizeof_call.restype = ctypes.c_int64
     lib.kiln_sizeof_tensor.restype = ctypes.c_int64
@@ -173,6 +189,26 @@ def _load():
     lib.kiln_set_num_threads(config.num_threads())
     _state["path"] = path
     return lib
+
+
+def _check_library(lib, path: str) -> None:
+    """The library must speak this ABI and number the ops exactly as the declarations do
+    (ids index the kernel table: a library built from other declarations would run the
+    wrong kernel on the right-looking call)."""
+    lib.kiln_abi_version.restype = ctypes.c_int
+    if lib.kiln_abi_version() != ABI_VERSION:
+        raise BackendError(f"{path} has ABI version {lib.kiln_abi_version()}, Kiln needs {ABI_VERSION}: "
+                           "rebuild the C library (`pip install -e .`)")
+    lib.kiln_num_ops.restype = ctypes.c_int64
+    lib.kiln_op_name.restype = ctypes.c_char_p
+    lib.kiln_op_name.argtypes = [ctypes.c_int64]
+    names = [(lib.kiln_op_name(i) or b"").decode() for i in range(lib.kiln_num_ops())]
+    want = registry.executable_ops()
+    if names != want:
+        diff = next((f"id {i}: C has {a!r}, the declarations say {b!r}" for i, (a, b) in enumerate(zip(names, want))
+                     if a != b), f"C has {len(names)} ops, the declarations {len(want)}")
+        raise BackendError(f"{path}: the op table does not match the op declarations ({diff}): "
+                           "rebuild the C library (`python -m kiln.ops.codegen`, then `pip install -e .`)")
 
 
 def lib():
@@ -207,11 +243,18 @@ def set_flash_min_sk(sk: int) -> None:
 
 
 def run_calls(calls, n: int, slots, prof=None) -> None:
-    """Run `n` resolved calls (a ctypes array of cabi.Call) over `slots` (array of void*)."""
+    """Run `n` resolved calls (a ctypes array of cabi.Call) over `slots` (array of void*).
+
+    Raises KernelError (index of the failing call, its code and the reason) when a kernel
+    refuses its call; the outputs of that call and every later one are then unwritten."""
+    failed = ctypes.c_int64(-1)
     rc = lib().kiln_run(ctypes.addressof(calls) if n else None, int(n), ctypes.addressof(slots) if n else None,
-                        ctypes.addressof(prof) if prof is not None else None)
+                        ctypes.addressof(prof) if prof is not None else None, ctypes.byref(failed))
     if rc != 0:
-        raise BackendError(f"kiln_run failed with code {rc}: {_ERRORS.get(rc, 'unknown error')}")
+        i, ops = int(failed.value), registry.executable_ops()
+        op = ops[calls[i].op] if 0 <= i < n and 0 <= calls[i].op < len(ops) else "?"
+        raise KernelError(f"kiln_run failed at call {i} ({op}) with code {rc}: {lib().kiln_strerror(rc).decode()}",
+                          i, rc)
 
 
 def _dtype_name(a: np.ndarray) -> str:

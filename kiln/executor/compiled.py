@@ -57,6 +57,7 @@ class CompiledExecutor:
         self._calls = (cabi.Call * max(self._n, 1))()
         self._params = []  # ctypes param structs must outlive the calls that point at them
         self._ops: list[tuple[str, str]] = []  # (output, op) per call, for profiles
+        self._nodes = [st.node for st in work]  # graph node per call, for error messages
         for k, st in enumerate(work):
             node = g.nodes[st.node]
             where = f"{node!r}"
@@ -112,7 +113,12 @@ class CompiledExecutor:
                 self._slots[i] = a.ctypes.data
             for (i, _, _), o in zip(self._outputs, outs):
                 self._slots[i] = o.ctypes.data
-            clib.run_calls(self._calls, self._n, self._slots, prof)
+            try:
+                clib.run_calls(self._calls, self._n, self._slots, prof)
+            except clib.KernelError as e:  # name the node; its output (and later ones) are unwritten
+                if not 0 <= e.index < self._n:
+                    raise
+                raise BackendError(f"{self.graph.nodes[self._nodes[e.index]]!r}: {e}") from None
         if profile:
             self.last_profile = Profile.build([(name, op, "c", prof[k] * 1e-9) for k, (name, op) in enumerate(self._ops)])
         return outs

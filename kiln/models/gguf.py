@@ -16,6 +16,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ..errors import FileFormatError, KilnError
+from .gguf_check import GGUFDims, check_gguf
 from .hf import HFParts
 
 SUPPORTED_ARCHS = ("llama", "qwen2", "qwen3")
@@ -124,9 +125,8 @@ def hf_name(gguf_name: str) -> Optional[str]:
 
 def hf_state_dict(gf: GGUFFile) -> dict[str, np.ndarray]:
     """Every tensor dequantized, renamed, and (llama arch) with Q/K rows back in transformers order."""
-    _check_arch(gf)
-    heads = int(gf.arch_key("attention.head_count"))
-    kv_heads = int(gf.arch_key("attention.head_count_kv", heads))
+    dims = checked(gf)
+    heads, kv_heads = dims.heads, dims.kv_heads
     unknown = [n for n in gf.tensors if hf_name(n) is None]
     if unknown:
         raise KilnError(f"{gf.path}: tensors Kiln cannot place in a {gf.architecture} model: {unknown[:5]}"
@@ -147,38 +147,45 @@ def _check_arch(gf: GGUFFile) -> None:
                         f"(supported: {', '.join(SUPPORTED_ARCHS)})")
 
 
-def build_config(gf: GGUFFile) -> Any:
-    """The transformers config the file's {arch}.* metadata describes."""
-    import transformers as tf
+def checked(gf: GGUFFile) -> GGUFDims:
+    """The architecture, then every metadata key and tensor shape (kiln.models.gguf_check), before any build."""
     _check_arch(gf)
-    hidden = int(gf.arch_key("embedding_length"))
-    heads = int(gf.arch_key("attention.head_count"))
-    tokens = gf.metadata.get("tokenizer.ggml.tokens")
-    vocab = gf.arch_key("vocab_size") or (len(tokens) if tokens else None)
-    if vocab is None and "token_embd.weight" in gf.tensors:
-        vocab = int(gf.tensors["token_embd.weight"].shape[-1])
-    scaling = gf.arch_key("rope.scaling.type")
-    if scaling not in (None, "none"):
-        raise KilnError(f"{gf.path}: rope scaling {scaling!r} is not supported")
+    if "_checked" not in gf.__dict__:  # once per read file: the token and merge lists are long
+        gf.__dict__["_checked"] = check_gguf(gf)
+        _check_byte_level_bpe(gf.metadata, gf.path)
+    return gf.__dict__["_checked"]
+
+
+def _check_byte_level_bpe(md: dict, where: str) -> None:
+    """Tokenizer keys that change how text splits: refused unless build_tokenizer honours them."""
+    if md.get("tokenizer.ggml.model") != "gpt2":
+        return
+    pre = md.get("tokenizer.ggml.pre")
+    if pre not in (None, "default", "gpt2", "smollm", *_SPLITS):  # another split would tokenize differently
+        raise FileFormatError(f"{where}: tokenizer.ggml.pre = {pre!r} is not a pre-tokenizer Kiln knows "
+                              f"(known: gpt2, smollm, {', '.join(_SPLITS)})")
+    if md.get("tokenizer.ggml.add_space_prefix"):
+        raise FileFormatError(f"{where}: tokenizer.ggml.add_space_prefix is set; Kiln's byte-level BPE "
+                              "does not add one")
+
+
+def build_config(gf: GGUFFile) -> Any:
+    """The transformers config the file's {arch}.* metadata describes (checked first: FileFormatError)."""
+    import transformers as tf
+    d = checked(gf)
     common = dict(
-        vocab_size=int(vocab), hidden_size=hidden, intermediate_size=int(gf.arch_key("feed_forward_length")),
-        num_hidden_layers=int(gf.arch_key("block_count")), num_attention_heads=heads,
-        num_key_value_heads=int(gf.arch_key("attention.head_count_kv", heads)),
-        max_position_embeddings=int(gf.arch_key("context_length", 2048)),
-        rms_norm_eps=float(gf.arch_key("attention.layer_norm_rms_epsilon", 1e-6)),
-        rope_theta=float(gf.arch_key("rope.freq_base", 10000.0)),
-        tie_word_embeddings="output.weight" not in gf.tensors,
+        vocab_size=d.vocab, hidden_size=d.hidden, intermediate_size=d.ffn, num_hidden_layers=d.layers,
+        num_attention_heads=d.heads, num_key_value_heads=d.kv_heads, max_position_embeddings=d.context,
+        rms_norm_eps=d.rms_eps, rope_theta=d.rope_theta, tie_word_embeddings=d.tied,
         bos_token_id=gf.metadata.get("tokenizer.ggml.bos_token_id"),
         eos_token_id=gf.metadata.get("tokenizer.ggml.eos_token_id"),
         pad_token_id=gf.metadata.get("tokenizer.ggml.padding_token_id"),
     )
-    head_dim = gf.arch_key("attention.key_length")
     if gf.architecture == "llama":
-        return tf.LlamaConfig(head_dim=int(head_dim or hidden // heads),
-                              attention_bias="blk.0.attn_q.bias" in gf.tensors, **common)
+        return tf.LlamaConfig(head_dim=d.head_dim, attention_bias=d.qkv_bias, **common)
     if gf.architecture == "qwen2":
         return tf.Qwen2Config(**common)
-    return tf.Qwen3Config(head_dim=int(head_dim or hidden // heads), **common)
+    return tf.Qwen3Config(head_dim=d.head_dim, **common)
 
 
 def build_model(gf: GGUFFile, state: Optional[dict[str, np.ndarray]] = None) -> Any:
@@ -224,8 +231,12 @@ def build_tokenizer(gf: GGUFFile) -> Any:
         raise KilnError(f"{gf.path}: no tokenizer in the file (tokenizer.ggml.tokens missing)")
     if kind != "gpt2":
         return _transformers_tokenizer(gf, kind)
-    backend = _byte_level_bpe(tokens, md.get("tokenizer.ggml.merges") or [], md.get("tokenizer.ggml.token_type"),
-                              md.get("tokenizer.ggml.pre"))
+    checked(gf)  # tokens, merges, token types and special ids (FileFormatError naming the key)
+    try:
+        backend = _byte_level_bpe(tokens, md.get("tokenizer.ggml.merges") or [], md.get("tokenizer.ggml.token_type"),
+                                  md.get("tokenizer.ggml.pre"))
+    except Exception as e:  # the tokenizers library raises a bare Exception on a vocabulary it refuses
+        raise FileFormatError(f"{gf.path}: the tokenizer.ggml.* metadata does not make a BPE tokenizer: {e}") from None
 
     def tok(key: str) -> Optional[str]:
         i = md.get(f"tokenizer.ggml.{key}")
@@ -280,7 +291,7 @@ def _transformers_tokenizer(gf: GGUFFile, kind: Optional[str]) -> Any:
 def load_gguf(path: str | os.PathLike) -> HFParts:
     import transformers as tf
     gf = read_gguf(path)
-    _check_arch(gf)
+    checked(gf)
     model = build_model(gf)
     md = gf.metadata
     gen = tf.GenerationConfig(bos_token_id=md.get("tokenizer.ggml.bos_token_id"),

@@ -81,8 +81,9 @@ def header() -> str:
         d = registry.REGISTRY[op]
         if d.params:
             out += ["typedef struct {"] + [_c_field(n, k) for n, k in d.params] + [f"}} {param_struct(op)};", ""]
-    out.append("typedef void (*kiln_kernel)(const kiln_call *call);")
-    out += [f"void kiln_k_{op}(const kiln_call *call);" for op in ops]
+    # a kernel returns KILN_OK or a KILN_ERR_* code (csrc/kiln.h) and writes nothing on error
+    out.append("typedef int (*kiln_kernel)(const kiln_call *call);")
+    out += [f"int kiln_k_{op}(const kiln_call *call);" for op in ops]
     out += ["", "extern const kiln_kernel kiln_kernels[KILN_NUM_OPS];",
             "extern const char *const kiln_op_names[KILN_NUM_OPS];", "", "#endif", ""]
     return "\n".join(out)

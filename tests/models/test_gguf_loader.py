@@ -123,3 +123,76 @@ def test_load_model_from_gguf_path(gguf_files, executor):
     lm.eos_ids = ()  # random weights: compare all 16 tokens
     prompt = lm.encode("Paris is")
     assert lm.generate(prompt, 16).ids == torch_greedy(lm, prompt, 16)[0]
+
+
+# -- metadata that lies (issue 16): refused by name before anything is built --------------------
+def _lying_cases():
+    a = "llama."
+    return [
+        ({a + "attention.head_count_kv": [2, 2, 1]}, {}, "head_count_kv differs per layer"),
+        ({a + "feed_forward_length": "DROP"}, {}, "feed_forward_length is missing"),
+        ({a + "attention.head_count": "DROP"}, {}, "head_count is missing"),
+        ({a + "attention.head_count": 3}, {}, "is not a multiple of"),
+        ({a + "attention.head_count_kv": 3}, {}, "is not a multiple of"),
+        ({a + "block_count": 10**9}, {}, r"block_count = 1000000000 is not an integer in \[1, 4096\]"),
+        ({a + "block_count": 3}, {}, "tensor blk.2.attn_norm.weight is missing"),
+        ({a + "block_count": 1}, {}, "beyond llama.block_count = 1"),
+        ({a + "embedding_length": 2.5}, {}, "embedding_length = 2.5 is not an integer"),
+        ({a + "embedding_length": -4}, {}, "embedding_length = -4 is not an integer"),
+        ({a + "rope.freq_base": -1.0}, {}, "rope.freq_base = -1.0 is not a positive number"),
+        ({a + "rope.scaling.type": "yarn"}, {}, "rope scaling"),
+        ({a + "rope.dimension_count": 8}, {}, "rope.dimension_count = 8 differs from the head size"),
+        ({a + "expert_count": 8}, {}, "llama.expert_count may change the model's math"),
+        ({a + "attn_logit_softcapping": 30.0}, {}, "attn_logit_softcapping may change"),
+        ({a + "vocab_size": 7}, {}, "vocab_size = 7 but token_embd.weight has"),
+        ({"tokenizer.ggml.eos_token_id": 10**6}, {}, "eos_token_id = 1000000 is not a token id"),
+        ({"tokenizer.ggml.merges": [1, 2]}, {}, "merges is not a list"),
+        ({"tokenizer.ggml.pre": "some-new-model"}, {}, "tokenizer.ggml.pre = 'some-new-model' is not"),
+        ({"tokenizer.ggml.add_space_prefix": True}, {}, "add_space_prefix"),
+        ({}, {"blk.0.ffn_up.weight": "DROP"}, "tensor blk.0.ffn_up.weight is missing"),
+        ({}, {"blk.0.attn_k.weight": np.zeros((3, 5), np.float32)}, r"blk.0.attn_k.weight is \[3, 5\]"),
+        ({}, {"rope_freqs.weight": np.ones(8, np.float32)}, "rope_freqs"),
+    ]
+
+
+@pytest.mark.parametrize("meta,tensors,match", _lying_cases())
+def test_lying_metadata_is_a_clear_error_before_building(meta, tensors, match, gguf_files, tmp_path, monkeypatch):
+    from kiln.models import gguf as kg
+    from tests.fuzz.gguf_edit import DROP, rewrite_gguf
+    path, _, _ = gguf_files("llama", quantized=False)
+    bad = tmp_path / "bad.gguf"
+    fix = lambda d: {k: DROP if isinstance(v, str) and v == "DROP" else v for k, v in d.items()}
+    rewrite_gguf(path, bad, fix(meta), fix(tensors))
+    built = []
+    monkeypatch.setattr(kg, "hf_state_dict", lambda *a: built.append(1))  # nothing may be decoded or built
+    with pytest.raises(FileFormatError, match=match):
+        kg.build_model(read_gguf(bad))
+    with pytest.raises(FileFormatError, match=match):
+        kg.load_gguf(bad)
+    assert not built
+
+
+def test_token_list_shorter_than_the_embedding_is_refused(gguf_files, tmp_path):
+    from kiln.models.gguf import load_gguf
+    from tests.fuzz.gguf_edit import rewrite_gguf
+    path, _, _ = gguf_files("qwen2", quantized=False)
+    gf = read_gguf(path)
+    tokens, types = gf.metadata["tokenizer.ggml.tokens"], gf.metadata["tokenizer.ggml.token_type"]
+    bad = tmp_path / "short.gguf"
+    rewrite_gguf(path, bad, {"tokenizer.ggml.tokens": tokens[:-3], "tokenizer.ggml.token_type": types[:-3],
+                             "qwen2.vocab_size": len(tokens) - 3})
+    with pytest.raises(FileFormatError, match="vocab_size = .* but token_embd.weight has"):
+        load_gguf(bad)
+    rewrite_gguf(path, bad, {"tokenizer.ggml.tokens": tokens[:-3], "tokenizer.ggml.token_type": types[:-3]})
+    with pytest.raises(FileFormatError, match=f"has {len(tokens) - 3} tokens but token_embd.weight has {len(tokens)}"):
+        load_gguf(bad)
+
+
+def test_uniform_per_layer_array_is_honoured(gguf_files, tmp_path):
+    from kiln.models.gguf import build_config
+    from tests.fuzz.gguf_edit import rewrite_gguf
+    path, model, _ = gguf_files("llama", quantized=False)
+    kv = model.config.num_key_value_heads
+    ok = tmp_path / "perlayer.gguf"
+    rewrite_gguf(path, ok, {"llama.attention.head_count_kv": [kv] * model.config.num_hidden_layers})
+    assert build_config(read_gguf(ok)).num_key_value_heads == kv
