@@ -13,7 +13,7 @@ import kiln.ops  # noqa: F401  (registers the ops)
 from kiln.backends import cabi, clib
 from kiln.errors import BackendError, ShapeError
 from kiln.ops import registry
-from tests.test_kernels import pytestmark, rnd  # noqa: F401  (same skip rule: no library built)
+from tests.backends.test_kernels import pytestmark, rnd  # noqa: F401  (same skip rule: no library built)
 
 
 @pytest.mark.parametrize("bad", [10, -11, 2**40, -(2**40)])
