@@ -33,6 +33,16 @@ EMB = torch.randn(20, 8)
 LN_W, LN_B = torch.randn(8), torch.randn(8)
 P34 = p(3, 4)
 
+def _gptj_rope(x, pos):
+    """GPT-J's rotary embedding: rotates adjacent pairs (x0, x1), (x2, x3), ... of [B, S, H, D]."""
+    inv = 1.0 / (10000 ** (torch.arange(0, x.shape[-1], 2).float() / x.shape[-1]))
+    ang = pos.float()[:, None] * inv[None, :]                      # [S, D/2]
+    sin = ang.sin().repeat_interleave(2, dim=-1)[None, :, None, :]  # [1, S, 1, D]: each angle twice in a row
+    cos = ang.cos().repeat_interleave(2, dim=-1)[None, :, None, :]
+    rot = torch.stack((-x[..., 1::2], x[..., ::2]), dim=-1).flatten(-2)
+    return x * cos + rot * sin
+
+
 # name -> (fn(self, *inputs), inputs, params)
 CASES = {
     "add": (lambda m, x, y: x + y * 2 + 1, (r(3, 4), r(4)), {}),
@@ -65,6 +75,9 @@ CASES = {
     "t": (lambda m, x: x.t() * 2, (r(3, 4),), {}),
     "expand": (lambda m, x: x.expand(3, 4, 5) + x.expand_as(torch.empty(3, 4, 5)), (r(4, 1),), {}),
     "repeat": (lambda m, x: x.repeat(2, 1, 3), (r(3, 2),), {}),
+    "repeat_interleave": (lambda m, x: x.repeat_interleave(2, dim=-1).sum(0) + x.repeat_interleave(3, 0)[:2, :2].flatten()
+                          + x.repeat_interleave(1).sum() + x.repeat_interleave(2)[:4], (r(3, 2),), {}),
+    "rope_interleaved": (lambda m, x, pos: _gptj_rope(x, pos), (r(1, 5, 2, 8), torch.arange(5)), {}),
     "slice_select": (lambda m, x: x[:, 1:3] * 1 + x[:, -2:] + x[0, :2].unsqueeze(0) + x[:, ::2][:, :2], (r(3, 5),), {}),
     "narrow": (lambda m, x: x.narrow(1, 1, 2) * 1, (r(3, 5),), {}),
     "index_select_gather": (lambda m, x, idx: x.index_select(0, idx).sum(-1, keepdim=True) + torch.gather(x, 1, idx.view(1, 2).expand(3, 2))[:2],

@@ -106,3 +106,15 @@ def test_zoo_models_convert_as_captured(family):
             want = module(x).numpy()
         assert rel_err(sess.run({sess.input_names[0]: x.numpy()})[0], want) < 1e-4
     assert np.isfinite(want).all()
+
+
+def test_interleaved_rope_compiles_with_a_dynamic_sequence():
+    """GPT-J-style RoPE (repeat_interleave along a symbolic axis's neighbour), planned and run in C."""
+    from tests.frontend.test_aten import _gptj_rope
+    model = Fn(lambda m, x, pos: _gptj_rope(x, pos) + x.repeat_interleave(2, dim=1).sum(1, keepdim=True))
+    dyn = ({1: torch.export.Dim("seq", min=2, max=64)}, {0: torch.export.Dim("seq", min=2, max=64)})
+    sess = kiln.compile(model, (torch.randn(1, 5, 2, 8), torch.arange(5)), dynamic_shapes={"xs": dyn})
+    for n in (3, 9):
+        x, pos = torch.randn(1, n, 2, 8), torch.arange(n)
+        got = sess.run({sess.input_names[0]: x.numpy(), sess.input_names[1]: pos.numpy()})[0]
+        assert rel_err(got, model(x, pos).numpy()) < 1e-5

@@ -108,6 +108,22 @@ def repeat(ctx: Ctx, x, repeats):
     return ctx.reshape(t, final)
 
 
+@handles("aten.repeat_interleave.self_int")
+def repeat_interleave(ctx: Ctx, x, repeats, dim=None, *, output_size=None):
+    # Each element r times in a row along ``dim`` = a size-r axis after ``dim``, expanded, merged:
+    # [..., d, ...] -> [..., d, 1, ...] -> [..., d, r, ...] -> [..., d*r, ...]. No op of its own.
+    t = ctx.tensor(x)
+    if dim is None:  # torch flattens first
+        t, dim = ctx.reshape(t, [numel(ctx.shape(t))]), 0
+    r = ctx.dim(repeats)
+    shape = list(ctx.shape(t))
+    a = ctx.axis(dim, t)
+    t = ctx.reshape(t, shape[:a + 1] + [1] + shape[a + 1:])
+    if not (isinstance(r, int) and r == 1):
+        t = ctx.emit("expand", [t], {"shape": tuple(shape[:a + 1] + [r] + shape[a + 1:])})
+    return ctx.reshape(t, shape[:a] + [shape[a] * r] + shape[a + 1:])
+
+
 def slice_(ctx: Ctx, t: str, axis: int, start, end, step=1) -> str:
     size = ctx.shape(t)[axis]
     start = 0 if start is None else start
