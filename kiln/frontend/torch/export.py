@@ -27,6 +27,7 @@ from .handlers import HANDLERS, SAFE_IN_PLACE
 HIGHER_ORDER = frozenset({torch.ops.higher_order.wrap_with_set_grad_enabled,
                           torch.ops.higher_order.wrap_with_autocast})
 
+
 def supported_ops() -> list[str]:
     """The ATen ops Kiln converts (as 'aten.name.overload')."""
     return sorted(HANDLERS)
