@@ -17,12 +17,60 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("model", help="gpt2 | qwen3 | llama | default | PATH.kiln | PATH.gguf | HF folder")
     p.add_argument("--layers", type=int, default=2, help="layers for a model family (default 2)")
     p.add_argument("--dump", action="store_true", help="print the optimized graph node by node")
+    p.add_argument("--timings", action="store_true",
+                   help="print where compile time goes: export, conversion, each stage, planning")
     p.set_defaults(fn=run)
     return p
 
 
 def _histogram(h: dict) -> str:
     return ", ".join(f"{op}×{n}" for op, n in h.items())
+
+
+def compile_breakdown(module: Any, seq: int = 8, plan_seq: int = 128) -> dict:
+    """Seconds per compile step for an ``input_ids -> logits`` module with a dynamic sequence.
+
+    Keys, in order: "torch.export", "decompose" (0 when the program converts as captured),
+    "convert", "stage:NAME" per optimization stage, "session", "plan" (resolve and plan one
+    binding, seq=``plan_seq``), and "total" (the sum). Raises KilnError as kiln.compile does.
+    """
+    import time
+
+    import torch
+    from torch.export import Dim
+
+    from .frontend.torch import export
+    from .passes.pipeline import optimize
+    from .session import Session
+    steps: dict = {}
+    graph = export(module, (torch.zeros((1, seq), dtype=torch.long),),
+                   dynamic_shapes={"input_ids": {1: Dim("seq", min=2, max=1024)}}, timings=steps)
+    out = {k: v for k, v in steps.items() if isinstance(v, float)}
+    log: list = []
+    opt = optimize(graph, log=log)
+    out.update({f"stage:{e.name}": e.ms / 1e3 for e in log})
+    t0 = time.perf_counter()
+    session = Session(opt)
+    t1 = time.perf_counter()
+    session.plan(**{sym: plan_seq for sym in opt.symbols})
+    out.update({"session": t1 - t0, "plan": time.perf_counter() - t1})
+    out["total"] = sum(out.values())
+    if "decompose_reason" in steps:
+        out["decompose_reason"] = steps["decompose_reason"]
+    return out
+
+
+def format_breakdown(t: dict) -> str:
+    """The table `kiln inspect --timings` prints (milliseconds and share of the total)."""
+    lines = []
+    for k, v in t.items():
+        if isinstance(v, float) and k != "total":
+            lines.append(f"  {k:26s} {1e3 * v:9.1f} ms  {100 * v / t['total']:5.1f} %")
+    lines.append(f"  {'total':26s} {1e3 * t['total']:9.1f} ms   (compile / torch.export = "
+                 f"{t['total'] / t['torch.export']:.2f})")
+    if "decompose_reason" in t:
+        lines.append(f"  run_decompositions was needed: {t['decompose_reason']}")
+    return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,6 +96,10 @@ def run(args: argparse.Namespace) -> int:
         from .models.hf import logits_module
         parts, label = load_parts(args.model, lambda msg: print(f"  {msg}", file=sys.stderr))
         module = logits_module(parts.model, last_only=False)
+    if args.timings:
+        print(f"{label}: compile-time breakdown", file=out)
+        print(format_breakdown(compile_breakdown(module)), file=out)
+        return 0
     print(f"{label}: exporting with a dynamic sequence length ...", file=sys.stderr, flush=True)
     graph = export(module, (torch.zeros((1, 8), dtype=torch.long),),
                    dynamic_shapes={"input_ids": {1: Dim("seq", min=2, max=1024)}})

@@ -104,11 +104,23 @@ def compile(module, example_args: Sequence, *, dynamic_shapes=None, executor: st
 
     dynamic_shapes uses torch.export's own format, e.g. ``{"input_ids": {1: Dim("seq", max=1024)}}``.
     ``passes`` names the optimization stages to run (default: all); ``optimize=False`` runs none.
+    ``session.meta["compile_ms"]`` holds where the time went: "torch.export", "decompose",
+    "convert", one "stage:NAME" per optimization stage, and "total" (milliseconds).
     """
+    import time
+
     from .frontend.torch import export
+    t0 = time.perf_counter()
+    steps: dict = {}
     graph = export(module, tuple(example_args) if isinstance(example_args, (list, tuple)) else (example_args,),
-                   dynamic_shapes=dynamic_shapes)
+                   dynamic_shapes=dynamic_shapes, timings=steps)
+    ms = {k: 1e3 * v for k, v in steps.items() if isinstance(v, float)}
     if optimize:
-        from .passes import optimize as run_passes
-        graph = run_passes(graph, stages=passes)
-    return Session(graph, executor=executor)
+        from .passes.pipeline import optimize as run_passes
+        log: list = []
+        graph = run_passes(graph, stages=passes, log=log)
+        ms.update({f"stage:{e.name}": e.ms for e in log})
+    session = Session(graph, executor=executor)
+    ms["total"] = 1e3 * (time.perf_counter() - t0)
+    session.meta["compile_ms"] = {k: round(v, 1) for k, v in ms.items()}
+    return session

@@ -33,6 +33,16 @@ EMB = torch.randn(20, 8)
 LN_W, LN_B = torch.randn(8), torch.randn(8)
 P34 = p(3, 4)
 
+def _gptj_rope(x, pos):
+    """GPT-J's rotary embedding: rotates adjacent pairs (x0, x1), (x2, x3), ... of [B, S, H, D]."""
+    inv = 1.0 / (10000 ** (torch.arange(0, x.shape[-1], 2).float() / x.shape[-1]))
+    ang = pos.float()[:, None] * inv[None, :]                      # [S, D/2]
+    sin = ang.sin().repeat_interleave(2, dim=-1)[None, :, None, :]  # [1, S, 1, D]: each angle twice in a row
+    cos = ang.cos().repeat_interleave(2, dim=-1)[None, :, None, :]
+    rot = torch.stack((-x[..., 1::2], x[..., ::2]), dim=-1).flatten(-2)
+    return x * cos + rot * sin
+
+
 # name -> (fn(self, *inputs), inputs, params)
 CASES = {
     "add": (lambda m, x, y: x + y * 2 + 1, (r(3, 4), r(4)), {}),
@@ -65,6 +75,9 @@ CASES = {
     "t": (lambda m, x: x.t() * 2, (r(3, 4),), {}),
     "expand": (lambda m, x: x.expand(3, 4, 5) + x.expand_as(torch.empty(3, 4, 5)), (r(4, 1),), {}),
     "repeat": (lambda m, x: x.repeat(2, 1, 3), (r(3, 2),), {}),
+    "repeat_interleave": (lambda m, x: x.repeat_interleave(2, dim=-1).sum(0) + x.repeat_interleave(3, 0)[:2, :2].flatten()
+                          + x.repeat_interleave(1).sum() + x.repeat_interleave(2)[:4], (r(3, 2),), {}),
+    "rope_interleaved": (lambda m, x, pos: _gptj_rope(x, pos), (r(1, 5, 2, 8), torch.arange(5)), {}),
     "slice_select": (lambda m, x: x[:, 1:3] * 1 + x[:, -2:] + x[0, :2].unsqueeze(0) + x[:, ::2][:, :2], (r(3, 5),), {}),
     "narrow": (lambda m, x: x.narrow(1, 1, 2) * 1, (r(3, 5),), {}),
     "index_select_gather": (lambda m, x, idx: x.index_select(0, idx).sum(-1, keepdim=True) + torch.gather(x, 1, idx.view(1, 2).expand(3, 2))[:2],
@@ -80,7 +93,8 @@ CASES = {
     "compare_logic": (lambda m, x: x + ((torch.arange(4) < 2) & (torch.arange(4) != 0) | (torch.arange(4) >= 3)).float()
                       + (torch.arange(4) <= 1).float() * (torch.arange(4) > 0).float() * (torch.arange(4) == 1).float()
                       + (~(torch.arange(4) == 2)).float(), (r(3, 4),), {}),
-    "to_dtype": (lambda m, x, ids: x.to(torch.float32) + ids.to(torch.float32) + ids.float().to(torch.int64), (r(3,), i(9, 3)), {}),
+    "to_dtype": (lambda m, x, ids: x.to(torch.float32) + ids.to(torch.float32) + ids.float().to(torch.int64)
+                 + ids.to("cpu", torch.float32) + torch.ones(3, dtype=torch.int64).to(device=x.device), (r(3,), i(9, 3)), {}),
     "mean_sum_amax": (lambda m, x: x.mean(-1, keepdim=True) + x.sum(dim=(0,), keepdim=True) + x.amax(-1, keepdim=True)
                       + x.sum() + x.max(dim=-1, keepdim=True).values, (r(3, 4),), {}),
     "sdpa": (lambda m, q, k, v: F.scaled_dot_product_attention(q, k, v), (r(1, 2, 5, 8), r(1, 2, 5, 8), r(1, 2, 5, 8)), {}),
@@ -129,8 +143,10 @@ SEEN: collections.Counter = collections.Counter()
 def test_aten_op(name):
     fn, inputs, params = CASES[name]
     model = Fn(fn, **params).eval()
-    ep = torch.export.export(model, inputs).run_decompositions({})
+    # Kiln converts the program as captured when it can, else after run_decompositions({}): both count.
+    ep = torch.export.export(model, inputs)
     SEEN.update(str(n.target) for n in ep.graph.nodes if n.op == "call_function")
+    SEEN.update(str(n.target) for n in ep.run_decompositions({}).graph.nodes if n.op == "call_function")
     with torch.inference_mode():
         want = model(*inputs).numpy()
     sess = kiln.compile(model, inputs, executor="reference")

@@ -136,7 +136,24 @@ def to_copy(ctx: Ctx, x, dtype=None, **kwargs):
     return out if dtype is None else ctx.cast(out, kiln_dtype(dtype, f"{ctx.where()}: "))
 
 
-@handles("aten.alias.default", "aten.clone.default", "aten.detach.default")
+# The .to overloads torch.export keeps: the device and layout are the CPU's, only the dtype matters.
+@handles("aten.to.dtype")
+def to_dtype(ctx: Ctx, x, dtype, *flags, **kwargs):
+    return to_copy(ctx, x, dtype=dtype)
+
+
+@handles("aten.to.device")
+def to_device(ctx: Ctx, x, device, dtype, *flags, **kwargs):
+    return to_copy(ctx, x, dtype=dtype)
+
+
+@handles("aten.to.dtype_layout")
+def to_dtype_layout(ctx: Ctx, x, *, dtype=None, **kwargs):
+    return to_copy(ctx, x, dtype=dtype)
+
+
+@handles("aten.alias.default", "aten.clone.default", "aten.detach.default", "aten.contiguous.default",
+         "aten.lift_fresh_copy.default", "aten.detach_.default")
 def identity(ctx: Ctx, x, **kwargs):
     # Copies of immutable values are the values themselves (eval-mode dropout also arrives as clone).
     return ctx.tensor(x)
@@ -149,9 +166,14 @@ def type_as(ctx: Ctx, x, other):
 
 @handles("aten.native_dropout.default")
 def native_dropout(ctx: Ctx, x, p, train):
+    return [dropout(ctx, x, p, train), None]
+
+
+@handles("aten.dropout.default")
+def dropout(ctx: Ctx, x, p, train):
     if train:
         raise ctx.unsupported("training-mode dropout (call model.eval() before compiling)")
-    return [ctx.tensor(x), None]
+    return ctx.tensor(x)
 
 
 @handles("aten._assert_tensor_metadata.default", "aten._assert_scalar.default",

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...ir import dims
+from ...core import dims
 from .context import Ctx, kiln_dtype
 from .handlers import handles
 

@@ -1,15 +1,36 @@
 """Movement ATen ops → reshape / permute / expand / slice / concat / gathers."""
 from __future__ import annotations
 
+from ...core.dims import numel
 from ...ops.shape import INT_MAX, reshape_target
 from .context import Ctx
 from .handlers import handles
 
 
-@handles("aten.view.default", "aten._unsafe_view.default", "aten.view_copy.default")
+@handles("aten.view.default", "aten._unsafe_view.default", "aten.view_copy.default", "aten.reshape.default")
 def view(ctx: Ctx, x, shape):
+    # Kiln values are immutable, so a view and a reshaping copy are the same value.
     t = ctx.tensor(x)
     return ctx.reshape(t, reshape_target(ctx.shape(t), ctx.dims_of(shape)))
+
+
+@handles("aten.flatten.using_ints")
+def flatten(ctx: Ctx, x, start_dim=0, end_dim=-1):
+    t = ctx.tensor(x)
+    shape = list(ctx.shape(t))
+    if not shape:
+        return ctx.reshape(t, [1])
+    a, b = ctx.axis(start_dim, t), ctx.axis(end_dim, t)
+    return ctx.reshape(t, shape[:a] + [numel(shape[a:b + 1])] + shape[b + 1:])
+
+
+@handles("aten.unflatten.int")
+def unflatten(ctx: Ctx, x, dim, sizes):
+    t = ctx.tensor(x)
+    shape = list(ctx.shape(t))
+    a = ctx.axis(dim, t)
+    inner = reshape_target((shape[a],), ctx.dims_of(sizes))  # resolves a -1 among sizes
+    return ctx.reshape(t, shape[:a] + list(inner) + shape[a + 1:])
 
 
 @handles("aten.unsqueeze.default")
@@ -64,6 +85,11 @@ def expand(ctx: Ctx, x, size, implicit=False):
     return ctx.emit("expand", [t], {"shape": target})
 
 
+@handles("aten.expand_as.default")
+def expand_as(ctx: Ctx, x, other):
+    return expand(ctx, x, list(ctx.shape(ctx.tensor(other))))
+
+
 @handles("aten.repeat.default")
 def repeat(ctx: Ctx, x, repeats):
     # repeat = insert a size-r axis before each dim, expand, merge.
@@ -80,6 +106,22 @@ def repeat(ctx: Ctx, x, repeats):
     if tuple(target) != tuple(inter):
         t = ctx.emit("expand", [t], {"shape": tuple(target)})
     return ctx.reshape(t, final)
+
+
+@handles("aten.repeat_interleave.self_int")
+def repeat_interleave(ctx: Ctx, x, repeats, dim=None, *, output_size=None):
+    # Each element r times in a row along ``dim`` = a size-r axis after ``dim``, expanded, merged:
+    # [..., d, ...] -> [..., d, 1, ...] -> [..., d, r, ...] -> [..., d*r, ...]. No op of its own.
+    t = ctx.tensor(x)
+    if dim is None:  # torch flattens first
+        t, dim = ctx.reshape(t, [numel(ctx.shape(t))]), 0
+    r = ctx.dim(repeats)
+    shape = list(ctx.shape(t))
+    a = ctx.axis(dim, t)
+    t = ctx.reshape(t, shape[:a + 1] + [1] + shape[a + 1:])
+    if not (isinstance(r, int) and r == 1):
+        t = ctx.emit("expand", [t], {"shape": tuple(shape[:a + 1] + [r] + shape[a + 1:])})
+    return ctx.reshape(t, shape[:a] + [shape[a] * r] + shape[a + 1:])
 
 
 def slice_(ctx: Ctx, t: str, axis: int, start, end, step=1) -> str:
@@ -107,6 +149,16 @@ def slice_tensor(ctx: Ctx, x, dim=0, start=None, end=None, step=1):
     t = ctx.tensor(x)
     return slice_(ctx, t, ctx.axis(dim, t),
                   None if start is None else ctx.dim(start), None if end is None else ctx.dim(end), step)
+
+
+@handles("aten.narrow.default")
+def narrow(ctx: Ctx, x, dim, start, length):
+    t = ctx.tensor(x)
+    axis = ctx.axis(dim, t)
+    start = ctx.dim(start)
+    if isinstance(start, int) and start < 0:
+        start = ctx.shape(t)[axis] + start
+    return slice_(ctx, t, axis, start, start + ctx.dim(length))
 
 
 @handles("aten.select.int")
@@ -144,6 +196,17 @@ def split(ctx: Ctx, x, split_size, dim=0):
     sizes = ctx.dims_of(split_size) if isinstance(split_size, (list, tuple)) else \
         _split_sizes(ctx, t, axis, int(ctx.dim(split_size)))
     return _split(ctx, t, axis, sizes)
+
+
+@handles("aten.chunk.default")
+def chunk(ctx: Ctx, x, chunks, dim=0):
+    # torch's rule: chunks of ceil(size / chunks), the last one smaller (so possibly fewer chunks).
+    t = ctx.tensor(x)
+    axis = ctx.axis(dim, t)
+    size = ctx.shape(t)[axis]
+    if not isinstance(size, int):
+        raise ctx.unsupported("chunk along a symbolic axis")
+    return _split(ctx, t, axis, _split_sizes(ctx, t, axis, max(-(-size // int(chunks)), 1)))
 
 
 @handles("aten.unbind.int")

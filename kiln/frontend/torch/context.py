@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ...errors import KilnError, ShapeError, UnsupportedOpError
-from ...ir.dims import Dim, Sym
+from ...core.dims import Dim, Sym
 from ...ir.graph import Graph
 
 TORCH_DTYPES = {torch.float32: "float32", torch.int64: "int64", torch.int32: "int32", torch.bool: "bool"}
@@ -68,6 +68,7 @@ class Ctx:
         self.env: dict[Any, Any] = {}   # fx node -> kiln tensor name | Dim | list
         self.node = None                # the fx node being converted (for names and sources)
         self._scalar_cache: dict[tuple, str] = {}
+        self._sources: dict[Any, str] = {}   # fx node -> its source line (one parse per node, not per emit)
 
     # -- values -------------------------------------------------------------------
     def value(self, arg):
@@ -150,7 +151,12 @@ class Ctx:
 
     # -- messages -----------------------------------------------------------------
     def source(self) -> str:
-        return source_of(self.node) if self.node is not None else ""
+        if self.node is None:
+            return ""
+        src = self._sources.get(self.node)
+        if src is None:
+            src = self._sources[self.node] = source_of(self.node)
+        return src
 
     def where(self) -> str:
         if self.node is None:

@@ -5,6 +5,10 @@ from typing import Callable
 
 HANDLERS: dict[str, Callable] = {}
 
+# In-place ops whose write changes no value Kiln sees (detach_ only drops autograd history):
+# a program holding them still converts as captured, without functionalization.
+SAFE_IN_PLACE = frozenset({"aten.detach_.default"})
+
 
 def handles(*targets: str):
     """Register ``fn(ctx, *args, **kwargs)`` for ATen targets named like 'aten.add.Tensor'."""
