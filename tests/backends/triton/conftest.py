@@ -1,0 +1,34 @@
+"""Run this folder's kernels in Triton's CPU interpreter when there is no GPU.
+
+Triton fixes interpreter mode when a kernel is decorated, so TRITON_INTERPRET=1 is set
+here, before kiln.backends.triton is imported, and removed again right after: the
+kernels stay interpreted, and no other test (or subprocess) sees the variable."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import triton  # noqa: F401  (in the test extra: a missing triton fails here, loudly)
+import torch  # noqa: E402
+
+_had = "TRITON_INTERPRET" in os.environ
+if not torch.cuda.is_available() and not _had:
+    os.environ["TRITON_INTERPRET"] = "1"
+try:
+    import kiln.backends.triton as kt  # noqa: E402,F401
+finally:
+    if not _had:
+        os.environ.pop("TRITON_INTERPRET", None)
+
+
+@pytest.fixture(scope="session")
+def ctx():
+    from kiln.backends.triton.runtime import Context
+    return Context()
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
