@@ -8,7 +8,6 @@ tensors) or 'cuda'; anything else is a KilnError saying what is missing.
 """
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 from ...errors import BackendError
@@ -20,8 +19,12 @@ try:
 except ImportError as e:  # pragma: no cover - the gpu extra is missing
     raise BackendError(f"the Triton backend needs torch and triton (pip install 'kiln-runtime[gpu]'): {e}") from None
 
-INTERPRETED = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
+INTERPRETED = bool(triton.knobs.runtime.interpret)
 if INTERPRETED:
+    from triton.runtime.interpreter import InterpretedFunction
+    if not isinstance(tl.standard.zeros_like, InterpretedFunction):
+        raise BackendError("TRITON_INTERPRET=1 was set after triton was imported: Triton's own library is "
+                           "compiled-mode while these kernels would be interpreted; set it before importing triton")
     # Triton imports this lazily on the first launch and asserts interpreter mode then;
     # importing it now lets the caller unset TRITON_INTERPRET once the kernels are decorated.
     import triton.experimental.gluon  # noqa: F401

@@ -10,14 +10,18 @@ import os
 import numpy as np
 import pytest
 
-import triton  # noqa: F401  (in the test extra: a missing triton fails here, loudly)
-import torch  # noqa: E402
+import sys
+
+import torch
 
 _had = "TRITON_INTERPRET" in os.environ
 if not torch.cuda.is_available() and not _had:
+    if "triton" in sys.modules and "kiln.backends.triton" not in sys.modules:
+        raise RuntimeError("triton was imported before tests/backends/triton/conftest.py could set "
+                           "TRITON_INTERPRET=1; run with TRITON_INTERPRET=1 in the environment")
     os.environ["TRITON_INTERPRET"] = "1"
 try:
-    import kiln.backends.triton as kt  # noqa: E402,F401
+    import kiln.backends.triton  # noqa: F401  (triton is in the test extra: a missing one fails here, loudly)
 finally:
     if not _had:
         os.environ.pop("TRITON_INTERPRET", None)
