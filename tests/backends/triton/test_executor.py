@@ -87,15 +87,25 @@ def torch_logits(model, ids):
         return model(input_ids=torch.tensor([ids]), use_cache=False).logits.numpy()
 
 
-def compiled_graph(model, last_only: bool):
+@pytest.fixture(scope="module")
+def exported():
+    """arch -> (model, optimized full-logits graph with a symbolic sequence length): torch.export
+    dominates this file's time, so each architecture is exported once."""
     from kiln.models.hf import compile_causal_lm
-    return compile_causal_lm(model, max_len=32, executor="reference", last_only=last_only).session.graph
+    cache = {}
+
+    def get(arch):
+        if arch not in cache:
+            model = tiny(arch)
+            cache[arch] = model, compile_causal_lm(model, max_len=32, executor="reference",
+                                                   last_only=False).session.graph
+        return cache[arch]
+    return get
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "qwen3", "llama"])
-def test_whole_model_prefill(arch, rng):
-    model = tiny(arch)
-    g = compiled_graph(model, last_only=False)
+def test_whole_model_prefill(arch, exported, rng):
+    model, g = exported(arch)
     (sym,) = g.symbols
     ids = rng.integers(0, VOCAB, 7).tolist()
     got = tex.build(g, {sym: 7}).run({g.inputs[0]: np.array([ids], np.int64)})[0]
@@ -104,9 +114,9 @@ def test_whole_model_prefill(arch, rng):
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "qwen3"])
-def test_kv_cache_prefill_then_decode(arch, rng):
-    model = tiny(arch)
-    g = add_kv_cache(compiled_graph(model, last_only=True), 32)
+def test_kv_cache_prefill_then_decode(arch, exported, rng):
+    model, full = exported(arch)
+    g = add_kv_cache(full, 32)
     (sym,) = g.symbols
     ids_name = next(n for n in g.inputs if n != POSITION)
     ids = rng.integers(0, VOCAB, 5).tolist()

@@ -34,3 +34,14 @@ def test_register_rejects_duplicates_and_unknown_ops():
 def test_fold_only_ops_are_not_required():
     assert registry.missing_ops(["arange", "eq"]) == []
     assert np.all([ops.get(n).has(ops.FOLD_ONLY) for n in ("arange", "eq")])
+
+
+def test_interpreter_setting_does_not_leak():
+    import os
+
+    from kiln.backends.triton import runtime
+
+    from . import conftest
+    if not conftest._had:
+        assert "TRITON_INTERPRET" not in os.environ       # other tests and subprocesses never see it
+    assert runtime.device().type == ("cpu" if runtime.INTERPRETED else "cuda")
