@@ -65,30 +65,21 @@ def timed(fn, rounds: int) -> float:
 
 
 class KilnTriton:
-    """Prefill/decode executors per sequence length over one device-resident KV cache."""
+    """The model's KV-cache graph in a TritonSession: one plan per length, one device KV cache."""
 
     def __init__(self, model, max_len: int):
+        from kiln.backends.triton.session import TritonSession
         from kiln.models.hf import compile_causal_lm
         from kiln.passes.kv_cache import POSITION, add_kv_cache
         graph = compile_causal_lm(model, max_len=max_len, executor="reference", last_only=True).session.graph
-        self.graph = add_kv_cache(graph, max_len)
-        (self.sym,) = self.graph.symbols
+        self.session = TritonSession(add_kv_cache(graph, max_len))
         self.pos_name = POSITION
-        self.ids_name = next(n for n in self.graph.inputs if n != POSITION)
-        self.execs: dict = {}
-        self.state = None
-
-    def executor(self, s: int):
-        from kiln.backends.triton.executor import build
-        if s not in self.execs:
-            self.execs[s] = build(self.graph, {self.sym: s}, state=self.state)
-            self.state = self.execs[s].state
-        return self.execs[s]
+        self.ids_name = next(n for n in self.session.input_names if n != POSITION)
 
     def run(self, ids, pos: int):
         import numpy as np
-        return self.executor(len(ids)).run({self.ids_name: np.asarray([ids], np.int64),
-                                            self.pos_name: np.asarray(pos, np.int64)})[0][0, -1]
+        return self.session.run({self.ids_name: np.asarray([ids], np.int64),
+                                 self.pos_name: np.asarray(pos, np.int64)})[0][0, -1]
 
     def decode(self, prompt, n: int) -> float:
         """Seconds for n decode steps after a prefill of `prompt` (prefill excluded)."""

@@ -132,3 +132,25 @@ def test_kv_cache_prefill_then_decode(arch, exported, rng):
         logits = decode.run({ids_name: np.array([ids[-1:]], np.int64), POSITION: np.array(len(ids) - 1, np.int64)})[0]
     with pytest.raises(BackendError, match="cached_attention|cache_write"):   # past the cache: a KilnError, no overrun
         decode.run({ids_name: np.array([[1]], np.int64), POSITION: np.array(32, np.int64)})
+
+
+def test_triton_session_greedy_decode_matches_reference(exported):
+    """TritonSession behind the generation code's CachedDecoder: the same greedy tokens as
+    the numpy reference Session, with one device KV cache across prefill and decode plans."""
+    from kiln.models.generate import CachedDecoder
+    from kiln.backends.triton.session import TritonSession
+    from kiln.session import Session
+    _, full = exported("gpt2")
+    g = add_kv_cache(full, 32)
+    runs = []
+    for sess in (TritonSession(g), Session(g, executor="reference")):
+        dec = CachedDecoder(sess, max_len=32)
+        logits, toks = dec.prefill([5, 17, 3, 60]), []
+        for _ in range(4):
+            toks.append(int(np.argmax(logits)))
+            logits = dec.step(toks[-1])
+        runs.append((toks, logits))
+    assert runs[0][0] == runs[1][0]
+    assert rel_err(runs[0][1], runs[1][1]) < 1e-4
+    with pytest.raises(FeedError, match="do not fit the KV cache"):
+        TritonSession(g).run({"input_ids": np.zeros((1, 2), np.int64), POSITION: np.array(31, np.int64)})
