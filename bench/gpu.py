@@ -64,15 +64,23 @@ def timed(fn, rounds: int) -> float:
     return statistics.median(out)
 
 
+def attempt(fn):
+    """fn()'s result, or the failure as a short string: one contender failing is a result, not a crash."""
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001
+        return f"failed: {type(e).__name__}: {e}"[:200]
+
+
 class KilnTriton:
     """The model's KV-cache graph in a TritonSession: one plan per length, one device KV cache."""
 
-    def __init__(self, model, max_len: int):
+    def __init__(self, model, max_len: int, cuda_graph: bool = False):
         from kiln.backends.triton.session import TritonSession
         from kiln.models.hf import compile_causal_lm
         from kiln.passes.kv_cache import POSITION, add_kv_cache
         graph = compile_causal_lm(model, max_len=max_len, executor="reference", last_only=True).session.graph
-        self.session = TritonSession(add_kv_cache(graph, max_len))
+        self.session = TritonSession(add_kv_cache(graph, max_len), cuda_graph=cuda_graph)
         self.pos_name = POSITION
         self.ids_name = next(n for n in self.session.input_names if n != POSITION)
 
@@ -133,6 +141,7 @@ def bench_model(family: str, layers, lengths, new_tokens: int, rounds: int) -> d
     cpu_model = zoo.causal_lm(family, layers)
     max_len = max(lengths) + new_tokens + 1
     kiln = KilnTriton(cpu_model, max_len)
+    kiln_graphs = KilnTriton(cpu_model, max_len, cuda_graph=True)   # launches replayed from a CUDA graph
     eager = copy.deepcopy(cpu_model).cuda().eval()
     compiled = torch.compile(copy.deepcopy(cpu_model).cuda().eval())
     rng = np.random.default_rng(0)
@@ -148,44 +157,44 @@ def bench_model(family: str, layers, lengths, new_tokens: int, rounds: int) -> d
     for s in lengths:
         ids = rng.integers(0, vocab, s).tolist()
         t_ids = torch.tensor([ids], device="cuda")
-        res = {"kiln-triton": timed(lambda: kiln.run(ids, 0), rounds),
-               "torch-eager": timed(lambda: torch_prefill(eager, t_ids), rounds)}
-        try:
-            res["torch.compile"] = timed(lambda: torch_prefill(compiled, t_ids), rounds)
-        except Exception as e:  # noqa: BLE001 - a peer failing is a result, not a crash
-            res["torch.compile"] = f"failed: {type(e).__name__}: {e}"[:200]
+        res = {"kiln-triton": attempt(lambda: timed(lambda: kiln.run(ids, 0), rounds)),
+               "kiln-triton+cudagraph": attempt(lambda: timed(lambda: kiln_graphs.run(ids, 0), rounds)),
+               "torch-eager": attempt(lambda: timed(lambda: torch_prefill(eager, t_ids), rounds)),
+               "torch.compile": attempt(lambda: timed(lambda: torch_prefill(compiled, t_ids), rounds))}
         row["prefill_ms"][s] = {k: (v * 1e3 if isinstance(v, float) else v) for k, v in res.items()}
         log(f"   prefill {s:>5}: " + ", ".join(f"{k} {v:.2f} ms" if isinstance(v, float) else f"{k} {v}"
                                                for k, v in row["prefill_ms"][s].items()))
 
     prompt = rng.integers(0, vocab, lengths[0]).tolist()
     for name, fn in (("kiln-triton", lambda: kiln.decode(prompt, new_tokens)),
+                     ("kiln-triton+cudagraph", lambda: kiln_graphs.decode(prompt, new_tokens)),
                      ("torch-eager", lambda: torch_decode(eager, prompt, new_tokens, False)),
                      ("torch.compile", lambda: torch_decode(copy.deepcopy(eager), prompt, new_tokens, True))):
-        try:
-            secs = min(fn() for _ in range(rounds))
-            row["decode_tok_s"][name] = new_tokens / secs
-        except Exception as e:  # noqa: BLE001
-            row["decode_tok_s"][name] = f"failed: {type(e).__name__}: {e}"[:200]
+        secs = attempt(lambda: min(fn() for _ in range(rounds)))
+        row["decode_tok_s"][name] = new_tokens / secs if isinstance(secs, float) else secs
     log("   decode tok/s: " + ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}"
                                          for k, v in row["decode_tok_s"].items()))
     return row
 
 
+COLUMNS = ("kiln-triton", "kiln-triton+cudagraph", "torch-eager", "torch.compile")
+
+
 def markdown(env: dict, rows: list[dict]) -> str:
     lines = [f"GPU {env['gpu']}, driver {env['driver']}, CUDA {env['cuda']}, torch {env['torch']}, "
              f"triton {env['triton']}", "",
-             "| model | what | Kiln-Triton | PyTorch eager | torch.compile |", "|---|---|---|---|---|"]
+             "| model | what | Kiln-Triton | Kiln-Triton + CUDA graph | PyTorch eager | torch.compile |",
+             "|---|---|---|---|---|---|"]
 
     def fmt(v, unit):
         return f"{v:.2f} {unit}" if isinstance(v, float) else str(v)
     for r in rows:
         for s, res in r["prefill_ms"].items():
             lines.append(f"| {r['model']} | prefill {s} | " + " | ".join(
-                fmt(res.get(k), "ms") for k in ("kiln-triton", "torch-eager", "torch.compile")) + " |")
+                fmt(res.get(k), "ms") for k in COLUMNS) + " |")
         d = r["decode_tok_s"]
         lines.append(f"| {r['model']} | decode | " + " | ".join(
-            fmt(d.get(k), "tok/s") for k in ("kiln-triton", "torch-eager", "torch.compile")) + " |")
+            fmt(d.get(k), "tok/s") for k in COLUMNS) + " |")
     return "\n".join(lines)
 
 

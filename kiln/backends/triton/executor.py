@@ -40,9 +40,14 @@ class TritonExecutor:
     ``state``: name -> device tensor, shared with other executors of the same graph so
     that their runs continue one sequence (pass ``other.state``); numpy arrays are
     uploaded (a private copy). Missing state starts from the graph's initial values.
+    ``cuda_graph``: on a GPU, record the launches of the second run into a CUDA graph and
+    replay it from then on (every buffer is fixed and cache positions are read on the device,
+    so one recording serves every later run; the first run autotunes and compiles). Off by
+    default: not yet exercised on a GPU here.
     Raises BackendError when an op has no Triton kernel or no device is usable."""
 
-    def __init__(self, graph: Graph, plan: Plan, state: Optional[Mapping] = None, device=None):
+    def __init__(self, graph: Graph, plan: Plan, state: Optional[Mapping] = None, device=None,
+                 cuda_graph: bool = False):
         self.plan = plan
         self.graph = g = plan.check_graph(graph)
         missing = registry.missing_ops(g)
@@ -83,6 +88,9 @@ class TritonExecutor:
                                 self._view(node.output, node), node.attrs, node))
         self.last_profile: Optional[Profile] = None
         self._lock = threading.Lock()
+        self._use_graph = cuda_graph and dev.type == "cuda"
+        self._graph = None
+        self._runs = 0
 
     # -- construction helpers ---------------------------------------------------------
     def _checked(self, slot, a) -> np.ndarray:
@@ -132,26 +140,39 @@ class TritonExecutor:
             for a, buf in host:
                 if a.nbytes:
                     buf[:a.nbytes].copy_(_bytes(torch.from_numpy(a)))
-            timings = []
-            for k, (launch, ins, out, attrs, node) in enumerate(self._steps):
-                self.ctx.code = k + 1
-                t0 = time.perf_counter() if profile else 0.0
-                launch(ins, out, attrs, self.ctx)
-                if profile:
-                    self._sync()
-                    timings.append((node.output, node.op, "triton", time.perf_counter() - t0))
+            timings: list = []
+            if self._graph is not None and not profile:
+                self._graph.replay()
+            elif self._use_graph and self._runs >= 1 and not profile:
+                self._graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(self._graph):
+                    self._launch_all(None)
+                self._graph.replay()
+            else:
+                self._launch_all(timings if profile else None)
+            self._runs += 1
             outs = [buf[:n].view(dtype).view(shape).to("cpu", copy=True).numpy() for buf, n, dtype, shape in self._outputs]
             self.ctx.check(lambda code: repr(self._steps[code - 1][4]))
         if profile:
             self.last_profile = Profile.build(timings)
         return outs
 
+    def _launch_all(self, timings: Optional[list]) -> None:
+        for k, (launch, ins, out, attrs, node) in enumerate(self._steps):
+            self.ctx.code = k + 1
+            t0 = time.perf_counter() if timings is not None else 0.0
+            launch(ins, out, attrs, self.ctx)
+            if timings is not None:
+                self._sync()
+                timings.append((node.output, node.op, "triton", time.perf_counter() - t0))
+
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
 
-def build(graph: Graph, binding: Optional[Mapping[str, int]] = None, *, state=None, device=None) -> TritonExecutor:
+def build(graph: Graph, binding: Optional[Mapping[str, int]] = None, *, state=None, device=None,
+          cuda_graph: bool = False) -> TritonExecutor:
     """Resolve ``graph`` for ``binding`` (symbol -> size), plan it, and return its executor
     (the same steps as Session._build, with this backend in place of the CPU executors)."""
     from ...ir.resolve import resolve
@@ -159,4 +180,4 @@ def build(graph: Graph, binding: Optional[Mapping[str, int]] = None, *, state=No
     from ...planner import plan as make_plan
     static = resolve(graph, dict(binding or {})) if graph.symbols else graph
     validate(static, static=True, executable=True)
-    return TritonExecutor(static, make_plan(static), state=state, device=device)
+    return TritonExecutor(static, make_plan(static), state=state, device=device, cuda_graph=cuda_graph)

@@ -22,11 +22,12 @@ MAX_PLANS = 8   # as kiln.session.MAX_PLANS: prefill and decode, and a bound for
 
 
 class TritonSession:
-    def __init__(self, graph: Graph, *, device=None, max_plans: int = MAX_PLANS):
+    def __init__(self, graph: Graph, *, device=None, max_plans: int = MAX_PLANS, cuda_graph: bool = False):
         validate(graph)
         self.graph = graph
         self.device = device
         self.max_plans = max_plans
+        self.cuda_graph = cuda_graph
         self.state: Optional[dict] = None   # device tensors, made by the first executor
         self._executors: collections.OrderedDict[tuple, TritonExecutor] = collections.OrderedDict()
         from ...passes.kv_cache import position_check
@@ -55,7 +56,7 @@ class TritonSession:
         key = tuple(sorted(binding.items()))
         ex = self._executors.get(key)
         if ex is None:
-            ex = build(self.graph, dict(binding), state=self.state, device=self.device)
+            ex = build(self.graph, dict(binding), state=self.state, device=self.device, cuda_graph=self.cuda_graph)
             self.state = ex.state
             self._executors[key] = ex
             while len(self._executors) > self.max_plans:
