@@ -62,8 +62,9 @@ def variants():
     for causal, mask, mbool, pos in ((True, False, False, False), (False, True, True, False),
                                      (False, True, False, False), (True, False, False, True)):
         add(f"attention-c{causal}-m{mask}{mbool}-pos{pos}", attention._attn, dict(att, mask=PB if mbool else P32),
-            {"CAUSAL": causal, "HAS_MASK": mask, "MASK_BOOL": mbool, "HAS_POS": pos, "BLOCK_M": 64, "BLOCK_N": 64,
-             "BLOCK_D": 128, "BLOCK_DV": 128})
+            {"CAUSAL": causal, "HAS_MASK": mask, "MASK_BOOL": mbool, "HAS_POS": pos,
+             "BLOCK_M": 32 if pos else 64, "BLOCK_N": 32 if pos else 64,          # wide heads take 32x32 tiles
+             "BLOCK_D": 128 if pos else 64, "BLOCK_DV": 128 if pos else 64})
     add("strided_copy", movement._strided_copy, {"x": P32, "y": P32, "meta": P64, "n": I32, "x_base": I32,
                                                  "y_base": I32}, {"RANK": 3, "BLOCK": 1024})
     add("take", movement._take, {"x": P32, "idx": P64, "y": P32, "n_idx": I32, "N": I32, "inner": I32,

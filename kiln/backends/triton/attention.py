@@ -73,10 +73,13 @@ def _attn(q, k, v, mask, o, pos_ptr, flag, code, Sq, Sk, Hq, group, D, DV, scale
              mask=(offs_m[:, None] < Sq) & (offs_dv[None, :] < DV))
 
 
-def _blocks(sq: int, sk: int) -> tuple[int, int]:
+def _blocks(sq: int, sk: int, d: int) -> tuple[int, int]:
+    """(query rows, keys) per tile. fp32 tiles of a 128-wide head at 64x64 would spill registers,
+    so wide heads take smaller tiles (to be tuned on a GPU)."""
     if runtime.INTERPRETED:
         return runtime.block(sq, 16, 32), runtime.block(sk, 16, 32)
-    return runtime.block(sq, 16, 64), 64
+    wide = d > 64
+    return runtime.block(sq, 16, 32 if wide else 64), 32 if wide else 64
 
 
 def _launch(q, k, v, mask, out, pos, scale, causal, ctx):
@@ -84,7 +87,7 @@ def _launch(q, k, v, mask, out, pos, scale, causal, ctx):
     Hk, Sk, DV = k.shape[1], k.shape[2], v.shape[3]
     if out.numel() == 0:
         return
-    bm, bn = _blocks(Sq, Sk)
+    bm, bn = _blocks(Sq, Sk, max(D, DV))
     if mask is not None:
         s_mb, s_mh, s_mq, s_mk = runtime.broadcast_strides(mask.shape, (B, Hq, Sq, Sk))
     else:
