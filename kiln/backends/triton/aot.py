@@ -76,8 +76,9 @@ def variants():
     return out
 
 
-def compile_all(arch: int = 90, only: str = "") -> list[tuple[str, str]]:
-    """Compile every variant for sm_<arch>; returns [(name, error)] for the ones that failed."""
+def compile_all(arch: int = 90, only: str = "") -> tuple[int, list[tuple[str, str]]]:
+    """Compile every variant (whose name contains `only`) for sm_<arch>: (how many were tried,
+    [(name, error)] for the ones that failed)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -87,14 +88,16 @@ def compile_all(arch: int = 90, only: str = "") -> list[tuple[str, str]]:
         raise runtime.BackendError("compile_all needs compiled-mode kernels: unset TRITON_INTERPRET")
     target = GPUTarget("cuda", arch, 32)
     failures = []
+    tried = 0
     for name, fn, sig, const in variants():
         if only and only not in name:
             continue
+        tried += 1
         try:
             triton.compile(ASTSource(fn=fn, signature=sig, constexprs=const), target=target)
         except Exception as e:  # noqa: BLE001 - collected and reported by name
             failures.append((name, f"{type(e).__name__}: {str(e)[:2000]}"))
-    return failures
+    return tried, failures
 
 
 def main(argv=None) -> int:
@@ -104,11 +107,11 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default="")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    failures = compile_all(args.arch, args.only)
+    tried, failures = compile_all(args.arch, args.only)
     for name, err in failures:
         print(f"FAILED {name}: {err}\n")
-    print(f"{len(variants()) - len(failures)} compiled, {len(failures)} failed, {time.perf_counter() - t0:.1f} s")
-    return 1 if failures else 0
+    print(f"{tried - len(failures)} compiled, {len(failures)} failed, {time.perf_counter() - t0:.1f} s")
+    return 0 if tried and not failures else 1   # nothing matching --only is a failure too
 
 
 if __name__ == "__main__":
