@@ -142,8 +142,8 @@ def test_triton_session_greedy_decode_matches_reference(exported):
     from kiln.session import Session
     _, full = exported("gpt2")
     g = add_kv_cache(full, 32)
-    runs = []
-    for sess in (TritonSession(g), Session(g, executor="reference")):
+    runs, dec_sessions = [], (TritonSession(g, cuda_graph=True), Session(g, executor="reference"))
+    for sess in dec_sessions:   # (cuda_graph is a no-op off a GPU: same results)
         dec = CachedDecoder(sess, max_len=32)
         logits, toks = dec.prefill([5, 17, 3, 60]), []
         for _ in range(4):
@@ -152,5 +152,9 @@ def test_triton_session_greedy_decode_matches_reference(exported):
         runs.append((toks, logits))
     assert runs[0][0] == runs[1][0]
     assert rel_err(runs[0][1], runs[1][1]) < 1e-4
+    tsess = dec_sessions[0]
+    assert any(bool(t.abs().sum() > 0) for t in tsess.state.values())
+    tsess.reset_state()                                   # in place: every plan sees the zeroed cache
+    assert all(bool(t.abs().sum() == 0) for t in tsess.state.values())
     with pytest.raises(FeedError, match="do not fit the KV cache"):
         TritonSession(g).run({"input_ids": np.zeros((1, 2), np.int64), POSITION: np.array(31, np.int64)})
