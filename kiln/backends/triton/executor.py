@@ -20,10 +20,11 @@ from . import registry, runtime
 from .runtime import TORCH_DTYPES, torch
 from ...errors import BackendError, ValidationError
 from ...executor.planned import Profile, feed_array
-from ...ir.graph import ITEMSIZE, Graph
+from ...core.dtypes import ITEMSIZE, np_dtype
+from ...ir.graph import Graph
 from ...ops import registry as ops
-from ...planner.lifetimes import ALIAS
-from ...planner.plan import CONST_SLOT, INPUT_SLOT, OUTPUT_SLOT, STATE_SLOT, Plan
+from ...planner.kinds import SlotKind, StepKind
+from ...planner.plan import Plan
 
 
 def _upload(a: np.ndarray, dev) -> "torch.Tensor":
@@ -49,7 +50,7 @@ class TritonExecutor:
     def __init__(self, graph: Graph, plan: Plan, state: Optional[Mapping] = None, device=None,
                  cuda_graph: bool = False):
         self.plan = plan
-        self.graph = g = plan.check_graph(graph)
+        self.graph = g = plan.graph_to_run(graph)
         missing = registry.missing_ops(g)
         if missing:
             raise BackendError(f"the triton backend has no kernel for: {', '.join(missing)}")
@@ -63,22 +64,22 @@ class TritonExecutor:
             t = g.tensors[s.name] if s.name else None
             if i == 0:
                 buf = torch.empty(max(s.nbytes, 1), dtype=torch.uint8, device=dev)
-            elif s.kind == CONST_SLOT:
+            elif s.kind == SlotKind.CONST:
                 buf = _bytes(_upload(self._checked(s, g.constants[s.name]), dev))
-            elif s.kind == STATE_SLOT:
+            elif s.kind == SlotKind.STATE:
                 buf = _bytes(self._state_tensor(s, state))
             else:
                 buf = torch.empty(max(s.nbytes, 1), dtype=torch.uint8, device=dev)
                 shape = tuple(int(d) for d in t.shape)
-                if s.kind == INPUT_SLOT:
-                    self._inputs.append((s.name, ops.np_dtype(t.dtype), s.nbytes, buf))
-                elif s.kind == OUTPUT_SLOT:
+                if s.kind == SlotKind.INPUT:
+                    self._inputs.append((s.name, np_dtype(t.dtype), s.nbytes, buf))
+                elif s.kind == SlotKind.OUTPUT:
                     self._outputs.append((buf, s.nbytes, TORCH_DTYPES[t.dtype], shape))
             slots.append(buf)
         self._slots = slots
         self._steps = []
         for st in plan.steps:
-            if st.kind == ALIAS:
+            if st.kind == StepKind.ALIAS:
                 continue  # the output's view already shows the input's bytes
             node = g.nodes[st.node]
             opdef = ops.get(node.op)
@@ -96,7 +97,7 @@ class TritonExecutor:
     def _checked(self, slot, a) -> np.ndarray:
         t = self.graph.tensors[slot.name]
         a = np.asarray(a)
-        if a.dtype != ops.np_dtype(t.dtype) or tuple(a.shape) != tuple(int(d) for d in t.shape):
+        if a.dtype != np_dtype(t.dtype) or tuple(a.shape) != tuple(int(d) for d in t.shape):
             raise ValidationError(f"{slot.kind} {slot.name!r}: data is {a.dtype}{list(a.shape)}, "
                                   f"the graph says {t.dtype}{list(t.shape)}")
         return a

@@ -30,8 +30,6 @@ class TritonSession:
         self.cuda_graph = cuda_graph
         self.state: Optional[dict] = None   # device tensors, made by the first executor
         self._executors: collections.OrderedDict[tuple, TritonExecutor] = collections.OrderedDict()
-        from ...passes.kv_cache import position_check
-        self._value_check = position_check(graph)
         self.last_profile = None
 
     @property
@@ -44,8 +42,8 @@ class TritonSession:
 
     def run(self, feeds: Mapping[str, np.ndarray], *, profile: bool = False) -> list[np.ndarray]:
         arrays, binding = check_feeds(self.graph, feeds)
-        if self._value_check is not None:
-            self._value_check(arrays)
+        if self.graph.kv_cache is not None:
+            self.graph.kv_cache.check_positions(arrays)
         ex = self.executor_for(binding)
         outs = ex.run(arrays, profile=profile)
         if profile:
