@@ -4,7 +4,7 @@ The contract of ``kiln.Session.run`` (numpy feeds in, checked; numpy outputs out
 TritonExecutor per binding, cached like Session's plans, all sharing one device-resident
 state, so a prefill plan and a decode plan continue one KV-cache sequence. It is what a
 ``Session(executor="triton")`` needs underneath; until Session grows that hook, generation
-code such as ``kiln.models.generate.CachedDecoder`` can take a TritonSession directly.
+code such as ``kiln.models.decoders.CachedDecoder`` can take a TritonSession directly.
 """
 from __future__ import annotations
 

@@ -137,7 +137,7 @@ def test_kv_cache_prefill_then_decode(arch, exported, rng):
 def test_triton_session_greedy_decode_matches_reference(exported):
     """TritonSession behind the generation code's CachedDecoder: the same greedy tokens as
     the numpy reference Session, with one device KV cache across prefill and decode plans."""
-    from kiln.models.generate import CachedDecoder
+    from kiln.models.decoders import CachedDecoder
     from kiln.backends.triton.session import TritonSession
     from kiln.session import Session
     _, full = exported("gpt2")
