@@ -6,7 +6,7 @@ C (the params struct) read the same checked values. The field's annotation is th
 
 - ``bool``: a real bool (``0.5``, ``"0"``, ``1`` are refused, not truthy-converted);
 - ``int``: an integer, not a bool, float or string, within ``±INT_LIMIT`` (C reads int64);
-- ``float``: an int or float, not a bool; finite where :data:`FINITE` says so;
+- ``float``: an int or float, not a bool; finite in float32 where :data:`FINITE` says so;
 - ``Optional[float]``: None or a float as above;
 - ``str``: a string, one of :data:`CHOICES` where listed;
 - ``Dim``: an int or a symbolic size; ``tuple`` (of Dim): a tuple of those;
@@ -28,6 +28,7 @@ from ..core.dtypes import DTYPES
 from ..errors import KilnError
 
 INT_LIMIT = 2**62          # sizes and offsets far beyond any real tensor still fit int64 with headroom
+F32_MAX = float(np.finfo(np.float32).max)
 MAX_TUPLE = 8              # registry.MAX_DIMS: shapes, perms and axis lists
 
 # (op, field) -> what the value must satisfy beyond its type, and the words for the error.
@@ -114,8 +115,8 @@ def _float(v: Any, where: str, finite: bool) -> float:
         f = float(v)
     except OverflowError:
         raise KilnError(f"{where} = {v} does not fit a float") from None
-    if finite and not math.isfinite(f):
-        raise KilnError(f"{where} must be finite, got {f}")
+    if finite and not (math.isfinite(f) and abs(f) <= F32_MAX):
+        raise KilnError(f"{where} must be finite as a float32 (C reads it as one), got {f}")
     return f
 
 

@@ -166,8 +166,15 @@ declare("slice", inputs=("x",), attrs=SliceAttrs, infer=_slice_infer, ref=_slice
 
 # -- concat ----------------------------------------------------------------------
 
+def _check_axis(axis: int, rank: int, op: str) -> None:
+    # axes reach C as given (frontends normalize), so a negative or too-large one is refused here
+    if not 0 <= axis < rank:
+        raise ShapeError(f"{op}: axis {axis} out of range for rank {rank}")
+
+
 def _concat_infer(ins, a):
     first = ins[0].shape
+    _check_axis(a.axis, len(first), "concat")
     total: Dim = 0
     for t in ins:
         if len(t.shape) != len(first) or any(t.shape[i] != first[i] for i in range(len(first)) if i != a.axis):
@@ -215,6 +222,7 @@ def _index_select_infer(ins, a):
     _index_check(idx, "index_select")
     if len(idx.shape) != 1:
         raise ShapeError(f"index_select indices must be 1-D, got {list(idx.shape)}")
+    _check_axis(a.axis, len(x.shape), "index_select")
     out = list(x.shape)
     out[a.axis] = idx.shape[0]
     return tuple(out), x.dtype
@@ -230,6 +238,10 @@ def _gather_infer(ins, a):
     _index_check(idx, "gather")
     if len(idx.shape) != len(x.shape):
         raise ShapeError(f"gather index rank {len(idx.shape)} != input rank {len(x.shape)}")
+    _check_axis(a.axis, len(x.shape), "gather")
+    for d, (n, m) in enumerate(zip(idx.shape, x.shape)):  # torch.gather: index.size(d) <= input.size(d)
+        if d != a.axis and isinstance(n, int) and isinstance(m, int) and n > m:
+            raise ShapeError(f"gather: index shape {list(idx.shape)} exceeds input shape {list(x.shape)} on axis {d}")
     return tuple(idx.shape), x.dtype
 
 
