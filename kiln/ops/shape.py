@@ -250,6 +250,8 @@ def _gather_ref(xs, a):
     n = x.shape[a.axis]
     if idx.size and (idx.min() < -n or idx.max() >= n):
         raise ShapeError(f"gather: index out of range [0, {n})")
+    # torch.gather lets the index be smaller than x off the axis; numpy needs equal sizes there
+    x = x[tuple(slice(None) if d == a.axis else slice(0, m) for d, m in enumerate(idx.shape))]
     return np.take_along_axis(x, np.where(idx < 0, idx + n, idx), axis=a.axis)
 
 
