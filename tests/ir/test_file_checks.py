@@ -276,3 +276,56 @@ def test_cache_position_overrun_refused_before_running(executor, tmp_path):
     with pytest.raises(kiln.errors.FeedError, match=r"positions \[6, 9\) do not fit the KV cache of 8"):
         sess.run({"ids": np.ones((1, 3), np.int64), "pos": np.array(6)})
     np.testing.assert_array_equal(sess.state["k"], before)
+
+
+# -- a file changed after kiln.load --------------------------------------------------------
+_CHANGE_SCRIPT = r"""
+import os, sys, time, numpy as np, kiln
+from kiln.errors import FileFormatError
+path, how, mmap = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+sess = kiln.load(path, executor="compiled", mmap=mmap)
+feeds = {"ids": np.array([[1, 2, 3, 10, 0]])}
+before = sess.run(feeds)[0]
+time.sleep(0.05)  # past the file system's timestamp granularity
+size = os.path.getsize(path)
+if how == "truncate":
+    os.truncate(path, size // 2)
+else:  # overwrite the weights in place, same size
+    with open(path, "r+b") as f:
+        f.seek(size - 256)
+        f.write(os.urandom(256))
+try:
+    after = sess.run(feeds)[0]
+    print("SAME" if np.array_equal(before, after) else "DIFFERENT")
+except FileFormatError as e:
+    print("REFUSED", e)
+"""
+
+
+@pytest.mark.parametrize("how", ["truncate", "overwrite"])
+@pytest.mark.parametrize("mmap", [True, False])
+def test_a_file_changed_after_load(how, mmap, tmp_path):
+    """mmap=True: the next run is refused (a truncated mapping would be SIGBUS, an overwritten one other
+    outputs); mmap=False: the weights were copied, the session runs on unchanged."""
+    import subprocess
+    import sys
+    path = tmp_path / "m.kiln"
+    serialize.save(mlp(), path)
+    r = subprocess.run([sys.executable, "-c", _CHANGE_SCRIPT, str(path), how, "1" if mmap else "0"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    if mmap:
+        assert r.stdout.startswith("REFUSED") and "changed after kiln.load" in r.stdout, r.stdout
+    else:
+        assert r.stdout.strip() == "SAME", r.stdout
+
+
+def test_a_file_replaced_by_rename_leaves_the_loaded_session_running(tmp_path):
+    path = tmp_path / "m.kiln"
+    serialize.save(mlp(), path)
+    sess = kiln.load(path)
+    before = sess.run(FEEDS)[0]
+    g = mlp()
+    g.constants["w"] = g.constants["w"] * 2
+    serialize.save(g, path)  # writes a temp file and renames it over: the mapped inode is untouched
+    np.testing.assert_array_equal(sess.run(FEEDS)[0], before)
