@@ -48,18 +48,10 @@ def check_feeds(graph: Graph, feeds: Mapping[str, np.ndarray]) -> tuple[dict[str
                     raise FeedError(f"input {name!r}: expected shape {dims.fmt_shape(t.shape)}, got {list(a.shape)} "
                                     f"(axis {axis} must be {want})")
         given[name] = a
-    # Bind bare symbols first, then check every expression against the binding.
-    for name in graph.inputs:
-        t = graph.tensors[name]
-        for axis, (want, got) in enumerate(zip(t.shape, given[name].shape)):
-            if isinstance(want, Sym) and len(want.symbols) == 1 and want == Sym.var(next(iter(want.symbols))):
-                sym = next(iter(want.symbols))
-                if sym in binding and binding[sym] != got:
-                    src_name, src_axis = graph.sym_sources.get(sym, (name, axis))
-                    raise FeedError(f"input {name!r}: axis {axis} is {got}, but dimension {sym} was bound to "
-                                    f"{binding[sym]} by input {src_name!r} axis {src_axis}; "
-                                    f"expected shape {dims.fmt_shape(t.shape)}, got {list(given[name].shape)}")
-                binding[sym] = int(got)
+    # Bind bare symbols first (then those of c*s + k, e.g. an axis exported as 2*n), then check
+    # every expression against the binding.
+    for bare in (True, False):
+        _bind(graph, given, binding, bare)
     for name in graph.inputs:
         t = graph.tensors[name]
         for axis, (want, got) in enumerate(zip(t.shape, given[name].shape)):
@@ -74,6 +66,36 @@ def check_feeds(graph: Graph, feeds: Mapping[str, np.ndarray]) -> tuple[dict[str
     arrays = {name: _convert(name, given[name], graph.tensors[name].dtype) for name in graph.inputs}
     _check_indices(graph, arrays, binding)
     return arrays, binding
+
+
+def _bind(graph: Graph, given: Mapping[str, np.ndarray], binding: dict[str, int], bare: bool) -> None:
+    for name in graph.inputs:
+        t = graph.tensors[name]
+        for axis, (want, got) in enumerate(zip(t.shape, given[name].shape)):
+            lin = _linear(want)
+            if lin is None or (lin[1:] != (1, 0)) == bare:
+                continue
+            sym, c, k = lin
+            if (got - k) % c or (got - k) // c < 0:
+                raise FeedError(f"input {name!r}: axis {axis} is {got}, but the model needs {want} for some "
+                                f"{sym} >= 0; expected shape {dims.fmt_shape(t.shape)}")
+            value = (got - k) // c
+            if sym in binding and binding[sym] != value:
+                src_name, src_axis = graph.sym_sources.get(sym, (name, axis))
+                raise FeedError(f"input {name!r}: axis {axis} is {got}, but dimension {sym} was bound to "
+                                f"{binding[sym]} by input {src_name!r} axis {src_axis}; "
+                                f"expected shape {dims.fmt_shape(t.shape)}, got {list(given[name].shape)}")
+            binding[sym] = int(value)
+
+
+def _linear(d) -> "tuple[str, int, int] | None":
+    """(s, c, k) when ``d`` is c*s + k with c >= 1, else None."""
+    if not isinstance(d, Sym) or len(d.symbols) != 1:
+        return None
+    sym = next(iter(d.symbols))
+    if set(d.terms) - {(sym,), ()} or d.terms.get((sym,), 0) < 1:
+        return None
+    return sym, d.terms[(sym,)], d.terms.get((), 0)
 
 
 def _as_array(name: str, a) -> np.ndarray:

@@ -8,7 +8,7 @@ import numpy as np
 
 from . import registry
 from .registry import MOVEMENT, AxisAttrs, declare
-from ..errors import ShapeError
+from ..errors import ShapeError, UnsupportedOpError
 from ..core import dims
 from ..core.dims import Dim
 
@@ -128,7 +128,18 @@ def slice_len(size: Dim, start: Dim, end: Dim, step: int) -> Dim:
     if isinstance(size, int) and isinstance(start, int) and isinstance(end, int):
         return len(range(*slice(start, end, step).indices(size)))
     n = end - start
-    return n if step == 1 else (n + step - 1) // step
+    if step == 1:
+        return n
+    # ceil(n / step) of a symbolic n: exact when the coefficients divide (n = 2*s0, step 2);
+    # otherwise the size needs a rounding division, which symbolic sizes do not have.
+    for num in (n, n + step - 1):
+        try:
+            return num // step
+        except ShapeError:
+            pass
+    raise UnsupportedOpError(f"slice with step {step} over a symbolic length {n}: the output length "
+                             f"ceil(({n}) / {step}) is not a polynomial in the dims; make this axis static "
+                             f"or its length a multiple of {step} (e.g. Dim('n') * {step})")
 
 
 def _slice_infer(ins, a):

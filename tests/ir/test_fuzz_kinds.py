@@ -74,3 +74,24 @@ def test_constant_index_out_of_range_is_an_error_in_every_executor(executor):
 def test_norm_of_a_scalar_is_a_shape_error():
     with pytest.raises(ShapeError, match="rank >= 1"):
         _graph("rms_norm", [()], {"eps": 1e-5})
+
+
+class _EveryOther(torch.nn.Module):
+    def forward(self, x):
+        return x[:, ::2] * 2
+
+
+def test_strided_slice_on_a_symbolic_axis():
+    """x[:, ::2] over a dynamic length n: ceil(n/2) has no symbolic form, so compile refuses it clearly;
+    over a length declared as 2*n it is exact, and runs for every n."""
+    from torch.export import Dim
+
+    from kiln.errors import FeedError, UnsupportedOpError
+    with pytest.raises(UnsupportedOpError, match=r"slice with step 2 over a symbolic length .* make this axis static"):
+        kiln.compile(_EveryOther(), (torch.randn(2, 9),), dynamic_shapes={"x": {1: Dim("n", min=3, max=64)}})
+    sess = kiln.compile(_EveryOther(), (torch.randn(2, 10),), dynamic_shapes={"x": {1: 2 * Dim("n", min=2, max=32)}})
+    for length in (4, 10, 30):
+        x = torch.randn(2, length)
+        np.testing.assert_array_equal(sess.run({"x": x.numpy()})[0], (x[:, ::2] * 2).numpy())
+    with pytest.raises(FeedError, match=r"axis 1 is 7, but the model needs 2\*s\d+"):
+        sess.run({"x": np.zeros((2, 7), np.float32)})
