@@ -17,6 +17,12 @@
 
 #define KT_NPMAX 8
 
+/* The activation over a finished tile, kept out of line: inlined into every tile shape it
+ * would multiply the code size for no speed (it runs once per tile, not per k). */
+static __attribute__((noinline)) void kt_act(float *c, int64_t ldc, int rows, int64_t w, int act) {
+    for (int i = 0; i < rows; i++) kiln_act_span(c + i * ldc, w, act);
+}
+
 static inline __attribute__((always_inline)) void kt_tile(const int MR, const int NP, const kiln_gemm_args *g,
                                                           int64_t m, int64_t p, int64_t k0, int64_t kc, int first,
                                                           int last) {
@@ -57,11 +63,9 @@ static inline __attribute__((always_inline)) void kt_tile(const int MR, const in
             }
             kt_store_n(c + j * KILN_GEMM_NR, kt_fma(alpha, acc[i][j], t), n);
         }
-        if (last && g->act != KILN_ACT_NONE) {
-            int64_t w = N - col0 < NP * KILN_GEMM_NR ? N - col0 : NP * KILN_GEMM_NR;
-            kiln_act_span(c, w, g->act);
-        }
     }
+    if (last && g->act != KILN_ACT_NONE)
+        kt_act(g->C + m * ldc + col0, ldc, MR, N - col0 < NP * KILN_GEMM_NR ? N - col0 : NP * KILN_GEMM_NR, g->act);
 }
 
 #define KT_ARGS g, m, p, k0, kc, first, last
