@@ -203,6 +203,48 @@ static void run_inline(int64_t n, kiln_pool_fn fn, void *ctx) {
     tl_in_pool = saved;
 }
 
+/* Publish a job of `units` units, take part, and return when every claimed unit is done.
+ * region: the caller runs one unit, then claims the rest without running them (see
+ * kiln_pool_region); otherwise it runs whatever units it claims. */
+static void run_job(int64_t n, kiln_pool_fn fn, void *ctx, int region) {
+    int64_t per = (n + UNIT_MAX - 1) / UNIT_MAX, units = (n + per - 1) / per;
+    P.fn = fn;
+    P.ctx = ctx;
+    P.n = n;
+    P.per = per;
+    P.gen = (P.gen + 1) & GEN_MASK;
+    atomic_store_explicit(&P.done, 0, memory_order_relaxed);
+    atomic_store_explicit(&P.ticket, ((uint64_t)P.gen << (2 * UNIT_BITS)) | (uint64_t)units, memory_order_release);
+    atomic_fetch_add(&P.wake_seq, 1);
+    if (atomic_load(&P.sleepers) > 0) futex_wake(&P.wake_seq, (int)(units - 1 < P.n_workers ? units - 1 : P.n_workers));
+    tl_in_pool = 1;
+    if (!region) {
+        work(0);
+    } else {
+        /* one seat for the caller; seats no worker took by then are closed, not waited for */
+        uint64_t t = atomic_load_explicit(&P.ticket, memory_order_acquire);
+        int ran_own = 0;
+        for (;;) {
+            int64_t next = (int64_t)((t >> UNIT_BITS) & UNIT_MAX);
+            if (next >= units) break;
+            if (!atomic_compare_exchange_weak_explicit(&P.ticket, &t, t + (1ull << UNIT_BITS), memory_order_acq_rel,
+                                                       memory_order_acquire))
+                continue;
+            if (!ran_own) fn(ctx, next, 0);
+            ran_own = 1;
+            atomic_fetch_add_explicit(&P.done, 1, memory_order_release);
+            t = atomic_load_explicit(&P.ticket, memory_order_acquire);
+        }
+    }
+    tl_in_pool = 0;
+    /* only units already claimed by others are left: spin a little, then yield the core
+     * (a preempted worker holding one needs it on a busy machine) */
+    for (int i = 0; atomic_load_explicit(&P.done, memory_order_acquire) < units; i++) {
+        if (i < 4096) cpu_relax();
+        else sched_yield();
+    }
+}
+
 void kiln_pool_parallel(int64_t n, kiln_pool_fn fn, void *ctx) {
     if (n <= 0 || !fn) return;
     if (n == 1 || tl_in_pool || pthread_mutex_trylock(&P.submit) != 0) {
@@ -216,24 +258,25 @@ void kiln_pool_parallel(int64_t n, kiln_pool_fn fn, void *ctx) {
         return;
     }
     start_workers();
-    int64_t per = (n + UNIT_MAX - 1) / UNIT_MAX, units = (n + per - 1) / per;
-    P.fn = fn;
-    P.ctx = ctx;
-    P.n = n;
-    P.per = per;
-    P.gen = (P.gen + 1) & GEN_MASK;
-    atomic_store_explicit(&P.done, 0, memory_order_relaxed);
-    atomic_store_explicit(&P.ticket, ((uint64_t)P.gen << (2 * UNIT_BITS)) | (uint64_t)units, memory_order_release);
-    atomic_fetch_add(&P.wake_seq, 1);
-    if (atomic_load(&P.sleepers) > 0) futex_wake(&P.wake_seq, (int)(units - 1 < P.n_workers ? units - 1 : P.n_workers));
-    tl_in_pool = 1;
-    work(0);
-    tl_in_pool = 0;
-    /* only units already claimed by others are left: spin a little, then yield the core
-     * (a preempted worker holding one needs it on a busy machine) */
-    for (int i = 0; atomic_load_explicit(&P.done, memory_order_acquire) < units; i++) {
-        if (i < 4096) cpu_relax();
-        else sched_yield();
-    }
+    run_job(n, fn, ctx, 0);
     pthread_mutex_unlock(&P.submit);
+}
+
+int kiln_pool_region(kiln_pool_fn fn, void *ctx) {
+    if (!fn) return 0;
+    if (tl_in_pool || pthread_mutex_trylock(&P.submit) != 0) {
+        run_inline(1, fn, ctx);
+        return 1;
+    }
+    init_once();
+    start_workers();
+    int seats = P.n_workers + 1;
+    if (seats == 1) {
+        pthread_mutex_unlock(&P.submit);
+        run_inline(1, fn, ctx);
+        return 1;
+    }
+    run_job(seats, fn, ctx, 1);
+    pthread_mutex_unlock(&P.submit);
+    return seats;
 }

@@ -29,6 +29,13 @@ int kiln_pool_threads(void);
  * KILN_POOL_SPIN_US). 0: sleep at once. */
 void kiln_pool_set_spin_us(int us);
 void kiln_pool_parallel(int64_t n_chunks, kiln_pool_fn fn, void *ctx);
+/* A parallel region: fn(ctx, seat, thread) runs once on the caller and once on each worker
+ * that wakes before the caller's own call returns; seats no worker has taken by then are
+ * dropped, so a descheduled worker never holds the region up. Every running seat must
+ * share the work dynamically (e.g. per-op chunk counters in ctx: this is how a whole graph
+ * can run as one region, see docs/DESIGN.md). Nested or racing calls run fn once, inline.
+ * Returns the number of seats offered (threads). */
+int kiln_pool_region(kiln_pool_fn fn, void *ctx);
 /* 1 inside a chunk run by kiln_pool_parallel (on any thread), else 0. */
 int kiln_pool_in_parallel(void);
 

@@ -44,6 +44,7 @@ def _load():
         "kiln_pool_threads": (INT, []),
         "kiln_pool_parallel": (None, [I64, POOL_FN, PTR]),
         "kiln_pool_in_parallel": (INT, []),
+        "kiln_pool_region": (INT, [POOL_FN, PTR]),
     }
     for name, (res, args) in sigs.items():
         fn = getattr(lib, name)
@@ -280,6 +281,33 @@ def test_pool_nested_calls_run_inline():
 
         _run_pool(8, outer)
         assert (inner == 1).all()
+    finally:
+        LIB.kiln_pool_set_threads(saved)
+
+
+@pytest.mark.parametrize("t", [1, 3])
+def test_pool_region_seats_share_work_dynamically(t):
+    """A region runs each seat at most once, on distinct threads; seats that share a chunk counter
+    (as a whole-graph run loop would, per op) together run every chunk exactly once."""
+    import itertools
+    saved = LIB.kiln_pool_threads()
+    LIB.kiln_pool_set_threads(t)
+    try:
+        for _ in range(20):
+            seats, hits, counter = [], np.zeros(200, np.int64), itertools.count()
+
+            def seat(ctx, s, thread):
+                seats.append((s, thread, LIB.kiln_pool_in_parallel()))
+                for c in iter(lambda: next(counter), None):  # next() on a count is atomic under the GIL
+                    if c >= hits.size:
+                        break
+                    hits[c] += 1
+
+            fn = POOL_FN(seat)
+            assert LIB.kiln_pool_region(fn, None) == t
+            assert (hits == 1).all()
+            assert 1 <= len(seats) <= t and (0, 0, 1) in seats
+            assert len({s for s, _, _ in seats}) == len(seats) == len({th for _, th, _ in seats})
     finally:
         LIB.kiln_pool_set_threads(saved)
 
