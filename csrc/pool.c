@@ -40,6 +40,7 @@ static struct {
     kiln_pool_fn fn;
     void *ctx;
     int64_t n, per;
+    int region;
     uint32_t gen;
     /* the workers: changed only under `submit` */
     pthread_mutex_t submit;
@@ -105,31 +106,40 @@ static void init_once(void) {
     }
 }
 
-/* Claim and run units of the published job until none is left; returns how many ran. */
-static int64_t work(int thread) {
+/* Claim and run units of the published job until none is left; returns how many ran.
+ * region_seat (workers only): the generation of the last region job this thread took a
+ * seat in; a region seat is taken at most once per thread. */
+static int64_t work(int thread, uint32_t *region_seat) {
     int64_t ran = 0;
     uint64_t t = atomic_load_explicit(&P.ticket, memory_order_acquire);
     for (;;) {
         int64_t next = (int64_t)((t >> UNIT_BITS) & UNIT_MAX), units = (int64_t)(t & UNIT_MAX);
-        if (next >= units) return ran;
+        uint32_t gen = (uint32_t)(t >> (2 * UNIT_BITS));
+        if (next >= units || (region_seat && *region_seat == gen)) return ran;
         if (!atomic_compare_exchange_weak_explicit(&P.ticket, &t, t + (1ull << UNIT_BITS), memory_order_acq_rel,
                                                    memory_order_acquire))
             continue;
         int64_t lo = next * P.per, hi = lo + P.per < P.n ? lo + P.per : P.n;
         for (int64_t c = lo; c < hi; c++) P.fn(P.ctx, c, thread);
+        int region = P.region;  /* read before `done` releases the job to the caller */
         atomic_fetch_add_explicit(&P.done, 1, memory_order_release);
         ran++;
+        if (region) {
+            *region_seat = gen;
+            return ran;
+        }
         t = atomic_load_explicit(&P.ticket, memory_order_acquire);
     }
 }
 
 static void *worker_main(void *arg) {
     int thread = (int)(intptr_t)arg;
+    uint32_t region_seat = UINT32_MAX;
     tl_in_pool = 1;
     for (;;) {
         uint32_t seq = atomic_load(&P.wake_seq);
         if (atomic_load(&P.quit)) return NULL;
-        if (work(thread)) continue;
+        if (work(thread, &region_seat)) continue;
         int64_t spin_ns = (int64_t)atomic_load_explicit(&P.spin_us, memory_order_relaxed) * 1000;
         int64_t t0 = spin_ns > 0 ? now_ns() : 0;
         int woke = 0;
@@ -203,37 +213,36 @@ static void run_inline(int64_t n, kiln_pool_fn fn, void *ctx) {
     tl_in_pool = saved;
 }
 
-/* Publish a job of `units` units, take part, and return when every claimed unit is done.
- * region: the caller runs one unit, then claims the rest without running them (see
- * kiln_pool_region); otherwise it runs whatever units it claims. */
+/* Publish a job of n units, take part, and return when every claimed unit is done.
+ * region: unit 0 is the caller's seat, taken at once; a worker takes at most one seat; the
+ * seats still free when the caller's own returns are closed unrun (see kiln_pool_region). */
 static void run_job(int64_t n, kiln_pool_fn fn, void *ctx, int region) {
-    int64_t per = (n + UNIT_MAX - 1) / UNIT_MAX, units = (n + per - 1) / per;
+    int64_t per = region ? 1 : (n + UNIT_MAX - 1) / UNIT_MAX, units = (n + per - 1) / per;
     P.fn = fn;
     P.ctx = ctx;
     P.n = n;
     P.per = per;
+    P.region = region;
     P.gen = (P.gen + 1) & GEN_MASK;
     atomic_store_explicit(&P.done, 0, memory_order_relaxed);
-    atomic_store_explicit(&P.ticket, ((uint64_t)P.gen << (2 * UNIT_BITS)) | (uint64_t)units, memory_order_release);
+    uint64_t first = region ? 1 : 0;
+    atomic_store_explicit(&P.ticket, ((uint64_t)P.gen << (2 * UNIT_BITS)) | (first << UNIT_BITS) | (uint64_t)units,
+                          memory_order_release);
     atomic_fetch_add(&P.wake_seq, 1);
     if (atomic_load(&P.sleepers) > 0) futex_wake(&P.wake_seq, (int)(units - 1 < P.n_workers ? units - 1 : P.n_workers));
     tl_in_pool = 1;
     if (!region) {
-        work(0);
+        work(0, NULL);
     } else {
-        /* one seat for the caller; seats no worker took by then are closed, not waited for */
+        fn(ctx, 0, 0);
+        atomic_fetch_add_explicit(&P.done, 1, memory_order_release);
         uint64_t t = atomic_load_explicit(&P.ticket, memory_order_acquire);
-        int ran_own = 0;
         for (;;) {
             int64_t next = (int64_t)((t >> UNIT_BITS) & UNIT_MAX);
             if (next >= units) break;
-            if (!atomic_compare_exchange_weak_explicit(&P.ticket, &t, t + (1ull << UNIT_BITS), memory_order_acq_rel,
-                                                       memory_order_acquire))
-                continue;
-            if (!ran_own) fn(ctx, next, 0);
-            ran_own = 1;
-            atomic_fetch_add_explicit(&P.done, 1, memory_order_release);
-            t = atomic_load_explicit(&P.ticket, memory_order_acquire);
+            if (atomic_compare_exchange_weak_explicit(&P.ticket, &t, t + (1ull << UNIT_BITS), memory_order_acq_rel,
+                                                      memory_order_acquire))
+                atomic_fetch_add_explicit(&P.done, 1, memory_order_release);  /* closed, not run */
         }
     }
     tl_in_pool = 0;
