@@ -69,7 +69,7 @@ def run(ms, shapes, threads, reps):
     rows = []
     for name in shapes:
         k, n = SHAPES[name]
-        w = rng.standard_normal((n, k), dtype=np.float32) / np.sqrt(k)  # torch Linear layout [N, K]
+        w = (rng.standard_normal((n, k)) / np.sqrt(k)).astype(np.float32)  # torch Linear layout [N, K]
         packed = np.empty(lib.kiln_gemm_packed_bytes(k, n) // 4, np.float32)
         assert lib.kiln_gemm_pack_b(k, n, w.ctypes.data, k, 1, packed.ctypes.data) == 0
         for m in ms:
