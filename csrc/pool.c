@@ -45,8 +45,10 @@ static struct {
     /* the workers: changed only under `submit` */
     pthread_mutex_t submit;
     pthread_t tid[MAX_THREADS];
-    int n_workers, want, started;
+    int n_workers;
+    _Atomic int want;  /* read without the lock: a GEMM asks it on every call */
 } P = {.submit = PTHREAD_MUTEX_INITIALIZER, .spin_us = -1};
+static pthread_once_t init_once_flag = PTHREAD_ONCE_INIT;
 
 static _Thread_local int tl_in_pool;
 
@@ -93,18 +95,19 @@ static int default_threads(void) {
 
 static void after_fork_child(void);
 
-/* Under `submit`. */
-static void init_once(void) {
-    if (P.started) return;
-    P.started = 1;
-    pthread_atfork(NULL, NULL, after_fork_child);
-    P.want = default_threads();
-    if (P.want > MAX_THREADS) P.want = MAX_THREADS;
+static void init(void) {
+    int n = default_threads();
+    atomic_store(&P.want, n < MAX_THREADS ? n : MAX_THREADS);
     if (atomic_load(&P.spin_us) < 0) {
         const char *env = getenv("KILN_POOL_SPIN_US");
-        atomic_store(&P.spin_us, env && atoi(env) >= 0 ? atoi(env) : 50);
+        int us = env && atoi(env) >= 0 ? atoi(env) : 50;
+        int unset = -1;
+        atomic_compare_exchange_strong(&P.spin_us, &unset, us);  /* kiln_pool_set_spin_us wins */
     }
+    pthread_atfork(NULL, NULL, after_fork_child);
 }
+
+static void init_once(void) { pthread_once(&init_once_flag, init); }
 
 /* Claim and run units of the published job until none is left; returns how many ran.
  * region_seat (workers only): the generation of the last region job this thread took a
@@ -169,7 +172,7 @@ static void stop_workers(void) {
 }
 
 static void start_workers(void) {
-    while (P.n_workers < P.want - 1) {
+    while (P.n_workers < atomic_load(&P.want) - 1) {
         if (pthread_create(&P.tid[P.n_workers], NULL, worker_main, (void *)(intptr_t)(P.n_workers + 1)) != 0)
             break;  /* fewer workers: the caller claims what they would have */
         P.n_workers++;
@@ -183,19 +186,17 @@ static void after_fork_child(void) {
 }
 
 void kiln_pool_set_threads(int n) {
-    pthread_mutex_lock(&P.submit);
     init_once();
+    pthread_mutex_lock(&P.submit);
     stop_workers();
-    P.want = n >= 1 ? (n < MAX_THREADS ? n : MAX_THREADS) : default_threads();
+    if (n < 1) n = default_threads();
+    atomic_store(&P.want, n < MAX_THREADS ? n : MAX_THREADS);
     pthread_mutex_unlock(&P.submit);
 }
 
 int kiln_pool_threads(void) {
-    pthread_mutex_lock(&P.submit);
     init_once();
-    int n = P.want;
-    pthread_mutex_unlock(&P.submit);
-    return n;
+    return atomic_load(&P.want);
 }
 
 void kiln_pool_set_spin_us(int us) {
@@ -256,13 +257,8 @@ static void run_job(int64_t n, kiln_pool_fn fn, void *ctx, int region) {
 
 void kiln_pool_parallel(int64_t n, kiln_pool_fn fn, void *ctx) {
     if (n <= 0 || !fn) return;
-    if (n == 1 || tl_in_pool || pthread_mutex_trylock(&P.submit) != 0) {
-        run_inline(n, fn, ctx);
-        return;
-    }
     init_once();
-    if (P.want <= 1) {
-        pthread_mutex_unlock(&P.submit);
+    if (n == 1 || tl_in_pool || atomic_load(&P.want) <= 1 || pthread_mutex_trylock(&P.submit) != 0) {
         run_inline(n, fn, ctx);
         return;
     }
@@ -273,11 +269,11 @@ void kiln_pool_parallel(int64_t n, kiln_pool_fn fn, void *ctx) {
 
 int kiln_pool_region(kiln_pool_fn fn, void *ctx) {
     if (!fn) return 0;
+    init_once();
     if (tl_in_pool || pthread_mutex_trylock(&P.submit) != 0) {
         run_inline(1, fn, ctx);
         return 1;
     }
-    init_once();
     start_workers();
     int seats = P.n_workers + 1;
     if (seats == 1) {

@@ -204,6 +204,31 @@ def test_row_result_is_independent_of_the_batch_and_threads(k, isa):
         LIB.kiln_pool_set_threads(saved)
 
 
+def test_concurrent_callers_get_their_own_results(threads):
+    """Two Python threads in the GEMM at once (ctypes drops the GIL): one gets the pool, the other
+    runs inline; both results are exact (equal bit for bit to a lone call)."""
+    import threading
+    k, n = 257, 300
+    b_kn = rnd(k, n, seed=15)
+    packed = pack(b_kn, False)
+    inputs = [rnd(33, k, seed=16 + i) for i in range(2)]
+    want = [gemm(a, packed, n) for a in inputs]
+    bad = []
+
+    def hammer(i):
+        for _ in range(30):
+            if not np.array_equal(gemm(inputs[i], packed, n), want[i]):
+                bad.append(i)
+
+    ts = [threading.Thread(target=hammer, args=(i,)) for i in range(2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not bad
+    assert_close(want[0], inputs[0], b_kn, reference(inputs[0], b_kn))
+
+
 def test_bad_arguments_are_refused():
     a, packed, c = rnd(2, 4), pack(rnd(4, 3), False), np.zeros((2, 3), np.float32)
     call = LIB.kiln_gemm_packed
