@@ -214,19 +214,28 @@ def _quantize_q4_0(x):
     return out.reshape(*np.shape(x)[:-1], -1)
 
 
+def _f16_up(x: np.ndarray) -> np.ndarray:
+    """fp16 of x rounded up (never below x), so a scale derived from it still covers x."""
+    h = x.astype(_F16)
+    return np.where(h.astype(np.float32) < x, np.nextafter(h, _F16.type(np.inf)), h).astype(_F16)
+
+
 def _quantize_q4_k(x):
-    """A plain (not error-searching) Q4_K quantizer: per 32-element sub-block an affine
-    min/scale, the 8 scales and mins coded in 6 bits against per-block fp16 maxima."""
+    """A plain (not error-searching, unlike llama.cpp's) Q4_K quantizer: per 32-element
+    sub-block an offset covering its minimum and a step covering its range, both coded in
+    6 bits against fp16 block maxima rounded up, so no code clips: every value is within
+    half a step (D) of its original."""
     b = _rows(x, QK_K).reshape(-1, 8, 32)
     n = b.shape[0]
     lo = np.minimum(b.min(axis=2), 0)
-    sc = (b.max(axis=2) - lo) / np.float32(15)
-    d = (sc.max(axis=1) / np.float32(63)).astype(_F16)
-    dmin = ((-lo).max(axis=1) / np.float32(63)).astype(_F16)
-    df, dmf = d.astype(np.float32)[:, None], dmin.astype(np.float32)[:, None]
+    dmin = _f16_up((-lo).max(axis=1) / np.float32(63))
+    dmf = dmin.astype(np.float32)[:, None]
     with np.errstate(divide="ignore", invalid="ignore"):
-        s6 = np.where(df > 0, np.rint(sc / df), 0).clip(0, 63).astype(np.uint8)
-        m6 = np.where(dmf > 0, np.rint(-lo / dmf), 0).clip(0, 63).astype(np.uint8)
+        m6 = np.where(dmf > 0, np.ceil(-lo / dmf), 0).clip(0, 63).astype(np.uint8)
+        need = (b.max(axis=2) + dmf * m6) / np.float32(15)          # step covering [lo', hi]
+        d = _f16_up(need.max(axis=1) / np.float32(63))
+        df = d.astype(np.float32)[:, None]
+        s6 = np.where(df > 0, np.ceil(need / df), 0).clip(0, 63).astype(np.uint8)
         step = (df * s6)[:, :, None]
         q = np.where(step > 0, np.rint((b + (dmf * m6)[:, :, None]) / step), 0).clip(0, 15).astype(np.uint8)
     scales = np.empty((n, 12), np.uint8)
