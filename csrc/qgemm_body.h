@@ -23,12 +23,29 @@ QTARGET static inline void QN(k_scale)(const uint8_t *s, int j, int *sc, int *mn
     else { *sc = (s[j + 4] & 15) | ((s[j - 4] >> 6) << 4); *mn = (s[j + 4] >> 4) | ((s[j] >> 6) << 4); }
 }
 
+/* Bytes are unpacked 8 at a time in 64-bit words (SWAR): the same code is fast on every ISA
+ * without relying on the auto-vectorizer, which keeps such byte loops scalar. */
+#define QW_LO 0x0F0F0F0F0F0F0F0FULL
+#define QW_B0 0x0101010101010101ULL
+QTARGET static inline uint64_t QN(ld8)(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+QTARGET static inline void QN(st8)(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
+
+/* q[0..n) = low nibbles of src[0..n), q[n..2n) = high nibbles (n a multiple of 8). */
+QTARGET static inline void QN(nibbles)(const uint8_t *restrict src, int n, uint8_t *restrict q) {
+    for (int i = 0; i < n; i += 8) {
+        uint64_t v = QN(ld8)(src + i);
+        QN(st8)(q + i, v & QW_LO);
+        QN(st8)(q + n + i, (v >> 4) & QW_LO);
+    }
+}
+
 /* Unpack elements [e0, e0 + ne) of one row (e0, ne whole blocks) into q, D, M from index 0. */
-QTARGET static void QN(unpack)(int fmt, const uint8_t *row, int64_t e0, int64_t ne, uint8_t *q, float *D, float *M) {
+QTARGET static void QN(unpack)(int fmt, const uint8_t *restrict row, int64_t e0, int64_t ne, uint8_t *restrict q,
+                               float *restrict D, float *restrict M) {
     if (fmt == KILN_I8_ROW) {
         float s; memcpy(&s, row, 4);
         const uint8_t *v = row + 4 + e0;
-        for (int64_t i = 0; i < ne; i++) q[i] = v[i] ^ 0x80;
+        for (int64_t i = 0; i < ne; i += 8) QN(st8)(q + i, QN(ld8)(v + i) ^ (QW_B0 << 7));
         for (int64_t h = 0; h < ne / 16; h++) { D[h] = s; M[h] = -128.0f * s; }
         return;
     }
@@ -39,14 +56,15 @@ QTARGET static void QN(unpack)(int fmt, const uint8_t *row, int64_t e0, int64_t 
         case KILN_Q8_0: {
             const kiln_block_q8_0 *x = (const kiln_block_q8_0 *)blk;
             float d = QN(half)(x->d);
-            for (int i = 0; i < 32; i++) q[i] = (uint8_t)x->qs[i] ^ 0x80;
+            for (int i = 0; i < 32; i += 8) QN(st8)(q + i, QN(ld8)((const uint8_t *)x->qs + i) ^ (QW_B0 << 7));
             D[0] = D[1] = d; M[0] = M[1] = -128.0f * d;
             break; }
         case KILN_Q4_0: case KILN_Q4_1: {
             const uint8_t *qs = fmt == KILN_Q4_0 ? ((const kiln_block_q4_0 *)blk)->qs : ((const kiln_block_q4_1 *)blk)->qs;
-            float d = QN(half)(*(const kiln_half *)blk);
+            kiln_half hd; memcpy(&hd, blk, 2);
+            float d = QN(half)(hd);
             float m = fmt == KILN_Q4_0 ? -8.0f * d : QN(half)(((const kiln_block_q4_1 *)blk)->m);
-            for (int i = 0; i < 16; i++) { q[i] = qs[i] & 15; q[i + 16] = qs[i] >> 4; }
+            QN(nibbles)(qs, 16, q);
             D[0] = D[1] = d; M[0] = M[1] = m;
             break; }
         case KILN_Q4_K: case KILN_Q5_K: {
@@ -54,15 +72,11 @@ QTARGET static void QN(unpack)(int fmt, const uint8_t *row, int64_t e0, int64_t 
             const kiln_block_q5_K *x5 = (const kiln_block_q5_K *)blk;
             const uint8_t *qs = fmt == KILN_Q4_K ? x4->qs : x5->qs;
             float d = QN(half)(x4->d), dmin = QN(half)(x4->dmin);
-            for (int j = 0; j < 4; j++) {
-                const uint8_t *c = qs + 32 * j;
-                for (int l = 0; l < 32; l++) { q[64 * j + l] = c[l] & 15; q[64 * j + 32 + l] = c[l] >> 4; }
-                if (fmt == KILN_Q5_K)
-                    for (int l = 0; l < 32; l++) {
-                        q[64 * j + l] |= ((x5->qh[l] >> (2 * j)) & 1) << 4;
-                        q[64 * j + 32 + l] |= ((x5->qh[l] >> (2 * j + 1)) & 1) << 4;
-                    }
-            }
+            for (int j = 0; j < 4; j++) QN(nibbles)(qs + 32 * j, 32, q + 64 * j);
+            if (fmt == KILN_Q5_K)  /* bit s of qh[l] is the fifth bit of element 32*s + l */
+                for (int j = 0; j < 8; j++)
+                    for (int l = 0; l < 32; l += 8)
+                        QN(st8)(q + 32 * j + l, QN(ld8)(q + 32 * j + l) | (((QN(ld8)(x5->qh + l) >> j) & QW_B0) << 4));
             for (int s = 0; s < 8; s++) {
                 int sc, mn; QN(k_scale)(x4->scales, s, &sc, &mn);
                 D[2 * s] = D[2 * s + 1] = d * (float)sc;
@@ -70,16 +84,19 @@ QTARGET static void QN(unpack)(int fmt, const uint8_t *row, int64_t e0, int64_t 
             }
             break; }
         case KILN_Q6_K: {
+            /* per 128-half: ql[0..32) low/high nibbles are elements 0..32 / 64..96, ql[32..64)
+             * elements 32..64 / 96..128; qh bits 2c..2c+1 are the top bits of chunk c */
             const kiln_block_q6_K *x = (const kiln_block_q6_K *)blk;
             float d = QN(half)(x->d);
             for (int hh = 0; hh < 2; hh++) {
                 const uint8_t *ql = x->ql + 64 * hh, *qh = x->qh + 32 * hh;
                 uint8_t *y = q + 128 * hh;
-                for (int l = 0; l < 32; l++) {
-                    y[l] = (ql[l] & 15) | ((qh[l] & 3) << 4);
-                    y[l + 32] = (ql[l + 32] & 15) | (((qh[l] >> 2) & 3) << 4);
-                    y[l + 64] = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
-                    y[l + 96] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
+                for (int l = 0; l < 32; l += 8) {
+                    uint64_t lo = QN(ld8)(ql + l), hi = QN(ld8)(ql + 32 + l), h = QN(ld8)(qh + l);
+                    QN(st8)(y + l, (lo & QW_LO) | ((h & (QW_B0 * 3)) << 4));
+                    QN(st8)(y + 32 + l, (hi & QW_LO) | (((h >> 2) & (QW_B0 * 3)) << 4));
+                    QN(st8)(y + 64 + l, ((lo >> 4) & QW_LO) | (((h >> 4) & (QW_B0 * 3)) << 4));
+                    QN(st8)(y + 96 + l, ((hi >> 4) & QW_LO) | (((h >> 6) & (QW_B0 * 3)) << 4));
                 }
             }
             for (int t = 0; t < 16; t++) { D[t] = d * (float)x->scales[t]; M[t] = -32.0f * D[t]; }
@@ -199,3 +216,5 @@ QTARGET static void QN(rows)(const kiln_qmm_args *p, int64_t n0, int64_t n1, int
 const kiln_qkernels QN(kiln_qk) = {kiln_qmm_prepare_generic, QN(rows), QN(dequant_row)};
 
 #undef QX
+#undef QW_LO
+#undef QW_B0
