@@ -129,7 +129,8 @@ static inline kiln_v8f g_dot4x8(const uint8_t *w, const int8_t *a) {
 
 #if KILN_QX86
 /* ---- shared 8-lane (ymm) helpers for the x86 variants ---- */
-#define X86_256 __attribute__((target("avx2,fma")))
+#define X86_256 __attribute__((target("avx2,fma,f16c")))
+#define QHALF_F16C 1
 X86_256 static inline float x_hsum8(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -189,7 +190,7 @@ X86_256 static inline __m256 x_dot4x8_avx2(const uint8_t *w, const int8_t *a) {
 #undef DOT4X8
 
 /* ---- AVX-512 (F, BW, VL) + VNNI ---- */
-#define X86_512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")))
+#define X86_512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
 X86_512 static inline __m256 x_dot4x8_vnni(const uint8_t *w, const int8_t *a) {
     return _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_loadu_si256((const __m256i *)w),
                                                   _mm256_loadu_si256((const __m256i *)a)));

@@ -10,6 +10,9 @@
 /* ---- unpack: any format -> q (uint8), D and M per 16 elements (value = D*q + M) ---- */
 
 QTARGET static inline float QN(half)(kiln_half h) {
+#ifdef QHALF_F16C
+    return _cvtsh_ss(h);
+#endif
     uint32_t s = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 31, f = h & 1023, bits;
     if (e == 31) bits = s | 0x7f800000u | (f << 13);
     else if (e) bits = s | ((e + 112) << 23) | (f << 13);
@@ -50,24 +53,26 @@ QTARGET static void QN(unpack)(int fmt, const uint8_t *restrict row, int64_t e0,
         return;
     }
     const int bs = kiln_qformats[fmt].block, bb = kiln_qformats[fmt].block_bytes;
-    for (int64_t b = 0; b < ne / bs; b++, q += bs, D += bs / 16, M += bs / 16) {
-        const uint8_t *blk = row + (e0 / bs + b) * bb;
-        switch (fmt) {
-        case KILN_Q8_0: {
+    const uint8_t *blk = row + e0 / bs * bb;
+    const uint8_t *const end = blk + ne / bs * bb;
+    /* the format switch sits outside the block loops: one loop per format */
+#define QBLOCKS for (; blk < end; blk += bb, q += bs, D += bs / 16, M += bs / 16)
+    switch (fmt) {
+    case KILN_Q8_0: QBLOCKS {
             const kiln_block_q8_0 *x = (const kiln_block_q8_0 *)blk;
             float d = QN(half)(x->d);
             for (int i = 0; i < 32; i += 8) QN(st8)(q + i, QN(ld8)((const uint8_t *)x->qs + i) ^ (QW_B0 << 7));
             D[0] = D[1] = d; M[0] = M[1] = -128.0f * d;
-            break; }
-        case KILN_Q4_0: case KILN_Q4_1: {
+        } break;
+    case KILN_Q4_0: case KILN_Q4_1: QBLOCKS {
             const uint8_t *qs = fmt == KILN_Q4_0 ? ((const kiln_block_q4_0 *)blk)->qs : ((const kiln_block_q4_1 *)blk)->qs;
             kiln_half hd; memcpy(&hd, blk, 2);
             float d = QN(half)(hd);
             float m = fmt == KILN_Q4_0 ? -8.0f * d : QN(half)(((const kiln_block_q4_1 *)blk)->m);
             QN(nibbles)(qs, 16, q);
             D[0] = D[1] = d; M[0] = M[1] = m;
-            break; }
-        case KILN_Q4_K: case KILN_Q5_K: {
+        } break;
+    case KILN_Q4_K: case KILN_Q5_K: QBLOCKS {
             const kiln_block_q4_K *x4 = (const kiln_block_q4_K *)blk;
             const kiln_block_q5_K *x5 = (const kiln_block_q5_K *)blk;
             const uint8_t *qs = fmt == KILN_Q4_K ? x4->qs : x5->qs;
@@ -82,8 +87,8 @@ QTARGET static void QN(unpack)(int fmt, const uint8_t *restrict row, int64_t e0,
                 D[2 * s] = D[2 * s + 1] = d * (float)sc;
                 M[2 * s] = M[2 * s + 1] = -(dmin * (float)mn);
             }
-            break; }
-        case KILN_Q6_K: {
+        } break;
+    case KILN_Q6_K: QBLOCKS {
             /* per 128-half: ql[0..32) low/high nibbles are elements 0..32 / 64..96, ql[32..64)
              * elements 32..64 / 96..128; qh bits 2c..2c+1 are the top bits of chunk c */
             const kiln_block_q6_K *x = (const kiln_block_q6_K *)blk;
@@ -100,9 +105,9 @@ QTARGET static void QN(unpack)(int fmt, const uint8_t *restrict row, int64_t e0,
                 }
             }
             for (int t = 0; t < 16; t++) { D[t] = d * (float)x->scales[t]; M[t] = -32.0f * D[t]; }
-            break; }
-        }
+        } break;
     }
+#undef QBLOCKS
 }
 
 /* value = D*q + M for VW elements of one 16-element half, rounded once (VDEQ is an FMA,
