@@ -73,6 +73,10 @@ static inline kiln_v8f g_deq(kiln_v8f q, kiln_v8f d, kiln_v8f m) {
     return __builtin_convertvector(__builtin_convertvector(q, kiln_v8d) * __builtin_convertvector(d, kiln_v8d)
                                    + __builtin_convertvector(m, kiln_v8d), kiln_v8f);
 }
+static inline kiln_v8u8 g_ld8(const uint8_t *p) { kiln_v8u8 v; memcpy(&v, p, 8); return v; }
+static inline kiln_v8f g_q4lo(const uint8_t *p) { return __builtin_convertvector(g_ld8(p) & 15, kiln_v8f); }
+static inline kiln_v8f g_q4hi(const uint8_t *p) { return __builtin_convertvector(g_ld8(p) >> 4, kiln_v8f); }
+static inline kiln_v8f g_q8(const uint8_t *p) { return __builtin_convertvector(g_ld8(p) ^ 0x80, kiln_v8f); }
 static inline kiln_v8f g_dot4x8(const uint8_t *w, const int8_t *a) {
     kiln_v8i s;
     for (int l = 0; l < 8; l++) {
@@ -94,6 +98,9 @@ static inline kiln_v8f g_dot4x8(const uint8_t *w, const int8_t *a) {
 #define VFMA(a, b, c) ((a) * (b) + (c))
 #define VDEQ g_deq
 #define VCVTU8 g_cvtu8
+#define VQ4LO g_q4lo
+#define VQ4HI g_q4hi
+#define VQ8 g_q8
 #define VHSUM g_hsum
 #define F8 kiln_v8f
 #define F8ZERO g_set1(0.0f)
@@ -116,6 +123,9 @@ static inline kiln_v8f g_dot4x8(const uint8_t *w, const int8_t *a) {
 #undef VFMA
 #undef VDEQ
 #undef VCVTU8
+#undef VQ4LO
+#undef VQ4HI
+#undef VQ8
 #undef VHSUM
 #undef F8
 #undef F8ZERO
@@ -139,6 +149,13 @@ X86_256 static inline float x_hsum8(__m256 v) {
 X86_256 static inline __m256 x_set2(float lo, float hi) { return _mm256_set_m128(_mm_set1_ps(hi), _mm_set1_ps(lo)); }
 X86_256 static inline __m256 x_cvtu8x8(const uint8_t *p) {
     return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+}
+/* 8 weights from 8 bytes: low nibbles, high nibbles, Q8_0 codes + 128 */
+X86_256 static inline __m256i x_u8x8(const uint8_t *p) { return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)); }
+X86_256 static inline __m256 x_q4lo8(const uint8_t *p) { return _mm256_cvtepi32_ps(_mm256_and_si256(x_u8x8(p), _mm256_set1_epi32(15))); }
+X86_256 static inline __m256 x_q4hi8(const uint8_t *p) { return _mm256_cvtepi32_ps(_mm256_srli_epi32(x_u8x8(p), 4)); }
+X86_256 static inline __m256 x_q8_8(const uint8_t *p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_xor_si128(_mm_loadl_epi64((const __m128i *)p), _mm_set1_epi8((char)0x80))));
 }
 /* 8 lanes, lane l = sum of w[4l..4l+3] * a[4l..4l+3]; u8 x s8 widened to 16 bits (no
  * saturation, unlike maddubs with weights up to 255). */
@@ -172,6 +189,9 @@ X86_256 static inline __m256 x_dot4x8_avx2(const uint8_t *w, const int8_t *a) {
 #define VFMA _mm256_fmadd_ps
 #define VDEQ _mm256_fmadd_ps
 #define VCVTU8 x_cvtu8x8
+#define VQ4LO x_q4lo8
+#define VQ4HI x_q4hi8
+#define VQ8 x_q8_8
 #define VHSUM x_hsum8
 #define DOT4X8 x_dot4x8_avx2
 #include "qgemm_body.h"
@@ -186,6 +206,9 @@ X86_256 static inline __m256 x_dot4x8_avx2(const uint8_t *w, const int8_t *a) {
 #undef VFMA
 #undef VDEQ
 #undef VCVTU8
+#undef VQ4LO
+#undef VQ4HI
+#undef VQ8
 #undef VHSUM
 #undef DOT4X8
 
@@ -197,6 +220,12 @@ X86_512 static inline __m256 x_dot4x8_vnni(const uint8_t *w, const int8_t *a) {
 }
 X86_512 static inline __m512 x_cvtu8x16(const uint8_t *p) {
     return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p)));
+}
+X86_512 static inline __m512i x_u8x16(const uint8_t *p) { return _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p)); }
+X86_512 static inline __m512 x_q4lo16(const uint8_t *p) { return _mm512_cvtepi32_ps(_mm512_and_si512(x_u8x16(p), _mm512_set1_epi32(15))); }
+X86_512 static inline __m512 x_q4hi16(const uint8_t *p) { return _mm512_cvtepi32_ps(_mm512_srli_epi32(x_u8x16(p), 4)); }
+X86_512 static inline __m512 x_q8_16(const uint8_t *p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_xor_si128(_mm_loadu_si128((const __m128i *)p), _mm_set1_epi8((char)0x80))));
 }
 X86_512 static inline float x_hsum16(__m512 v) {
     __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
@@ -213,6 +242,9 @@ X86_512 static inline float x_hsum16(__m512 v) {
 #define VFMA _mm512_fmadd_ps
 #define VDEQ _mm512_fmadd_ps
 #define VCVTU8 x_cvtu8x16
+#define VQ4LO x_q4lo16
+#define VQ4HI x_q4hi16
+#define VQ8 x_q8_16
 #define VHSUM x_hsum16
 #define DOT4X8 x_dot4x8_vnni
 #include "qgemm_body.h"

@@ -143,6 +143,43 @@ QTARGET static inline __attribute__((always_inline)) void QN(tile_exact)(
     for (int i = 0; i < mr; i++) for (int j = 0; j < 4; j++) res[i * 4 + j] = VHSUM(acc[i][j]);
 }
 
+/* Exact mode for Q8_0 / Q4_0 / Q4_1 at M <= 4: blocks decode straight into registers,
+ * with no unpacked panel. Same values (D, q, M as unpack gives them) and the same order
+ * as tile_exact, so the results are bitwise those of the panel paths. */
+QTARGET static inline __attribute__((always_inline)) void QN(tile_exact_legacy)(
+        const int mr, const int fmt, const float *a, int64_t lda, const uint8_t *const *w, int64_t K, float *res) {
+    const int bb = kiln_qformats[fmt].block_bytes;
+    VF acc[4][4];
+    for (int i = 0; i < mr; i++) for (int j = 0; j < 4; j++) acc[i][j] = VZERO;
+    for (int64_t b = 0; b < K / 32; b++) {
+        VF dv[4], mv[4]; const uint8_t *qs[4];
+        for (int j = 0; j < 4; j++) {
+            const uint8_t *blk = w[j] + b * bb;
+            kiln_half h; memcpy(&h, blk, 2);
+            float d = QN(half)(h), m;
+            if (fmt == KILN_Q4_1) { memcpy(&h, blk + 2, 2); m = QN(half)(h); qs[j] = blk + 4; }
+            else { m = (fmt == KILN_Q8_0 ? -128.0f : -8.0f) * d; qs[j] = blk + 2; }
+            dv[j] = VSET1(d); mv[j] = VSET1(m);
+        }
+        for (int e = 0; e < 32; e += VW) {
+            VF x[4];
+            for (int j = 0; j < 4; j++)
+                x[j] = VDEQ(fmt == KILN_Q8_0 ? VQ8(qs[j] + e) : e < 16 ? VQ4LO(qs[j] + e) : VQ4HI(qs[j] + e - 16),
+                            dv[j], mv[j]);
+            for (int i = 0; i < mr; i++) {
+                VF av = VLD(a + i * lda + 32 * b + e);
+                for (int j = 0; j < 4; j++) acc[i][j] = VFMA(x[j], av, acc[i][j]);
+            }
+        }
+    }
+    for (int i = 0; i < mr; i++) for (int j = 0; j < 4; j++) res[i * 4 + j] = VHSUM(acc[i][j]);
+}
+
+#define QLEGACY(MR) do { switch (p->fmt) { \
+    case KILN_Q8_0: QN(tile_exact_legacy)(MR, KILN_Q8_0, a, p->lda, wr, K, res); break; \
+    case KILN_Q4_0: QN(tile_exact_legacy)(MR, KILN_Q4_0, a, p->lda, wr, K, res); break; \
+    default: QN(tile_exact_legacy)(MR, KILN_Q4_1, a, p->lda, wr, K, res); break; } } while (0)
+
 /* ---- int8 mode: activations quantized per 32, integer dots over groups of 4 ---- */
 
 QTARGET static inline __attribute__((always_inline)) void QN(tile_int8)(
@@ -178,13 +215,16 @@ QTARGET static void QN(rows)(const kiln_qmm_args *p, int64_t n0, int64_t n1, int
     uint8_t *panel = (uint8_t *)p->scratch + act_bytes + thread * ((kiln_qpanel_bytes(K) + 63) / 64 * 64);
     float *Dp = (float *)(panel + KILN_QMM_NR * K), *Mp = Dp + KILN_QMM_NR * (K / 16), *Xp = Mp + KILN_QMM_NR * (K / 16);
     const int fp32_panel = p->mode == KILN_QMODE_EXACT && M > 4;
+    const int fused = p->mode == KILN_QMODE_EXACT && M <= 4 &&
+                      (p->fmt == KILN_Q8_0 || p->fmt == KILN_Q4_0 || p->fmt == KILN_Q4_1);
     for (int64_t n = n0; n < n1; n += KILN_QMM_NR) {
         const int nr = n1 - n < KILN_QMM_NR ? (int)(n1 - n) : KILN_QMM_NR;
-        const uint8_t *q[4]; const float *D[4], *Mo[4], *X[4];
+        const uint8_t *q[4], *wr[4]; const float *D[4], *Mo[4], *X[4];
         for (int j = 0; j < 4; j++) {
             int jj = j < nr ? j : 0; /* a short last panel repeats its first row; results dropped */
             q[j] = panel + jj * K; D[j] = Dp + jj * (K / 16); Mo[j] = Mp + jj * (K / 16); X[j] = Xp + jj * K;
-            if (j < nr) {
+            wr[j] = p->w + (n + jj) * rowb;
+            if (j < nr && !fused) {
                 QN(unpack)(p->fmt, p->w + (n + j) * rowb, 0, K, panel + j * K, Dp + j * (K / 16), Mp + j * (K / 16));
                 if (fp32_panel)
                     for (int64_t k = 0; k < K; k += VW) VST(Xp + j * K + k, QX(q[j], D[j], Mo[j], k));
@@ -204,7 +244,12 @@ QTARGET static void QN(rows)(const kiln_qmm_args *p, int64_t n0, int64_t n1, int
             } else {
                 const float *a = p->a + m * p->lda;
                 const float *const *xp = fp32_panel ? X : NULL;
-                switch (mr) {
+                if (fused) switch (mr) {
+                case 1: QLEGACY(1); break;
+                case 2: QLEGACY(2); break;
+                case 3: QLEGACY(3); break;
+                default: QLEGACY(4); break;
+                } else switch (mr) {
                 case 1: QN(tile_exact)(1, a, p->lda, q, D, Mo, xp, K, res); break;
                 case 2: QN(tile_exact)(2, a, p->lda, q, D, Mo, xp, K, res); break;
                 case 3: QN(tile_exact)(3, a, p->lda, q, D, Mo, xp, K, res); break;
@@ -221,5 +266,6 @@ QTARGET static void QN(rows)(const kiln_qmm_args *p, int64_t n0, int64_t n1, int
 const kiln_qkernels QN(kiln_qk) = {kiln_qmm_prepare_generic, QN(rows), QN(dequant_row)};
 
 #undef QX
+#undef QLEGACY
 #undef QW_LO
 #undef QW_B0
