@@ -57,27 +57,37 @@ void kiln_qmm_prepare_generic(const kiln_qmm_args *p, int64_t m0, int64_t m1) {
 /* ---- generic C: GCC/Clang vector extensions, 8 lanes (internal helpers: the AVX
  * argument-ABI note does not apply) ---- */
 #pragma GCC diagnostic ignored "-Wpsabi"
+#define GI static inline __attribute__((always_inline))
 typedef float kiln_v8f __attribute__((vector_size(32)));
 typedef int32_t kiln_v8i __attribute__((vector_size(32)));
 typedef uint8_t kiln_v8u8 __attribute__((vector_size(8)));
 
-static inline kiln_v8f g_ld(const float *p) { kiln_v8f v; memcpy(&v, p, 32); return v; }
-static inline void g_st(float *p, kiln_v8f v) { memcpy(p, &v, 32); }
-static inline kiln_v8f g_cvtu8(const uint8_t *p) { kiln_v8u8 v; memcpy(&v, p, 8); return __builtin_convertvector(v, kiln_v8f); }
-static inline float g_hsum(kiln_v8f v) { return ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7])); }
-static inline kiln_v8f g_set1(float x) { return (kiln_v8f){x, x, x, x, x, x, x, x}; }
-static inline kiln_v8f g_set2(float lo, float hi) { return (kiln_v8f){lo, lo, lo, lo, hi, hi, hi, hi}; }
+GI kiln_v8f g_ld(const float *p) { kiln_v8f v; memcpy(&v, p, 32); return v; }
+GI void g_st(float *p, kiln_v8f v) { memcpy(p, &v, 32); }
+GI kiln_v8f g_cvtu8(const uint8_t *p) { kiln_v8u8 v; memcpy(&v, p, 8); return __builtin_convertvector(v, kiln_v8f); }
+GI float g_hsum(kiln_v8f v) { return ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7])); }
+GI kiln_v8f g_set1(float x) { return (kiln_v8f){x, x, x, x, x, x, x, x}; }
+GI kiln_v8f g_set2(float lo, float hi) { return (kiln_v8f){lo, lo, lo, lo, hi, hi, hi, hi}; }
 /* D*q + M rounded once without an FMA: D*q (24 x 8 bits) is exact in double. */
 typedef double kiln_v8d __attribute__((vector_size(64)));
-static inline kiln_v8f g_deq(kiln_v8f q, kiln_v8f d, kiln_v8f m) {
+GI kiln_v8f g_deq(kiln_v8f q, kiln_v8f d, kiln_v8f m) {
     return __builtin_convertvector(__builtin_convertvector(q, kiln_v8d) * __builtin_convertvector(d, kiln_v8d)
                                    + __builtin_convertvector(m, kiln_v8d), kiln_v8f);
 }
-static inline kiln_v8u8 g_ld8(const uint8_t *p) { kiln_v8u8 v; memcpy(&v, p, 8); return v; }
-static inline kiln_v8f g_q4lo(const uint8_t *p) { return __builtin_convertvector(g_ld8(p) & 15, kiln_v8f); }
-static inline kiln_v8f g_q4hi(const uint8_t *p) { return __builtin_convertvector(g_ld8(p) >> 4, kiln_v8f); }
-static inline kiln_v8f g_q8(const uint8_t *p) { return __builtin_convertvector(g_ld8(p) ^ 0x80, kiln_v8f); }
-static inline kiln_v8f g_dot4x8(const uint8_t *w, const int8_t *a) {
+GI kiln_v8u8 g_ld8(const uint8_t *p) { kiln_v8u8 v; memcpy(&v, p, 8); return v; }
+GI kiln_v8f g_q4lo(const uint8_t *p) { return __builtin_convertvector(g_ld8(p) & 15, kiln_v8f); }
+GI kiln_v8f g_q4hi(const uint8_t *p) { return __builtin_convertvector(g_ld8(p) >> 4, kiln_v8f); }
+GI kiln_v8f g_q8(const uint8_t *p) { return __builtin_convertvector(g_ld8(p) ^ 0x80, kiln_v8f); }
+typedef uint8_t kiln_v32u8 __attribute__((vector_size(32)));
+typedef uint8_t kiln_v16u8 __attribute__((vector_size(16)));
+GI kiln_v32u8 g_w32ld(const uint8_t *p) { kiln_v32u8 v; memcpy(&v, p, 32); return v; }
+GI kiln_v32u8 g_w32q8(const uint8_t *p) { return g_w32ld(p) ^ 0x80; }
+GI kiln_v32u8 g_w32q4(const uint8_t *p) {
+    kiln_v16u8 v; memcpy(&v, p, 16);
+    return __builtin_shufflevector(v & 15, v >> 4, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15,
+                                   16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31);
+}
+GI kiln_v8f g_dot4x8(kiln_v32u8 w, const int8_t *a) {
     kiln_v8i s;
     for (int l = 0; l < 8; l++) {
         int32_t t = 0;
@@ -111,6 +121,10 @@ static inline kiln_v8f g_dot4x8(const uint8_t *w, const int8_t *a) {
 #define F8FMA(a, b, c) ((a) * (b) + (c))
 #define F8HSUM g_hsum
 #define DOT4X8 g_dot4x8
+#define W32 kiln_v32u8
+#define W32LD g_w32ld
+#define W32Q4 g_w32q4
+#define W32Q8 g_w32q8
 #include "qgemm_body.h"
 #undef QN
 #undef QTARGET
@@ -136,6 +150,10 @@ static inline kiln_v8f g_dot4x8(const uint8_t *w, const int8_t *a) {
 #undef F8FMA
 #undef F8HSUM
 #undef DOT4X8
+#undef W32
+#undef W32LD
+#undef W32Q4
+#undef W32Q8
 
 #if KILN_QX86
 /* ---- shared 8-lane (ymm) helpers for the x86 variants ---- */
@@ -159,14 +177,26 @@ X86_256 static inline __m256 x_q8_8(const uint8_t *p) {
 }
 /* 8 lanes, lane l = sum of w[4l..4l+3] * a[4l..4l+3]; u8 x s8 widened to 16 bits (no
  * saturation, unlike maddubs with weights up to 255). */
-X86_256 static inline __m256 x_dot4x8_avx2(const uint8_t *w, const int8_t *a) {
-    __m256i w0 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)w));
-    __m256i w1 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(w + 16)));
+X86_256 static inline __m256 x_dot4x8_avx2(__m256i w, const int8_t *a) {
+    __m256i w0 = _mm256_cvtepu8_epi16(_mm256_castsi256_si128(w));
+    __m256i w1 = _mm256_cvtepu8_epi16(_mm256_extracti128_si256(w, 1));
     __m256i a0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)a));
     __m256i a1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(a + 16)));
     __m256i h = _mm256_hadd_epi32(_mm256_madd_epi16(w0, a0), _mm256_madd_epi16(w1, a1));
     return _mm256_cvtepi32_ps(_mm256_permute4x64_epi64(h, 0xD8));
 }
+
+/* 32 weight codes in element order: from a panel, Q4 nibbles (low then high), Q8_0 + 128 */
+X86_256 static inline __m256i x_w32ld(const uint8_t *p) { return _mm256_loadu_si256((const __m256i *)p); }
+X86_256 static inline __m256i x_w32q4(const uint8_t *p) {
+    __m128i v = _mm_loadu_si128((const __m128i *)p), m = _mm_set1_epi8(15);
+    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), m), _mm_and_si128(v, m));
+}
+X86_256 static inline __m256i x_w32q8(const uint8_t *p) { return _mm256_xor_si256(x_w32ld(p), _mm256_set1_epi8((char)0x80)); }
+#define W32 __m256i
+#define W32LD x_w32ld
+#define W32Q4 x_w32q4
+#define W32Q8 x_w32q8
 
 #define F8 __m256
 #define F8ZERO _mm256_setzero_ps()
@@ -214,9 +244,8 @@ X86_256 static inline __m256 x_dot4x8_avx2(const uint8_t *w, const int8_t *a) {
 
 /* ---- AVX-512 (F, BW, VL) + VNNI ---- */
 #define X86_512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
-X86_512 static inline __m256 x_dot4x8_vnni(const uint8_t *w, const int8_t *a) {
-    return _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_loadu_si256((const __m256i *)w),
-                                                  _mm256_loadu_si256((const __m256i *)a)));
+X86_512 static inline __m256 x_dot4x8_vnni(__m256i w, const int8_t *a) {
+    return _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), w, _mm256_loadu_si256((const __m256i *)a)));
 }
 X86_512 static inline __m512 x_cvtu8x16(const uint8_t *p) {
     return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p)));

@@ -182,30 +182,52 @@ QTARGET static inline __attribute__((always_inline)) void QN(tile_exact_legacy)(
 
 /* ---- int8 mode: activations quantized per 32, integer dots over groups of 4 ---- */
 
+/* fused < 0: weights from the unpacked panel (q, D, M); else q holds raw row pointers of
+ * that legacy format (Q8_0 / Q4_0 / Q4_1), decoded per block in registers with the same
+ * values as the panel. */
 QTARGET static inline __attribute__((always_inline)) void QN(tile_int8)(
-        const int mr, const uint8_t *act, int64_t K, const uint8_t *const *q, const float *const *D,
+        const int mr, const int fused, const uint8_t *act, int64_t K, const uint8_t *const *q, const float *const *D,
         const float *const *M, float *res) {
     const int64_t rb = kiln_qact_row_bytes(K);
+    const int bb = fused >= 0 ? kiln_qformats[fused].block_bytes : 0;
     F8 acc[4][4];
     for (int i = 0; i < mr; i++) for (int j = 0; j < 4; j++) acc[i][j] = F8ZERO;
     for (int64_t g = 0; g < K / 32; g++) {
-        F8 dl[4], ml[4];
+        F8 dl[4], ml[4]; W32 wv[4];
         for (int j = 0; j < 4; j++) {
-            dl[j] = F8SET2(D[j][2 * g], D[j][2 * g + 1]);
-            ml[j] = F8SET2(M[j][2 * g], M[j][2 * g + 1]);
+            if (fused < 0) {
+                wv[j] = W32LD(q[j] + 32 * g);
+                dl[j] = F8SET2(D[j][2 * g], D[j][2 * g + 1]);
+                ml[j] = F8SET2(M[j][2 * g], M[j][2 * g + 1]);
+            } else {
+                const uint8_t *blk = q[j] + g * bb;
+                kiln_half h; memcpy(&h, blk, 2);
+                float d = QN(half)(h), m;
+                if (fused == KILN_Q4_1) { memcpy(&h, blk + 2, 2); m = QN(half)(h); wv[j] = W32Q4(blk + 4); }
+                else if (fused == KILN_Q4_0) { m = -8.0f * d; wv[j] = W32Q4(blk + 2); }
+                else { m = -128.0f * d; wv[j] = W32Q8(blk + 2); }
+                dl[j] = F8SET2(d, d);
+                ml[j] = F8SET2(m, m);
+            }
         }
         for (int i = 0; i < mr; i++) {
             const int8_t *aq = (const int8_t *)(act + i * rb);
             const float *sa = (const float *)(act + i * rb + K), *s4 = sa + K / 32;
             F8 sav = F8SET1(sa[g]), s4v = F8LD(s4 + 8 * g);
             for (int j = 0; j < 4; j++) {
-                F8 dot = F8MUL(DOT4X8(q[j] + 32 * g, aq + 32 * g), sav);
+                F8 dot = F8MUL(DOT4X8(wv[j], aq + 32 * g), sav);
                 acc[i][j] = F8FMA(s4v, ml[j], F8FMA(dot, dl[j], acc[i][j]));
             }
         }
     }
     for (int i = 0; i < mr; i++) for (int j = 0; j < 4; j++) res[i * 4 + j] = F8HSUM(acc[i][j]);
 }
+
+#define QINT8(MR) do { switch (fused ? p->fmt : -1) { \
+    case KILN_Q8_0: QN(tile_int8)(MR, KILN_Q8_0, act, K, wr, D, Mo, res); break; \
+    case KILN_Q4_0: QN(tile_int8)(MR, KILN_Q4_0, act, K, wr, D, Mo, res); break; \
+    case KILN_Q4_1: QN(tile_int8)(MR, KILN_Q4_1, act, K, wr, D, Mo, res); break; \
+    default: QN(tile_int8)(MR, -1, act, K, q, D, Mo, res); break; } } while (0)
 
 /* ---- the row-range driver ---- */
 
@@ -215,7 +237,8 @@ QTARGET static void QN(rows)(const kiln_qmm_args *p, int64_t n0, int64_t n1, int
     uint8_t *panel = (uint8_t *)p->scratch + act_bytes + thread * ((kiln_qpanel_bytes(K) + 63) / 64 * 64);
     float *Dp = (float *)(panel + KILN_QMM_NR * K), *Mp = Dp + KILN_QMM_NR * (K / 16), *Xp = Mp + KILN_QMM_NR * (K / 16);
     const int fp32_panel = p->mode == KILN_QMODE_EXACT && M > 4;
-    const int fused = p->mode == KILN_QMODE_EXACT && M <= 4 &&
+    /* legacy formats skip the unpacked panel: always in int8 mode, at M <= 4 in exact mode */
+    const int fused = (p->mode == KILN_QMODE_INT8 || M <= 4) &&
                       (p->fmt == KILN_Q8_0 || p->fmt == KILN_Q4_0 || p->fmt == KILN_Q4_1);
     for (int64_t n = n0; n < n1; n += KILN_QMM_NR) {
         const int nr = n1 - n < KILN_QMM_NR ? (int)(n1 - n) : KILN_QMM_NR;
@@ -236,10 +259,10 @@ QTARGET static void QN(rows)(const kiln_qmm_args *p, int64_t n0, int64_t n1, int
             if (p->mode == KILN_QMODE_INT8) {
                 const uint8_t *act = (const uint8_t *)p->scratch + m * kiln_qact_row_bytes(K);
                 switch (mr) {
-                case 1: QN(tile_int8)(1, act, K, q, D, Mo, res); break;
-                case 2: QN(tile_int8)(2, act, K, q, D, Mo, res); break;
-                case 3: QN(tile_int8)(3, act, K, q, D, Mo, res); break;
-                default: QN(tile_int8)(4, act, K, q, D, Mo, res); break;
+                case 1: QINT8(1); break;
+                case 2: QINT8(2); break;
+                case 3: QINT8(3); break;
+                default: QINT8(4); break;
                 }
             } else {
                 const float *a = p->a + m * p->lda;
@@ -267,5 +290,6 @@ const kiln_qkernels QN(kiln_qk) = {kiln_qmm_prepare_generic, QN(rows), QN(dequan
 
 #undef QX
 #undef QLEGACY
+#undef QINT8
 #undef QW_LO
 #undef QW_B0
