@@ -20,6 +20,7 @@ import pytest
 
 from kiln import storage
 from kiln.backends import qmm as Q
+from kiln.errors import BackendError
 
 gguf = pytest.importorskip("gguf")
 
@@ -178,8 +179,30 @@ def test_embedding_gather_dequantizes_only_the_rows_asked(fmt, isa):
 def test_embedding_gather_rejects_bad_ids():
     label, raw, n, k = sources("q4_0")[0]
     for bad in ([0, n], [-1]):
-        with pytest.raises(ValueError, match="-2"):
+        with pytest.raises(BackendError, match="outside"):
             Q.qembed("q4_0", raw, n, k, bad)
+    # the C side refuses too, before writing anything
+    out = np.full((2, k), 7, np.float32)
+    ids = np.array([0, n], np.int64)
+    assert Q.lib().kiln_qembed(Q.FORMATS["q4_0"], raw.ctypes.data, n, k, ids.ctypes.data, 2, out.ctypes.data) == -2
+    assert np.all(out == 7)
+
+
+def test_wrapper_checks_shapes_before_c():
+    label, raw, n, k = sources("q4_k")[0]
+    a = _inputs(2, k, 0)
+    with pytest.raises(BackendError, match="weight bytes"):
+        Q.Qmm("q4_k", "exact", a, raw[:-1], n, k)
+    with pytest.raises(BackendError, match="expected \\[M, "):
+        Q.Qmm("q4_k", "exact", a[:, :-32], raw, n, k)
+    with pytest.raises(BackendError, match="bias"):
+        Q.Qmm("q4_k", "exact", a, raw, n, k, bias=np.zeros(n + 1, np.float32))
+    with pytest.raises(BackendError, match="no kernel for storage"):
+        Q.Qmm("q3_k", "exact", a, raw, n, k)
+    with pytest.raises(BackendError, match="mode"):
+        Q.Qmm("q4_k", "fp8", a, raw, n, k)
+    with pytest.raises(BackendError, match="whole"):
+        Q.qembed("q4_k", raw, n, k + 32, [0])
 
 
 def test_bad_calls_are_refused():
