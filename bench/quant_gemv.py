@@ -106,13 +106,14 @@ def _q_calls(fmt, mode, ws, a, n, k, threads):
 def measure(threads_list, reps: int):
     rng = np.random.default_rng(0)
     rows = []
-    # per-call overhead of each calling path, from a tiny call (1 x 32 . 32 x 4)
+    # per-call overhead of each calling path and clock, from a tiny call (1 x 32 . 32 x 4)
     a0, w0 = np.ones((1, 32), np.float32), np.ones((4, 32), np.float32)
     overhead = {}
     for threads in threads_list:
-        overhead[("f32", threads)] = _median_call_time(_fp32_calls([w0], a0, threads), reps, time.perf_counter)
-        overhead[("q", threads)] = _median_call_time(
-            _q_calls("q8_0", "exact", [storage.get("q8_0").quantize(w0)], a0, 4, 32, threads), reps, time.perf_counter)
+        for clock_name, clock in (("wall", time.perf_counter), ("cpu", time.thread_time)):
+            overhead[("f32", threads, clock_name)] = _median_call_time(_fp32_calls([w0], a0, threads), reps, clock)
+            overhead[("q", threads, clock_name)] = _median_call_time(
+                _q_calls("q8_0", "exact", [storage.get("q8_0").quantize(w0)], a0, 4, 32, threads), reps, clock)
     for label, k, n, per_layer in SHAPES:
         copies = LAYERS if per_layer else 1
         a = rng.standard_normal((1, k)).astype(np.float32)
@@ -124,9 +125,9 @@ def measure(threads_list, reps: int):
             for mode in (["-"] if fmt == "f32" else ["exact", "int8"]):
                 for threads in threads_list:
                     calls = _fp32_calls(ws, a, threads) if fmt == "f32" else _q_calls(fmt, mode, ws, a, n, k, threads)
-                    over = overhead[("f32" if fmt == "f32" else "q", threads)]
-                    wall = max(_median_call_time(calls, reps, time.perf_counter) - over, 1e-9)
-                    cpu = (max(_median_call_time(calls, reps, time.thread_time) - over, 1e-9)
+                    path = "f32" if fmt == "f32" else "q"
+                    wall = max(_median_call_time(calls, reps, time.perf_counter) - overhead[(path, threads, "wall")], 1e-9)
+                    cpu = (max(_median_call_time(calls, reps, time.thread_time) - overhead[(path, threads, "cpu")], 1e-9)
                            if threads == 1 else None)
                     rows.append(dict(shape=label, K=k, N=n, fmt=fmt, mode=mode, threads=threads, bytes=nbytes,
                                      us=wall * 1e6, cpu_us=None if cpu is None else cpu * 1e6,
@@ -134,7 +135,7 @@ def measure(threads_list, reps: int):
                     log(f"{label:12} {fmt:6} {mode:5} t={threads} {wall * 1e6:9.1f} us {nbytes / wall / 1e9:6.2f} GB/s")
             del ws
     clib.set_num_threads(max(threads_list))
-    return rows, {f"{p} t={t}": v * 1e6 for (p, t), v in overhead.items()}
+    return rows, {f"{p} t={t} {c}": v * 1e6 for (p, t, c), v in overhead.items()}
 
 
 def tokens_per_s(rows, layer_fmt, head_fmt, mode, threads, key="us"):
