@@ -3,7 +3,7 @@
  *
  * Block layouts are ggml's (ggml-common.h; QK_K = 256) so GGUF tensor bytes are used
  * as they are in the file. kiln/storage.py holds the same table in numpy; a test
- * compares the two through kiln_qformat_info.
+ * compares the two through kiln_qrow_bytes.
  *
  * Every format unpacks to one common form, per row: q (uint8, one per element) and,
  * per 16 elements, D and M (fp32) with value = D * q + M. Q8_0 stores q + 128 and

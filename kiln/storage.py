@@ -11,9 +11,11 @@ from here (``nbytes``).
 Block layouts follow ggml (``ggml-common.h``: block_q8_0, block_q4_0, block_q4_1,
 block_q4_K, block_q5_K, block_q6_K; QK_K = 256) and are the bytes a GGUF file stores.
 Every block type also has ``decode`` (bytes -> q, D, M with value = D * q + M, D and M one
-per 16 elements): the form the C kernels in csrc/quant.h unpack to, and what the numpy
-model of their int8-activation mode uses. The C side mirrors this table in
-csrc/quant_formats.c (``kiln_qformat_info`` lets a test compare the two).
+per 16 elements; q signed where the format's codes are): the form the C kernels in
+csrc/quant.h unpack to, except that C keeps codes unsigned (Q8_0 as q + 128, Q4_0 and Q6_K
+as stored) and moves the offset into M. The C side mirrors this table in
+csrc/qgemm.c (``kiln_qformats``; tests/test_quant_kernels.py compares the two through
+``kiln_qrow_bytes``).
 
 int8 per-channel (``i8_row``, no GGUF type): each row of K values is stored as its fp32
 scale (4 bytes, little-endian) followed by K int8 values; value = scale * q, with
