@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 
+import gguf
 import numpy as np
 import pytest
 
@@ -22,7 +23,6 @@ from kiln import storage
 from kiln.backends import qmm as Q
 from kiln.errors import BackendError
 
-gguf = pytest.importorskip("gguf")
 
 FIXTURES = "/work/shared/fixtures"
 MS = [1, 2, 7, 16, 33, 64, 100]

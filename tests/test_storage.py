@@ -9,13 +9,13 @@ from __future__ import annotations
 import glob
 import os
 
+import gguf
 import numpy as np
 import pytest
 
 from kiln import storage
 from kiln.errors import KilnError
 
-gguf = pytest.importorskip("gguf")
 T = gguf.GGMLQuantizationType
 
 FIXTURES = sorted(glob.glob("/work/shared/fixtures/*.gguf"))
