@@ -41,10 +41,12 @@ void kiln_qmm_prepare_generic(const kiln_qmm_args *p, int64_t m0, int64_t m1) {
         int8_t *aq = (int8_t *)((uint8_t *)p->scratch + m * rb);
         float *sa = (float *)((uint8_t *)p->scratch + m * rb + K), *s4 = sa + K / 32;
         for (int64_t g = 0; g < K / 32; g++) {
-            float amax = 0.0f;
-            for (int i = 0; i < 32; i++) amax = fmaxf(amax, fabsf(a[32 * g + i]));
-            const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-            sa[g] = amax / 127.0f;
+            float amax = 0.0f, probe = 0.0f; /* probe: 0 unless some value is NaN or inf */
+            for (int i = 0; i < 32; i++) { amax = fmaxf(amax, fabsf(a[32 * g + i])); probe += a[32 * g + i] * 0.0f; }
+            /* non-finite input: codes 0 and a NaN scale, so the output says so too */
+            const int finite = probe == 0.0f;
+            const float inv = finite && amax > 0.0f ? 127.0f / amax : 0.0f;
+            sa[g] = finite ? amax / 127.0f : NAN;
             for (int i = 0; i < 32; i++) aq[32 * g + i] = (int8_t)nearbyintf(a[32 * g + i] * inv);
             for (int l = 0; l < 8; l++) {
                 const int8_t *v = aq + 32 * g + 4 * l;

@@ -154,6 +154,16 @@ def test_default_model_rows_are_covered():
     assert any(l.startswith("smollm2:token_embd") for l in labels)
 
 
+@pytest.mark.parametrize("mode", list(Q.MODES))
+def test_non_finite_activations_stay_non_finite(mode, isa):
+    label, raw, n, k = sources("q4_1")[0]
+    a = _inputs(3, k, 1)
+    a[0, 5], a[2, k - 1] = np.nan, np.inf
+    out = Q.qmm("q4_1", mode, a, raw, n, k)
+    assert not np.isfinite(out[0]).any() and not np.isfinite(out[2]).any()
+    np.testing.assert_array_equal(out[1], Q.qmm("q4_1", mode, a[1:2], raw, n, k)[0])
+
+
 def test_format_table_matches_storage():
     lb = Q.lib()
     for fmt, cid in Q.FORMATS.items():
