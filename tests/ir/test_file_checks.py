@@ -127,6 +127,11 @@ GRAPH_LIES = {
     "unknown attr": (lambda g: node(g, "softmax")["attrs"].update(bogus=1), "unknown attr 'bogus'"),
     "attrs a list": (lambda g: _set(node(g, "softmax"), attrs=[1]), "attrs must be an object"),
     "arange step 0": (_arange, "attr step is 0; it must be nonzero"),
+    "bool attr null": (lambda g: node(g, "matmul")["attrs"].update(transpose_b=None), "transpose_b must be a bool"),
+    "float attr symbolic text": (lambda g: node(g, "matmul")["attrs"].update(alpha="S+1"), "alpha must be a number"),
+    "axes of sizes": (lambda g: node(g, "softmax")["attrs"].update(axis=[1]), "axis must be an integer"),
+    "input not listed": (lambda g: _set(g, inputs=[]), "input tensor 'ids' is missing from inputs"),
+    "input listed twice": (lambda g: _set(g, inputs=["ids", "ids"]), "inputs lists 'ids'"),
     # input dtypes the kernels do not read
     "matmul bias int32": (lambda g: _set(tensor(g, "b"), dtype="int32"), "does not match|input 2 has dtype int32"),
     # tensors
