@@ -7,11 +7,12 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from .executor.registry import HOST, prepare, resolve
+from .executor.registry import prepare, resolve
 from .ir import serialize
 from .ir.feeds import check_feeds
 from .ir.graph import Graph
 from .ir.validate import validate
+from .planner.plan import HOST
 
 # Plans kept per session (least recently used first out): a decode loop needs two, and a
 # server seeing many prompt lengths must not grow without bound.
@@ -32,7 +33,7 @@ class Session:
                  meta: Optional[dict] = None, executor_options: Optional[dict] = None):
         self._spec, self.backend = resolve(executor, backend)
         validate(graph)
-        self._backend = prepare(self._spec, self.backend, graph)
+        self._backend = prepare(self.backend, graph)
         self._options = dict(executor_options or {})
         self.graph = graph
         self.executor = self._spec.name

@@ -5,8 +5,9 @@ backend: schema, shape/dtype inference, the numpy reference, properties. Everyth
 particular backend needs to run it is a ``Kernel`` that backend registers, keyed by
 (op, input storage types): its launch function, how attrs lower to its parameters, and how
 much scratch it wants. ``PLAIN`` ("any plain dtype": float32 activations and weights plus the
-int64/bool inputs an op's schema takes) is the default key; block-quantized storage types
-(Q8_0, GGUF blocks) register kernels under their own names beside it.
+int64/bool inputs an op's schema takes) is the default key; other storage types register
+kernels under their names in ``kiln.storage.STORAGE`` (``q8_0``, ``q4_k``, ``i8_row``, ...)
+beside it. A tensor stored as ``f32`` counts as PLAIN.
 
 Backends: ``c`` (the C kernels, host memory), ``numpy`` (every op's reference; host),
 ``triton`` (Triton kernels; device memory). ``get(name)`` imports a backend on first use, so
@@ -54,8 +55,10 @@ class Kernel:
 
 
 def storage_of(graph: Graph, name: str) -> str:
-    """A tensor's storage type (PLAIN until the graph records block storage for it)."""
-    return getattr(graph.tensors[name], "storage", None) or PLAIN
+    """A tensor's storage type: its ``storage`` name where the graph records one (block or int8
+    weights), PLAIN for plain dtypes (no record, or ``f32``)."""
+    st = getattr(graph.tensors[name], "storage", None)
+    return PLAIN if st in (None, "", "f32", PLAIN) else st
 
 
 def node_storages(graph: Graph, node: Node) -> tuple[str, ...]:

@@ -21,7 +21,7 @@ import numpy as np
 from ..backends import kernels
 from ..errors import KilnError
 from ..ir.graph import Graph
-from ..planner.plan import DEVICE, HOST, Plan  # noqa: F401  (HOST: re-exported for Session)
+from ..planner.plan import DEVICE, HOST, Plan
 from .planned import Profile, reset_state as reset_host_state
 
 DEFAULT = "compiled"
@@ -142,7 +142,7 @@ def resolve(executor: Optional[str] = None, backend: Optional[str] = None) -> tu
     return spec, backend
 
 
-def prepare(spec: ExecutorSpec, backend_name: str, graph: Graph) -> kernels.Backend:
+def prepare(backend_name: str, graph: Graph) -> kernels.Backend:
     """The backend, checked before any run: importable, usable here (a device for Triton), and
     with a kernel for every node of ``graph`` (else a BackendError naming the ops)."""
     backend = kernels.get(backend_name)

@@ -133,3 +133,9 @@ def test_session_reset_state_and_profile_type_are_shared():
         s = kiln.Session(g, executor=executor)
         s.run({"x": np.ones((2, 3), np.float32)}, profile=True)
         assert isinstance(s.last_profile, Profile) and "neg" in s.last_profile, executor
+
+
+def test_storage_of_a_tensor():
+    from types import SimpleNamespace as NS
+    g = NS(tensors={"w": NS(storage="q8_0"), "x": NS(storage="f32"), "y": NS()})
+    assert [kernels.storage_of(g, n) for n in ("w", "x", "y")] == ["q8_0", kernels.PLAIN, kernels.PLAIN]
