@@ -9,11 +9,12 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 from .errors import FileFormatError, KilnError
-from .executor.registry import EXECUTORS, check_name
+from .executor.registry import prepare, resolve
 from .ir import serialize
 from .ir.feeds import check_feeds
 from .ir.graph import Graph
 from .ir.validate import validate
+from .planner.plan import HOST
 
 # Plans kept per session (least recently used first out): a decode loop needs two, and a
 # server seeing many prompt lengths must not grow without bound.
@@ -30,20 +31,30 @@ class Session:
     every plan reads and writes the same state. A sequence of calls that must see each other's
     state (a prefill and its decode steps) must hold ``with session.lock:`` across the calls:
     another thread's sequence would otherwise write the same cache between them.
-    """
 
-    def __init__(self, graph: Graph, *, executor: str = "compiled", meta: Optional[dict] = None):
-        check_name(executor)
+    ``backend`` is which kernels run ("c", "numpy", "triton"), ``executor`` how they are driven
+    ("compiled", "interpreted", "numpy", "reference", "triton"); name either or both (default:
+    compiled on C; see kiln.executor.registry). A backend lacking a kernel for some node, or
+    unusable here (Triton without a GPU or its interpreter), is a BackendError now, not at run
+    time. ``executor_options`` go to the executor's factory (e.g. ``{"cuda_graph": True}``)."""
+
+    def __init__(self, graph: Graph, *, executor: Optional[str] = None, backend: Optional[str] = None,
+                 meta: Optional[dict] = None, executor_options: Optional[dict] = None):
+        self._spec, self.backend = resolve(executor, backend)
         validate(graph)
+        self._backend = prepare(self.backend, graph)
+        self._options = dict(executor_options or {})
         self.graph = graph
-        self.executor = executor
+        self.executor = self._spec.name
         self.meta = dict(meta or {})
         self._executors: collections.OrderedDict[tuple, object] = collections.OrderedDict()
         self.last_profile: Optional[dict] = None
         # State (a KV cache) belongs to the session: every per-binding plan reads and writes
-        # these same arrays, so a prefill plan and a decode plan continue one sequence.
+        # these same arrays, so a prefill plan and a decode plan continue one sequence. On a
+        # device the first executor uploads them into this dict (they live on the device).
         try:
-            self.state = {name: np.array(graph.constants[name], order="C", copy=True) for name in graph.state}
+            self.state = ({name: np.array(graph.constants[name], order="C", copy=True) for name in graph.state}
+                          if self._spec.memory == HOST else {})
         except MemoryError:
             raise KilnError(f"no memory for the model's state ({', '.join(graph.state)})") from None
         self.lock = threading.RLock()   # held by run() when the session has state, and by the plan cache
@@ -85,9 +96,8 @@ class Session:
 
     def reset_state(self) -> None:
         """Return every state tensor (e.g. the KV cache) to its initial value."""
-        from .executor.planned import reset_state
         with self.lock:
-            reset_state(self.state, self.graph)
+            self._spec.reset(self.state, self.graph)
 
     def save(self, path: str | os.PathLike) -> None:
         serialize.save(self.graph, path, extra={"meta": self.meta})
@@ -100,7 +110,7 @@ class Session:
         return self.graph.summary()
 
     def __repr__(self) -> str:
-        return f"<kiln.Session executor={self.executor} inputs={self.input_names} outputs={self.output_names}>"
+        return f"<kiln.Session executor={self.executor} backend={self.backend} inputs={self.input_names} outputs={self.output_names}>"
 
     # -- executors per binding ----------------------------------------------------------
     def _executor_for(self, binding: Mapping[str, int]):
@@ -118,7 +128,7 @@ class Session:
 
     def _build(self, binding: dict):
         try:
-            return EXECUTORS[self.executor](self.graph, binding, self.state)
+            return self._spec.factory(self.graph, binding, self.state, self._backend, **self._options)
         except MemoryError:
             raise KilnError(f"no memory for the plan of {dict(binding) or 'the static shapes'}") from None
 
@@ -141,8 +151,10 @@ class _MappedFile:
                                   f"{st.st_size} bytes); load it again, or load with mmap=False to keep a copy")
 
 
-def load(path: str | os.PathLike, *, executor: str = "compiled", mmap: bool = True) -> Session:
-    """Load a saved model. Needs numpy and Kiln only — torch is never imported.
+def load(path: str | os.PathLike, *, executor: Optional[str] = None, backend: Optional[str] = None,
+         mmap: bool = True) -> Session:
+    """Load a saved model. Needs numpy and Kiln only — torch is never imported (except by
+    backend="triton", which runs on torch tensors).
 
     ``mmap=True`` (default) maps the weights from the file: loading is fast and pages are shared,
     but the file must not be changed in place while the session lives (each run checks its size
@@ -155,19 +167,21 @@ def load(path: str | os.PathLike, *, executor: str = "compiled", mmap: bool = Tr
         raise FileFormatError(f"{path}: not a readable Kiln model: {e}") from None
     source = _MappedFile(path, f) if f is not None else None
     graph, extra = serialize.load(path, mmap=mmap)
-    session = Session(graph, executor=executor, meta=extra.get("meta", {}))
+    session = Session(graph, executor=executor, backend=backend, meta=extra.get("meta", {}))
     if source is not None:
         source.check()  # changed while loading
         session._source = source
     return session
 
 
-def compile(module, example_args: Sequence, *, dynamic_shapes=None, executor: str = "compiled",
-            optimize: bool = True, passes: Optional[Sequence[str]] = None) -> Session:
+def compile(module, example_args: Sequence, *, dynamic_shapes=None, executor: Optional[str] = None,
+            backend: Optional[str] = None, optimize: bool = True, passes: Optional[Sequence[str]] = None) -> Session:
     """Capture ``module`` with torch.export, optimize the graph and return a Session.
 
     dynamic_shapes uses torch.export's own format, e.g. ``{"input_ids": {1: Dim("seq", max=1024)}}``.
     ``passes`` names the optimization stages to run (default: all); ``optimize=False`` runs none.
+    ``backend`` (which kernels: "c", "numpy", "triton") and ``executor`` (how they are driven):
+    see Session.
     ``session.meta["compile_ms"]`` holds where the time went: "torch.export", "decompose",
     "convert", one "stage:NAME" per optimization stage, and "total" (milliseconds).
     """
@@ -184,7 +198,7 @@ def compile(module, example_args: Sequence, *, dynamic_shapes=None, executor: st
         log: list = []
         graph = run_passes(graph, stages=passes, log=log)
         ms.update({f"stage:{e.name}": e.ms for e in log})
-    session = Session(graph, executor=executor)
+    session = Session(graph, executor=executor, backend=backend)
     ms["total"] = 1e3 * (time.perf_counter() - t0)
     session.meta["compile_ms"] = {k: round(v, 1) for k, v in ms.items()}
     return session

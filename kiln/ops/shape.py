@@ -73,8 +73,7 @@ def _permute_alias(ins, out, a):
 
 declare("permute", inputs=("x",), attrs=PermuteAttrs, infer=_permute_infer,
         ref=lambda xs, a: np.ascontiguousarray(np.transpose(xs[0], a.perm)), props=(MOVEMENT,),
-        alias_offset=_permute_alias, params=(("perm", "i64x8"),),
-        c_params=lambda a, i, o: {"perm": list(a.perm)}, doc="general N-d axis permutation")
+        alias_offset=_permute_alias, doc="general N-d axis permutation")
 
 
 # -- expand ----------------------------------------------------------------------
@@ -169,9 +168,7 @@ def _slice_ref(xs, a):
 
 
 declare("slice", inputs=("x",), attrs=SliceAttrs, infer=_slice_infer, ref=_slice_ref, props=(MOVEMENT,),
-        alias_offset=_slice_alias, params=(("axis", "i64"), ("start", "i64"), ("step", "i64")),
-        c_params=lambda a, ins, out: {"axis": a.axis, "step": a.step,
-                                   "start": range(*slice(a.start, a.end, a.step).indices(ins[0][a.axis])).start},
+        alias_offset=_slice_alias,
         doc="strided slice along one axis")
 
 
@@ -199,7 +196,7 @@ def _concat_infer(ins, a):
 
 
 declare("concat", inputs=("xs*",), attrs=AxisAttrs, infer=_concat_infer,
-        ref=lambda xs, a: np.concatenate(xs, axis=a.axis), props=(MOVEMENT,), params=(("axis", "i64"),),
+        ref=lambda xs, a: np.concatenate(xs, axis=a.axis), props=(MOVEMENT,),
         doc="concatenate along an axis")
 
 
@@ -240,7 +237,7 @@ def _index_select_infer(ins, a):
 
 
 declare("index_select", inputs=("x", "index"), attrs=AxisAttrs, infer=_index_select_infer,
-        ref=lambda xs, a: _checked_take(xs[0], xs[1], a.axis, "index_select"), params=(("axis", "i64"),),
+        ref=lambda xs, a: _checked_take(xs[0], xs[1], a.axis, "index_select"),
         doc="select entries along an axis by a 1-D index")
 
 
@@ -267,4 +264,4 @@ def _gather_ref(xs, a):
 
 
 declare("gather", inputs=("x", "index"), attrs=AxisAttrs, infer=_gather_infer, ref=_gather_ref,
-        params=(("axis", "i64"),), doc="torch.gather along an axis")
+        doc="torch.gather along an axis")
