@@ -47,10 +47,14 @@ def add_kv_cache(graph: Graph, max_len: int) -> Graph:
     for node in list(g.nodes):
         if node.op != "attention":
             continue
-        if not node.attrs.causal or len(node.inputs) != 3:
-            raise KilnError(f"cannot add a KV cache: attention {node.output} is not plainly causal "
-                            f"(causal={node.attrs.causal}, {len(node.inputs) - 3} mask input(s))"
-                            + (f"\n  at {node.source}" if node.source else ""))
+        if len(node.inputs) == 3 and not node.attrs.causal:
+            raise KilnError(f"cannot add a KV cache: attention {node.output} is not causal (every token sees "
+                            f"every other), so a cached prefix would change" + (f"\n  at {node.source}" if node.source else ""))
+        if len(node.inputs) != 3:
+            raise KilnError(f"cannot add a KV cache: attention {node.output} keeps its mask {node.inputs[3]!r}, "
+                            f"which is not causal at every length up to the export range's maximum (a sliding "
+                            f"window shorter than that, or a mask computed from a runtime input); the cache "
+                            f"supports causal attention only" + (f"\n  at {node.source}" if node.source else ""))
         q, k, v = node.inputs
         b, hkv, _, d = g.tensors[k].shape
         dv = g.tensors[v].shape[3]
