@@ -25,7 +25,9 @@ from ..errors import KilnError
 from ..ir.graph import STATE, Graph
 from ..ir.kv_cache import KVCacheInfo
 from ..ir.validate import validate
+from .engine import dead_code_elimination
 from .kv_cache_check import verify_kv_cache
+from .positions import positions_as_arange
 
 POSITION = "cache_position"
 
@@ -45,6 +47,11 @@ def add_kv_cache(graph: Graph, max_len: int, *, verify: bool = True) -> Graph:
     if len(tokens) != 1:
         raise KilnError(f"cannot add a KV cache: the graph must have exactly one int64 [B, S] input (token ids); "
                         f"it has {', '.join(f'{i}: {g.tensors[i].dtype}{list(g.tensors[i].shape)}' for i in g.inputs)}")
+    seq = g.tensors[tokens[0]].shape[1]
+    if isinstance(seq, Sym) and len(seq.symbols) == 1:
+        # positions computed another way (OPT: cumsum(mask) - 1) become arange(S) + c, which moves below
+        if positions_as_arange(g, next(iter(seq.symbols))):
+            dead_code_elimination(g)
     g.add_input(POSITION, (), "int64")
     states: list[str] = []
     layer = 0

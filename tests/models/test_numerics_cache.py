@@ -61,8 +61,7 @@ def test_stateless_logits_match(arch, compiled):
 
 
 @pytest.mark.parametrize("arch, reason", [("gemma2", "computed by hand at softmax"),
-                                          ("bloom", "computed by hand at softmax"),
-                                          ("opt", "self-check failed")])
+                                          ("bloom", "computed by hand at softmax")])
 def test_cache_refused_with_reason_and_fallback(arch, reason, compiled):
     from kiln.errors import KilnError
     from kiln.models.loading import cache_or_notice
@@ -73,3 +72,36 @@ def test_cache_refused_with_reason_and_fallback(arch, reason, compiled):
     notices = []
     assert cache_or_notice(lm.session.graph, 32, "reference", notices.append) is None
     assert len(notices) == 1 and notices[0].startswith("no KV cache") and reason in notices[0]
+
+
+def _cached_greedy(session, prompt, n):
+    """Greedy decoding through a cached session: prefill, then one token per step."""
+    info = session.graph.kv_cache
+    ids, out, pos = np.array([prompt], dtype=np.int64), [], 0
+    for _ in range(n):
+        logits = session.run({info.token_input: ids, info.position_input: np.array(pos, dtype=np.int64)})[0]
+        pos += ids.shape[1]
+        out.append(int(np.argmax(logits[0, -1])))
+        ids = np.array([[out[-1]]], dtype=np.int64)
+    return out
+
+
+def test_opt_positions_follow_the_cache(compiled):
+    """OPT's positions are cumsum(mask) - 1 + 2: with the cache they must move with the cache position."""
+    from kiln.models.compare import hf_greedy
+    from kiln.models.loading import kv_cache_session
+    model, lm = compiled("opt")
+    session = kv_cache_session(lm.session.graph, 32, executor="reference")
+    prompt = [5, 9, 3, 17, 4]
+    want, _ = hf_greedy(model, prompt, 12, eos_ids=())
+    assert _cached_greedy(session, prompt, 12) == want
+
+
+def test_self_check_refuses_positions_that_do_not_move(compiled, monkeypatch):
+    """Without the position rewrite the cached OPT graph is wrong: the self-check must say so."""
+    from kiln.errors import KilnError
+    from kiln.passes import kv_cache
+    _, lm = compiled("opt")
+    monkeypatch.setattr(kv_cache, "positions_as_arange", lambda g, seq: 0)
+    with pytest.raises(KilnError, match="self-check failed: after decode step 1"):
+        kv_cache.add_kv_cache(lm.session.graph, 32)
