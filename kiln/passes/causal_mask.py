@@ -40,11 +40,15 @@ def causal_mask_absorption(graph: Graph) -> int:
     for node in list(graph.nodes):
         if node.op != "attention" or len(node.inputs) != 4 or node.attrs.causal:
             continue
-        key = tuple(node.inputs[1:2] + node.inputs[3:4]) + (graph.tensors[node.inputs[0]].shape,)
+        mask, rest = node.inputs[3], []
+        split = _split_runtime_conjunction(graph, mask)
+        if split is not None:   # causal(sizes) AND padding(runtime): the flag plus the runtime part
+            mask, rest = split
+        key = (node.inputs[1], mask, graph.tensors[node.inputs[0]].shape)
         if key not in proofs:
-            proofs[key] = is_causal_over_range(graph, node)
+            proofs[key] = is_causal_over_range(graph, mask, node.inputs[0], node.inputs[1])
         if proofs[key]:
-            graph.replace_node(node, dataclasses.replace(node, inputs=node.inputs[:3],
+            graph.replace_node(node, dataclasses.replace(node, inputs=node.inputs[:3] + rest,
                                                          attrs=dataclasses.replace(node.attrs, causal=True)))
             fired += 1
     if fired:
@@ -52,13 +56,25 @@ def causal_mask_absorption(graph: Graph) -> int:
     return fired
 
 
-def is_causal_over_range(graph: Graph, node) -> bool:
-    """Whether attention ``node``'s mask input is the causal pattern at every size in the graph's range."""
-    mask_name = node.inputs[3]
+def _split_runtime_conjunction(graph: Graph, mask: str):
+    """logical_and(size-only part, runtime bool part) → (size-only part, [runtime part]), else None.
+    A padding mask combined with the causal one has this form; the runtime part stays a mask input."""
+    p = graph.producer(mask)
+    if p is None or p.op != "logical_and" or len(p.inputs) != 2:
+        return None
+    a, b = p.inputs
+    sa, sb = _shape_only_subgraph(graph, a) is not None, _shape_only_subgraph(graph, b) is not None
+    if sa == sb or graph.tensors[b if sa else a].dtype != "bool":
+        return None
+    return (a, [b]) if sa else (b, [a])
+
+
+def is_causal_over_range(graph: Graph, mask_name: str, q_name: str, k_name: str) -> bool:
+    """Whether ``mask_name`` (for attention of q over k) is the causal pattern at every size of the range."""
     sub = _shape_only_subgraph(graph, mask_name)
     if sub is None:
         return False   # reads a runtime value: a real mask
-    q, k, mask = (graph.tensors[t] for t in (node.inputs[0], node.inputs[1], mask_name))
+    q, k, mask = (graph.tensors[t] for t in (q_name, k_name, mask_name))
     syms = sorted(dims.symbols_of(q.shape) | dims.symbols_of(k.shape) | dims.symbols_of(mask.shape)
                   | {x for n in sub for x in attr_symbols(n.attrs)})
     check = lambda b: _is_causal(graph, sub, mask_name, q.shape, k.shape, b)  # noqa: E731

@@ -46,3 +46,41 @@ def test_kv_cache_names_the_sliding_window():
     _, session = _compile(_mistral(20))
     with pytest.raises(KilnError, match="not causal at every length"):
         add_kv_cache(session.graph, 64)
+
+
+def test_runtime_padding_mask_llama():
+    """An HF Llama fed a runtime attention_mask (batch 2, left padding): compiles and runs, with the
+    causal part a flag and the padding part a runtime mask."""
+    from torch.export import Dim
+
+    import kiln
+    torch.manual_seed(0)
+    cfg = tf.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    model = tf.LlamaForCausalLM(cfg).eval()
+
+    class WithMask(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = model
+
+        def forward(self, input_ids, attention_mask):
+            return self.m(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
+    wrapped = WithMask().eval()
+    ids = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones(2, 8, dtype=torch.long)
+    mask[0, :3] = 0
+    seq = Dim("seq", min=2, max=32)
+    from kiln.backends import clib
+    session = kiln.compile(wrapped, (ids, mask), executor="compiled" if clib.available() else "reference",
+                           dynamic_shapes={"input_ids": {1: seq}, "attention_mask": {1: seq}})
+    att = [n for n in session.graph.nodes if n.op == "attention"]
+    assert att and all(n.attrs.causal and len(n.inputs) == 4 for n in att)
+    for length in (8, 5):
+        i, m = ids[:, :length], mask[:, :length]
+        out = session.run({"input_ids": i.numpy(), "attention_mask": m.numpy()})[0]
+        with torch.no_grad():
+            ref = wrapped(i, m).numpy()
+        keep = m.numpy().astype(bool)   # padded positions attend to nothing: their logits are undefined
+        np.testing.assert_allclose(out[keep], ref[keep], rtol=1e-4, atol=1e-4)
