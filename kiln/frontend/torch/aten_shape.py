@@ -303,7 +303,9 @@ def _size_only(ctx: Ctx, t: str) -> bool:
 def _size_tensor(ctx: Ctx, d) -> str:
     if isinstance(d, int):
         return ctx.scalar(d, "int64")
-    return ctx.emit("full", [], {"shape": (), "value": d, "dtype": "int64"})   # folded per binding
+    # a symbolic size as a 0-d tensor: the sum of d ones (folded once the size is bound)
+    ones = ctx.emit("full", [], {"shape": (d,), "value": 1.0, "dtype": "int64"})
+    return ctx.emit("sum", [ones], {"axes": (0,), "keepdim": False})
 
 
 def _wrapped(ctx: Ctx, i: str, size) -> str:
