@@ -198,6 +198,9 @@ def compile(module, example_args: Sequence, *, dynamic_shapes=None, executor: Op
         log: list = []
         graph = run_passes(graph, stages=passes, log=log)
         ms.update({f"stage:{e.name}": e.ms for e in log})
+    from .passes.executable import check_executable
+    if executor != "reference":   # the numpy reference evaluates every op; the others need kernels
+        check_executable(graph)   # anything compile accepts must run: refuse kernel-less runtime nodes now
     session = Session(graph, executor=executor, backend=backend)
     ms["total"] = 1e3 * (time.perf_counter() - t0)
     session.meta["compile_ms"] = {k: round(v, 1) for k, v in ms.items()}

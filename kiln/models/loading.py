@@ -51,7 +51,8 @@ def load_model(spec: Union[str, os.PathLike] = "default", *, executor: Optional[
         if not compiled.last_only:
             raise KilnError("the KV cache needs a graph that returns the last position's logits")
         say(f"adding a KV cache of {max_len} positions")
-        cached = kv_cache_session(compiled.session.graph, max_len, executor=executor, backend=backend)
+        cached = cache_or_notice(compiled.session.graph, max_len, executor, progress, backend=backend)
+        cache = cached is not None
     timings["compile"] = time.perf_counter() - t0
     return LanguageModel(cached_session=cached, use_cache=cache,
         name=name, session=session, tokenizer=parts.tokenizer, config=model.config,
@@ -71,6 +72,22 @@ def kv_cache_session(graph: Graph, max_len: int, *, executor: Optional[str] = No
     for sym in cached.graph.sym_sources:
         cached.plan(**{sym: 1})
     return cached
+
+
+def cache_or_notice(graph: Graph, max_len: int, executor: Optional[str], progress: Optional[Progress], *,
+                    backend: Optional[str] = None) -> Optional[Session]:
+    """kv_cache_session, or None with a one-line notice (to ``progress``, else a warning) saying why
+    this model decodes without the cache (it then recomputes the prefix: slower, same tokens)."""
+    try:
+        return kv_cache_session(graph, max_len, executor=executor, backend=backend)
+    except KilnError as e:
+        notice = f"no KV cache, decoding recomputes the prefix: {str(e).splitlines()[0]}"
+        if progress is not None:
+            progress(notice)
+        else:
+            import warnings
+            warnings.warn(notice, stacklevel=3)
+        return None
 
 
 def load_parts(spec: Union[str, os.PathLike], say: Progress) -> tuple[HFParts, str]:
