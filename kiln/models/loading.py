@@ -11,6 +11,7 @@ import os
 import time
 import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Optional, Union
 
@@ -27,6 +28,31 @@ Progress = Callable[[str], None]
 
 def _quiet(_msg: str) -> None:
     pass
+
+
+def begin(say: Progress, steps: int) -> None:
+    """Tell a progress display (kiln/cli_progress.py) that a job of ``steps`` messages starts."""
+    getattr(say, "begin", _quiet)(steps)
+
+
+def end(say: Progress) -> None:
+    getattr(say, "end", lambda: None)()
+
+
+COMPILE_STEPS = 3   # read, export + optimize, KV cache + decode plan (saving is one more)
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """What `kiln compile` and the compile cache compile a source model with. Every field is recorded in
+    the file's provenance and is part of the cache key, so a new option (e.g. a weight quantization)
+    is one field here plus its use in `compile_language_model`."""
+
+    max_len: Optional[int] = None      # KV-cache positions (None: min(context, 2048))
+    threads: Optional[int] = None      # default kernel threads stored in the file (None: the cores available)
+
+    def as_dict(self) -> dict:
+        return {"max_len": self.max_len, "threads": self.threads, "last_only": True}
 
 
 @contextmanager
@@ -61,13 +87,15 @@ def load_model(spec: Union[str, os.PathLike] = "default", *, executor: str = "co
         lm.timings["load"] = time.perf_counter() - t0
         return lm
     if not last_only or not compile_cache:
+        begin(say, COMPILE_STEPS)
         lm, _ = compile_language_model(spec, executor=executor, max_len=max_len, keep_torch=keep_torch, say=say,
                                        last_only=last_only, cache=cache)
+        end(say)
         return lm
     from .. import cache as compile_cache_dir
-    path, _name = resolve_source(spec, say)
+    path, _name = resolve_source(spec)
     source_digest = compile_cache_dir.source_hash(path)
-    options = {"max_len": max_len, "last_only": True}
+    options = CompileOptions(max_len=max_len).as_dict()
     cpu = compile_cache_dir.cpu_features()
     from .model_file import kiln_version, provenance
     key = compile_cache_dir.entry_key(source_digest, kiln_version(), options, cpu)
@@ -84,6 +112,7 @@ def load_model(spec: Union[str, os.PathLike] = "default", *, executor: str = "co
                 with library_warnings_hidden():
                     lm.torch_model = load_parts(spec, say)[0].model
             return lm
+    begin(say, COMPILE_STEPS + 1)
     lm, meta = compile_language_model(spec, executor=executor, max_len=max_len, keep_torch=keep_torch, say=say,
                                       cache=cache, provenance_info=provenance(
                                           source=str(path), source_sha256=source_digest, options=options, cpu=cpu,
@@ -94,6 +123,7 @@ def load_model(spec: Union[str, os.PathLike] = "default", *, executor: str = "co
         t1 = time.perf_counter()
         save(entry, lm.cached_session, meta)
         lm.timings["save"] = time.perf_counter() - t1
+    end(say)
     return lm
 
 
@@ -189,7 +219,6 @@ def resolve_source(spec: Union[str, os.PathLike], say: Progress = _quiet) -> tup
     from .hf import is_hf_folder
     if str(spec) == "default":
         from .default import NAME, default_model_path
-        say("locating the default model")
         return default_model_path(), NAME
     path = Path(spec)
     if path.suffix.lower() == ".gguf":
