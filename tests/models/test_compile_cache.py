@@ -166,3 +166,14 @@ def test_no_compile_cache_stores_nothing(cache_dir, executor, capsys):
     out, err = capsys.readouterr()
     assert err == "" and out.endswith("\n")
     assert list(cache.entries()) == []
+
+
+def test_cache_hit_imports_no_torch(cache_dir, executor):
+    load(executor=executor)
+    code = ("import sys, kiln.cli; rc = kiln.cli.main(['generate', 'Hi', '--model', sys.argv[1], '-n', '3', "
+            "'--max-len', '32']); print('torch' in sys.modules, 'transformers' in sys.modules, rc, file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", code, str(GGUF)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env=dict(os.environ, KILN_CACHE_DIR=str(cache_dir), PYTHONPATH=str(ROOT)))
+    assert done.returncode == 0, done.stderr
+    assert "from the compile cache" in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "False False 0"
