@@ -1,0 +1,77 @@
+/* Kiln's GEMM engine: fp32 weights packed once, microkernels per ISA, threads from pool.h.
+ *
+ * Packed-B layout (format KILN_GEMM_FMT_F32_P16): B [K, N] is cut into ceil(N / 16)
+ * panels of 16 columns; panel p holds B[k, 16p .. 16p+15] for k = 0..K-1, K-major, 64
+ * bytes per k, the last panel zero-padded. Panels follow each other. A panel is one
+ * cache line per k, so a kernel streams any KC-row slice of it contiguously: the
+ * kernels block K by KC at run time, and the layout does not depend on KC or on the
+ * ISA (one packed weight serves the AVX-512, AVX2 and portable kernels).
+ *
+ * The product: C = act(alpha * A @ B + bias + beta * C), A [M, K] (row stride lda),
+ * C [M, N] (row stride ldc), bias [N] or NULL, beta = 0 means C is not read. Every
+ * output element is computed by the same float operations whatever M, the row block
+ * and the thread split are: for each KC block (fixed by K only) one FMA chain from
+ * zero in k order, then T = fma(alpha, block_sum, T) with T starting at
+ * bias + beta * C. So row i of a batched product equals the product of row i alone,
+ * bit for bit (within one ISA path).
+ */
+#ifndef KILN_GEMM_H
+#define KILN_GEMM_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define KILN_GEMM_NR 16          /* panel width (columns) */
+#define KILN_GEMM_KC 128         /* K block of every kernel: fixes the summation order */
+#define KILN_GEMM_FMT_F32_P16 1  /* the packed format above */
+
+enum { KILN_GEMM_ISA_GENERIC = 0, KILN_GEMM_ISA_AVX2 = 1, KILN_GEMM_ISA_AVX512 = 2 };
+
+/* Error codes (negative) of the entry points below. */
+#define KILN_GEMM_ERR_ARG (-1)   /* a size < 0, a NULL operand, or a stride smaller than its row */
+#define KILN_GEMM_ERR_ISA (-2)   /* ISA not supported by this CPU */
+
+/* Bytes of the packed form of a [K, N] fp32 B (either layout). */
+int64_t kiln_gemm_packed_bytes(int64_t K, int64_t N);
+/* Pack B: trans = 0: B is [K, N] (row stride ldb >= N); trans = 1: B is [N, K] (ldb >= K),
+ * as torch's Linear weight. dst holds kiln_gemm_packed_bytes(K, N) bytes. */
+int kiln_gemm_pack_b(int64_t K, int64_t N, const float *B, int64_t ldb, int trans, float *dst);
+/* The inverse, into the layout given by trans (row stride ldd): for the reference executor. */
+int kiln_gemm_unpack_b(int64_t K, int64_t N, const float *packed, int trans, float *dst, int64_t ldd);
+/* Scratch the product needs for `threads` threads (0 today: A is read in place). */
+int64_t kiln_gemm_scratch_bytes(int64_t M, int64_t N, int64_t K, int threads);
+/* C = act(alpha * A @ B + bias + beta * C) with B packed; act is an enum kiln_act code.
+ * Threads: the pool's (inline when called from inside a pool chunk). */
+int kiln_gemm_packed(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *packed, float *C,
+                     int64_t ldc, float alpha, const float *bias, float beta, int act, void *scratch,
+                     int64_t scratch_bytes);
+/* The kernel set in use (chosen once by CPUID; KILN_FORCE_GENERIC=1 forces the portable
+ * one) and a test hook to select another the CPU supports. */
+int kiln_gemm_isa(void);
+int kiln_gemm_set_isa(int isa);
+
+/* -- internal: what each ISA file provides ------------------------------------------ */
+typedef struct {
+    int64_t M, N, K, lda, ldc;
+    const float *A, *B, *bias;
+    float *C;
+    float alpha, beta;
+    int act;
+} kiln_gemm_args;
+
+/* Rows [m0, m1) x panels [p0, p1) of C, all of K, epilogue included. */
+typedef void (*kiln_gemm_block_fn)(const kiln_gemm_args *g, int64_t m0, int64_t m1, int64_t p0, int64_t p1);
+void kiln_gemm_block_generic(const kiln_gemm_args *g, int64_t m0, int64_t m1, int64_t p0, int64_t p1);
+#if defined(__x86_64__) || defined(__i386__)
+#define KILN_GEMM_X86 1
+void kiln_gemm_block_avx2(const kiln_gemm_args *g, int64_t m0, int64_t m1, int64_t p0, int64_t p1);
+void kiln_gemm_block_avx512(const kiln_gemm_args *g, int64_t m0, int64_t m1, int64_t p0, int64_t p1);
+#endif
+
+#ifdef __cplusplus
+}
+#endif
+#endif

