@@ -177,3 +177,23 @@ def test_cache_hit_imports_no_torch(cache_dir, executor):
     assert done.returncode == 0, done.stderr
     assert "from the compile cache" in done.stderr
     assert done.stderr.strip().splitlines()[-1] == "False False 0"
+
+
+def test_progress_bar_lines_and_quiet():
+    import io
+
+    from kiln.cli_progress import Progress
+    for bar, quiet in ((True, False), (False, False), (True, True)):
+        out = io.StringIO()
+        p = Progress(out, bar=bar, quiet=quiet)
+        p.begin(3)
+        for step in ("reading", "exporting", "saving"):
+            p(step)
+        p.end()
+        text = out.getvalue()
+        if quiet:
+            assert text == ""
+        elif bar:
+            assert "3/3" in text and "100%" in text and "saving" in text
+        else:
+            assert [line.split("] ")[1] for line in text.splitlines()] == ["reading", "exporting", "saving"]

@@ -157,3 +157,13 @@ def test_bad_files_are_clear_errors(tmp_path, executor, hf_folder):
     with pytest.raises(KilnError, match="holds no PyTorch model"):
         load_model(tmp_path / "lm.kiln", keep_torch=True)
     assert np.isfinite(load_model(tmp_path / "lm.kiln").logits([1, 2, 3])).all()
+
+
+@pytest.mark.slow
+def test_default_model_file_without_torch(executor, tmp_path):
+    path = tmp_path / "default.kiln"
+    lm = compile_to("default", path, executor, max_len=256)
+    expected = {str(path) + "True": [lm.generate(p, NEW, temperature=0).ids for p in PROMPTS]}
+    got = run_child([[str(path), PROMPTS, True]])
+    assert got.pop("torch") is False and got.pop("transformers") is False
+    assert got == expected
