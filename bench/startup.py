@@ -3,7 +3,8 @@
     python bench/startup.py [--model default] [--runs 3] [--new-tokens 8] [--llama-cli PATH] [--gguf PATH]
 
 For each run it starts a fresh process under `/usr/bin/time -v` and reports wall time, time to first
-token (Kiln: its summary line, load + prefill; llama-cli: its load time + prompt eval time) and peak
+token (Kiln: its summary line, load + prefill; llama-cli: its load time + prompt eval time, or, where it
+prints only rates, wall time minus the decode steps at its generation rate) and peak
 RSS. "cold" runs start with an empty compile cache (a fresh $KILN_CACHE_DIR), "warm" runs reuse the
 entry the first cold run wrote. llama-cli is taken from --llama-cli, else PATH, else the llama.cpp
 build under /work/llamacpp; it is skipped when none exists. The machine's load is printed with the
@@ -28,15 +29,20 @@ LLAMA_BUILDS = sorted(Path("/work/llamacpp").glob("*/vendor/llama.cpp/build/bin/
 TIME = "/usr/bin/time"
 
 
+class RunFailed(Exception):
+    pass
+
+
 def timed(cmd: list[str], env: dict) -> dict:
     """Run ``cmd`` under /usr/bin/time -v: wall seconds, peak RSS (MiB), stderr text."""
     use_time = Path(TIME).is_file()
     full = [TIME, "-v", *cmd] if use_time else cmd
     t0 = time.perf_counter()
-    done = subprocess.run(full, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    done = subprocess.run(full, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800,
+                          stdin=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
     if done.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        raise RunFailed(f"{' '.join(cmd)} failed ({done.returncode}): {done.stderr[-1500:]}")
     rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr)
     return {"wall_s": wall, "rss_mib": int(rss.group(1)) / 1024 if rss else float("nan"), "stderr": done.stderr,
             "stdout": done.stdout}
@@ -62,11 +68,18 @@ def find_llama_cli(given: Optional[str]) -> Optional[str]:
 
 
 def llama_run(exe: str, gguf: str, prompt: str, new_tokens: int, threads: int) -> dict:
-    r = timed([exe, "-m", gguf, "-p", prompt, "-n", str(new_tokens), "-t", str(threads), "-no-cnv",
-               "--temp", "0", "--no-warmup"], dict(os.environ))
+    # -st: one chat turn (the chat template applied, as kiln generate does by default), then exit.
+    r = timed([exe, "-m", gguf, "-p", prompt, "-n", str(new_tokens), "-t", str(threads), "-st",
+               "--temp", "0", "--no-warmup", "--perf", "--simple-io"], dict(os.environ))
     load = re.search(r"load time\s*=\s*([\d.]+) ms", r["stderr"])
     prompt_eval = re.search(r"prompt eval time\s*=\s*([\d.]+) ms", r["stderr"])
-    r["ttft_s"] = (float(load.group(1)) + float(prompt_eval.group(1))) / 1e3 if load and prompt_eval else float("nan")
+    gen = re.search(r"Generation:\s*([\d.]+) t/s", r["stdout"] + r["stderr"])
+    if load and prompt_eval:  # older llama-cli: llama_perf lines
+        r["ttft_s"] = (float(load.group(1)) + float(prompt_eval.group(1))) / 1e3
+    elif gen and float(gen.group(1)) > 0:  # newer llama-cli prints only rates: wall minus the decode steps
+        r["ttft_s"] = r["wall_s"] - (new_tokens - 1) / float(gen.group(1))
+    else:
+        r["ttft_s"] = float("nan")
     return r
 
 
@@ -106,8 +119,11 @@ def main(argv=None) -> int:
             from kiln.models.default import default_model_path
             gguf = str(default_model_path())
         from kiln.config import num_threads
-        runs = [llama_run(exe, gguf, args.prompt, args.new_tokens, num_threads()) for _ in range(args.runs)]
-        lines.append(summarize("llama-cli", runs))
+        try:
+            runs = [llama_run(exe, gguf, args.prompt, args.new_tokens, num_threads()) for _ in range(args.runs)]
+            lines.append(summarize("llama-cli", runs))
+        except RunFailed as e:
+            lines.append(f"llama-cli ({exe}): {str(e).splitlines()[0][:300]}")
     print("\n".join(lines))
     print(f"load average after {os.getloadavg()}")
     return 0
