@@ -66,11 +66,19 @@ def save(path: str | os.PathLike, session: Any, lm: dict) -> None:
 
 
 def read(path: str | os.PathLike) -> tuple[Any, dict, dict]:
-    """(graph, the "kiln.lm" entry, the session meta) of a language-model file.
+    """(graph, the "kiln.lm" entry, the session meta) of a language-model file; the weights are mapped.
 
     Raises FileFormatError for a damaged file, one that is not a language-model file, or one written
-    in another format version (the message names what to do)."""
+    in another format version (the message names what to do). ``meta["_source"]`` (not saved) is the
+    mapped file's guard, which `language_model` hands to the Session (as kiln.load does): a run after
+    the file was changed in place is a FileFormatError, not a SIGBUS."""
     from ..ir import serialize
+    from ..session import _MappedFile
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise FileFormatError(f"{path}: not a readable Kiln model: {e}") from None
+    source = _MappedFile(path, f)
     graph, extra = serialize.load(path)
     lm = extra.get(KEY) if isinstance(extra, dict) else None
     if not isinstance(lm, dict):
@@ -86,7 +94,9 @@ def read(path: str | os.PathLike) -> tuple[Any, dict, dict]:
             raise FileFormatError(f"{path}: field {KEY}.{field} is missing or not a {kind.__name__}")
     if not all(isinstance(i, int) and not isinstance(i, bool) for i in lm["eos_ids"]):
         raise FileFormatError(f"{path}: field {KEY}.eos_ids must hold integers")
-    meta = extra.get("meta") if isinstance(extra.get("meta"), dict) else {}
+    meta = dict(extra.get("meta") if isinstance(extra.get("meta"), dict) else {})
+    source.check()  # changed while loading
+    meta["_source"] = source
     return graph, lm, meta
 
 
@@ -102,7 +112,10 @@ def language_model(graph: Any, lm: dict, meta: dict, *, executor: str = "compile
     _apply_threads(lm["defaults"].get("threads"))
     tokenizer = None if lm.get("tokenizer") is None else KilnTokenizer.from_json(lm["tokenizer"], where)
     if session is None:
+        meta = dict(meta)
+        source = meta.pop("_source", None)
         session = Session(graph, executor=executor, meta=meta)
+        session._source = source  # each run checks the mapped file is unchanged (kiln/session.py)
         session.plan(**{sym: 1 for sym in graph.sym_sources})  # the decode plan, before the first token
     max_len = graph.kv_cache.max_len
     return LanguageModel(name=str(lm.get("name", where)), session=None, tokenizer=tokenizer,
@@ -161,6 +174,7 @@ def describe(path: str | os.PathLike) -> str:
                                           f"{len(template)} chars: {template[:160]!r}{' ...' if len(template) > 160 else ''}"))
     else:
         lines.append("  tokenizer     (none: feed token ids)")
+    meta.pop("_source", None)
     if meta.get("compile_ms"):
         lines.append(f"  compile ms    {json.dumps(meta['compile_ms'])}")
     lines.append(f"\n{graph.summary()}")

@@ -167,3 +167,14 @@ def test_default_model_file_without_torch(executor, tmp_path):
     got = run_child([[str(path), PROMPTS, True]])
     assert got.pop("torch") is False and got.pop("transformers") is False
     assert got == expected
+
+
+def test_file_changed_in_place_is_refused(hf_folder, executor, tmp_path):
+    path = tmp_path / "m.kiln"
+    compile_to(hf_folder("gpt2"), path, executor)
+    lm = load_model(path)
+    lm.generate("Hi", 2)
+    with open(path, "r+b") as f:  # truncated under the mapping: would be a SIGBUS without the check
+        f.truncate(os.path.getsize(path) - 4096)
+    with pytest.raises(FileFormatError, match="changed after"):
+        lm.generate("Hi", 2)
