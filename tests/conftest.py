@@ -1,10 +1,16 @@
+import atexit
 import os
+import shutil
+import tempfile
 import warnings
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("KILN_NUM_THREADS", "2")
+# load_model / kiln generate compile into the compile cache: never the user's (~/.cache/kiln) in tests.
+os.environ["KILN_CACHE_DIR"] = tempfile.mkdtemp(prefix="kiln-test-cache-")
+atexit.register(shutil.rmtree, os.environ["KILN_CACHE_DIR"], True)
 warnings.filterwarnings("ignore", category=FutureWarning)
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 

@@ -11,6 +11,8 @@ from typing import Any
 
 _EXPORTS = {
     "load_model": "loading", "load_parts": "loading", "kv_cache_session": "loading",
+    "load_model_file": "loading", "compile_language_model": "loading", "CompileOptions": "loading",
+    "KilnTokenizer": "text_tokenizer",
     "LanguageModel": "language_model",
     "Generation": "generation", "GenerationStats": "generation", "TokenEvent": "generation",
     "Decoder": "decoders", "CachedDecoder": "decoders", "RecomputeDecoder": "decoders",

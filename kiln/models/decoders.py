@@ -2,7 +2,8 @@
 
 `CachedDecoder` (the default) keeps the KV cache as graph state: prefill writes the prompt's keys and
 values, each step feeds one token. `RecomputeDecoder` (``cache=False``) reruns the whole prefix every
-step on the same dynamic-length graph, for comparison.
+step on the same dynamic-length graph, for comparison; `RePrefillDecoder` does the same on the KV-cache
+graph (a model file holds only that one), prefilling the whole sequence from position 0 every step.
 """
 from __future__ import annotations
 
@@ -78,3 +79,17 @@ class CachedDecoder:
                                    self.position_name: np.asarray(self.pos, dtype=np.int64)})[0]
         self.pos += n
         return np.asarray(logits[0, -1], dtype=np.float32)
+
+
+class RePrefillDecoder(CachedDecoder):
+    """No cache reuse on a KV-cache graph: every step prefills the whole sequence again from position 0."""
+
+    def prefill(self, ids: Sequence[int]) -> np.ndarray:
+        self.ids = [int(i) for i in ids]
+        self.pos = 0
+        return self._run(list(self.ids))
+
+    def step(self, token: int) -> np.ndarray:
+        self.ids.append(int(token))
+        self.pos = 0
+        return self._run(list(self.ids))

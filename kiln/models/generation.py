@@ -32,6 +32,12 @@ class GenerationStats:
     decode_s: float = 0.0       # time in decode steps (each gives one token after the first)
     decode_steps: int = 0
     stop_reason: str = ""       # "eos" | "max_new_tokens" | "max_len"
+    load_s: float = 0.0         # set by the caller: loading the model and the prompt before prefill
+
+    @property
+    def time_to_first_token_s(self) -> float:
+        """Load + prefill (the first token is sampled from prefill's logits)."""
+        return self.load_s + self.prefill_s
 
     @property
     def decode_tokens_per_s(self) -> float:
@@ -40,7 +46,8 @@ class GenerationStats:
     def summary(self) -> str:
         why = {"eos": "end of sequence", "max_new_tokens": "--max-new-tokens reached",
                "max_len": "the compiled context (KV cache) is full; compile with a larger --max-len"}
-        return (f"prompt {self.prompt_tokens} tokens, {self.new_tokens} new tokens, "
+        ttft = f"time to first token {1e3 * self.time_to_first_token_s:.0f} ms, " if self.load_s > 0 else ""
+        return (f"prompt {self.prompt_tokens} tokens, {self.new_tokens} new tokens, {ttft}"
                 f"prefill {1e3 * self.prefill_s:.1f} ms, decode {self.decode_tokens_per_s:.1f} tokens/s "
                 f"(stop: {why.get(self.stop_reason, self.stop_reason)})")
 

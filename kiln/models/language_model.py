@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from .decoders import CachedDecoder, Decoder, RecomputeDecoder
+from .decoders import CachedDecoder, Decoder, RecomputeDecoder, RePrefillDecoder
 from .generation import Generation, TokenEvent
 from .sampling import SamplingConfig
 from .tokenizer import encode_prompt, has_chat_template
@@ -25,9 +25,9 @@ class LanguageModel:
     """A causal LM compiled by Kiln, with its tokenizer and generation defaults."""
 
     name: str
-    session: Any                       # kiln.Session: input_ids (1, seq) -> logits
-    tokenizer: Any                     # transformers tokenizer or None
-    config: Any                        # transformers config
+    session: Any                       # kiln.Session: input_ids (1, seq) -> logits (None: from a file)
+    tokenizer: Any                     # KilnTokenizer (or a transformers tokenizer) or None
+    config: Any                        # transformers config (a dict when loaded from a file)
     eos_ids: tuple[int, ...]
     sampling: SamplingConfig           # defaults (from generation_config, else greedy)
     min_len: int
@@ -37,6 +37,7 @@ class LanguageModel:
     timings: dict[str, float] = field(default_factory=dict)   # load step -> seconds
     cached_session: Any = None         # the same graph with a KV cache (None: recompute only)
     use_cache: bool = True
+    provenance: dict[str, Any] = field(default_factory=dict)   # a model file's: source, hash, options, ...
 
     @property
     def has_chat_template(self) -> bool:
@@ -50,6 +51,8 @@ class LanguageModel:
     def decoder(self) -> Decoder:
         if self.use_cache and self.cached_session is not None:
             return CachedDecoder(self.cached_session, max_len=self.max_len)
+        if self.session is None:  # a model file holds only the KV-cache graph: re-prefill from position 0
+            return RePrefillDecoder(self.cached_session, max_len=self.max_len)
         return RecomputeDecoder(self.session, min_len=self.min_len, max_len=self.max_len, last_only=self.last_only)
 
     def stream(self, prompt: Prompt, max_new_tokens: int = 64, *, temperature: Optional[float] = None,

@@ -1,14 +1,22 @@
-"""Load a model (default, HF folder, .gguf), compile it with Kiln, add the KV cache → `LanguageModel`."""
+"""Load a model (a `.kiln` file, default, HF folder, .gguf) → `LanguageModel`, through the compile cache.
+
+A `.kiln` language-model file loads without torch or transformers (kiln/models/model_file.py). A
+source model (default, HF folder, GGUF) is looked up in the compile cache (kiln/cache.py) first; on a
+miss it is read, exported, optimized and given its KV cache once, the result saved to the cache, and
+the in-memory session kept (the cold run does not reload what it just wrote).
+"""
 from __future__ import annotations
 
 import os
 import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional, Union
+from typing import TYPE_CHECKING, Callable, Iterator, Optional, Union
 
-from ..errors import KilnError
+from ..errors import FileFormatError, KilnError
 from .language_model import LanguageModel
-from .sampling import defaults_from_generation_config
 
 if TYPE_CHECKING:
     from ..ir.graph import Graph
@@ -18,48 +26,188 @@ if TYPE_CHECKING:
 Progress = Callable[[str], None]
 
 
+def _quiet(_msg: str) -> None:
+    pass
+
+
+def begin(say: Progress, steps: int) -> None:
+    """Tell a progress display (kiln/cli_progress.py) that a job of ``steps`` messages starts."""
+    getattr(say, "begin", _quiet)(steps)
+
+
+def end(say: Progress) -> None:
+    getattr(say, "end", lambda: None)()
+
+
+COMPILE_STEPS = 3   # read, export + optimize, KV cache + decode plan (saving is one more)
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """What `kiln compile` and the compile cache compile a source model with. Every field is recorded in
+    the file's provenance and is part of the cache key, so a new option (e.g. a weight quantization)
+    is one field here plus its use in `compile_language_model`."""
+
+    max_len: Optional[int] = None      # KV-cache positions (None: min(context, 2048))
+    threads: Optional[int] = None      # default kernel threads stored in the file (None: the cores available)
+
+    def as_dict(self) -> dict:
+        return {"max_len": self.max_len, "threads": self.threads, "last_only": True}
+
+
+@contextmanager
+def library_warnings_hidden() -> Iterator[None]:
+    """torch.export and transformers warn about their own deprecations (FutureWarning, UserWarning):
+    nothing a Kiln user can act on, so they are hidden where Kiln calls those libraries, not globally."""
+    with warnings.catch_warnings():
+        for category in (FutureWarning, DeprecationWarning, UserWarning):
+            warnings.simplefilter("ignore", category)
+        yield
+
+
 def load_model(spec: Union[str, os.PathLike] = "default", *, executor: Optional[str] = None,
                backend: Optional[str] = None, max_len: Optional[int] = None,
                keep_torch: bool = False, progress: Optional[Progress] = None, last_only: bool = True,
-               cache: bool = True) -> LanguageModel:
-    """'default' (SmolLM2-135M-Instruct), a Hugging Face model folder, or a .gguf file → LanguageModel.
+               cache: bool = True, compile_cache: bool = True) -> LanguageModel:
+    """A `.kiln` file, 'default' (SmolLM2-135M-Instruct), a Hugging Face model folder or a .gguf → LanguageModel.
 
     ``progress`` is called with the name of each step as it starts (loading, compiling, ...).
     ``cache`` decodes with a KV cache of ``max_len`` positions (else the prefix is recomputed).
-    ``backend``/``executor``: which kernels and how they are driven (``kiln.Session``; default:
-    compiled C), e.g. ``backend="triton"`` keeps the weights and the KV cache on the GPU.
+    ``compile_cache`` looks the source up in the compile cache and stores it there after compiling
+    (kiln/cache.py); a damaged or stale entry is reported through ``progress`` and rebuilt.
+    ``keep_torch`` also keeps the transformers model (for comparisons; not possible from a .kiln file).
     """
-    from ..session import Session
+    say = progress or _quiet
+    t0 = time.perf_counter()
+    if is_model_file(spec):
+        if keep_torch:
+            raise KilnError(f"{str(spec)!r} is a compiled Kiln file and holds no PyTorch model to compare with; "
+                            f"pass the source model (default, an HF folder or a .gguf) instead")
+        say(f"loading {spec}")
+        lm = load_model_file(spec, executor=executor, backend=backend, use_cache=cache, max_len=max_len)
+        lm.timings["load"] = time.perf_counter() - t0
+        return lm
+    if not last_only or not compile_cache:
+        begin(say, COMPILE_STEPS)
+        lm, _ = compile_language_model(spec, executor=executor, backend=backend, max_len=max_len, keep_torch=keep_torch, say=say,
+                                       last_only=last_only, cache=cache)
+        end(say)
+        return lm
+    from .. import cache as compile_cache_dir
+    path, _name = resolve_source(spec)
+    source_digest = compile_cache_dir.source_hash(path)
+    options = CompileOptions(max_len=max_len).as_dict()
+    cpu = compile_cache_dir.cpu_features()
+    from .model_file import kiln_version, provenance
+    key = compile_cache_dir.entry_key(source_digest, kiln_version(), options, cpu)
+    entry = compile_cache_dir.entry_path(key)
+    if entry.is_file():
+        try:
+            lm = load_model_file(entry, executor=executor, backend=backend, use_cache=cache, expect_key=key)
+        except FileFormatError as e:
+            say(f"compile cache entry {entry.name} is unusable, rebuilding it: {e}")
+        else:
+            say(f"loaded {lm.name} from the compile cache ({entry})")
+            lm.timings["load"] = time.perf_counter() - t0
+            if keep_torch:
+                with library_warnings_hidden():
+                    lm.torch_model = load_parts(spec, say)[0].model
+            return lm
+    begin(say, COMPILE_STEPS + 1)
+    lm, meta = compile_language_model(spec, executor=executor, backend=backend, max_len=max_len, keep_torch=keep_torch, say=say,
+                                      cache=cache, provenance_info=provenance(
+                                          source=str(path), source_sha256=source_digest, options=options, cpu=cpu,
+                                          cache_key=key))
+    if meta is not None:
+        from .model_file import save
+        say(f"saving to the compile cache: {entry}")
+        t1 = time.perf_counter()
+        save(entry, lm.cached_session, meta)
+        lm.timings["save"] = time.perf_counter() - t1
+    end(say)
+    return lm
+
+
+def is_model_file(spec: Union[str, os.PathLike]) -> bool:
+    return str(spec).lower().endswith(".kiln")
+
+
+def load_model_file(path: Union[str, os.PathLike], *, executor: Optional[str] = None, backend: Optional[str] = None,
+                    use_cache: bool = True,
+                    max_len: Optional[int] = None, expect_key: Optional[str] = None) -> LanguageModel:
+    """A `.kiln` language-model file → LanguageModel (torch-free). ``expect_key`` checks a cache entry's
+    key and Kiln version (FileFormatError if stale)."""
+    from . import model_file
+    if not Path(path).is_file():
+        raise KilnError(f"model file {str(path)!r} does not exist")
+    graph, lm_meta, meta = model_file.read(path)
+    if expect_key is not None:
+        prov = lm_meta["provenance"]
+        if prov.get("cache_key") != expect_key or prov.get("kiln_version") != model_file.kiln_version():
+            raise FileFormatError(f"stale: made by Kiln {prov.get('kiln_version')} for key {prov.get('cache_key')}")
+    lm = model_file.language_model(graph, lm_meta, meta, executor=executor, backend=backend, use_cache=use_cache,
+                                   where=str(path))
+    if max_len is not None:
+        if not 2 <= int(max_len) <= lm.max_len:
+            raise KilnError(f"max_len must be in [2, {lm.max_len}] for {str(path)!r} (compiled for {lm.max_len}), "
+                            f"got {max_len}")
+        lm.max_len = int(max_len)
+    return lm
+
+
+def compile_language_model(spec: Union[str, os.PathLike], *, executor: Optional[str] = None,
+                           backend: Optional[str] = None,
+                           max_len: Optional[int] = None, keep_torch: bool = False, say: Progress = _quiet,
+                           last_only: bool = True, cache: bool = True, provenance_info: Optional[dict] = None,
+                           threads: Optional[int] = None) -> tuple[LanguageModel, Optional[dict]]:
+    """Read, export, optimize and add the KV cache: (the LanguageModel, its model-file metadata, or None
+    when it cannot travel in a file: full-sequence logits, or a tokenizer without a `tokenizers` form)."""
     from .hf import DEFAULT_MAX_LEN, compile_causal_lm, context_length, eos_token_ids
-    say = progress or (lambda _msg: None)
+    from .sampling import defaults_from_generation_config
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    parts, name = load_parts(spec, say)
+    with library_warnings_hidden():
+        parts, name = load_parts(spec, say)
     timings["load"] = time.perf_counter() - t0
     model = parts.model
     limit = context_length(model.config)
     max_len = min(limit, DEFAULT_MAX_LEN) if max_len is None else int(max_len)
     if not 2 <= max_len <= limit:
         raise KilnError(f"max_len must be in [2, {limit}] for this model, got {max_len}")
-    say(f"exporting and compiling with Kiln (executor {executor or 'default'}, backend {backend or 'default'}, "
+    say(f"exporting and optimizing with Kiln (executor {executor or 'default'}, backend {backend or 'default'}, "
         f"sequence length 1..{max_len})")
     t0 = time.perf_counter()
-    compiled = compile_causal_lm(model, max_len=max_len, executor="reference", last_only=last_only)
+    with library_warnings_hidden():
+        compiled = compile_causal_lm(model, max_len=max_len, executor="reference", last_only=last_only)
+    from ..session import Session
     session = Session(compiled.session.graph, executor=executor, backend=backend, meta=compiled.session.meta)
     cached = None
-    if cache:
+    if cache or provenance_info is not None:
         if not compiled.last_only:
             raise KilnError("the KV cache needs a graph that returns the last position's logits")
-        say(f"adding a KV cache of {max_len} positions")
-        cached = cache_or_notice(compiled.session.graph, max_len, executor, progress, backend=backend)
-        cache = cached is not None
+        say(f"adding a KV cache of {max_len} positions and planning decode")
+        cached = cache_or_notice(compiled.session.graph, max_len, executor, None if say is _quiet else say,
+                                 backend=backend)
     timings["compile"] = time.perf_counter() - t0
-    return LanguageModel(cached_session=cached, use_cache=cache,
-        name=name, session=session, tokenizer=parts.tokenizer, config=model.config,
-        eos_ids=eos_token_ids(model, parts.tokenizer, parts.generation_config),
+    tokenizer, portable = parts.tokenizer, compiled.last_only and cached is not None
+    if tokenizer is not None:
+        from .text_tokenizer import KilnTokenizer
+        try:
+            tokenizer = KilnTokenizer.from_transformers(tokenizer)
+        except KilnError as e:
+            say(f"keeping the transformers tokenizer: {e}")
+            portable = False
+    eos = eos_token_ids(model, parts.tokenizer, parts.generation_config)
+    lm = LanguageModel(cached_session=cached, use_cache=cache and cached is not None,
+        name=name, session=session, tokenizer=tokenizer, config=model.config, eos_ids=eos,
         sampling=defaults_from_generation_config(parts.generation_config), min_len=compiled.min_len,
         max_len=compiled.max_len, last_only=compiled.last_only, torch_model=model if keep_torch else None,
-        timings=timings)
+        timings=timings, provenance=dict(provenance_info or {}))
+    if not portable or provenance_info is None:
+        return lm, None
+    from .model_file import lm_metadata
+    return lm, lm_metadata(name=name, tokenizer=tokenizer, eos_ids=eos, generation_config=parts.generation_config,
+                           config=model.config, provenance=provenance_info, threads=threads)
 
 
 def kv_cache_session(graph: Graph, max_len: int, *, executor: Optional[str] = None,
@@ -90,31 +238,36 @@ def cache_or_notice(graph: Graph, max_len: int, executor: Optional[str], progres
         return None
 
 
-def load_parts(spec: Union[str, os.PathLike], say: Progress) -> tuple[HFParts, str]:
-    """'default', a Hugging Face folder or a .gguf path → (the fp32 transformers model and what travels
-    with it, a display name). ``say`` gets a line per step. Raises KilnError for anything else."""
-    from .hf import is_hf_folder, load_hf_folder
+def resolve_source(spec: Union[str, os.PathLike], say: Progress = _quiet) -> tuple[Path, str]:
+    """'default', a .gguf path or an HF folder → (the file or folder, a display name), without reading it.
+    Raises KilnError for anything else."""
+    from .hf import is_hf_folder
     if str(spec) == "default":
         from .default import NAME, default_model_path
-        say("locating the default model")
-        path = default_model_path()
-        return _read_gguf(path, say), NAME
+        return default_model_path(), NAME
     path = Path(spec)
     if path.suffix.lower() == ".gguf":
         if not path.is_file():
             raise KilnError(f"GGUF file {str(path)!r} does not exist")
-        return _read_gguf(path, say), path.name
+        return path, path.name
     if path.is_dir():
         if not is_hf_folder(path):
             raise KilnError(f"{str(path)!r} is not a Hugging Face model folder (no config.json in it)")
-        say(f"loading the Hugging Face model in {path}")
-        return load_hf_folder(path), path.name
+        return path, path.name
     if path.exists():
-        raise KilnError(f"{str(path)!r} is neither a .gguf file nor a model folder")
-    raise KilnError(f"unknown model {str(spec)!r}: expected 'default', a Hugging Face model folder or a .gguf file")
+        raise KilnError(f"{str(path)!r} is neither a .gguf file, a .kiln file nor a model folder")
+    raise KilnError(f"unknown model {str(spec)!r}: expected 'default', a Hugging Face model folder, a .gguf "
+                    f"or a .kiln file")
 
 
-def _read_gguf(path: Path, say: Progress) -> HFParts:
+def load_parts(spec: Union[str, os.PathLike], say: Progress) -> tuple[HFParts, str]:
+    """'default', a Hugging Face folder or a .gguf path → (the fp32 transformers model and what travels
+    with it, a display name). ``say`` gets a line per step. Raises KilnError for anything else."""
+    path, name = resolve_source(spec, say)
+    if path.is_dir():
+        from .hf import load_hf_folder
+        say(f"loading the Hugging Face model in {path}")
+        return load_hf_folder(path), name
     say(f"reading {path.name} (dequantizing to fp32)")
     from .gguf import load_gguf
-    return load_gguf(path)
+    return load_gguf(path), name

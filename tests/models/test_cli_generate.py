@@ -19,7 +19,7 @@ def test_generate_smoke(hf_folder, executor, capsys):
                               "--max-new-tokens", "6", "--executor", executor, "--max-len", "64", "--compare-torch"])
     out, err = capsys.readouterr()
     assert code == 0, err
-    assert "exporting and compiling" in err and "s]" in err          # progress steps with elapsed time
+    assert "exporting and optimizing" in err and "s]" in err         # progress steps with elapsed time
     assert "prompt " in err and "tokens/s" in err and "prefill" in err  # summary line
     assert "torch:" in err and "tokens match" in err                 # --compare-torch: same greedy tokens
     assert out.endswith("\n")
