@@ -190,26 +190,25 @@ def _usage(ev: Any) -> dict:
 
 
 async def _collect(handle: RequestHandle, request: Request):
-    """All text of a non-streamed request; cancels it if the client disconnects first."""
-    parts: list[str] = []
-    events = handle.__aiter__()
-    try:
+    """All text of a non-streamed request, and its last Event (None if the client disconnected first:
+    a watcher waiting for http.disconnect cancels the request, which frees its slot)."""
+    async def watch() -> None:
         while True:
-            nxt = asyncio.ensure_future(events.__anext__())
-            while not nxt.done():
-                done, _ = await asyncio.wait({nxt}, timeout=0.25)
-                if not done and await request.is_disconnected():
-                    nxt.cancel()
-                    handle.cancel()
-                    return "", None
-            try:
-                ev = nxt.result()
-            except StopAsyncIteration:
-                return "".join(parts), None
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                handle.cancel()
+                return
+
+    watcher = asyncio.ensure_future(watch())
+    parts: list[str] = []
+    try:
+        async for ev in handle:
             parts.append(ev.text)
             if ev.finish_reason is not None:
-                return "".join(parts), ev
+                return "".join(parts), (None if ev.finish_reason == "cancelled" else ev)
+        return "".join(parts), None
     finally:
+        watcher.cancel()
         handle.cancel()  # a no-op once finished
 
 
