@@ -2,7 +2,6 @@
 scheduling bug that mixes sequences, skips or repeats a token, or misplaces a position changes them."""
 from __future__ import annotations
 
-import threading
 import zlib
 
 import numpy as np
