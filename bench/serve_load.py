@@ -156,14 +156,15 @@ def load_level(url: str, streams: int, per_stream: int, max_tokens: int) -> dict
             "itl_p50": pct(gaps, 50), "itl_p99": pct(gaps, 99)}
 
 
-def table(name: str, rows: list[dict]) -> str:
-    lines = [f"\n{name}", f"{'streams':>7} {'reqs':>5} {'err':>4} {'tok/s':>8} {'TTFT p50':>9} {'TTFT p99':>9} "
-             f"{'ITL p50':>8} {'ITL p99':>8}"]
-    for r in rows:
-        lines.append(f"{r['streams']:>7} {r['requests']:>5} {r['errors']:>4} {r['tok_s']:>8.1f} "
-                     f"{1e3 * r['ttft_p50']:>7.0f}ms {1e3 * r['ttft_p99']:>7.0f}ms "
-                     f"{1e3 * r['itl_p50']:>6.1f}ms {1e3 * r['itl_p99']:>6.1f}ms")
-    return "\n".join(lines)
+def run_table(name: str, url: str, levels: list[int], per_stream: int, max_tokens: int) -> None:
+    """Print the table a row at a time (a slow level still leaves the earlier rows on screen)."""
+    print(f"\n{name}\n{'streams':>7} {'reqs':>5} {'err':>4} {'tok/s':>8} {'TTFT p50':>9} {'TTFT p99':>9} "
+          f"{'ITL p50':>8} {'ITL p99':>8}", flush=True)
+    for c in levels:
+        r = load_level(url, c, per_stream, max_tokens)
+        print(f"{r['streams']:>7} {r['requests']:>5} {r['errors']:>4} {r['tok_s']:>8.1f} "
+              f"{1e3 * r['ttft_p50']:>7.0f}ms {1e3 * r['ttft_p99']:>7.0f}ms "
+              f"{1e3 * r['itl_p50']:>6.1f}ms {1e3 * r['itl_p99']:>6.1f}ms", flush=True)
 
 
 def health(url: str) -> dict:
@@ -235,8 +236,8 @@ def main(argv=None) -> int:
                 url, proc = start_kiln(args.model, args.parallel, args.ctx, max_queue=2 * max(levels), log=log)
                 procs.append(proc)
                 wait_health(url, proc, args.startup_timeout)
-            print(table(f"kiln serve --parallel {args.parallel} ({health(url)['model']})",
-                        [load_level(url, c, args.per_stream, args.max_tokens) for c in levels]), flush=True)
+            run_table(f"kiln serve --parallel {args.parallel} ({health(url)['model']})", url, levels,
+                      args.per_stream, args.max_tokens)
             if args.chaos:
                 for p in procs:
                     p.terminate()
@@ -255,8 +256,8 @@ def main(argv=None) -> int:
                 lurl, lproc = start_llama(args.llama_server, gguf, args.parallel, args.ctx, log)
                 procs.append(lproc)
                 wait_health(lurl, lproc, 300)
-                print(table(f"llama-server --parallel {args.parallel} ({Path(gguf).name})",
-                            [load_level(lurl, c, args.per_stream, args.max_tokens) for c in levels]), flush=True)
+                run_table(f"llama-server --parallel {args.parallel} ({Path(gguf).name})", lurl, levels,
+                          args.per_stream, args.max_tokens)
         finally:
             for p in procs:
                 if p.poll() is None:
