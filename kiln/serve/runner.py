@@ -63,6 +63,35 @@ def chunk_sizes(n: int, chunk: int) -> list[int]:
     return sizes
 
 
+def _slot_session_class():
+    from ..session import Session
+
+    class SlotSession(Session):
+        """A Session whose memory plans come from a cache shared by every slot: a Plan depends on the
+        graph and the binding only, not on the state arrays, so N slots plan each length once.
+        Each slot still gets its own executor (its own arena, bound to its own KV cache)."""
+
+        def __init__(self, graph: Any, executor: str, shared: dict):
+            super().__init__(graph, executor=executor)
+            self._shared_plans = shared
+
+        def _build(self, binding: dict):
+            if self.executor != "compiled":
+                return super()._build(binding)
+            from ..executor.compiled import CompiledExecutor
+            from ..executor.registry import _planned
+            key = tuple(sorted(binding.items()))
+            if key not in self._shared_plans:
+                self._shared_plans[key] = _planned(self.graph, binding)
+            static, plan = self._shared_plans[key]
+            try:
+                return CompiledExecutor(static, plan, state=self.state)
+            except MemoryError:
+                raise KilnError(f"no memory for a slot's plan of {binding}") from None
+
+    return SlotSession
+
+
 class PerSlotRunner:
     """One KV-cache Session per slot, all over ``graph`` (weights shared, caches separate).
 
@@ -70,7 +99,6 @@ class PerSlotRunner:
     lone CachedDecoder would compute for the same token/position sequence."""
 
     def __init__(self, graph: Any, n_slots: int, *, executor: str = "compiled"):
-        from ..session import Session
         info = graph.kv_cache
         if info is None:
             raise KilnError("PerSlotRunner needs a graph with a KV cache (kiln.passes.kv_cache.add_kv_cache)")
@@ -78,7 +106,9 @@ class PerSlotRunner:
             raise KilnError(f"the number of slots must be >= 1, got {n_slots}")
         self.n_slots, self.max_len = int(n_slots), int(info.max_len)
         self.token_input, self.position_input = info.token_input, info.position_input
-        self.sessions = [Session(graph, executor=executor) for _ in range(self.n_slots)]
+        shared: dict = {}
+        cls = _slot_session_class()
+        self.sessions = [cls(graph, executor, shared) for _ in range(self.n_slots)]
 
     @classmethod
     def from_model(cls, lm: Any, n_slots: int) -> "PerSlotRunner":

@@ -16,6 +16,10 @@ def test_slots_share_weights_not_caches(tiny_lm):
     assert all(a.state[k] is not b.state[k] for k in a.state)  # caches are per slot
     info = tiny_lm.cached_session.graph.kv_cache
     assert runner.slot_bytes() == sum(a.state[n].nbytes for n in info.state_names)
+    runner.step([SlotWork(0, (1, 2), 0), SlotWork(1, (3, 4), 0)])
+    (key, ex_a), = a._executors.items()
+    if tiny_lm.cached_session.executor == "compiled":       # one plan per length for all slots
+        assert b._executors[key].plan is ex_a.plan and b._executors[key]._arena is not ex_a._arena
 
 
 def test_rows_do_not_disturb_each_other(tiny_lm):
