@@ -59,10 +59,11 @@ def main(argv=None) -> int:
     o = sub.add_parser("ops", help="list Kiln ops (or, with --aten, the supported ATen ops)")
     o.add_argument("--aten", action="store_true")
     o.set_defaults(fn=_ops)
-    from kiln import cli_bench, cli_cache, cli_compile, cli_generate, cli_inspect
+    from kiln import cli_bench, cli_cache, cli_compile, cli_generate, cli_inspect, cli_serve
     cli_generate.add_parser(sub)
     cli_compile.add_parser(sub)
     cli_cache.add_parser(sub)
+    cli_serve.add_parser(sub)
     cli_bench.add_parser(sub)
     cli_inspect.add_parser(sub)
     args = p.parse_args(argv)

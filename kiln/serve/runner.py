@@ -1,0 +1,138 @@
+"""Model runners: the one interface between the scheduler and the model.
+
+The scheduler hands a runner a batch of `SlotWork` rows (slot, new token ids, start position) and
+gets back the next-token logits of each row. It never sees sessions, caches or graphs, so a
+batched-graph runner (one decode step for every active slot, weights read once) can replace
+`PerSlotRunner` without touching the scheduler.
+
+`PerSlotRunner` is the first implementation: one kiln.Session per slot over the same KV-cache graph.
+Sessions built from one Graph share its constants (the weights are the same numpy arrays); each owns
+its `state` (the KV cache) and its plans' arenas, which is what a slot costs (see `slot_bytes`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional, Protocol, Sequence
+
+import numpy as np
+
+from ..errors import KilnError
+
+
+@dataclass(frozen=True)
+class SlotWork:
+    """One row of a runner step: feed ``tokens`` to ``slot`` at positions [start, start + len(tokens)).
+
+    ``start`` is the number of positions the slot's cache already holds for this sequence (0 begins
+    a new sequence; older cache rows past the end are never read). ``want_logits`` is False for a
+    prefill chunk that is not the prompt's last one (the runner may skip the logits)."""
+
+    slot: int
+    tokens: tuple[int, ...]
+    start: int
+    want_logits: bool = True
+
+
+class ModelRunner(Protocol):
+    """What the scheduler needs from a model. ``step`` returns, per row in order, the logits (float32,
+    shape (vocab,)) after the row's last token, or None where ``want_logits`` was False. Rows name
+    distinct slots. Raises KilnError on bad rows (slot out of range, positions past ``max_len``)."""
+
+    n_slots: int
+    max_len: int        # positions per slot (the context)
+
+    def step(self, batch: Sequence[SlotWork]) -> list[Optional[np.ndarray]]: ...
+
+
+def chunk_sizes(n: int, chunk: int) -> list[int]:
+    """Split an n-token prefill into steps: full chunks, then the rest as descending powers of two.
+
+    Each distinct length is a separate plan in a Session (kiln.session.MAX_PLANS are kept), so prompt
+    lengths are reduced to the few sizes {1, 2, 4, ..., chunk}: no re-planning for new prompt lengths.
+    ``chunk`` must be a power of two."""
+    if chunk < 1 or chunk & (chunk - 1):
+        raise KilnError(f"the prefill chunk must be a power of two >= 1, got {chunk}")
+    sizes = [chunk] * (n // chunk)
+    rest = n % chunk
+    bit = chunk >> 1
+    while rest:
+        if rest & bit:
+            sizes.append(bit)
+            rest -= bit
+        bit >>= 1
+    return sizes
+
+
+def _slot_session_class():
+    from ..session import Session
+
+    class SlotSession(Session):
+        """A Session whose memory plans come from a cache shared by every slot: a Plan depends on the
+        graph and the binding only, not on the state arrays, so N slots plan each length once.
+        Each slot still gets its own executor (its own arena, bound to its own KV cache)."""
+
+        def __init__(self, graph: Any, executor: str, shared: dict):
+            super().__init__(graph, executor=executor)
+            self._shared_plans = shared
+
+        def _build(self, binding: dict):
+            if self.executor != "compiled":
+                return super()._build(binding)
+            from ..executor.compiled import CompiledExecutor
+            from ..executor.registry import _planned
+            key = tuple(sorted(binding.items()))
+            if key not in self._shared_plans:
+                self._shared_plans[key] = _planned(self.graph, binding)
+            static, plan = self._shared_plans[key]
+            try:
+                return CompiledExecutor(static, plan, state=self.state)
+            except MemoryError:
+                raise KilnError(f"no memory for a slot's plan of {binding}") from None
+
+    return SlotSession
+
+
+class PerSlotRunner:
+    """One KV-cache Session per slot, all over ``graph`` (weights shared, caches separate).
+
+    Rows run one after another (no batching across slots yet): per-row results are exactly what a
+    lone CachedDecoder would compute for the same token/position sequence."""
+
+    def __init__(self, graph: Any, n_slots: int, *, executor: str = "compiled"):
+        info = graph.kv_cache
+        if info is None:
+            raise KilnError("PerSlotRunner needs a graph with a KV cache (kiln.passes.kv_cache.add_kv_cache)")
+        if n_slots < 1:
+            raise KilnError(f"the number of slots must be >= 1, got {n_slots}")
+        self.n_slots, self.max_len = int(n_slots), int(info.max_len)
+        self.token_input, self.position_input = info.token_input, info.position_input
+        shared: dict = {}
+        cls = _slot_session_class()
+        self.sessions = [cls(graph, executor, shared) for _ in range(self.n_slots)]
+
+    @classmethod
+    def from_model(cls, lm: Any, n_slots: int) -> "PerSlotRunner":
+        """From a kiln.models.LanguageModel loaded with a KV cache."""
+        if lm.cached_session is None:
+            raise KilnError("serving needs a model loaded with a KV cache (load_model(..., cache=True))")
+        return cls(lm.cached_session.graph, n_slots, executor=lm.cached_session.executor)
+
+    def slot_bytes(self) -> int:
+        """Bytes one slot's KV cache holds (state arrays); plans add their arenas on first use."""
+        return sum(a.nbytes for a in self.sessions[0].state.values())
+
+    def step(self, batch: Sequence[SlotWork]) -> list[Optional[np.ndarray]]:
+        seen: set[int] = set()
+        out: list[Optional[np.ndarray]] = []
+        for w in batch:
+            if not 0 <= w.slot < self.n_slots or w.slot in seen:
+                raise KilnError(f"slot {w.slot} is out of range [0, {self.n_slots}) or repeated in one step")
+            seen.add(w.slot)
+            n = len(w.tokens)
+            if n == 0 or w.start < 0 or w.start + n > self.max_len:
+                raise KilnError(f"slot {w.slot}: positions [{w.start}, {w.start + n}) do not fit the context "
+                                f"of {self.max_len}")
+            logits = self.sessions[w.slot].run({self.token_input: np.asarray([w.tokens], dtype=np.int64),
+                                                self.position_input: np.asarray(w.start, dtype=np.int64)})[0]
+            out.append(np.asarray(logits[0, -1], dtype=np.float32) if w.want_logits else None)
+        return out
