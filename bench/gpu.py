@@ -73,14 +73,16 @@ def attempt(fn):
 
 
 class KilnTriton:
-    """The model's KV-cache graph in a TritonSession: one plan per length, one device KV cache."""
+    """The model's KV-cache graph in a Session on the triton backend: one plan per length, one
+    device KV cache."""
 
     def __init__(self, model, max_len: int, cuda_graph: bool = False):
-        from kiln.backends.triton.session import TritonSession
+        from kiln.session import Session
         from kiln.models.hf import compile_causal_lm
         from kiln.passes.kv_cache import POSITION, add_kv_cache
         graph = compile_causal_lm(model, max_len=max_len, executor="reference", last_only=True).session.graph
-        self.session = TritonSession(add_kv_cache(graph, max_len), cuda_graph=cuda_graph)
+        self.session = Session(add_kv_cache(graph, max_len), backend="triton",
+                               executor_options={"cuda_graph": cuda_graph})
         self.pos_name = POSITION
         self.ids_name = next(n for n in self.session.input_names if n != POSITION)
 

@@ -31,6 +31,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
                    help="apply the model's chat template (default: on when the model has one)")
     p.add_argument("--executor", default=DEFAULT, help=f"one of {', '.join(EXECUTORS)} (default {DEFAULT})")
+    p.add_argument("--backend", default=None, choices=["c", "numpy", "triton"],
+                   help="which kernels run (default c; triton: a GPU, or TRITON_INTERPRET=1 for its CPU interpreter)")
     p.add_argument("--max-len", default=None, help="longest sequence to compile for (default min(context, 2048))")
     p.add_argument("--cache", action=argparse.BooleanOptionalAction, default=True,
                    help="decode with a KV cache (default); --no-cache recomputes the prefix every token")
@@ -84,7 +86,8 @@ def run(args: argparse.Namespace, *, out: Optional[TextIO] = None, err: Optional
     from .models.compare import torch_greedy
     from .models.loading import load_model
     progress = Progress(err)
-    lm = load_model(args.model, executor=args.executor, max_len=max_len, keep_torch=args.compare_torch,
+    lm = load_model(args.model, executor=None if args.backend and args.executor == DEFAULT else args.executor,
+                    backend=args.backend, max_len=max_len, keep_torch=args.compare_torch,
                     progress=progress, cache=args.cache)
     if args.compare_torch and not lm.sampling.greedy:
         progress("--compare-torch: using greedy decoding instead of the model's default sampling")

@@ -4,7 +4,8 @@ from __future__ import annotations
 import ctypes
 from typing import Optional
 
-from ..ops import codegen, registry
+from ..ops import registry
+from .c import codegen
 from ..core.dtypes import DTYPES, ITEMSIZE
 
 DTYPE_CODE = {d: i for i, d in enumerate(DTYPES)}
@@ -31,9 +32,9 @@ _PARAMS: dict[str, type] = {}
 def params_type(op: str) -> Optional[type]:
     """The ctypes struct for an op's params (None for ops without params)."""
     if op not in _PARAMS:
-        d = registry.get(op)
+        fields = codegen.params_of(op)
         _PARAMS[op] = type(codegen.param_struct(op), (ctypes.Structure,),
-                           {"_fields_": [(n, _ctype(k)) for n, k in d.params]}) if d.params else None
+                           {"_fields_": [(n, _ctype(k)) for n, k in fields]}) if fields else None
     return _PARAMS[op]
 
 
@@ -41,7 +42,7 @@ def op_id(op: str) -> int:
     return _OP_IDS[op]
 
 
-_OP_IDS = {op: i for i, op in enumerate(registry.executable_ops())}
+_OP_IDS = {op: i for i, op in enumerate(codegen.c_ops())}
 
 
 def make_params(op: str, values: dict):
@@ -50,7 +51,7 @@ def make_params(op: str, values: dict):
     if t is None:
         return None
     p = t()
-    for name, kind in registry.get(op).params:
+    for name, kind in codegen.params_of(op):
         v = values[name]
         base, n = codegen.split_kind(kind)
         if n:

@@ -29,6 +29,8 @@ from ..errors import BackendError, KilnError
 from ..core.dtypes import ITEMSIZE
 from ..ir.graph import Tensor
 from ..ops import registry
+from .c import codegen
+from .c.kernels import BACKEND as C
 
 _PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _lock = threading.Lock()
@@ -203,12 +205,12 @@ def _check_library(lib, path: str) -> None:
     lib.kiln_op_name.restype = ctypes.c_char_p
     lib.kiln_op_name.argtypes = [ctypes.c_int64]
     names = [(lib.kiln_op_name(i) or b"").decode() for i in range(lib.kiln_num_ops())]
-    want = registry.executable_ops()
+    want = codegen.c_ops()
     if names != want:
         diff = next((f"id {i}: C has {a!r}, the declarations say {b!r}" for i, (a, b) in enumerate(zip(names, want))
                      if a != b), f"C has {len(names)} ops, the declarations {len(want)}")
         raise BackendError(f"{path}: the op table does not match the op declarations ({diff}): "
-                           "rebuild the C library (`python -m kiln.ops.codegen`, then `pip install -e .`)")
+                           "rebuild the C library (`python -m kiln.backends.c.codegen`, then `pip install -e .`)")
 
 
 def lib():
@@ -251,7 +253,7 @@ def run_calls(calls, n: int, slots, prof=None) -> None:
     rc = lib().kiln_run(ctypes.addressof(calls) if n else None, int(n), ctypes.addressof(slots) if n else None,
                         ctypes.addressof(prof) if prof is not None else None, ctypes.byref(failed))
     if rc != 0:
-        i, ops = int(failed.value), registry.executable_ops()
+        i, ops = int(failed.value), codegen.c_ops()
         op = ops[calls[i].op] if 0 <= i < n and 0 <= calls[i].op < len(ops) else "?"
         raise KernelError(f"kiln_run failed at call {i} ({op}) with code {rc}: {lib().kiln_strerror(rc).decode()}",
                           i, rc)
@@ -273,6 +275,7 @@ def run_op(op: str, inputs: Sequence[np.ndarray], attrs, out: np.ndarray, *, scr
     opdef = registry.get(op)
     if opdef.has(registry.FOLD_ONLY):
         raise BackendError(f"op {op} is fold-only and has no kernel")
+    kernel = C.kernel(op)
     attrs = opdef.make_attrs(attrs)
     opdef.check_arity(len(inputs))
     arrays = list(inputs) + [out]
@@ -289,7 +292,7 @@ def run_op(op: str, inputs: Sequence[np.ndarray], attrs, out: np.ndarray, *, scr
         raise BackendError(f"{op}: output is {list(out_shape)} {_dtype_name(out)}, "
                            f"the op produces {list(want_shape)} {want_dtype}")
     if scratch_bytes is None:
-        scratch_bytes = opdef.scratch_bytes(in_shapes, out_shape, attrs)
+        scratch_bytes = kernel.scratch_bytes(in_shapes, out_shape, attrs)
     scratch = np.empty(max(int(scratch_bytes), 0) // 4 + 1, dtype=np.float32)
     call = (cabi.Call * 1)()
     c = call[0]
@@ -305,6 +308,6 @@ def run_op(op: str, inputs: Sequence[np.ndarray], attrs, out: np.ndarray, *, scr
     if scratch_bytes > 0:
         cabi.fill_tensor(c.scratch, slot=len(arrays), offset=0, shape=(int(scratch_bytes),), dtype="bool")
         slots[len(arrays)] = scratch.ctypes.data
-    params = cabi.make_params(op, opdef.param_values(attrs, in_shapes, out_shape))
+    params = cabi.make_params(op, kernel.param_values(attrs, in_shapes, out_shape))
     c.params = ctypes.cast(ctypes.pointer(params), ctypes.c_void_p) if params is not None else None
     run_calls(call, 1, slots)

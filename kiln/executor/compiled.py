@@ -16,12 +16,13 @@ from typing import Mapping, Optional
 import numpy as np
 
 from ..backends import cabi, clib
+from ..backends.c import BACKEND as C
 from ..core.dtypes import ITEMSIZE, np_dtype
 from ..errors import BackendError, ValidationError
 from ..ir.graph import Graph
 from ..ops import registry
 from ..planner.kinds import SlotKind, StepKind
-from ..planner.plan import Placement, Plan
+from ..planner.plan import HOST, Placement, Plan
 from .planned import Profile, aligned_arena, feed_array, fixed_slot_arrays
 
 
@@ -31,6 +32,8 @@ class CompiledExecutor:
             raise BackendError("the compiled executor needs the C kernels: run `pip install -e .` to build them")
         self.plan = plan
         self.graph = g = plan.graph_to_run(graph)
+        plan.check_memory(HOST, "the compiled executor")
+        C.check(g)
         self._arena = aligned_arena(plan.arena_bytes)
         arrays, self.state = fixed_slot_arrays(g, plan, state)
         arrays[0] = self._arena
@@ -77,7 +80,7 @@ class CompiledExecutor:
                 cabi.fill_tensor(c.scratch, slot=0, offset=st.scratch.offset, shape=(st.scratch.nbytes,), dtype="bool")
             in_shapes = [tuple(int(d) for d in g.tensors[i].shape) for i in node.inputs]
             out_shape = tuple(int(d) for d in g.tensors[node.output].shape)
-            params = cabi.make_params(node.op, opdef.param_values(node.attrs, in_shapes, out_shape))
+            params = cabi.make_params(node.op, C.kernel_for(g, node).param_values(node.attrs, in_shapes, out_shape))
             if params is not None:
                 self._params.append(params)
                 c.params = ctypes.cast(ctypes.pointer(params), ctypes.c_void_p)

@@ -23,7 +23,7 @@ from ..ir.graph import Graph
 from ..ops import registry
 from ..planner.arena import ALIGNMENT
 from ..planner.kinds import SlotKind, StepKind
-from ..planner.plan import Plan
+from ..planner.plan import HOST, Plan
 
 BACKENDS = ("c", "numpy")
 
@@ -145,6 +145,7 @@ class PlannedExecutor:
             raise KilnError(f"backends must be a non-empty sequence of {BACKENDS}, got {tuple(backends)}")
         self.plan = plan
         self.graph = g = plan.graph_to_run(graph)
+        plan.check_memory(HOST, "the planned executor")
         self.use_numpy = "numpy" in backends
         self.use_c = False
         if "c" in backends:

@@ -15,6 +15,7 @@ from ..ir.graph import STATE, Graph
 from ..ops.cache import WRITES_STATE
 from ..ir.resolve import resolve
 from ..ops import registry
+from .planned import Profile
 
 
 class ReferenceExecutor:
@@ -25,13 +26,13 @@ class ReferenceExecutor:
     def __init__(self, graph: Graph, state: dict):
         self.graph = graph
         self.state = state
-        self.last_profile: Optional[dict] = None
+        self.last_profile: Optional[Profile] = None
 
     def run(self, arrays: Mapping[str, np.ndarray], profile: bool = False) -> list[np.ndarray]:
         timings: Optional[dict] = {} if profile else None
         outs = run_reference(self.graph, arrays, timings=timings, state=self.state)
         if timings is not None:
-            self.last_profile = {op: {"count": len(t), "ms": 1e3 * sum(t)} for op, t in timings.items()}
+            self.last_profile = Profile.build([("", op, "numpy", sec) for op, ts in timings.items() for sec in ts])
         return outs
 
 

@@ -58,7 +58,7 @@ class Generation:
             raise KilnError(f"the prompt has {len(prompt_ids)} tokens; the model was compiled for at most {max_len}")
         self.decoder, self.prompt_ids = decoder, [int(i) for i in prompt_ids]
         self.max_new_tokens, self.max_len = max_new_tokens, max_len
-        self.sampler, self.eos_ids = Sampler(sampling), set(int(e) for e in eos_ids)
+        self.sampler, self.eos_ids = Sampler(sampling, eos_ids), set(int(e) for e in eos_ids)
         self.stream = StreamDecoder(tokenizer)
         self.ids: list[int] = []
         self.stats = GenerationStats(prompt_tokens=len(self.prompt_ids))
@@ -83,7 +83,7 @@ class Generation:
         logits = self.decoder.prefill(self.prompt_ids)
         st.prefill_s = time.perf_counter() - t0
         while True:
-            token = self.sampler(logits)
+            token = self.sampler(logits, self.prompt_ids, self.ids)
             self.ids.append(token)
             st.new_tokens = len(self.ids)
             is_eos = token in self.eos_ids

@@ -7,14 +7,8 @@ from typing import Optional
 
 import numpy as np
 
-from .. import config
 from .registry import broadcast_shapes, declare
 from ..errors import ShapeError
-
-FLASH_BLOCK = 64           # keys per tile in the flash kernel; scratch is sized from it
-BLOCK_ROWS = 128           # query rows per block in the blocked (sgemm) kernel
-BLOCKED_MIN_SQ = 32        # fewer queries than this (decode) use the row kernels
-BLOCKED_MAX_SK = 16384     # beyond this many keys a block of scores is too large: row kernels
 
 
 @dataclass(frozen=True)
@@ -67,25 +61,5 @@ def _ref(xs, a):
     return np.matmul(p, v).astype(np.float32)
 
 
-def attention_scratch(sq: int, sk: int, dv: int) -> int:
-    """Bytes of scratch for the kernel that will run, per thread: a block of scores
-    (BLOCK_ROWS x Sk) for the blocked kernel, else one row of scores (standard) or one key
-    tile plus the running output row (flash), whichever is larger."""
-    per_thread = max(sk, FLASH_BLOCK + dv + 2)
-    if sq >= BLOCKED_MIN_SQ and sk <= BLOCKED_MAX_SK:
-        per_thread = max(per_thread, min(sq, BLOCK_ROWS) * sk)
-    return 4 * per_thread * config.num_threads()
-
-
-def _scratch(in_shapes, out_shape, a):
-    return attention_scratch(in_shapes[0][2], in_shapes[1][2], in_shapes[2][3])
-
-
-def _c_params(a, ins, out):
-    q, k = ins[0], ins[1]
-    return {"causal": int(a.causal), "scale": scale_of(a, q[3]), "group": q[1] // k[1]}
-
-
 declare("attention", inputs=("q", "k", "v", "mask?"), attrs=AttentionAttrs, infer=_infer, ref=_ref,
-        scratch=_scratch, params=(("causal", "i64"), ("scale", "f32"), ("group", "i64")), c_params=_c_params,
         doc="softmax(q k^T * scale + mask) v; K/V heads shared by groups of query heads")

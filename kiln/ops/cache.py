@@ -6,7 +6,7 @@ from typing import Optional
 
 import numpy as np
 
-from .attention import attention_scratch, scale_of
+from .attention import scale_of
 from .registry import FUSED, INPLACE, declare
 from ..errors import ShapeError
 
@@ -75,12 +75,6 @@ def _cached_ref(xs, a):
     return (np.matmul(e / e.sum(-1, keepdims=True), vv)).astype(np.float32)
 
 
-def _cached_scratch(in_shapes, out_shape, a):
-    return attention_scratch(in_shapes[0][2], in_shapes[1][2], in_shapes[2][3])
-
-
 declare("cached_attention", inputs=("q", "k_cache", "v_cache", "pos"), attrs=CachedAttentionAttrs,
-        infer=_cached_infer, ref=_cached_ref, scratch=_cached_scratch, props=(FUSED,),
-        params=(("scale", "f32"), ("group", "i64")),
-        c_params=lambda a, ins, out: {"scale": scale_of(a, ins[0][3]), "group": ins[0][1] // ins[1][1]},
+        infer=_cached_infer, ref=_cached_ref, props=(FUSED,),
         doc="causal attention of q (positions pos..pos+S) over the cache's first pos+S keys; GQA by head groups")

@@ -47,7 +47,6 @@ def _gated_ref(xs, a):
 
 declare("gated_act", inputs=("gate", "up?"), attrs=GatedAttrs, infer=_gated_infer, ref=_gated_ref,
         props=(FUSED, INPLACE),
-        params=(("act", "i64"),), c_params=lambda a, i, o: {"act": ACTIVATIONS.index(a.act)},
         doc="act(gate) * up; with one input, gate and up are the halves of its last axis")
 
 

@@ -10,12 +10,6 @@ from .registry import broadcast_shapes, declare
 from ..errors import ShapeError
 
 
-# Few rows against a transposed B run as C^T = B @ A^T through scratch (see csrc/matmul.c):
-# more rows than the skinny kernel takes, at most TRANSPOSED_MAX_M, and layer-sized N (for
-# vocabulary-sized N, e.g. an LM head, the plain GEMM measured as fast and needs no scratch).
-SKINNY_MAX_M = 8
-TRANSPOSED_MAX_M = 128
-TRANSPOSED_MAX_N = 16384
 
 
 @dataclass(frozen=True)
@@ -58,30 +52,5 @@ def _ref(xs, attrs):
     return apply_act(out.astype(np.float32), attrs.act)
 
 
-def _scratch(in_shapes, out_shape, attrs) -> int:
-    """Bytes for C^T when the transposed path applies (mirrors the C decision; the kernel
-    falls back to the plain GEMM when it is given less)."""
-    b = in_shapes[1]
-    if not attrs.transpose_b:
-        return 0
-    m, n = out_shape[-2], out_shape[-1]
-    b_batch = 1
-    for d in b[:-2]:
-        b_batch *= d
-    rows = m
-    if b_batch == 1:  # a shared 2-D B: the kernel runs one GEMM over every batch row
-        for d in out_shape[:-2]:
-            rows *= d
-    if SKINNY_MAX_M < rows <= TRANSPOSED_MAX_M and n <= TRANSPOSED_MAX_N:
-        return 4 * rows * n
-    return 0
-
-
-def _lower(attrs, in_shapes, out_shape):
-    return {"transpose_b": int(attrs.transpose_b), "alpha": attrs.alpha, "beta": attrs.beta,
-            "act": ACTIVATIONS.index(attrs.act)}
-
-
-declare("matmul", inputs=("a", "b", "bias?"), attrs=MatmulAttrs, infer=_infer, ref=_ref, scratch=_scratch,
-        params=(("transpose_b", "i64"), ("alpha", "f32"), ("beta", "f32"), ("act", "i64")), c_params=_lower,
+declare("matmul", inputs=("a", "b", "bias?"), attrs=MatmulAttrs, infer=_infer, ref=_ref,
         doc="act(alpha * A @ B(^T) + beta * bias), batch dims broadcast")

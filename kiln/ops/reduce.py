@@ -25,10 +25,6 @@ def _reduce_infer(ins, a):
     return tuple(out), dtype
 
 
-def _axes_mask(a, ins, out):
-    return {"axes_mask": sum(1 << ax for ax in a.axes)}
-
-
 def _reduce_ref(fn):
     def ref(xs, a):
         x = xs[0]
@@ -38,8 +34,7 @@ def _reduce_ref(fn):
 
 
 for _name, _fn in (("sum", np.sum), ("mean", np.mean), ("max", np.max)):
-    declare(_name, inputs=("x",), attrs=ReduceAttrs, infer=_reduce_infer, ref=_reduce_ref(_fn),
-            params=(("axes_mask", "i64"),), c_params=_axes_mask, doc=f"{_name} over axes")
+    declare(_name, inputs=("x",), attrs=ReduceAttrs, infer=_reduce_infer, ref=_reduce_ref(_fn), doc=f"{_name} over axes")
 
 
 def _axis_infer(ins, a):
@@ -63,9 +58,9 @@ def _log_softmax(x, axis):
 
 
 declare("softmax", inputs=("x",), attrs=AxisAttrs, infer=_axis_infer, ref=lambda xs, a: _softmax(xs[0], a.axis),
-        props=(INPLACE,), params=(("axis", "i64"),), doc="numerically stable softmax")
+        props=(INPLACE,), doc="numerically stable softmax")
 declare("log_softmax", inputs=("x",), attrs=AxisAttrs, infer=_axis_infer,
-        ref=lambda xs, a: _log_softmax(xs[0], a.axis), props=(INPLACE,), params=(("axis", "i64"),),
+        ref=lambda xs, a: _log_softmax(xs[0], a.axis), props=(INPLACE,),
         doc="log of softmax")
 
 
@@ -91,6 +86,8 @@ def _norm_infer(ins, a):
     x = ins[0]
     if x.dtype != "float32":
         raise ShapeError(f"norm expects float32, got {x.dtype}")
+    if not x.shape:
+        raise ShapeError("norm needs an input of rank >= 1, got a scalar")
     for p in ins[1:]:
         if tuple(p.shape) != (x.shape[-1],):
             raise ShapeError(f"norm parameter shape {list(p.shape)} != [{x.shape[-1]}]")
@@ -118,6 +115,6 @@ def _rms_norm_ref(xs, a):
 
 
 declare("layer_norm", inputs=("x", "weight?", "bias?"), attrs=NormAttrs, infer=_norm_infer, ref=_layer_norm_ref,
-        props=(INPLACE,), params=(("eps", "f32"),), doc="layer norm over the last axis")
+        props=(INPLACE,), doc="layer norm over the last axis")
 declare("rms_norm", inputs=("x", "weight?"), attrs=NormAttrs, infer=_norm_infer, ref=_rms_norm_ref,
-        props=(INPLACE,), params=(("eps", "f32"),), doc="RMS norm over the last axis")
+        props=(INPLACE,), doc="RMS norm over the last axis")

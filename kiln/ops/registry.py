@@ -1,10 +1,11 @@
 """One declaration per op.
 
-An ``OpDef`` is the only place an op's facts live: input and attr schema,
-shape/dtype inference (symbolic-aware), the numpy reference (oracle, constant
-folder and fallback backend), alias and in-place eligibility, scratch size,
-the C parameter struct, and property sets used by rewrite rules and the
-planner. ``kiln.ops.codegen`` derives the C header from these declarations.
+An ``OpDef`` holds the facts of an op that are true on every backend: input and
+attr schema, shape/dtype inference (symbolic-aware), the numpy reference (oracle,
+constant folder and the numpy backend's kernel), alias and in-place eligibility,
+and property sets used by rewrite rules and the planner. What one backend needs to
+run it (a kernel, its parameter lowering, its scratch rule) is registered by that
+backend, per (op, input storage types): see ``kiln.backends.kernels``.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from ..errors import KilnError, ShapeError
+from .schema import check_attrs
 
 # Property sets (match on membership, never on id ranges).
 ELEMENTWISE = "elementwise"   # output[i] depends on inputs[i] only (after broadcast)
@@ -42,9 +44,6 @@ class OpDef:
     # offset (in elements) of the output inside input 0 when it can alias, else None:
     # (input shapes, output shape, attrs) -> Optional[int]
     alias_offset: Optional[Callable] = None
-    scratch: Optional[Callable] = None      # (input shapes, output shape, attrs) -> bytes
-    params: tuple[tuple[str, str], ...] = ()  # C params struct fields (name, "i64"|"f32"|"i64x8")
-    c_params: Optional[Callable] = None     # (attrs, input shapes, output shape) -> {param: value}
     doc: str = ""
 
     # -- schema -----------------------------------------------------------------
@@ -63,6 +62,7 @@ class OpDef:
             return None
         if isinstance(attrs, self.attrs):
             return attrs
+        attrs = check_attrs(self.name, self.attrs, attrs)  # types and ranges (kiln/ops/schema.py)
         try:
             return self.attrs(**(attrs or {}))
         except TypeError as e:
@@ -78,15 +78,6 @@ class OpDef:
         return prop in self.props
 
     # -- facts for later stages --------------------------------------------------
-    def scratch_bytes(self, in_shapes, out_shape, attrs) -> int:
-        return int(self.scratch(in_shapes, out_shape, attrs)) if self.scratch else 0
-
-    def param_values(self, attrs, in_shapes, out_shape) -> dict:
-        """The values of the C params struct's fields for one call (default: the attrs of those names)."""
-        if self.c_params is not None:
-            return self.c_params(attrs, in_shapes, out_shape)
-        return {name: getattr(attrs, name) for name, _ in self.params}
-
     def evaluate(self, arrays: Sequence[np.ndarray], attrs) -> np.ndarray:
         return self.ref(list(arrays), attrs)
 
@@ -95,7 +86,7 @@ REGISTRY: dict[str, OpDef] = {}
 
 
 def declare(name: str, *, inputs: Sequence[str], infer: Callable, ref: Callable, attrs: Optional[type] = None,
-            props: Sequence[str] = (), alias_offset=None, scratch=None, params=(), c_params=None, doc="") -> OpDef:
+            props: Sequence[str] = (), alias_offset=None, doc="") -> OpDef:
     if name in REGISTRY:
         raise KilnError(f"op {name!r} declared twice")
     if attrs is not None and not (dataclasses.is_dataclass(attrs) and attrs.__dataclass_params__.frozen):
@@ -103,7 +94,7 @@ def declare(name: str, *, inputs: Sequence[str], infer: Callable, ref: Callable,
     props = frozenset(props)
     if alias_offset is not None:
         props |= {ALIAS}
-    opdef = OpDef(name, tuple(inputs), infer, ref, attrs, props, alias_offset, scratch, tuple(params), c_params, doc)
+    opdef = OpDef(name, tuple(inputs), infer, ref, attrs, props, alias_offset, doc)
     REGISTRY[name] = opdef
     return opdef
 
@@ -120,7 +111,7 @@ def ops_with(prop: str) -> list[str]:
 
 
 def executable_ops() -> list[str]:
-    """Ops with a C kernel, in the fixed order that defines their C ids."""
+    """Ops a backend may be asked to run (every op but the fold-only ones), sorted."""
     return sorted(n for n, d in REGISTRY.items() if FOLD_ONLY not in d.props)
 
 

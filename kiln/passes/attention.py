@@ -1,17 +1,10 @@
 """Attention: fuse MATMUL→(scale)→(mask)→SOFTMAX→MATMUL and naive softmax, share GQA heads,
-and absorb causal masks into ``causal=True``."""
+(causal masks become ``causal=True`` in causal_mask.py)."""
 from __future__ import annotations
 
-import dataclasses
 import math
 
-import numpy as np
-
-from ..core import dims
-from ..ir.graph import CONST, Graph
-from ..ir.resolve import attr_symbols, resolve_attrs
-from ..ops import registry
-from .engine import Rule, RuleSet, dead_code_elimination
+from .engine import Rule, RuleSet
 from .pattern import Any, Op, Scalar
 
 NEG_INF = -math.inf
@@ -103,79 +96,3 @@ def _gqa(b, q, k, v, k5, kx, kr, v5, vx, vr):
 
 
 GQA = RuleSet([Rule("gqa-from-repeat-kv", Op("attention", Any("q"), _repeated("k"), _repeated("v")).prefix(), _gqa)])
-
-
-# -- causal masks --------------------------------------------------------------------------
-def causal_mask_absorption(graph: Graph) -> int:
-    """attention(q, k, v, mask) → attention(q, k, v, causal=True) when the mask is causal.
-
-    The mask must depend on no runtime value (only constants and sizes). When sizes are
-    symbolic it is evaluated at several sample sizes from the exported range; mask builders
-    are shape arithmetic, so agreeing at every sample (including the smallest sizes, where
-    off-by-one shifts show) identifies the causal pattern.
-    """
-    fired = 0
-    for node in list(graph.nodes):
-        if node.op != "attention" or len(node.inputs) != 4 or node.attrs.causal:
-            continue
-        sub = _shape_only_subgraph(graph, node.inputs[3])
-        if sub is None:
-            continue
-        q, k, mask = (graph.tensors[t] for t in (node.inputs[0], node.inputs[1], node.inputs[3]))
-        syms = sorted(dims.symbols_of(q.shape) | dims.symbols_of(k.shape) | dims.symbols_of(mask.shape)
-                      | {x for n in sub for x in attr_symbols(n.attrs)})
-        if all(_is_causal(graph, sub, node.inputs[3], q.shape, k.shape, b) for b in _samples(graph, syms)):
-            graph.replace_node(node, dataclasses.replace(node, inputs=node.inputs[:3],
-                                                         attrs=dataclasses.replace(node.attrs, causal=True)))
-            fired += 1
-    if fired:
-        dead_code_elimination(graph)   # the mask builders now have no reader
-    return fired
-
-
-def _shape_only_subgraph(graph, t):
-    """The nodes computing ``t`` if every leaf is a constant; None if it reads an input/state."""
-    nodes, stack, seen = [], [t], set()
-    while stack:
-        x = stack.pop()
-        if x in seen:
-            continue
-        seen.add(x)
-        p = graph.producer(x)
-        if p is not None:
-            nodes.append(p)
-            stack.extend(p.inputs)
-        elif graph.tensors[x].kind != CONST:
-            return None
-    order = {id(n): j for j, n in enumerate(graph.nodes)}
-    return sorted(nodes, key=lambda n: order[id(n)])
-
-
-def _samples(graph, syms):
-    if not syms:
-        return [{}]
-    out = []
-    for size in (1, 2, 3, 5, 17):
-        b = {}
-        for s in syms:
-            lo, hi = graph.sym_ranges.get(s, (1, 64))
-            b[s] = min(max(size, lo), hi)
-        if b not in out:
-            out.append(b)
-    return out
-
-
-def _is_causal(graph, nodes, mask_name, qshape, kshape, binding) -> bool:
-    values = {}
-    for n in nodes:
-        ins = [values[i] if i in values else graph.constants[i] for i in n.inputs]
-        values[n.output] = registry.get(n.op).evaluate(ins, resolve_attrs(n.attrs, binding))
-    m = values[mask_name] if mask_name in values else graph.constants[mask_name]
-    sq, sk = dims.evaluate(qshape[2], binding), dims.evaluate(kshape[2], binding)
-    if m.ndim < 2 or m.shape[-2:] != (sq, sk) or any(d != 1 for d in m.shape[:-2]):
-        return False
-    m = m.reshape(sq, sk)
-    keep = np.tril(np.ones((sq, sk), dtype=bool))
-    if m.dtype == np.bool_:
-        return bool(np.array_equal(m, keep))
-    return bool(np.all(m[keep] == 0) and np.all(np.isneginf(m[~keep])))

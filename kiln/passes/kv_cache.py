@@ -25,11 +25,17 @@ from ..errors import KilnError
 from ..ir.graph import STATE, Graph
 from ..ir.kv_cache import KVCacheInfo
 from ..ir.validate import validate
+from .engine import dead_code_elimination
+from .kv_cache_check import verify_kv_cache
+from .positions import positions_as_arange
 
 POSITION = "cache_position"
 
 
-def add_kv_cache(graph: Graph, max_len: int) -> Graph:
+def add_kv_cache(graph: Graph, max_len: int, *, verify: bool = True) -> Graph:
+    """The cached graph (see the module docstring). ``verify`` runs the self-check of
+    kv_cache_check.py (prefill + decode against the stateless graph) and raises KilnError when
+    they differ. Raises KilnError naming the node when the graph cannot be given a cache."""
     if max_len < 1:
         raise KilnError(f"KV cache length must be >= 1, got {max_len}")
     g = graph.copy()
@@ -41,16 +47,25 @@ def add_kv_cache(graph: Graph, max_len: int) -> Graph:
     if len(tokens) != 1:
         raise KilnError(f"cannot add a KV cache: the graph must have exactly one int64 [B, S] input (token ids); "
                         f"it has {', '.join(f'{i}: {g.tensors[i].dtype}{list(g.tensors[i].shape)}' for i in g.inputs)}")
+    seq = g.tensors[tokens[0]].shape[1]
+    if isinstance(seq, Sym) and len(seq.symbols) == 1:
+        # positions computed another way (OPT: cumsum(mask) - 1) become arange(S) + c, which moves below
+        if positions_as_arange(g, next(iter(seq.symbols))):
+            dead_code_elimination(g)
     g.add_input(POSITION, (), "int64")
     states: list[str] = []
     layer = 0
     for node in list(g.nodes):
         if node.op != "attention":
             continue
-        if not node.attrs.causal or len(node.inputs) != 3:
-            raise KilnError(f"cannot add a KV cache: attention {node.output} is not plainly causal "
-                            f"(causal={node.attrs.causal}, {len(node.inputs) - 3} mask input(s))"
-                            + (f"\n  at {node.source}" if node.source else ""))
+        if len(node.inputs) == 3 and not node.attrs.causal:
+            raise KilnError(f"cannot add a KV cache: attention {node.output} is not causal (every token sees "
+                            f"every other), so a cached prefix would change" + (f"\n  at {node.source}" if node.source else ""))
+        if len(node.inputs) != 3:
+            raise KilnError(f"cannot add a KV cache: attention {node.output} keeps its mask {node.inputs[3]!r}, "
+                            f"which is not causal at every length up to the export range's maximum (a sliding "
+                            f"window shorter than that, or a mask computed from a runtime input); the cache "
+                            f"supports causal attention only" + (f"\n  at {node.source}" if node.source else ""))
         q, k, v = node.inputs
         b, hkv, _, d = g.tensors[k].shape
         dv = g.tensors[v].shape[3]
@@ -72,13 +87,31 @@ def add_kv_cache(graph: Graph, max_len: int) -> Graph:
         g.remove_node(node)
         layer += 1
     if layer == 0:
-        raise KilnError("cannot add a KV cache: the graph has no attention")
+        raise KilnError(_no_fused_attention(g))
     _offset_positions(g)
     g.kv_cache = KVCacheInfo(tokens[0], POSITION, max_len, tuple(states))
     # One-token decode is valid for this graph even if the export range started at 2.
     g.sym_ranges = {s: (min(lo, 1), hi) for s, (lo, hi) in g.sym_ranges.items()}
     validate(g)
+    if verify:
+        verify_kv_cache(graph, g)
     return g
+
+
+def _no_fused_attention(g: Graph) -> str:
+    """Why there is nothing to cache: the softmax a hand-written attention left unfused, with the ops
+    between its scores and the softmax (soft-capping's tanh, ALiBi's bias add, ...)."""
+    soft = next((n for n in g.nodes if n.op == "softmax"), None)
+    if soft is None:
+        return "cannot add a KV cache: the graph computes no attention (no attention op and no softmax)"
+    chain, t = [], soft.inputs[0]
+    while (p := g.producer(t)) is not None and p.op != "matmul" and len(chain) < 6:
+        chain.append(p.op)
+        t = p.inputs[0]
+    between = " → ".join(reversed(chain)) or "nothing"
+    return (f"cannot add a KV cache: attention is computed by hand at softmax {soft.output} (scores → {between} → "
+            f"softmax), which the fused attention op does not express (e.g. logit soft-capping or an ALiBi bias); "
+            f"the cache needs fused attention" + (f"\n  at {soft.source}" if soft.source else ""))
 
 
 def _offset_positions(g: Graph) -> None:

@@ -28,6 +28,7 @@ from ..errors import KilnError
 from ..ir.graph import Graph
 from ..ir.validate import validate
 from . import absorb, attention, canonical, fusions
+from .causal_mask import causal_mask_absorption
 from .engine import RuleSet, rewrite
 from .cse import cse
 from .fold import constant_folding
@@ -42,7 +43,7 @@ STAGES: list[Stage] = [
     ("dedupe", cse),
     ("fuse-softmax", attention.SOFTMAX + canonical.RULES),
     ("fuse-attention", attention.ATTENTION + attention.GQA),
-    ("causal-mask", attention.causal_mask_absorption),
+    ("causal-mask", causal_mask_absorption),
     ("fuse-norms", fusions.NORMS),
     ("fuse-activations", fusions.ACTIVATIONS),
     ("fuse-rope", fusions.ROPE),

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 from ..core.dtypes import ITEMSIZE
 from ..ir.graph import ACT, Graph, Node
@@ -96,7 +96,9 @@ def lifetimes(graph: Graph, order: list[int]) -> dict[str, tuple[int, int]]:
     return out
 
 
-def share(graph: Graph, order: list[int], *, alias: bool = True, inplace: bool = True) -> Sharing:
+def share(graph: Graph, order: list[int], *, alias: bool = True, inplace: bool = True,
+          scratch_rule: Optional[Callable[[Graph, Node], int]] = None) -> Sharing:
+    """``scratch_rule(graph, node) -> bytes``: the chosen backend's kernel scratch (None: no scratch)."""
     life = lifetimes(graph, order)
     outputs = set(graph.outputs)
     loc: dict[str, Loc] = {}
@@ -133,9 +135,7 @@ def share(graph: Graph, order: list[int], *, alias: bool = True, inplace: bool =
         if out not in loc:
             loc[out] = Loc(buffer=new_buffer(int(graph.tensors[out].nbytes), step, life[out][1], out))
         kinds.append(kind)
-        opdef = registry.get(node.op)
-        nscratch = opdef.scratch_bytes([tuple(graph.tensors[i].shape) for i in node.inputs],
-                                       tuple(graph.tensors[out].shape), node.attrs)
+        nscratch = int(scratch_rule(graph, node)) if scratch_rule is not None else 0
         if nscratch > 0:
             s = new_buffer(nscratch, step, step, None)
             buffers[s].scratch_step = step

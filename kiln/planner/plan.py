@@ -3,15 +3,18 @@
 Slots are the buffers an executor binds pointers to: slot 0 is the arena (all
 activations and scratch), then one slot per graph input, graph output, weight
 and state tensor. A Placement is (slot, byte offset, byte size); executors need
-nothing else to find a tensor's bytes.
+nothing else to find a tensor's bytes. Every slot names its memory space (HOST or
+DEVICE, as ExecuTorch's memory ids do): an executor allocates the slots of its own
+space and refuses a plan made for another. Kernel scratch comes from the backend
+that will run the plan (``scratch_rule``), since only it knows what its kernels need.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 from ..errors import ValidationError
-from ..ir.graph import ACT, CONST, STATE, Graph
+from ..ir.graph import ACT, CONST, STATE, Graph, Node
 from ..ir.validate import validate
 from . import arena, order as order_mod
 from .kinds import SlotKind, StepKind
@@ -19,11 +22,16 @@ from .lifetimes import share
 from .state import extra_deps, writes_state
 
 
+HOST, DEVICE = "host", "device"
+MEMORY_SPACES = (HOST, DEVICE)
+
+
 @dataclass(frozen=True)
 class Slot:
     kind: SlotKind
     name: str      # the tensor owning it ("" for the arena)
     nbytes: int
+    memory: str = HOST   # the memory space the executor allocates it in
 
 
 @dataclass(frozen=True)
@@ -96,6 +104,13 @@ class Plan:
     def arena_bytes(self) -> int:
         return self.stats.arena_bytes
 
+    def check_memory(self, memory: str, who: str) -> None:
+        """Raise unless every slot lives in ``memory`` (``who`` names the executor)."""
+        bad = sorted({s.memory for s in self.slots} - {memory})
+        if bad:
+            raise ValidationError(f"{who} allocates {memory} memory, but this plan places slots in {', '.join(bad)}"
+                                  f" (plan it with memory={memory!r})")
+
     def slot_of(self, kind: SlotKind, name: str) -> int:
         for i, s in enumerate(self.slots):
             if s.kind == kind and s.name == name:
@@ -119,10 +134,16 @@ class Plan:
 
 
 def plan(graph: Graph, *, order: str = "memory", allocator: str = "best_fit",
-         inplace: bool = True, alias: bool = True, check: bool = True) -> Plan:
+         inplace: bool = True, alias: bool = True, check: bool = True,
+         scratch_rule: Optional[Callable[[Graph, Node], int]] = None, memory: str = HOST) -> Plan:
     """Plan a static, executable graph. ``order``: "memory" (best of the registered orders),
-    or a registered order name ("given", "greedy"). ``allocator``: a registered allocator."""
+    or a registered order name ("given", "greedy"). ``allocator``: a registered allocator.
+    ``scratch_rule(graph, node) -> bytes``: the kernel scratch of the backend that will run the
+    plan (``kiln.backends.kernels.Backend.scratch_rule``; None: no scratch). ``memory``: the
+    memory space (HOST or DEVICE) of every slot."""
     validate(graph, static=True, executable=True)
+    if memory not in MEMORY_SPACES:
+        raise ValidationError(f"memory must be one of {', '.join(MEMORY_SPACES)}, got {memory!r}")
     alloc = arena.get_allocator(allocator)
     g = _normalize(graph)
     if order == "memory":
@@ -140,8 +161,9 @@ def plan(graph: Graph, *, order: str = "memory", allocator: str = "best_fit",
             continue
         tried.add(tuple(steps))
         order_mod.check_order(g, steps, deps)
-        p = _build(g, graph, steps, alloc, alias=alias, inplace=inplace,
-                   options={"order": name, "allocator": allocator, "inplace": inplace, "alias": alias})
+        p = _build(g, graph, steps, alloc, alias=alias, inplace=inplace, scratch_rule=scratch_rule, memory=memory,
+                   options={"order": name, "allocator": allocator, "inplace": inplace, "alias": alias,
+                            "memory": memory})
         if best is None or p.stats.arena_bytes < best.stats.arena_bytes:
             best = p
     assert best is not None
@@ -169,13 +191,14 @@ def _normalize(graph: Graph) -> Graph:
     return g
 
 
-def _build(g: Graph, source: Graph, steps: list[int], alloc, *, alias: bool, inplace: bool, options: dict) -> Plan:
-    sh = share(g, steps, alias=alias, inplace=inplace)
+def _build(g: Graph, source: Graph, steps: list[int], alloc, *, alias: bool, inplace: bool, scratch_rule,
+           memory: str, options: dict) -> Plan:
+    sh = share(g, steps, alias=alias, inplace=inplace, scratch_rule=scratch_rule)
     intervals = [arena.Interval(b.size, b.start, b.end) for b in sh.buffers]
     offsets = alloc(intervals, arena.ALIGNMENT)
     arena_bytes = max((arena.align(o + b.size) for o, b in zip(offsets, sh.buffers)), default=0)
 
-    slots = [Slot(SlotKind.ARENA, "", arena_bytes)]
+    slots = [Slot(SlotKind.ARENA, "", arena_bytes, memory)]
     slot_index: dict[str, int] = {}
     groups = ((SlotKind.INPUT, list(g.inputs)), (SlotKind.OUTPUT, list(g.outputs)),
               (SlotKind.CONST, [n for n, t in g.tensors.items() if t.kind == CONST]),
@@ -183,7 +206,7 @@ def _build(g: Graph, source: Graph, steps: list[int], alloc, *, alias: bool, inp
     for kind, names in groups:
         for n in names:
             slot_index[n] = len(slots)
-            slots.append(Slot(kind, n, int(g.tensors[n].nbytes)))
+            slots.append(Slot(kind, n, int(g.tensors[n].nbytes), memory))
 
     placements: dict[str, Placement] = {}
     for name, loc in sh.loc.items():

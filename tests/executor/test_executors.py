@@ -281,8 +281,8 @@ def test_state_write_through_a_view_is_refused():
 def test_executor_registry_names_every_executor_once():
     from kiln.errors import KilnError
     from kiln.executor.registry import EXECUTORS, check_name, describe
-    assert set(EXECUTORS) == {"compiled", "interpreted", "numpy", "reference"}
-    assert all(f.__doc__ and f.__doc__.strip() for f in EXECUTORS.values())
-    assert all(f"{name}:" in describe() for name in EXECUTORS)
-    with pytest.raises(KilnError, match="executor must be one of compiled, interpreted, numpy, reference"):
+    assert set(EXECUTORS) == {"compiled", "interpreted", "numpy", "reference", "triton"}
+    assert all(s.doc and s.factory.__doc__.strip() for s in EXECUTORS.values())
+    assert all(f"{name} [" in describe() for name in EXECUTORS)
+    with pytest.raises(KilnError, match="executor must be one of compiled, interpreted, numpy, reference, triton"):
         check_name("gpu")

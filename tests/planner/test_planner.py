@@ -145,7 +145,9 @@ def test_scratch_lives_one_step():
     q = g.add_input("q", (1, 2, 5, 4), "float32")
     k = g.add_input("k", (1, 2, 7, 4), "float32")
     g.outputs = [g.add_node("relu", [g.add_node("attention", [q, k, k], name="att")])]
-    p = plan(g)
+    from kiln.backends import kernels
+    assert _step(plan(g), "att").scratch is None    # no backend named: no scratch
+    p = plan(g, scratch_rule=kernels.get("c").scratch_rule)   # the C kernel's scratch rule
     st_ = _step(p, "att")
     assert st_.scratch is not None and st_.scratch.nbytes > 0
     rec = next(b for b in p.buffers if b.scratch_step is not None)

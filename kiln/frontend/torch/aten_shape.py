@@ -1,6 +1,8 @@
 """Movement ATen ops → reshape / permute / expand / slice / concat / gathers."""
 from __future__ import annotations
 
+import numpy as np
+
 from ...core.dims import numel
 from ...ops.shape import INT_MAX, reshape_target
 from .context import Ctx
@@ -269,11 +271,74 @@ def index(ctx: Ctx, x, indices):
     pairs = [(axis, ctx.tensor(i)) for axis, i in enumerate(indices) if i is not None]
     if any(ctx.dtype(i) == "bool" for _, i in pairs):
         raise ctx.unsupported("boolean-mask indexing (data-dependent shape)")
-    if len(pairs) == 1 and ctx.rank(pairs[0][1]) == 1 and not ctx.g.is_const(pairs[0][1]):
+    if len(pairs) == 1 and ctx.rank(pairs[0][1]) == 1:
+        # x[:, [2, 0, 1]]: a gather along one axis, whether the indices are constant or not
         axis, i = pairs[0]
-        return ctx.emit("index_select", [t, i], {"axis": axis})
-    # Indices built from shapes (HF mask construction) are folded at resolve time.
+        return ctx.emit("index_select", [t, _wrapped(ctx, i, ctx.shape(t)[axis])], {"axis": axis})
+    if not _size_only(ctx, t):
+        lowered = _index_as_gather(ctx, t, pairs)
+        if lowered is not None:
+            return lowered
+    # Indices into values built from shapes (HF mask construction) are folded at resolve time.
     return ctx.emit("index", [t] + [i for _, i in pairs], {"axes": tuple(a for a, _ in pairs)})
+
+
+def _size_only(ctx: Ctx, t: str) -> bool:
+    """Whether ``t`` is computed from constants and sizes alone (then it folds per binding)."""
+    stack, seen = [t], set()
+    while stack:
+        x = stack.pop()
+        if x in seen:
+            continue
+        seen.add(x)
+        p = ctx.g.producer(x)
+        if p is None:
+            if not ctx.g.is_const(x):
+                return False
+        else:
+            stack.extend(p.inputs)
+    return True
+
+
+def _size_tensor(ctx: Ctx, d) -> str:
+    if isinstance(d, int):
+        return ctx.scalar(d, "int64")
+    # a symbolic size as a 0-d tensor: the sum of d ones (folded once the size is bound)
+    ones = ctx.emit("full", [], {"shape": (d,), "value": 1.0, "dtype": "int64"})
+    return ctx.emit("sum", [ones], {"axes": (0,), "keepdim": False})
+
+
+def _wrapped(ctx: Ctx, i: str, size) -> str:
+    """Negative indices count from the end, as in torch."""
+    if ctx.g.is_const(i):
+        v = ctx.g.constants[i]
+        if isinstance(size, int) and (v < 0).any():
+            return ctx.const(np.where(v < 0, v + size, v).astype(v.dtype), "index")
+        return i
+    zero = ctx.scalar(0, ctx.dtype(i))
+    return ctx.emit("where", [ctx.emit("lt", [i, zero]), ctx.emit("add", [i, _size_tensor(ctx, size)]), i])
+
+
+def _index_as_gather(ctx: Ctx, t: str, pairs):
+    """x[..., I0, I1, ...] on adjacent axes (indices broadcast to B) as one index_select over those
+    axes flattened: flat = I0 * (d1 * d2 ...) + I1 * (d2 ...) + ...; the result has B in their place.
+    None when the indexed axes are not adjacent (torch then moves B to the front)."""
+    axes = [a for a, _ in pairs]
+    a, k = axes[0], len(axes)
+    if axes != list(range(a, a + k)) or any(ctx.dtype(i) != "int64" for _, i in pairs):
+        return None
+    shape = list(ctx.shape(t))
+    sizes = shape[a:a + k]
+    flat = None
+    for j, (axis, i) in enumerate(pairs):
+        i = _wrapped(ctx, i, sizes[j])
+        stride = numel(sizes[j + 1:])
+        term = i if (isinstance(stride, int) and stride == 1) else ctx.emit("mul", [i, _size_tensor(ctx, stride)])
+        flat = term if flat is None else ctx.emit("add", [flat, term])
+    bshape = list(ctx.shape(flat))
+    xr = ctx.reshape(t, shape[:a] + [numel(sizes)] + shape[a + k:])
+    picked = ctx.emit("index_select", [xr, ctx.reshape(flat, [numel(bshape)])], {"axis": a})
+    return ctx.reshape(picked, shape[:a] + bshape + shape[a + k:])
 
 
 @handles("aten.diff.default")

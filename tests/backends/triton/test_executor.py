@@ -1,21 +1,19 @@
-"""TritonExecutor: the Plan's memory on the device, and whole tiny models against PyTorch.
-
-Whole models: logits within 1e-4 x max|logit| of PyTorch fp32 (the bar the CPU executors
-meet), for a full prefill and for prefill + KV-cache decode steps."""
+"""TritonExecutor: the Plan's memory on the device; the triton backend behind kiln.Session.
+(Whole models against PyTorch: test_models.py.)"""
 import numpy as np
 import pytest
 import torch
 
-from kiln.backends.triton import executor as tex
+import kiln
 from kiln.backends.triton import runtime
-from kiln.errors import BackendError, FeedError
+from kiln.errors import BackendError, FeedError, ValidationError
+from kiln.executor import triton as tex
 from kiln.executor.reference import run_reference
-from kiln.ir.graph import Graph
-from kiln.passes.kv_cache import POSITION, add_kv_cache
+from kiln.ir.graph import STATE, Graph
+from kiln.ops import registry as ops
+from kiln.planner import DEVICE
 from kiln.planner import plan as make_plan
 from tests.conftest import rel_err
-
-VOCAB = 96
 
 
 def test_no_device_is_a_clear_error(monkeypatch):
@@ -23,6 +21,15 @@ def test_no_device_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(BackendError, match="CUDA GPU.*TRITON_INTERPRET=1"):
         runtime.device()
+
+
+def test_a_session_without_a_device_says_what_is_missing(monkeypatch):
+    monkeypatch.setattr(runtime, "INTERPRETED", False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    g = Graph()
+    g.outputs = [g.add_node("exp", [g.add_input("x", (3,), "float32")])]
+    with pytest.raises(BackendError, match="CUDA GPU.*TRITON_INTERPRET=1"):
+        kiln.Session(g, backend="triton")
 
 
 def _small_graph():
@@ -40,7 +47,10 @@ def _small_graph():
 
 def test_runs_the_plan_in_one_arena(rng):
     g = _small_graph()
-    p = make_plan(g)
+    p = make_plan(g, memory=DEVICE)
+    assert {s.memory for s in p.slots} == {DEVICE}
+    with pytest.raises(ValidationError, match="allocates device memory, but this plan places slots in host"):
+        tex.TritonExecutor(g, make_plan(g))
     ex = tex.TritonExecutor(g, p)
     x = rng.standard_normal((2, 3, 4)).astype(np.float32)
     got = ex.run({"x": x})
@@ -58,103 +68,36 @@ def test_runs_the_plan_in_one_arena(rng):
         ex.run({"x": x[:1]})
 
 
-def tiny(arch: str):
-    import transformers as tf
-    torch.manual_seed(0)
-    common = dict(vocab_size=VOCAB, bos_token_id=0, eos_token_id=2, pad_token_id=0, initializer_range=0.2)
-    if arch == "gpt2":
-        cfg, cls = tf.GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=64, **common), tf.GPT2LMHeadModel
-    elif arch == "qwen3":
-        cfg = tf.Qwen3Config(num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=4,
-                             num_key_value_heads=2, head_dim=16, max_position_embeddings=64,
-                             tie_word_embeddings=True, **common)
-        cls = tf.Qwen3ForCausalLM
-    else:
-        cfg = tf.LlamaConfig(num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=4,
-                             num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False,
-                             **common)
-        cls = tf.LlamaForCausalLM
-    model = cls(cfg).eval()
-    with torch.no_grad():
-        for name, prm in model.named_parameters():
-            if "norm" in name or ".ln_" in name or name.endswith(".bias"):
-                prm.add_(0.1 * torch.randn_like(prm))
-    return model
+def test_session_on_the_triton_backend_and_reset_state(rng):
+    """A Session with backend="triton": state on the device, shared by its plans, reset in place."""
+    g = Graph()
+    x = g.add_input("x", (1, 2), "float32")
+    pos = g.add_input("pos", (), "int64")
+    cache = g.add_const("cache", np.zeros((1, 1, 4, 2), np.float32), kind=STATE)
+    w = g.add_node("cache_write", [cache, g.add_node("reshape", [x], {"shape": (1, 1, 1, 2)}), pos])
+    g.outputs = [g.add_node("sum", [w], {"axes": (0, 1, 2), "keepdim": False})]
+    s = kiln.Session(g, backend="triton")
+    assert (s.executor, s.backend) == ("triton", "triton") and "backend=triton" in repr(s)
+    a, b = rng.standard_normal((2, 1, 2)).astype(np.float32)
+    s.run({"x": a, "pos": np.array(0)})
+    got = s.run({"x": b, "pos": np.array(1)})[0]
+    np.testing.assert_allclose(got, (a + b)[0], rtol=1e-6)
+    assert isinstance(s.state["cache"], torch.Tensor) and s.state["cache"].device.type == runtime.device().type
+    s.reset_state()
+    assert float(s.state["cache"].abs().sum()) == 0.0
+    np.testing.assert_allclose(s.run({"x": b, "pos": np.array(2)})[0], b[0], rtol=1e-6)
+    s.run({"x": b, "pos": np.array(2)}, profile=True)
+    assert "cache_write" in s.last_profile
 
 
-def torch_logits(model, ids):
-    with torch.inference_mode():
-        return model(input_ids=torch.tensor([ids]), use_cache=False).logits.numpy()
-
-
-@pytest.fixture(scope="module")
-def exported():
-    """arch -> (model, optimized full-logits graph with a symbolic sequence length): torch.export
-    dominates this file's time, so each architecture is exported once."""
-    from kiln.models.hf import compile_causal_lm
-    cache = {}
-
-    def get(arch):
-        if arch not in cache:
-            model = tiny(arch)
-            cache[arch] = model, compile_causal_lm(model, max_len=32, executor="reference",
-                                                   last_only=False).session.graph
-        return cache[arch]
-    return get
-
-
-@pytest.mark.parametrize("arch", ["gpt2", "qwen3", "llama"])
-def test_whole_model_prefill(arch, exported, rng):
-    model, g = exported(arch)
-    (sym,) = g.symbols
-    ids = rng.integers(0, VOCAB, 7).tolist()
-    got = tex.build(g, {sym: 7}).run({g.inputs[0]: np.array([ids], np.int64)})[0]
-    err = rel_err(got, torch_logits(model, ids))
-    assert err < 1e-4, f"{arch}: logits relative error {err:.2e}"
-
-
-@pytest.mark.parametrize("arch", ["gpt2", "qwen3"])
-def test_kv_cache_prefill_then_decode(arch, exported, rng):
-    model, full = exported(arch)
-    g = add_kv_cache(full, 32)
-    (sym,) = g.symbols
-    ids_name = next(n for n in g.inputs if n != POSITION)
-    ids = rng.integers(0, VOCAB, 5).tolist()
-    prefill = tex.build(g, {sym: 5})
-    decode = tex.build(g, {sym: 1}, state=prefill.state)      # one KV cache on the device, two plans
-    assert all(decode.state[n] is prefill.state[n] for n in prefill.state)
-    logits = prefill.run({ids_name: np.array([ids], np.int64), POSITION: np.array(0, np.int64)})[0]
-    for step in range(3):
-        want = torch_logits(model, ids)[0, -1]
-        err = rel_err(logits[0, -1], want)
-        assert err < 1e-4, f"{arch} step {step}: relative error {err:.2e}"
-        ids.append(int(np.argmax(want)))
-        logits = decode.run({ids_name: np.array([ids[-1:]], np.int64), POSITION: np.array(len(ids) - 1, np.int64)})[0]
-    with pytest.raises(BackendError, match="cached_attention|cache_write"):   # past the cache: a KilnError, no overrun
-        decode.run({ids_name: np.array([[1]], np.int64), POSITION: np.array(32, np.int64)})
-
-
-def test_triton_session_greedy_decode_matches_reference(exported):
-    """TritonSession behind the generation code's CachedDecoder: the same greedy tokens as
-    the numpy reference Session, with one device KV cache across prefill and decode plans."""
-    from kiln.models.decoders import CachedDecoder
-    from kiln.backends.triton.session import TritonSession
-    from kiln.session import Session
-    _, full = exported("gpt2")
-    g = add_kv_cache(full, 32)
-    runs, dec_sessions = [], (TritonSession(g, cuda_graph=True), Session(g, executor="reference"))
-    for sess in dec_sessions:   # (cuda_graph is a no-op off a GPU: same results)
-        dec = CachedDecoder(sess, max_len=32)
-        logits, toks = dec.prefill([5, 17, 3, 60]), []
-        for _ in range(4):
-            toks.append(int(np.argmax(logits)))
-            logits = dec.step(toks[-1])
-        runs.append((toks, logits))
-    assert runs[0][0] == runs[1][0]
-    assert rel_err(runs[0][1], runs[1][1]) < 1e-4
-    tsess = dec_sessions[0]
-    assert any(bool(t.abs().sum() > 0) for t in tsess.state.values())
-    tsess.reset_state()                                   # in place: every plan sees the zeroed cache
-    assert all(bool(t.abs().sum() == 0) for t in tsess.state.values())
-    with pytest.raises(FeedError, match="do not fit the KV cache"):
-        TritonSession(g).run({"input_ids": np.zeros((1, 2), np.int64), POSITION: np.array(31, np.int64)})
+def test_a_missing_triton_kernel_is_a_compile_time_error():
+    name = "test_triton_ref_only"
+    ops.declare(name, inputs=("x",), infer=ops.same_as_first, ref=lambda xs, a: xs[0] * 2)
+    try:
+        g = Graph()
+        g.outputs = [g.add_node(name, [g.add_node("exp", [g.add_input("x", (3,), "float32")])])]
+        with pytest.raises(BackendError, match=rf"the triton backend has no kernel for: {name} on \(plain\)"):
+            kiln.Session(g, backend="triton")
+        assert kiln.Session(g, backend="numpy").run({"x": np.zeros(3, np.float32)})[0].tolist() == [2, 2, 2]
+    finally:
+        ops.REGISTRY.pop(name)

@@ -18,10 +18,13 @@ def test_missing_ops_lists_what_a_graph_lacks(monkeypatch):
     y = g.add_node("exp", ["x"])
     g.outputs = [g.add_node("tanh", [y])]
     assert registry.missing_ops(g) == []
-    monkeypatch.delitem(registry.KERNELS, "tanh")
+    monkeypatch.delitem(registry.BACKEND.kernels, ("tanh", "plain"))
     assert registry.missing_ops(g) == ["tanh"]
+    assert registry.BACKEND.missing(g) == [("tanh", ("plain",))]
     with pytest.raises(KilnError, match="no kernel for op 'tanh'"):
         registry.get("tanh")
+    with pytest.raises(KilnError, match=r"triton backend has no kernel for: tanh on \(plain\)"):
+        registry.BACKEND.check(g)
 
 
 def test_register_rejects_duplicates_and_unknown_ops():

@@ -7,6 +7,7 @@ Weights are uploaded once, at construction; state (the KV cache) lives on the de
 for the executor's life and can be shared with other plans of the same graph (prefill
 and decode); inputs cross to the device once per run into preallocated buffers, and
 outputs cross back once. Between those two copies a run only enqueues kernels.
+Every slot of its plan is in DEVICE memory (``plan(..., memory=DEVICE)``).
 """
 from __future__ import annotations
 
@@ -16,15 +17,15 @@ from typing import Mapping, Optional
 
 import numpy as np
 
-from . import registry, runtime
-from .runtime import TORCH_DTYPES, torch
-from ...errors import BackendError, ValidationError
-from ...executor.planned import Profile, feed_array
-from ...core.dtypes import ITEMSIZE, np_dtype
-from ...ir.graph import Graph
-from ...ops import registry as ops
-from ...planner.kinds import SlotKind, StepKind
-from ...planner.plan import Plan
+from ..backends.triton import BACKEND, runtime
+from ..backends.triton.runtime import TORCH_DTYPES, torch
+from ..core.dtypes import ITEMSIZE, np_dtype
+from ..errors import ValidationError
+from ..ir.graph import Graph
+from ..ops import registry as ops
+from ..planner.kinds import SlotKind, StepKind
+from ..planner.plan import DEVICE, Plan
+from .planned import Profile, feed_array
 
 
 def _upload(a: np.ndarray, dev) -> "torch.Tensor":
@@ -39,25 +40,26 @@ class TritonExecutor:
     """Run ``plan`` (made for ``graph``) on ``device`` (default: runtime.device()).
 
     ``state``: name -> device tensor, shared with other executors of the same graph so
-    that their runs continue one sequence (pass ``other.state``); numpy arrays are
-    uploaded (a private copy). Missing state starts from the graph's initial values.
+    that their runs continue one sequence (pass ``other.state``, or a Session's dict): the
+    tensors found are used in place, missing ones start from the graph's initial values and
+    are added to that same dict; numpy arrays in it are replaced by device copies.
     ``cuda_graph``: on a GPU, record the launches of the second run into a CUDA graph and
     replay it from then on (every buffer is fixed and cache positions are read on the device,
     so one recording serves every later run; the first run autotunes and compiles). Off by
     default: not yet exercised on a GPU here.
-    Raises BackendError when an op has no Triton kernel or no device is usable."""
+    Raises BackendError when an op has no Triton kernel or no device is usable, and
+    ValidationError for a plan made for host memory."""
 
     def __init__(self, graph: Graph, plan: Plan, state: Optional[Mapping] = None, device=None,
                  cuda_graph: bool = False):
         self.plan = plan
         self.graph = g = plan.graph_to_run(graph)
-        missing = registry.missing_ops(g)
-        if missing:
-            raise BackendError(f"the triton backend has no kernel for: {', '.join(missing)}")
+        plan.check_memory(DEVICE, "the triton executor")
+        BACKEND.check(g)
         self.ctx = runtime.Context(device)
         dev = self.ctx.device
         self.device = dev
-        self.state: dict[str, "torch.Tensor"] = {}
+        self.state: dict[str, "torch.Tensor"] = state if isinstance(state, dict) else {}
         slots: list["torch.Tensor"] = []
         self._inputs, self._outputs = [], []
         for i, s in enumerate(plan.slots):
@@ -85,7 +87,7 @@ class TritonExecutor:
             opdef = ops.get(node.op)
             if opdef.has(ops.FOLD_ONLY):
                 raise ValidationError(f"{node!r}: fold-only op reached the executor")
-            self._steps.append((registry.get(node.op), [self._view(i, node) for i in node.inputs],
+            self._steps.append((BACKEND.kernel_for(g, node).fn, [self._view(i, node) for i in node.inputs],
                                 self._view(node.output, node), node.attrs, node))
         self.last_profile: Optional[Profile] = None
         self._lock = threading.Lock()
@@ -132,8 +134,7 @@ class TritonExecutor:
     def reset_state(self) -> None:
         """Put every state tensor back to its initial value (in place: views keep pointing at it)."""
         with self._lock:
-            for name, t in self.state.items():
-                t.copy_(torch.from_numpy(np.asarray(self.graph.constants[name])).to(self.device))
+            reset_state(self.state, self.graph)
 
     def run(self, feeds: Mapping[str, np.ndarray], profile: bool = False) -> list[np.ndarray]:
         host = [(feed_array(feeds, name, dtype, nbytes), buf) for name, dtype, nbytes, buf in self._inputs]
@@ -172,13 +173,16 @@ class TritonExecutor:
             torch.cuda.synchronize(self.device)
 
 
+def reset_state(state: dict, graph: Graph) -> None:
+    """Every device state tensor (the KV cache) back to ``graph.constants[name]``, in place."""
+    for name, t in state.items():
+        t.copy_(torch.from_numpy(np.asarray(graph.constants[name])).to(t.device))
+
+
 def build(graph: Graph, binding: Optional[Mapping[str, int]] = None, *, state=None, device=None,
           cuda_graph: bool = False) -> TritonExecutor:
-    """Resolve ``graph`` for ``binding`` (symbol -> size), plan it, and return its executor
-    (the same steps as Session._build, with this backend in place of the CPU executors)."""
-    from ...ir.resolve import resolve
-    from ...ir.validate import validate
-    from ...planner import plan as make_plan
-    static = resolve(graph, dict(binding or {})) if graph.symbols else graph
-    validate(static, static=True, executable=True)
-    return TritonExecutor(static, make_plan(static), state=state, device=device, cuda_graph=cuda_graph)
+    """Resolve ``graph`` for ``binding`` (symbol -> size), plan it for the device with the triton
+    backend, and return its executor (what ``Session(graph, backend="triton")`` does per binding)."""
+    from .registry import EXECUTORS
+    return EXECUTORS["triton"].factory(graph, dict(binding or {}), state, BACKEND, cuda_graph=cuda_graph,
+                                       device=device)
