@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from kiln.backends import clib
-from kiln.ops.matmul import SKINNY_MAX_M
+from kiln.backends.c.kernels import SKINNY_MAX_M
 
 from .test_kernels import CASES, _LOAD_ERROR, _run
 
