@@ -1,17 +1,19 @@
 """Decode speed with the KV cache: Kiln vs transformers `generate` (its own cache), same weights.
 
-    python -m bench.decode [--models smollm2,qwen3-28L] [--new-tokens 64] [--rounds 3]
+    python -m bench.decode [--models smollm2,qwen3-28L] [--new-tokens 64] [--rounds 3] [--busy 1]
 
 For each model, in one process and interleaved rounds: prefill time of a fixed prompt and
 decode tokens/s excluding prefill (Kiln: the steps after the first token; transformers:
 generate(n) minus generate(1)). fp32 decode reads every weight once per token, so the floor
 is weight bytes ÷ read bandwidth, measured in the same run; decode is reported as a
-fraction of that bound.
+fraction of that bound. --busy N repeats the rounds beside N busy loops (bench/busy.py)
+and reports the speed each keeps.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -63,7 +65,8 @@ def hf_generate(model, prompt, n):
     return seconds, ids
 
 
-def measure(key: str, new_tokens: int, prompt_tokens: int, rounds: int, max_len: int, threads: int) -> dict:
+def measure(key: str, new_tokens: int, prompt_tokens: int, rounds: int, max_len: int, threads: int,
+            busy: int = 0) -> dict:
     import torch
     torch.set_num_threads(threads)
     make, model, weight_bytes, label = kiln_model(key, max_len)
@@ -71,6 +74,22 @@ def measure(key: str, new_tokens: int, prompt_tokens: int, rounds: int, max_len:
     prompt = np.random.default_rng(0).integers(0, vocab, prompt_tokens).tolist()
     kiln_run(make, prompt, 4)  # warm-up: plans for the prompt length and for one token
     hf_generate(model, prompt, 2)
+    res = {"model": key, "label": label, "weight_bytes": weight_bytes, "prompt_tokens": prompt_tokens,
+           "new_tokens": new_tokens}
+    res.update(_rounds(key, make, model, prompt, new_tokens, rounds))
+    if busy > 0:
+        from .busy import busy_loops
+        with busy_loops(busy):
+            load0 = os.getloadavg()[0]
+            b = _rounds(key, make, model, prompt, new_tokens, rounds)
+            b["loadavg"] = max(load0, os.getloadavg()[0])
+        b["loops"] = busy
+        res["busy"] = b
+    return res
+
+
+def _rounds(key, make, model, prompt, new_tokens, rounds) -> dict:
+    """Interleaved rounds of Kiln and transformers: medians of prefill and per-token decode."""
     k_prefill, k_step, h_prefill, h_step = [], [], [], []
     same = True
     for r in range(rounds):
@@ -83,10 +102,25 @@ def measure(key: str, new_tokens: int, prompt_tokens: int, rounds: int, max_len:
         h_step.append((tn - t1) / (new_tokens - 1))
         same &= hids == ids
         log(f"  {key} round {r + 1}/{rounds}: kiln {1 / s:.1f} tok/s, transformers {1 / h_step[-1]:.1f} tok/s")
-    return {"model": key, "label": label, "weight_bytes": weight_bytes, "prompt_tokens": prompt_tokens,
-            "new_tokens": new_tokens, "tokens_match": same,
+    return {"tokens_match": same,
             "kiln_prefill_ms": 1e3 * float(np.median(k_prefill)), "kiln_step_ms": 1e3 * float(np.median(k_step)),
             "hf_prefill_ms": 1e3 * float(np.median(h_prefill)), "hf_step_ms": 1e3 * float(np.median(h_step))}
+
+
+def busy_table(results: list) -> str:
+    """Speed kept beside the busy loops (quiet time / busy time), prefill and decode."""
+    lines = ["| model | busy loops | load avg | prefill kept kiln | prefill kept transformers "
+             "| decode kept kiln | decode kept transformers | decode tok/s busy (kiln / transformers) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        b = r.get("busy")
+        if not b:
+            continue
+        kept = {k: r[k] / b[k] for k in ("kiln_prefill_ms", "hf_prefill_ms", "kiln_step_ms", "hf_step_ms")}
+        lines.append(f"| {r['label']} | {b['loops']} | {b['loadavg']:.1f} | {kept['kiln_prefill_ms']:.2f}× | "
+                     f"{kept['hf_prefill_ms']:.2f}× | {kept['kiln_step_ms']:.2f}× | {kept['hf_step_ms']:.2f}× | "
+                     f"{1e3 / b['kiln_step_ms']:.1f} / {1e3 / b['hf_step_ms']:.1f} |")
+    return "\n".join(lines)
 
 
 def table(results: list, bandwidth: float) -> str:
@@ -111,6 +145,8 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--max-len", type=int, default=512)
     p.add_argument("--json", default=None)
+    p.add_argument("--busy", type=int, default=0, metavar="N",
+                   help="also time beside N busy loops (nice-0 CPU-bound processes) and report the speed kept")
     args = p.parse_args(argv)
     from kiln import config
     threads = config.num_threads()
@@ -119,9 +155,13 @@ def main(argv=None) -> int:
     results = []
     for key in args.models.split(","):
         log(f"{key}: compiling and warming up ...")
-        results.append(measure(key, args.new_tokens, args.prompt_tokens, args.rounds, args.max_len, threads))
+        results.append(measure(key, args.new_tokens, args.prompt_tokens, args.rounds, args.max_len, threads,
+                               busy=args.busy))
     bw = max(bw, machine.read_bandwidth(threads=threads)["gbps"])
     print(table(results, bw))
+    if args.busy:
+        print()
+        print(busy_table(results))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"bandwidth_gbps": bw, "threads": threads, "results": results}, f, indent=1)

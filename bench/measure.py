@@ -79,13 +79,15 @@ class Settings:
     wait_quiet_s: float = 0.0
     retries: int = 0
     retry_load: float = 0.5
+    busy: int = 0            # after the quiet rounds, time again beside this many busy loops (bench/busy.py)
+    busy_limit_s: float = 900.0
 
     @staticmethod
     def from_args(args, rounds: int) -> "Settings":
         return Settings(rounds=rounds, warmup=args.warmup, peers=args.peers.split(","), min_sample=args.min_sample,
                         max_run_s=args.max_run_seconds, executor=args.executor,
                         memory=not getattr(args, "no_memory", False), wait_quiet_s=args.wait_quiet,
-                        retries=args.retries)
+                        retries=args.retries, busy=getattr(args, "busy", 0) or 0)
 
 
 def run_config(key: str, seqs, **settings) -> dict:
@@ -199,6 +201,8 @@ def _time_shape(entry: dict, model, contestants: list, ids: np.ndarray, st: Sett
         q1, med, q3 = quantiles(xs)
         entry["samples_ms"][name] = xs
         entry["median_ms"][name], entry["q1_ms"][name], entry["q3_ms"][name] = med, q1, q3
+    if st.busy > 0:
+        entry["busy"] = _busy_rounds(entry, live, ids, st)
     if st.memory:
         for c in live:
             entry["memory"][c.name] = _guarded(lambda: c.memory(ids))
@@ -272,6 +276,26 @@ def _timed_rounds(entry: dict, live: list, ids: np.ndarray, st: Settings) -> dic
         if st.wait_quiet_s > 0:
             machine.wait_quiet(st.wait_quiet_s, log=log)
     return samples
+
+
+def _busy_rounds(entry: dict, live: list, ids: np.ndarray, st: Settings) -> dict:
+    """The same interleaved rounds with st.busy busy loops running: medians and speed kept
+    (quiet ms / busy ms) per contestant."""
+    from .busy import busy_loops
+    quiet = {k: v for k, v in entry.items() if k in ("foreign_load", "attempts")}
+    with busy_loops(st.busy, st.busy_limit_s):
+        load0 = os.getloadavg()[0]
+        samples = _timed_rounds(entry, live, ids, Settings(**{**vars(st), "retries": 0}))
+    entry.update(quiet)  # the quiet rounds' load stays the one reported for the quiet timings
+    out = {"loops": st.busy, "loadavg": max(load0, os.getloadavg()[0]), "median_ms": {}, "q1_ms": {}, "q3_ms": {},
+           "kept": {}}
+    for name, xs in samples.items():
+        q1, med, q3 = quantiles(xs)
+        out["median_ms"][name], out["q1_ms"][name], out["q3_ms"][name] = med, q1, q3
+        out["kept"][name] = entry["median_ms"][name] / med
+    line = "  ".join(f"{n} {out['median_ms'][n]:.2f} ({out['kept'][n]:.2f}x)" for n in out["median_ms"])
+    log(f"   seq {ids.shape[1]}: beside {st.busy} busy loop(s): median ms (speed kept): {line}")
+    return out
 
 
 def _guarded(measure) -> dict:

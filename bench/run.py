@@ -86,10 +86,26 @@ def run_all(args) -> dict:
         from . import machine
         results["machine"].setdefault("remeasured", []).append(
             {"sgemm": machine.sgemm_peak(), "bandwidth": machine.read_bandwidth(threads=n_threads)})
+    if args.decode:
+        results["decode"] = run_decode(args, n_threads)
     results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     _save(results, args)
     log(f"done: {json_path}, {os.path.join(args.out, 'results.md')}")
     return results
+
+
+def run_decode(args, n_threads: int) -> dict:
+    """bench/decode.py for --decode's models (KV-cache decode: Kiln vs transformers), beside
+    --busy loops too when asked; tables in decode.md."""
+    from . import decode, machine
+    bw = machine.read_bandwidth(threads=n_threads)["gbps"]
+    res = [decode.measure(key, 32, 32, args.rounds or 3, 256, n_threads, busy=args.busy)
+           for key in args.decode.split(",")]
+    md = decode.table(res, bw) + ("\n\n" + decode.busy_table(res) if args.busy else "")
+    with open(os.path.join(args.out, "decode.md"), "w") as f:
+        f.write(md + "\n")
+    log("decode:\n" + md)
+    return {"bandwidth_gbps": bw, "results": res}
 
 
 def _save(results: dict, args) -> None:
@@ -98,6 +114,24 @@ def _save(results: dict, args) -> None:
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     report.write(results, args.out, plots=not args.no_plots)
+    if getattr(args, "busy", 0):
+        with open(os.path.join(args.out, "busy.md"), "w") as f:
+            f.write(busy_table(results) + "\n")
+
+
+def busy_table(results: dict) -> str:
+    """Markdown: per config and seq, each contestant's quiet and busy median and the speed kept."""
+    lines = ["| model | seq | contestant | quiet ms | busy ms | speed kept (quiet/busy) | load avg (busy) |",
+             "|---|---:|---|---:|---:|---:|---:|"]
+    for key, res in results["configs"].items():
+        for s, e in res.get("seqs", {}).items():
+            b = e.get("busy")
+            if not b:
+                continue
+            for name, ms in b["median_ms"].items():
+                lines.append(f"| {key} | {s} | {name} | {e['median_ms'][name]:.2f} | {ms:.2f} | "
+                             f"{b['kept'][name]:.2f}× | {b['loadavg']:.1f} |")
+    return "\n".join(lines)
 
 
 def _run_subprocess(key, seqs, rounds, args) -> dict:
@@ -108,7 +142,7 @@ def _run_subprocess(key, seqs, rounds, args) -> dict:
            "--rounds", str(rounds), "--warmup", str(args.warmup), "--peers", args.peers,
            "--min-sample", str(args.min_sample), "--max-run-seconds", str(args.max_run_seconds),
            "--executor", args.executor, "--wait-quiet", str(args.wait_quiet), "--retries", str(args.retries),
-           "--result", result]
+           "--busy", str(args.busy), "--result", result]
     env = dict(os.environ)
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
     rc = subprocess.call(cmd, cwd=REPO, env=env)
@@ -142,6 +176,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="before each shape, wait up to this many seconds for other processes to go idle")
     p.add_argument("--retries", type=int, default=0,
                    help="re-time a shape (up to N times) if other processes used > 0.5 cores meanwhile")
+    p.add_argument("--busy", type=int, default=0, metavar="N",
+                   help="also time every shape beside N busy loops (nice-0 CPU-bound processes, killed "
+                        "afterwards); reports the speed each contestant keeps (busy.md)")
+    p.add_argument("--decode", default=None, metavar="MODELS",
+                   help="also measure KV-cache decode for these models (bench/decode.py keys, e.g. "
+                        "qwen3-2L,smollm2), beside --busy loops too; tables in decode.md")
     p.add_argument("--in-process", action="store_true", help="run every config in this process")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--skip-machine", action="store_true", help="don't measure sgemm peak / bandwidth (no floor)")

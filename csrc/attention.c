@@ -13,10 +13,10 @@
  */
 #include <math.h>
 #ifdef _OPENMP
-#include <omp.h>
 #endif
 
 #include "kiln.h"
+#include "par.h"
 #include "vmath.h"
 
 #define KILN_FLASH_MIN_SK 1024   /* use the flash kernel from this many keys */
@@ -283,6 +283,23 @@ static void block_rows(const attn_args *a, int64_t b, int64_t h, int64_t i0, int
                     S, (int)n, v, (int)a->Dv, 0.0f, o, (int)a->Dv);
 }
 
+typedef struct {
+    const attn_args *a;
+    float *scratch;
+    int64_t per, nblocks, BR;
+} blocked_ctx;
+
+static void blocked_range(void *p, int64_t begin, int64_t end, int slot) {
+    const blocked_ctx *k = (const blocked_ctx *)p;
+    const attn_args *a = k->a;
+    float *S = k->scratch + slot * k->per;
+    for (int64_t t = begin; t < end; t++) {
+        int64_t blk = t % k->nblocks, bh = t / k->nblocks;
+        int64_t i0 = blk * k->BR, nr = a->Sq - i0 < k->BR ? a->Sq - i0 : k->BR;
+        block_rows(a, bh / a->Hq, bh % a->Hq, i0, nr, S);
+    }
+}
+
 static int run_blocked(const attn_args *a, const kiln_call *c) {
     int64_t BR = KILN_ATTN_BLOCK_ROWS < a->Sq ? KILN_ATTN_BLOCK_ROWS : a->Sq;
     if (!blocked_enabled || flash_min_sk >= 0 || !kiln_blas_sgemm || a->Sq < KILN_ATTN_BLOCKED_MIN_SQ) return 0;
@@ -291,33 +308,33 @@ static int run_blocked(const attn_args *a, const kiln_call *c) {
     int64_t avail = c->scratch.data ? c->scratch.nbytes / (4 * per) : 0;
     if (avail < 1) return 0;
     int64_t nblocks = (a->Sq + BR - 1) / BR, tasks = a->B * a->Hq * nblocks;
-    int nthr = 1;
-#ifdef _OPENMP
-    nthr = omp_get_max_threads();
-#endif
-    if (nthr > avail) nthr = (int)avail;
-    if (nthr > tasks) nthr = (int)tasks;
-    float *scratch = (float *)c->scratch.data;
-    /* Causal blocks further down see more keys: hand them out dynamically. */
-#pragma omp parallel num_threads(nthr) if(nthr > 1)
-    {
-        int tid = 0;
-#ifdef _OPENMP
-        tid = omp_get_thread_num();
-#endif
-        float *S = scratch + tid * per;
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t t = 0; t < tasks; t++) {
-            int64_t blk = t % nblocks, bh = t / nblocks;
-            int64_t i0 = blk * BR, nr = a->Sq - i0 < BR ? a->Sq - i0 : BR;
-            block_rows(a, bh / a->Hq, bh % a->Hq, i0, nr, S);
-        }
-    }
+    /* Causal blocks further down see more keys: small dynamic chunks even them out. */
+    blocked_ctx k = {a, (float *)c->scratch.data, per, nblocks, BR};
+    kiln_par_slots(tasks, tasks * per, avail, blocked_range, &k);
     return 1;
 }
 
 /* Test hook: 0 forces the row kernels even where the blocked one applies. */
 void kiln_set_attention_blocked(int on) { blocked_enabled = on; }
+
+typedef struct {
+    const attn_args *a;
+    float *scratch;
+    int64_t per;
+    int flash;  /* 0: standard, 1: flash in scratch, 2: flash in a stack tile */
+} rows_ctx;
+
+static void rows_range(void *p, int64_t begin, int64_t end, int slot) {
+    const rows_ctx *k = (const rows_ctx *)p;
+    const attn_args *a = k->a;
+    float stack_buf[KILN_FLASH_BLOCK + KILN_STACK_DV + 2];
+    float *buf = k->flash == 2 ? stack_buf : k->scratch + slot * k->per;
+    for (int64_t r = begin; r < end; r++) {
+        int64_t i = r % a->Sq, bh = r / a->Sq;
+        if (k->flash) row_flash(a, bh / a->Hq, bh % a->Hq, i, buf);
+        else row_standard(a, bh / a->Hq, bh % a->Hq, i, buf);
+    }
+}
 
 /* Shared by attention and cached_attention: all rows of queries, blocked, standard or flash. */
 static int run_rows(const attn_args *pa, const kiln_call *c) {
@@ -328,34 +345,15 @@ static int run_rows(const attn_args *pa, const kiln_call *c) {
     int flash = flash_min_sk >= 0 ? a.kv_len >= flash_min_sk : a.kv_len >= KILN_FLASH_MIN_SK;
     int64_t per = a.Sk > KILN_FLASH_BLOCK + a.Dv + 2 ? a.Sk : KILN_FLASH_BLOCK + a.Dv + 2;
     int64_t avail = c->scratch.data ? c->scratch.nbytes / (4 * per) : 0;
-    int nthr = 1;
-#ifdef _OPENMP
-    nthr = omp_get_max_threads();
-#endif
-    if (rows * a.kv_len * (a.D + a.Dv) < (1 << 15)) nthr = 1;
+    int64_t work = rows * a.kv_len * (a.D + a.Dv) < (1 << 15) ? 0 : KILN_PAR_MIN;
     if (avail < 1) {
         /* no (or too little) scratch: flash with a stack tile, if the row fits */
         KILN_REQUIRE(a.Dv <= KILN_STACK_DV, KILN_ERR_UNSUPPORTED);
         flash = 2;
-    } else if (nthr > avail) {
-        nthr = (int)avail;
+        avail = INT64_MAX;  /* each range has its own stack tile */
     }
-    float *scratch = (float *)c->scratch.data;
-#pragma omp parallel num_threads(nthr) if(nthr > 1)
-    {
-        int tid = 0;
-#ifdef _OPENMP
-        tid = omp_get_thread_num();
-#endif
-        float stack_buf[KILN_FLASH_BLOCK + KILN_STACK_DV + 2];
-        float *buf = flash == 2 ? stack_buf : scratch + tid * per;
-#pragma omp for schedule(dynamic, 4)
-        for (int64_t r = 0; r < rows; r++) {
-            int64_t i = r % a.Sq, bh = r / a.Sq;
-            if (flash) row_flash(&a, bh / a.Hq, bh % a.Hq, i, buf);
-            else row_standard(&a, bh / a.Hq, bh % a.Hq, i, buf);
-        }
-    }
+    rows_ctx k = {&a, (float *)c->scratch.data, per, flash};
+    kiln_par_slots(rows, work, avail, rows_range, &k);
     return KILN_OK;
 }
 

@@ -9,6 +9,7 @@
 #include <math.h>
 
 #include "kiln.h"
+#include "par.h"
 
 enum { B_ADD, B_SUB, B_MUL, B_DIV, B_POW, B_MAX, B_MIN };
 
@@ -77,21 +78,36 @@ static const row_fn F32[] = {f32_add, f32_sub, f32_mul, f32_div, f32_pow, f32_ma
 static const row_fn I64[] = {i64_add, i64_sub, i64_mul, i64_div, i64_pow, i64_max, i64_min};
 static const row_fn I32[] = {i32_add, i32_sub, i32_mul, i32_div, i32_pow, i32_max, i32_min};
 
+typedef struct {
+    const kiln_bcast *bc;
+    row_fn f;
+    char *o;
+    const char *a, *b;
+    int64_t esz, inner, per;
+} rows_ctx;
+
+static void rows_range(void *p, int64_t lo_t, int64_t hi_t, int thread) {
+    (void)thread;
+    const rows_ctx *k = (const rows_ctx *)p;
+    const kiln_bcast *bc = k->bc;
+    int64_t inner = k->inner, per = k->per, esz = k->esz;
+    int sa = bc->st[1][bc->nd - 1] != 0, sb = bc->st[2][bc->nd - 1] != 0;
+    for (int64_t t = lo_t; t < hi_t; t++) {
+        int64_t r = t / per, lo = (t % per) * KILN_CHUNK;
+        int64_t n = inner - lo < KILN_CHUNK ? inner - lo : KILN_CHUNK;
+        int64_t off[KILN_BC_MAX];
+        kiln_bcast_row(bc, r, off);
+        k->f(k->o + (off[0] + lo) * esz, k->a + (off[1] + lo * sa) * esz, k->b + (off[2] + lo * sb) * esz, n, sa, sb);
+    }
+}
+
 /* Split rows into tasks of at most KILN_CHUNK elements so one long row still uses every thread. */
 static void run_rows(const kiln_bcast *bc, row_fn f, char *o, const char *a, const char *b, int64_t esz) {
     int64_t inner = bc->shape[bc->nd - 1];
     int64_t rows = kiln_prod(bc->shape, 0, bc->nd - 1);
     int64_t per = (inner + KILN_CHUNK - 1) / KILN_CHUNK;
-    int64_t tasks = rows * per, total = rows * inner;
-    int sa = bc->st[1][bc->nd - 1] != 0, sb = bc->st[2][bc->nd - 1] != 0;
-#pragma omp parallel for schedule(static) if(total >= KILN_PAR_MIN && tasks > 1)
-    for (int64_t t = 0; t < tasks; t++) {
-        int64_t r = t / per, lo = (t % per) * KILN_CHUNK;
-        int64_t n = inner - lo < KILN_CHUNK ? inner - lo : KILN_CHUNK;
-        int64_t off[KILN_BC_MAX];
-        kiln_bcast_row(bc, r, off);
-        f(o + (off[0] + lo) * esz, a + (off[1] + lo * sa) * esz, b + (off[2] + lo * sb) * esz, n, sa, sb);
-    }
+    rows_ctx k = {bc, f, o, a, b, esz, inner, per};
+    kiln_par_for(rows * per, rows * inner, rows_range, &k);
 }
 
 static float op_f32(int op, float x, float y) {
@@ -176,23 +192,26 @@ int kiln_k_minimum(const kiln_call *c) { return binary(c, B_MIN); }
             o[i] = cd[i * sc] ? a[i * sa] : b[i * sb];                              \
     } while (0)
 
-int kiln_k_where(const kiln_call *c) {
-    KILN_REQUIRE(c->n_in == 3, KILN_ERR_BAD_CALL);
+typedef struct {
+    const kiln_call *c;
+    const kiln_bcast *bc;
+    int same;
+    int64_t esz;
+} where_ctx;
+
+static void where_range(void *p, int64_t lo, int64_t hi, int thread) {
+    (void)thread;
+    const where_ctx *k = (const where_ctx *)p;
+    const kiln_call *c = k->c;
+    const kiln_bcast *bcp = k->bc;
     const kiln_tensor *C = &c->in[0], *A = &c->in[1], *B = &c->in[2], *O = &c->out;
-    KILN_REQUIRE(C->dtype == KILN_BOOL && kiln_broadcasts(C, O) && kiln_broadcasts(A, O) && kiln_broadcasts(B, O),
-                 KILN_ERR_SHAPE);
-    if (kiln_numel(O) == 0) return KILN_OK;
-    const kiln_tensor *ins[3] = {C, A, B};
-    kiln_bcast bc;
-    kiln_bcast_init(&bc, O, ins, 3);
-    int64_t n = bc.shape[bc.nd - 1], rows = kiln_prod(bc.shape, 0, bc.nd - 1);
-    int64_t sc = bc.st[1][bc.nd - 1], sa = bc.st[2][bc.nd - 1], sb = bc.st[3][bc.nd - 1];
-    int same = A->dtype == O->dtype && B->dtype == O->dtype;
-    int64_t esz = kiln_itemsize(O->dtype);
-#pragma omp parallel for schedule(static) if(rows * n >= KILN_PAR_MIN && rows > 1)
-    for (int64_t r = 0; r < rows; r++) {
+    int64_t n = bcp->shape[bcp->nd - 1];
+    int64_t sc = bcp->st[1][bcp->nd - 1], sa = bcp->st[2][bcp->nd - 1], sb = bcp->st[3][bcp->nd - 1];
+    int same = k->same;
+    int64_t esz = k->esz;
+    for (int64_t r = lo; r < hi; r++) {
         int64_t off[KILN_BC_MAX];
-        kiln_bcast_row(&bc, r, off);
+        kiln_bcast_row(bcp, r, off);
         const uint8_t *cd = (const uint8_t *)C->data + off[1];
         if (same && esz == 4) WHERE_ROW(int32_t);
         else if (same && esz == 8) WHERE_ROW(int64_t);
@@ -208,5 +227,21 @@ int kiln_k_where(const kiln_call *c) {
                                cd[i * sc] ? kiln_load_i64(A->data, A->dtype, off[2] + i * sa)
                                           : kiln_load_i64(B->data, B->dtype, off[3] + i * sb));
     }
+}
+
+int kiln_k_where(const kiln_call *c) {
+    KILN_REQUIRE(c->n_in == 3, KILN_ERR_BAD_CALL);
+    const kiln_tensor *C = &c->in[0], *A = &c->in[1], *B = &c->in[2], *O = &c->out;
+    KILN_REQUIRE(C->dtype == KILN_BOOL && kiln_broadcasts(C, O) && kiln_broadcasts(A, O) && kiln_broadcasts(B, O),
+                 KILN_ERR_SHAPE);
+    if (kiln_numel(O) == 0) return KILN_OK;
+    const kiln_tensor *ins[3] = {C, A, B};
+    kiln_bcast bc;
+    kiln_bcast_init(&bc, O, ins, 3);
+    int64_t n = bc.shape[bc.nd - 1], rows = kiln_prod(bc.shape, 0, bc.nd - 1);
+    int same = A->dtype == O->dtype && B->dtype == O->dtype;
+    int64_t esz = kiln_itemsize(O->dtype);
+    where_ctx k = {c, &bc, same, esz};
+    kiln_par_for(rows, rows * n, where_range, &k);
     return KILN_OK;
 }

@@ -1,9 +1,42 @@
 /* Fused ops produced by the rewrite passes: gated activations (SwiGLU/GeGLU) and RoPE. */
 #include "kiln.h"
+#include "par.h"
 #include "vmath.h"
 
 #define GATED_ROW(ACT)                                                              \
     _Pragma("omp simd") for (int64_t i = 0; i < n; i++) o[i] = kiln_act_apply(ACT, g[i]) * u[i];
+
+typedef struct {
+    const float *G;
+    const float *U;
+    const kiln_tensor *O;
+    int64_t n;
+    int64_t stride;
+    int act;
+} gated_ctx;
+
+static void gated_range(void *p, int64_t begin, int64_t end, int thread) {
+    (void)thread;
+    const gated_ctx *k = (const gated_ctx *)p;
+    const float *G = k->G;
+    const float *U = k->U;
+    const kiln_tensor *O = k->O;
+    int64_t n = k->n;
+    int64_t stride = k->stride;
+    int act = k->act;
+    for (int64_t r = begin; r < end; r++) {
+        const float *g = G + r * stride, *u = U + r * stride;
+        float *o = (float *)O->data + r * n;
+        /* the activation is fixed per call: one vectorized loop per kind */
+        switch (act) {
+        case KILN_ACT_RELU: GATED_ROW(KILN_ACT_RELU) break;
+        case KILN_ACT_GELU: GATED_ROW(KILN_ACT_GELU) break;
+        case KILN_ACT_GELU_TANH: GATED_ROW(KILN_ACT_GELU_TANH) break;
+        case KILN_ACT_SILU: GATED_ROW(KILN_ACT_SILU) break;
+        default: GATED_ROW(KILN_ACT_NONE) break;
+        }
+    }
+}
 
 /* out = act(gate) * up; one input: gate and up are the two halves of its last axis.
  * Safe when out == gate (two-input form: same index read before write). */
@@ -27,20 +60,43 @@ int kiln_k_gated_act(const kiln_call *c) {
     int64_t stride = packed ? 2 * n : n;
     const float *G = (const float *)c->in[0].data;
     const float *U = packed ? G + n : (const float *)c->in[1].data;
-#pragma omp parallel for schedule(static) if(rows > 1 && rows * n >= KILN_PAR_MIN)
-    for (int64_t r = 0; r < rows; r++) {
-        const float *g = G + r * stride, *u = U + r * stride;
-        float *o = (float *)O->data + r * n;
-        /* the activation is fixed per call: one vectorized loop per kind */
-        switch (act) {
-        case KILN_ACT_RELU: GATED_ROW(KILN_ACT_RELU) break;
-        case KILN_ACT_GELU: GATED_ROW(KILN_ACT_GELU) break;
-        case KILN_ACT_GELU_TANH: GATED_ROW(KILN_ACT_GELU_TANH) break;
-        case KILN_ACT_SILU: GATED_ROW(KILN_ACT_SILU) break;
-        default: GATED_ROW(KILN_ACT_NONE) break;
+    gated_ctx gated_k = {G, U, O, n, stride, act};
+    kiln_par_for(rows, rows * n, gated_range, &gated_k);
+    return KILN_OK;
+}
+
+typedef struct {
+    const kiln_call *c;
+    const kiln_tensor *X;
+    const float *cs;
+    const float *sn;
+    int64_t S;
+    int64_t D;
+    int64_t h;
+} rope_ctx;
+
+static void rope_range(void *p, int64_t begin, int64_t end, int thread) {
+    (void)thread;
+    const rope_ctx *k = (const rope_ctx *)p;
+    const kiln_call *c = k->c;
+    const kiln_tensor *X = k->X;
+    const float *cs = k->cs;
+    const float *sn = k->sn;
+    int64_t S = k->S;
+    int64_t D = k->D;
+    int64_t h = k->h;
+    for (int64_t r = begin; r < end; r++) {
+        const float *x = (const float *)X->data + r * D;
+        float *o = (float *)c->out.data + r * D;
+        const float *cr = cs + (r % S) * D, *sr = sn + (r % S) * D;
+        /* in place (out == x) is safe: each pair (i, i + h) is read before either is written */
+#pragma omp simd
+        for (int64_t i = 0; i < h; i++) {
+            float a = x[i], b = x[i + h];
+            o[i] = a * cr[i] - b * sr[i];
+            o[i + h] = b * cr[i + h] + a * sr[i + h];
         }
     }
-    return KILN_OK;
 }
 
 /* rope, rotate-half form over [..., S, D] with cos/sin [S, D]:
@@ -58,18 +114,7 @@ int kiln_k_rope(const kiln_call *c) {
     if (S * D == 0 || kiln_numel(X) == 0) return KILN_OK;
     int64_t rows = kiln_numel(X) / D;
     const float *cs = (const float *)c->in[1].data, *sn = (const float *)c->in[2].data;
-#pragma omp parallel for schedule(static) if(rows > 1 && rows * D >= KILN_PAR_MIN)
-    for (int64_t r = 0; r < rows; r++) {
-        const float *x = (const float *)X->data + r * D;
-        float *o = (float *)c->out.data + r * D;
-        const float *cr = cs + (r % S) * D, *sr = sn + (r % S) * D;
-        /* in place (out == x) is safe: each pair (i, i + h) is read before either is written */
-#pragma omp simd
-        for (int64_t i = 0; i < h; i++) {
-            float a = x[i], b = x[i + h];
-            o[i] = a * cr[i] - b * sr[i];
-            o[i + h] = b * cr[i + h] + a * sr[i + h];
-        }
-    }
+    rope_ctx rope_k = {c, X, cs, sn, S, D, h};
+    kiln_par_for(rows, rows * D, rope_range, &rope_k);
     return KILN_OK;
 }

@@ -3,6 +3,7 @@
  * checked before anything is written: one out of range fails the call with
  * KILN_ERR_INDEX (never a zero row, never a read outside the table). */
 #include "kiln.h"
+#include "par.h"
 
 static inline int64_t load_index(const kiln_tensor *t, int64_t i) {
     return t->dtype == KILN_INT32 ? ((const int32_t *)t->data)[i] : ((const int64_t *)t->data)[i];
@@ -19,6 +20,31 @@ static int check_indices(const kiln_tensor *I, int64_t n) {
         KILN_REQUIRE(v >= -n && v < n, KILN_ERR_INDEX);
     }
     return KILN_OK;
+}
+
+typedef struct {
+    const char *src;
+    char *dst;
+    const kiln_tensor *I;
+    int64_t nidx;
+    int64_t n;
+    int64_t inner;
+} take_ctx;
+
+static void take_range(void *p, int64_t begin, int64_t end, int thread) {
+    (void)thread;
+    const take_ctx *k = (const take_ctx *)p;
+    const char *src = k->src;
+    char *dst = k->dst;
+    const kiln_tensor *I = k->I;
+    int64_t nidx = k->nidx;
+    int64_t n = k->n;
+    int64_t inner = k->inner;
+    for (int64_t t = begin; t < end; t++) {
+        int64_t o = t / nidx, j = t % nidx;
+        int64_t v = fix_index(load_index(I, j), n);
+        memcpy(dst + t * inner, src + (o * n + v) * inner, (size_t)inner);
+    }
 }
 
 /* out = x.shape[:ax] + idx.shape + x.shape[ax+1:]: out[o, j, :] = x[o, idx[j], :] with idx flat */
@@ -38,12 +64,8 @@ static int take(const kiln_tensor *X, const kiln_tensor *I, const kiln_tensor *O
     const char *src = (const char *)X->data;
     char *dst = (char *)O->data;
     int64_t tasks = outer * nidx;
-#pragma omp parallel for schedule(static) if(tasks > 1 && tasks * inner >= 4 * KILN_PAR_MIN)
-    for (int64_t t = 0; t < tasks; t++) {
-        int64_t o = t / nidx, j = t % nidx;
-        int64_t v = fix_index(load_index(I, j), n);
-        memcpy(dst + t * inner, src + (o * n + v) * inner, (size_t)inner);
-    }
+    take_ctx take_k = {src, dst, I, nidx, n, inner};
+    kiln_par_for(tasks, tasks * inner / 4, take_range, &take_k);
     return KILN_OK;
 }
 
@@ -60,6 +82,46 @@ int kiln_k_index_select(const kiln_call *c) {
     KILN_REQUIRE(ax >= 0 && ax < c->in[0].ndim, KILN_ERR_PARAM);
     KILN_REQUIRE(c->in[1].ndim == 1, KILN_ERR_SHAPE);
     return take(&c->in[0], &c->in[1], &c->out, (int)ax);
+}
+
+typedef struct {
+    const char *src;
+    char *dst;
+    const kiln_tensor *X;
+    const kiln_tensor *I;
+    const kiln_tensor *O;
+    int nd;
+    int ax;
+    int64_t n;
+    const int64_t *xst;
+    int64_t esz;
+} gath_ctx;
+
+static void gath_range(void *p, int64_t begin, int64_t end, int thread) {
+    (void)thread;
+    const gath_ctx *k = (const gath_ctx *)p;
+    const char *src = k->src;
+    char *dst = k->dst;
+    const kiln_tensor *X = k->X;
+    const kiln_tensor *I = k->I;
+    const kiln_tensor *O = k->O;
+    int nd = k->nd;
+    int ax = k->ax;
+    int64_t n = k->n;
+    const int64_t *xst = k->xst;
+    int64_t esz = k->esz;
+    for (int64_t e = begin; e < end; e++) {
+        int64_t r = e, off = 0;
+        for (int d = nd - 1; d >= 0; d--) {
+            int64_t i = r % O->shape[d];
+            r /= O->shape[d];
+            if (d == ax) continue;
+            if (X->shape[d] == 1) i = 0;          /* numpy broadcasts x's size-1 dims */
+            off += i * xst[d];
+        }
+        int64_t v = fix_index(load_index(I, e), n);
+        memcpy(dst + e * esz, src + (off + v * xst[ax]) * esz, (size_t)esz);
+    }
 }
 
 /* torch.gather: out[i0..ik..] = x[i0..idx[i]..] along axis; other coords shared with idx
@@ -87,18 +149,7 @@ int kiln_k_gather(const kiln_call *c) {
     }
     const char *src = (const char *)X->data;
     char *dst = (char *)O->data;
-#pragma omp parallel for schedule(static) if(total >= KILN_PAR_MIN)
-    for (int64_t e = 0; e < total; e++) {
-        int64_t r = e, off = 0;
-        for (int d = nd - 1; d >= 0; d--) {
-            int64_t i = r % O->shape[d];
-            r /= O->shape[d];
-            if (d == ax) continue;
-            if (X->shape[d] == 1) i = 0;          /* numpy broadcasts x's size-1 dims */
-            off += i * xst[d];
-        }
-        int64_t v = fix_index(load_index(I, e), n);
-        memcpy(dst + e * esz, src + (off + v * xst[ax]) * esz, (size_t)esz);
-    }
+    gath_ctx gath_k = {src, dst, X, I, O, nd, ax, n, xst, esz};
+    kiln_par_for(total, total, gath_range, &gath_k);
     return KILN_OK;
 }

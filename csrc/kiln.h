@@ -35,8 +35,8 @@
         if (!(cond)) return (err);    \
     } while (0)
 
-/* Below this many elements a kernel runs on one thread: OpenMP fork/join
- * (~2-5 us) costs more than the work. */
+/* Below this many elements a kernel runs on one thread (kiln_par_for, par.h): waking the
+ * pool's workers costs more than the work. */
 #define KILN_PAR_MIN 32768
 /* Elementwise work is split into chunks of this many elements per task. */
 #define KILN_CHUNK 16384

@@ -8,82 +8,117 @@
  * for M = 1 (which does not switch to GEMV). Without a BLAS the same kernel,
  * in blocks of rows, keeps results correct (slowly).
  */
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "kiln.h"
+#include "par.h"
 #include "vmath.h"
 
 #define SMALL_M KILN_MATMUL_SKINNY_MAX_M  /* up to this many rows: our skinny kernel (B streamed once) */
 #define NB_T 16        /* B^T rows per task: 16 x K floats stay in L2 while every A row uses them */
 #define NB_N 256       /* output columns per task for row-major B */
 
-/* C[M, N] = alpha * A[M, K] @ B + beta * C (C holds the bias when beta != 0), M <= SMALL_M.
- * B is [K, N] (ldb) or, transposed, [N, K] (ldb). Memory-bound on B: read it once for all rows. */
-static void gemm_skinny(int tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A, const float *B,
-                        int64_t ldb, float beta, float *C) {
-    int par = M * N * K >= (1 << 16);
-    if (tb) {
-        int64_t tasks = (N + NB_T - 1) / NB_T;
-#pragma omp parallel for schedule(static) if(par && tasks > 1)
-        for (int64_t t = 0; t < tasks; t++) {
-            int64_t n0 = t * NB_T, n1 = n0 + NB_T < N ? n0 + NB_T : N;
-            for (int64_t m = 0; m < M; m++) {
-                const float *a = A + m * K;
-                float *c = C + m * N;
-                int64_t n = n0;
-                /* eight B rows at a time: eight weight streams in flight (memory-level
-                 * parallelism bounds GEMV), eight FMA chains share each load of a */
-                for (; n + 8 <= n1; n += 8) {
-                    const float *b0 = B + n * ldb, *b1 = b0 + ldb, *b2 = b1 + ldb, *b3 = b2 + ldb;
-                    const float *b4 = b3 + ldb, *b5 = b4 + ldb, *b6 = b5 + ldb, *b7 = b6 + ldb;
-                    float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f, s4 = 0.0f, s5 = 0.0f, s6 = 0.0f, s7 = 0.0f;
+typedef struct {
+    int64_t M;
+    int64_t N;
+    int64_t K;
+    float alpha;
+    const float *A;
+    const float *B;
+    int64_t ldb;
+    float beta;
+    float *C;
+} skinny_t_ctx;
+
+static void skinny_t_range(void *p, int64_t begin, int64_t end, int thread) {
+    (void)thread;
+    const skinny_t_ctx *k = (const skinny_t_ctx *)p;
+    int64_t M = k->M;
+    int64_t N = k->N;
+    int64_t K = k->K;
+    float alpha = k->alpha;
+    const float *A = k->A;
+    const float *B = k->B;
+    int64_t ldb = k->ldb;
+    float beta = k->beta;
+    float *C = k->C;
+    for (int64_t t = begin; t < end; t++) {
+        int64_t n0 = t * NB_T, n1 = n0 + NB_T < N ? n0 + NB_T : N;
+        for (int64_t m = 0; m < M; m++) {
+            const float *a = A + m * K;
+            float *c = C + m * N;
+            int64_t n = n0;
+            /* eight B rows at a time: eight weight streams in flight (memory-level
+             * parallelism bounds GEMV), eight FMA chains share each load of a */
+            for (; n + 8 <= n1; n += 8) {
+                const float *b0 = B + n * ldb, *b1 = b0 + ldb, *b2 = b1 + ldb, *b3 = b2 + ldb;
+                const float *b4 = b3 + ldb, *b5 = b4 + ldb, *b6 = b5 + ldb, *b7 = b6 + ldb;
+                float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f, s4 = 0.0f, s5 = 0.0f, s6 = 0.0f, s7 = 0.0f;
 #pragma omp simd reduction(+ : s0, s1, s2, s3, s4, s5, s6, s7)
-                    for (int64_t k = 0; k < K; k++) {
-                        float ak = a[k];
-                        s0 += ak * b0[k];
-                        s1 += ak * b1[k];
-                        s2 += ak * b2[k];
-                        s3 += ak * b3[k];
-                        s4 += ak * b4[k];
-                        s5 += ak * b5[k];
-                        s6 += ak * b6[k];
-                        s7 += ak * b7[k];
-                    }
-                    float s[8] = {s0, s1, s2, s3, s4, s5, s6, s7};
-                    for (int q = 0; q < 8; q++)
-                        c[n + q] = alpha * s[q] + (beta != 0.0f ? beta * c[n + q] : 0.0f);
+                for (int64_t k = 0; k < K; k++) {
+                    float ak = a[k];
+                    s0 += ak * b0[k];
+                    s1 += ak * b1[k];
+                    s2 += ak * b2[k];
+                    s3 += ak * b3[k];
+                    s4 += ak * b4[k];
+                    s5 += ak * b5[k];
+                    s6 += ak * b6[k];
+                    s7 += ak * b7[k];
                 }
-                for (; n + 4 <= n1; n += 4) {
-                    const float *b0 = B + n * ldb, *b1 = b0 + ldb, *b2 = b1 + ldb, *b3 = b2 + ldb;
-                    float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+                float s[8] = {s0, s1, s2, s3, s4, s5, s6, s7};
+                for (int q = 0; q < 8; q++)
+                    c[n + q] = alpha * s[q] + (beta != 0.0f ? beta * c[n + q] : 0.0f);
+            }
+            for (; n + 4 <= n1; n += 4) {
+                const float *b0 = B + n * ldb, *b1 = b0 + ldb, *b2 = b1 + ldb, *b3 = b2 + ldb;
+                float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
 #pragma omp simd reduction(+ : s0, s1, s2, s3)
-                    for (int64_t k = 0; k < K; k++) {
-                        float ak = a[k];
-                        s0 += ak * b0[k];
-                        s1 += ak * b1[k];
-                        s2 += ak * b2[k];
-                        s3 += ak * b3[k];
-                    }
-                    float s[4] = {s0, s1, s2, s3};
-                    for (int q = 0; q < 4; q++)
-                        c[n + q] = alpha * s[q] + (beta != 0.0f ? beta * c[n + q] : 0.0f);
+                for (int64_t k = 0; k < K; k++) {
+                    float ak = a[k];
+                    s0 += ak * b0[k];
+                    s1 += ak * b1[k];
+                    s2 += ak * b2[k];
+                    s3 += ak * b3[k];
                 }
-                for (; n < n1; n++) {
-                    const float *b = B + n * ldb;
-                    float s = 0.0f;
+                float s[4] = {s0, s1, s2, s3};
+                for (int q = 0; q < 4; q++)
+                    c[n + q] = alpha * s[q] + (beta != 0.0f ? beta * c[n + q] : 0.0f);
+            }
+            for (; n < n1; n++) {
+                const float *b = B + n * ldb;
+                float s = 0.0f;
 #pragma omp simd reduction(+ : s)
-                    for (int64_t k = 0; k < K; k++) s += a[k] * b[k];
-                    c[n] = alpha * s + (beta != 0.0f ? beta * c[n] : 0.0f);
-                }
+                for (int64_t k = 0; k < K; k++) s += a[k] * b[k];
+                c[n] = alpha * s + (beta != 0.0f ? beta * c[n] : 0.0f);
             }
         }
-        return;
     }
-    int64_t tasks = (N + NB_N - 1) / NB_N;
-#pragma omp parallel for schedule(static) if(par && tasks > 1)
-    for (int64_t t = 0; t < tasks; t++) {
+}
+
+typedef struct {
+    int64_t M;
+    int64_t N;
+    int64_t K;
+    float alpha;
+    const float *A;
+    const float *B;
+    int64_t ldb;
+    float beta;
+    float *C;
+} skinny_n_ctx;
+
+static void skinny_n_range(void *p, int64_t begin, int64_t end, int thread) {
+    (void)thread;
+    const skinny_n_ctx *k = (const skinny_n_ctx *)p;
+    int64_t M = k->M;
+    int64_t N = k->N;
+    int64_t K = k->K;
+    float alpha = k->alpha;
+    const float *A = k->A;
+    const float *B = k->B;
+    int64_t ldb = k->ldb;
+    float beta = k->beta;
+    float *C = k->C;
+    for (int64_t t = begin; t < end; t++) {
         int64_t lo = t * NB_N, n = N - lo < NB_N ? N - lo : NB_N;
         float acc[SMALL_M][NB_N];
         for (int64_t m = 0; m < M; m++)
@@ -104,82 +139,93 @@ static void gemm_skinny(int tb, int64_t M, int64_t N, int64_t K, float alpha, co
     }
 }
 
+/* C[M, N] = alpha * A[M, K] @ B + beta * C (C holds the bias when beta != 0), M <= SMALL_M.
+ * B is [K, N] (ldb) or, transposed, [N, K] (ldb). Memory-bound on B: read it once for all rows. */
+static void gemm_skinny(int tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A, const float *B,
+                        int64_t ldb, float beta, float *C) {
+    int par = M * N * K >= (1 << 16);
+    if (tb) {
+        int64_t tasks = (N + NB_T - 1) / NB_T;
+        skinny_t_ctx skinny_t_k = {M, N, K, alpha, A, B, ldb, beta, C};
+        kiln_par_for(tasks, par ? tasks * KILN_PAR_MIN : 0, skinny_t_range, &skinny_t_k);
+        return;
+    }
+    int64_t tasks = (N + NB_N - 1) / NB_N;
+    skinny_n_ctx skinny_n_k = {M, N, K, alpha, A, B, ldb, beta, C};
+    kiln_par_for(tasks, par ? tasks * KILN_PAR_MIN : 0, skinny_n_range, &skinny_n_k);
+}
+
 /* Fallback GEMM when no BLAS is loaded: blocks of SMALL_M rows through the skinny kernel. */
 static void gemm_ref(int tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A, const float *B,
                      float beta, float *C) {
     for (int64_t i = 0; i < M; i += SMALL_M)
         gemm_skinny(tb, M - i < SMALL_M ? M - i : SMALL_M, N, K, alpha, A + i * K, B, tb ? K : N, beta, C + i * N);
 }
-/* Threads for a GEMM: all of them, unless it is too small to be worth a fork/join. */
-static inline int gemm_threads(int64_t M, int64_t N, int64_t K) {
-    int nt = 1;
-#ifdef _OPENMP
-    nt = omp_get_max_threads();
-#endif
-    return M * N * K < (1LL << 20) ? 1 : nt;
+/* The BLAS splits: units of `unit` rows (or columns) of C, handed out as pool ranges; each
+ * range is one single-threaded sgemm, so per-call overhead is paid once per chunk. Too small
+ * a GEMM (M * N * K < 2^20) stays one call on the caller. */
+typedef struct {
+    int tb, split_n;
+    int64_t M, N, K, unit, total;
+    float alpha, beta;
+    const float *A, *B;
+    float *C, *T;
+} blas_ctx;
+
+static int64_t blas_work(int64_t M, int64_t N, int64_t K) { return M * N * K < (1LL << 20) ? 0 : KILN_PAR_MIN; }
+
+static void blas_range(void *p, int64_t begin, int64_t end, int thread) {
+    (void)thread;
+    const blas_ctx *k = (const blas_ctx *)p;
+    int64_t lo = begin * k->unit, hi = end * k->unit < k->total ? end * k->unit : k->total;
+    int tb = k->tb, ldb = tb ? (int)k->K : (int)k->N;
+    if (lo >= hi) return;
+    if (k->split_n)
+        kiln_blas_sgemm(KILN_CBLAS_ROW_MAJOR, KILN_CBLAS_NO_TRANS, tb ? KILN_CBLAS_TRANS : KILN_CBLAS_NO_TRANS,
+                        (int)k->M, (int)(hi - lo), (int)k->K, k->alpha, k->A, (int)k->K, tb ? k->B + lo * k->K : k->B + lo,
+                        ldb, k->beta, k->C + lo, (int)k->N);
+    else
+        kiln_blas_sgemm(KILN_CBLAS_ROW_MAJOR, KILN_CBLAS_NO_TRANS, tb ? KILN_CBLAS_TRANS : KILN_CBLAS_NO_TRANS,
+                        (int)(hi - lo), (int)k->N, (int)k->K, k->alpha, k->A + lo * k->K, (int)k->K, k->B, ldb, k->beta,
+                        k->C + lo * k->N, (int)k->N);
 }
 
-/* This thread's share [lo, hi) of `total` items, split over the team in multiples of `unit`. */
-static inline void thread_share(int64_t total, int64_t unit, int nt, int64_t *lo, int64_t *hi) {
-    int tid = 0;
-#ifdef _OPENMP
-    tid = omp_get_thread_num();
-#endif
-    int64_t share = ((total + nt - 1) / nt + unit - 1) / unit * unit;
-    *lo = tid * share;
-    *hi = *lo + share < total ? *lo + share : total;
-}
-
-/* One single-threaded sgemm per OpenMP thread, over a contiguous share of N (or of M when
- * N is the smaller side); each share is a whole GEMM, so per-call overhead is paid once. */
+/* Split the longer side of C: N in multiples of 16, or M in multiples of 8. */
 static void gemm_blas(int tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A, const float *B,
                       float beta, float *C) {
-    int nt = gemm_threads(M, N, K);
     int split_n = N >= M;
     int64_t total = split_n ? N : M, unit = split_n ? 16 : 8;
-    int ldb = tb ? (int)K : (int)N;
-#pragma omp parallel num_threads(nt) if(nt > 1)
-    {
-        int64_t lo, hi;
-        thread_share(total, unit, nt, &lo, &hi);
-        if (lo < hi) {
-            if (split_n)
-                kiln_blas_sgemm(KILN_CBLAS_ROW_MAJOR, KILN_CBLAS_NO_TRANS, tb ? KILN_CBLAS_TRANS : KILN_CBLAS_NO_TRANS,
-                                (int)M, (int)(hi - lo), (int)K, alpha, A, (int)K, tb ? B + lo * K : B + lo, ldb, beta,
-                                C + lo, (int)N);
-            else
-                kiln_blas_sgemm(KILN_CBLAS_ROW_MAJOR, KILN_CBLAS_NO_TRANS, tb ? KILN_CBLAS_TRANS : KILN_CBLAS_NO_TRANS,
-                                (int)(hi - lo), (int)N, (int)K, alpha, A + lo * K, (int)K, B, ldb, beta, C + lo * N,
-                                (int)N);
-        }
-    }
+    blas_ctx k = {tb, split_n, M, N, K, unit, total, alpha, beta, A, B, C, NULL};
+    kiln_par_for((total + unit - 1) / unit, blas_work(M, N, K), blas_range, &k);
 }
 
 /* Few rows against B^T: OpenBLAS is markedly faster computing C^T = B @ A^T (the long side
  * as its rows) than C = A @ B^T (measured 1.3-1.4x at M = 16 and 1.1x at 64 for layer-sized
- * N on this machine; no gain for vocabulary-sized N). Each
- * thread computes its share of C^T into scratch (N x M floats, planner-provided) and writes
- * it back transposed, adding the bias already in C. */
+ * N on this machine; no gain for vocabulary-sized N). Each chunk (a range of N) computes its
+ * share of C^T into scratch (N x M floats, planner-provided) and writes it back transposed,
+ * adding the bias already in C. */
+static void blas_t_range(void *p, int64_t begin, int64_t end, int thread) {
+    (void)thread;
+    const blas_ctx *k = (const blas_ctx *)p;
+    int64_t M = k->M, N = k->N, K = k->K;
+    int64_t lo = begin * 16, hi = end * 16 < N ? end * 16 : N;
+    if (lo >= hi) return;
+    float *t = k->T + lo * M;
+    kiln_blas_sgemm(KILN_CBLAS_ROW_MAJOR, KILN_CBLAS_NO_TRANS, KILN_CBLAS_TRANS, (int)(hi - lo), (int)M, (int)K,
+                    k->alpha, k->B + lo * K, (int)K, k->A, (int)K, 0.0f, t, (int)M);
+    for (int64_t m = 0; m < M; m++) {
+        float *c = k->C + m * N;
+        if (k->beta != 0.0f)
+            for (int64_t n = lo; n < hi; n++) c[n] = t[(n - lo) * M + m] + k->beta * c[n];
+        else
+            for (int64_t n = lo; n < hi; n++) c[n] = t[(n - lo) * M + m];
+    }
+}
+
 static void gemm_blas_transposed(int64_t M, int64_t N, int64_t K, float alpha, const float *A, const float *B,
                                 float beta, float *C, float *T) {
-    int nt = gemm_threads(M, N, K);
-#pragma omp parallel num_threads(nt) if(nt > 1)
-    {
-        int64_t lo, hi;
-        thread_share(N, 16, nt, &lo, &hi);
-        if (lo < hi) {
-            float *t = T + lo * M;
-            kiln_blas_sgemm(KILN_CBLAS_ROW_MAJOR, KILN_CBLAS_NO_TRANS, KILN_CBLAS_TRANS, (int)(hi - lo), (int)M,
-                            (int)K, alpha, B + lo * K, (int)K, A, (int)K, 0.0f, t, (int)M);
-            for (int64_t m = 0; m < M; m++) {
-                float *c = C + m * N;
-                if (beta != 0.0f)
-                    for (int64_t n = lo; n < hi; n++) c[n] = t[(n - lo) * M + m] + beta * c[n];
-                else
-                    for (int64_t n = lo; n < hi; n++) c[n] = t[(n - lo) * M + m];
-            }
-        }
-    }
+    blas_ctx k = {1, 1, M, N, K, 16, N, alpha, beta, A, B, C, T};
+    kiln_par_for((N + 15) / 16, blas_work(M, N, K), blas_t_range, &k);
 }
 
 static void gemm(int tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A, const float *B, float beta,
@@ -201,11 +247,23 @@ static void gemm(int tb, int64_t M, int64_t N, int64_t K, float alpha, const flo
     }
 }
 
+typedef struct {
+    float *o;
+    int64_t n;
+    int act;
+} epi_ctx;
+
+static void epi_range(void *p, int64_t begin, int64_t end, int thread) {
+    (void)thread;
+    const epi_ctx *k = (const epi_ctx *)p;
+    for (int64_t r = begin; r < end; r++) kiln_act_span(k->o + r * k->n, k->n, k->act);
+}
+
 /* The fused activation (bias + ReLU/GELU/...), row-parallel over the finished output. */
 static void epilogue(float *o, int64_t rows, int64_t n, int act) {
     if (act == KILN_ACT_NONE || rows * n == 0) return;
-#pragma omp parallel for schedule(static) if(rows > 1 && rows * n >= KILN_PAR_MIN)
-    for (int64_t r = 0; r < rows; r++) kiln_act_span(o + r * n, n, act);
+    epi_ctx k = {o, n, act};
+    kiln_par_for(rows, rows * n, epi_range, &k);
 }
 
 /* 1 when t's batch dims (all but the last two) broadcast to out's. */

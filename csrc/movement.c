@@ -1,16 +1,34 @@
 /* Data movement: reshape/copy (memcpy), permute, expand, slice, concat. Dtype-agnostic:
  * everything moves elements of `itemsize` bytes. */
 #include "kiln.h"
+#include "par.h"
+
+typedef struct {
+    void *dst;
+    const void *src;
+    int64_t nbytes;
+    int64_t chunk;
+} memcpy_ctx;
+
+static void memcpy_range(void *p, int64_t lo, int64_t hi, int thread) {
+    (void)thread;
+    const memcpy_ctx *k = (const memcpy_ctx *)p;
+    void *dst = k->dst;
+    const void *src = k->src;
+    int64_t nbytes = k->nbytes;
+    int64_t chunk = k->chunk;
+    for (int64_t t = lo; t < hi; t++) {
+        int64_t off = t * chunk, n = nbytes - off < chunk ? nbytes - off : chunk;
+        memcpy((char *)dst + off, (const char *)src + off, (size_t)n);
+    }
+}
 
 static void par_memcpy(void *dst, const void *src, int64_t nbytes) {
     if (dst == src || nbytes <= 0) return;
     const int64_t chunk = 1 << 20;
     int64_t tasks = (nbytes + chunk - 1) / chunk;
-#pragma omp parallel for schedule(static) if(tasks > 1)
-    for (int64_t t = 0; t < tasks; t++) {
-        int64_t lo = t * chunk, n = nbytes - lo < chunk ? nbytes - lo : chunk;
-        memcpy((char *)dst + lo, (const char *)src + lo, (size_t)n);
-    }
+    memcpy_ctx memcpy_k = {dst, src, nbytes, chunk};
+    kiln_par_for(tasks, tasks * KILN_PAR_MIN, memcpy_range, &memcpy_k);
 }
 
 int kiln_k_copy(const kiln_call *c) {
@@ -49,20 +67,27 @@ static inline void strided_row(char *dst, const char *src, int64_t n, int64_t s,
     }
 }
 
-/* out[...] = in[...] broadcast (same dtype). */
-int kiln_broadcast_copy(const kiln_tensor *out, const kiln_tensor *in) {
-    KILN_REQUIRE(in->dtype == out->dtype && kiln_broadcasts(in, out), KILN_ERR_SHAPE);
-    if (kiln_numel(out) == 0) return KILN_OK;
-    const kiln_tensor *ins[1] = {in};
-    kiln_bcast bc;
-    kiln_bcast_init(&bc, out, ins, 1);
-    int64_t esz = kiln_itemsize(out->dtype);
-    int64_t n = bc.shape[bc.nd - 1], rows = kiln_prod(bc.shape, 0, bc.nd - 1);
-    int64_t s = bc.st[1][bc.nd - 1];
-#pragma omp parallel for schedule(static) if(rows * n >= KILN_PAR_MIN && rows > 1)
-    for (int64_t r = 0; r < rows; r++) {
+typedef struct {
+    const kiln_bcast *bcp;
+    const kiln_tensor *out;
+    const kiln_tensor *in;
+    int64_t esz;
+    int64_t n;
+    int64_t s;
+} bcopy_ctx;
+
+static void bcopy_range(void *p, int64_t lo, int64_t hi, int thread) {
+    (void)thread;
+    const bcopy_ctx *k = (const bcopy_ctx *)p;
+    const kiln_bcast *bcp = k->bcp;
+    const kiln_tensor *out = k->out;
+    const kiln_tensor *in = k->in;
+    int64_t esz = k->esz;
+    int64_t n = k->n;
+    int64_t s = k->s;
+    for (int64_t r = lo; r < hi; r++) {
         int64_t off[KILN_BC_MAX];
-        kiln_bcast_row(&bc, r, off);
+        kiln_bcast_row(bcp, r, off);
         char *d = (char *)out->data + off[0] * esz;
         const char *p = (const char *)in->data + off[1] * esz;
         if (s == 1) memcpy(d, p, (size_t)(n * esz));
@@ -73,12 +98,118 @@ int kiln_broadcast_copy(const kiln_tensor *out, const kiln_tensor *in) {
         } else
             for (int64_t i = 0; i < n; i++) memcpy(d + i * esz, p, (size_t)esz);
     }
+}
+
+/* out[...] = in[...] broadcast (same dtype). */
+int kiln_broadcast_copy(const kiln_tensor *out, const kiln_tensor *in) {
+    KILN_REQUIRE(in->dtype == out->dtype && kiln_broadcasts(in, out), KILN_ERR_SHAPE);
+    if (kiln_numel(out) == 0) return KILN_OK;
+    const kiln_tensor *ins[1] = {in};
+    kiln_bcast bc;
+    kiln_bcast_init(&bc, out, ins, 1);
+    int64_t esz = kiln_itemsize(out->dtype);
+    int64_t n = bc.shape[bc.nd - 1], rows = kiln_prod(bc.shape, 0, bc.nd - 1);
+    int64_t s = bc.st[1][bc.nd - 1];
+    bcopy_ctx bcopy_k = {&bc, out, in, esz, n, s};
+    kiln_par_for(rows, rows * n, bcopy_range, &bcopy_k);
     return KILN_OK;
 }
 
 int kiln_k_expand(const kiln_call *c) {
     KILN_REQUIRE(c->n_in == 1, KILN_ERR_BAD_CALL);
     return kiln_broadcast_copy(&c->out, &c->in[0]);
+}
+
+typedef struct {
+    const char *src;
+    char *dst;
+    const int64_t *shp;
+    const int64_t *st;
+    int m;
+    int jd;
+    int64_t esz;
+    int64_t T;
+    int64_t J;
+    int64_t sj;
+    int64_t inner;
+    int64_t s_in;
+    int64_t tiles_i;
+    int64_t tiles_j;
+} tile_ctx;
+
+static void tile_range(void *p, int64_t lo, int64_t hi, int thread) {
+    (void)thread;
+    const tile_ctx *k = (const tile_ctx *)p;
+    const char *src = k->src;
+    char *dst = k->dst;
+    const int64_t *shp = k->shp;
+    const int64_t *st = k->st;
+    int m = k->m;
+    int jd = k->jd;
+    int64_t esz = k->esz;
+    int64_t T = k->T;
+    int64_t J = k->J;
+    int64_t sj = k->sj;
+    int64_t inner = k->inner;
+    int64_t s_in = k->s_in;
+    int64_t tiles_i = k->tiles_i;
+    int64_t tiles_j = k->tiles_j;
+    for (int64_t t = lo; t < hi; t++) {
+        int64_t ti = t % tiles_i, tj = (t / tiles_i) % tiles_j, o = t / (tiles_i * tiles_j);
+        /* decompose o over the dims other than jd and m-1 */
+        int64_t so = 0, dof = 0, r = o;
+        for (int d = m - 2; d >= 0; d--) {
+            if (d == jd) continue;
+            int64_t i = r % shp[d];
+            r /= shp[d];
+            so += i * st[d];
+            dof += i * kiln_prod(shp, d + 1, m);
+        }
+        int64_t j0 = tj * T, j1 = j0 + T < J ? j0 + T : J, i0 = ti * T, i1 = i0 + T < inner ? i0 + T : inner;
+        if (esz == 4) {
+            const uint32_t *s4 = (const uint32_t *)src + so;
+            uint32_t *d4 = (uint32_t *)dst + dof;
+            for (int64_t j = j0; j < j1; j++)
+                for (int64_t i = i0; i < i1; i++) d4[j * sj + i] = s4[j + i * s_in];
+        } else {
+            const uint64_t *s8 = (const uint64_t *)src + so;
+            uint64_t *d8 = (uint64_t *)dst + dof;
+            for (int64_t j = j0; j < j1; j++)
+                for (int64_t i = i0; i < i1; i++) d8[j * sj + i] = s8[j + i * s_in];
+        }
+    }
+}
+
+typedef struct {
+    const char *src;
+    char *dst;
+    const int64_t *shp;
+    const int64_t *st;
+    int m;
+    int64_t esz;
+    int64_t inner;
+    int64_t s_in;
+} strided_ctx;
+
+static void strided_range(void *p, int64_t lo, int64_t hi, int thread) {
+    (void)thread;
+    const strided_ctx *k = (const strided_ctx *)p;
+    const char *src = k->src;
+    char *dst = k->dst;
+    const int64_t *shp = k->shp;
+    const int64_t *st = k->st;
+    int m = k->m;
+    int64_t esz = k->esz;
+    int64_t inner = k->inner;
+    int64_t s_in = k->s_in;
+    for (int64_t r = lo; r < hi; r++) {
+        int64_t so = 0, q = r;
+        for (int d = m - 2; d >= 0 && q; d--) {
+            so += (q % shp[d]) * st[d];
+            q /= shp[d];
+        }
+        strided_row(dst + r * inner * esz, src + so * esz, inner, s_in, esz);
+    }
 }
 
 /* -- permute ------------------------------------------------------------------------ */
@@ -135,44 +266,32 @@ int kiln_k_permute(const kiln_call *c) {
         int64_t outer = kiln_prod(shp, 0, m - 1) / J;          /* every other dim */
         int64_t tiles_j = (J + T - 1) / T, tiles_i = (inner + T - 1) / T;
         int64_t tasks = outer * tiles_j * tiles_i;
-#pragma omp parallel for schedule(static) if(kiln_numel(O) >= KILN_PAR_MIN)
-        for (int64_t t = 0; t < tasks; t++) {
-            int64_t ti = t % tiles_i, tj = (t / tiles_i) % tiles_j, o = t / (tiles_i * tiles_j);
-            /* decompose o over the dims other than jd and m-1 */
-            int64_t so = 0, dof = 0, r = o;
-            for (int d = m - 2; d >= 0; d--) {
-                if (d == jd) continue;
-                int64_t i = r % shp[d];
-                r /= shp[d];
-                so += i * st[d];
-                dof += i * kiln_prod(shp, d + 1, m);
-            }
-            int64_t j0 = tj * T, j1 = j0 + T < J ? j0 + T : J, i0 = ti * T, i1 = i0 + T < inner ? i0 + T : inner;
-            if (esz == 4) {
-                const uint32_t *s4 = (const uint32_t *)src + so;
-                uint32_t *d4 = (uint32_t *)dst + dof;
-                for (int64_t j = j0; j < j1; j++)
-                    for (int64_t i = i0; i < i1; i++) d4[j * sj + i] = s4[j + i * s_in];
-            } else {
-                const uint64_t *s8 = (const uint64_t *)src + so;
-                uint64_t *d8 = (uint64_t *)dst + dof;
-                for (int64_t j = j0; j < j1; j++)
-                    for (int64_t i = i0; i < i1; i++) d8[j * sj + i] = s8[j + i * s_in];
-            }
-        }
+        tile_ctx tile_k = {src, dst, shp, st, m, jd, esz, T, J, sj, inner, s_in, tiles_i, tiles_j};
+        kiln_par_for(tasks, kiln_numel(O), tile_range, &tile_k);
         return KILN_OK;
     }
     int64_t rows = kiln_prod(shp, 0, m - 1);
-#pragma omp parallel for schedule(static) if(rows * inner >= KILN_PAR_MIN && rows > 1)
-    for (int64_t r = 0; r < rows; r++) {
-        int64_t so = 0, q = r;
-        for (int d = m - 2; d >= 0 && q; d--) {
-            so += (q % shp[d]) * st[d];
-            q /= shp[d];
-        }
-        strided_row(dst + r * inner * esz, src + so * esz, inner, s_in, esz);
-    }
+    strided_ctx strided_k = {src, dst, shp, st, m, esz, inner, s_in};
+    kiln_par_for(rows, rows * inner, strided_range, &strided_k);
     return KILN_OK;
+}
+
+/* Row copies for slice and concat: row t = (t / per, t % per) moves `bytes` bytes from
+ * src + (t / per) * s_outer + (t % per) * s_inner + s_off to dst + (t / per) * d_outer + (t % per) * d_inner. */
+typedef struct {
+    char *dst;
+    const char *src;
+    int64_t bytes, per, d_outer, d_inner, s_outer, s_inner, s_off;
+} rowcopy_ctx;
+
+static void rowcopy_range(void *p, int64_t lo, int64_t hi, int thread) {
+    (void)thread;
+    const rowcopy_ctx *k = (const rowcopy_ctx *)p;
+    for (int64_t t = lo; t < hi; t++) {
+        int64_t o = t / k->per, j = t % k->per;
+        memcpy(k->dst + o * k->d_outer + j * k->d_inner, k->src + o * k->s_outer + j * k->s_inner + k->s_off,
+               (size_t)k->bytes);
+    }
 }
 
 /* -- slice ---------------------------------------------------------------------------- */
@@ -193,17 +312,14 @@ int kiln_k_slice(const kiln_call *c) {
     KILN_REQUIRE(start >= 0 && start < lin && (lout - 1) <= (lin - 1 - start) / step, KILN_ERR_PARAM);
     const char *src = (const char *)X->data;
     char *dst = (char *)O->data;
-    if (step == 1) {
-#pragma omp parallel for schedule(static) if(outer > 1 && outer * lout * inner >= 4 * KILN_PAR_MIN)
-        for (int64_t o = 0; o < outer; o++)
-            memcpy(dst + o * lout * inner, src + (o * lin + start) * inner, (size_t)(lout * inner));
+    if (step == 1) {  /* one block of lout rows per outer index */
+        rowcopy_ctx rk = {dst, src, lout * inner, 1, lout * inner, 0, lin * inner, 0, start * inner};
+        kiln_par_for(outer, outer * lout * inner / 4, rowcopy_range, &rk);
         return KILN_OK;
     }
-#pragma omp parallel for schedule(static) if(outer * lout > 1 && outer * lout * inner >= 4 * KILN_PAR_MIN)
-    for (int64_t t = 0; t < outer * lout; t++) {
-        int64_t o = t / lout, j = t % lout;
-        memcpy(dst + t * inner, src + (o * lin + start + j * step) * inner, (size_t)inner);
-    }
+    /* row t = (o, j): out row t from in row o * lin + start + j * step */
+    rowcopy_ctx k = {dst, src, inner, lout, lout * inner, inner, lin * inner, step * inner, start * inner};
+    kiln_par_for(outer * lout, outer * lout * inner / 4, rowcopy_range, &k);
     return KILN_OK;
 }
 
@@ -231,8 +347,8 @@ int kiln_k_concat(const kiln_call *c) {
         int64_t xrow = X->shape[ax] * inner;
         const char *src = (const char *)X->data;
         char *dst = (char *)O->data + base;
-#pragma omp parallel for schedule(static) if(outer > 1 && outer * xrow >= 4 * KILN_PAR_MIN)
-        for (int64_t o = 0; o < outer; o++) memcpy(dst + o * orow, src + o * xrow, (size_t)xrow);
+        rowcopy_ctx rk = {dst, src, xrow, 1, orow, 0, xrow, 0, 0};
+        kiln_par_for(outer, outer * xrow / 4, rowcopy_range, &rk);
         base += xrow;
     }
     return KILN_OK;

@@ -3,21 +3,29 @@
 #include <math.h>
 
 #include "kiln.h"
+#include "par.h"
 
-static int norm(const kiln_call *c, int layer, float eps) {
-    KILN_REQUIRE(c->n_in >= 1 && c->n_in <= 3, KILN_ERR_BAD_CALL);
-    const kiln_tensor *X = &c->in[0];
-    int64_t D = X->ndim ? X->shape[X->ndim - 1] : 1;
-    KILN_REQUIRE(X->dtype == KILN_FLOAT32 && c->out.dtype == KILN_FLOAT32 && kiln_numel(&c->out) == kiln_numel(X),
-                 KILN_ERR_SHAPE);
-    for (int k = 1; k < c->n_in; k++)   /* weight (and bias): D floats */
-        KILN_REQUIRE(c->in[k].dtype == KILN_FLOAT32 && kiln_numel(&c->in[k]) == D, KILN_ERR_SHAPE);
-    if (D == 0) return KILN_OK;
-    int64_t rows = kiln_numel(X) / D;
-    const float *w = c->n_in > 1 ? (const float *)c->in[1].data : NULL;
-    const float *b = (layer && c->n_in > 2) ? (const float *)c->in[2].data : NULL;
-#pragma omp parallel for schedule(static) if(rows > 1 && rows * D >= KILN_PAR_MIN)
-    for (int64_t r = 0; r < rows; r++) {
+typedef struct {
+    const kiln_call *c;
+    const kiln_tensor *X;
+    int64_t D;
+    int layer;
+    float eps;
+    const float *w;
+    const float *b;
+} norm_ctx;
+
+static void norm_range(void *p, int64_t lo, int64_t hi, int thread) {
+    (void)thread;
+    const norm_ctx *k = (const norm_ctx *)p;
+    const kiln_call *c = k->c;
+    const kiln_tensor *X = k->X;
+    int64_t D = k->D;
+    int layer = k->layer;
+    float eps = k->eps;
+    const float *w = k->w;
+    const float *b = k->b;
+    for (int64_t r = lo; r < hi; r++) {
         const float *x = (const float *)X->data + r * D;
         float *y = (float *)c->out.data + r * D;
         double mean = 0, ss = 0;
@@ -53,6 +61,22 @@ static int norm(const kiln_call *c, int layer, float eps) {
             for (int64_t i = 0; i < D; i++) y[i] = (x[i] - mf) * rstd;
         }
     }
+}
+
+static int norm(const kiln_call *c, int layer, float eps) {
+    KILN_REQUIRE(c->n_in >= 1 && c->n_in <= 3, KILN_ERR_BAD_CALL);
+    const kiln_tensor *X = &c->in[0];
+    int64_t D = X->ndim ? X->shape[X->ndim - 1] : 1;
+    KILN_REQUIRE(X->dtype == KILN_FLOAT32 && c->out.dtype == KILN_FLOAT32 && kiln_numel(&c->out) == kiln_numel(X),
+                 KILN_ERR_SHAPE);
+    for (int k = 1; k < c->n_in; k++)   /* weight (and bias): D floats */
+        KILN_REQUIRE(c->in[k].dtype == KILN_FLOAT32 && kiln_numel(&c->in[k]) == D, KILN_ERR_SHAPE);
+    if (D == 0) return KILN_OK;
+    int64_t rows = kiln_numel(X) / D;
+    const float *w = c->n_in > 1 ? (const float *)c->in[1].data : NULL;
+    const float *b = (layer && c->n_in > 2) ? (const float *)c->in[2].data : NULL;
+    norm_ctx norm_k = {c, X, D, layer, eps, w, b};
+    kiln_par_for(rows, rows * D, norm_range, &norm_k);
     return KILN_OK;
 }
 

@@ -11,9 +11,6 @@
 #define KILN_QX86 1
 #include <immintrin.h>
 #endif
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #include "quant.h"
 

@@ -2,14 +2,11 @@
  * once at load, the single-thread and threaded entry points and the embedding gather.
  *
  * The threaded driver splits N into chunks of whole KILN_QMM_NR-row panels (more chunks
- * than threads, taken dynamically) through qpool_parallel: a stand-in over OpenMP until
- * the process-wide pool (kiln_pool_parallel in csrc/pool.c) replaces it.
+ * than threads, taken dynamically) over Kiln's thread pool (pool.h).
  */
 #include <stdint.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
+#include "pool.h"
 #include "quant.h"
 
 static const kiln_qkernels *qk = &kiln_qk_generic;
@@ -80,14 +77,12 @@ int kiln_qmm(const kiln_qmm_args *p) {
 /* ---- the pool stand-in ---- */
 typedef void (*qpool_fn)(void *ctx, int64_t chunk, int thread);
 
+/* Kiln's pool, when its thread indices fit the nthreads panels in scratch; else inline. */
 static void qpool_parallel(int64_t n_chunks, int nthreads, qpool_fn fn, void *ctx) {
-#ifdef _OPENMP
-    if (nthreads > 1 && n_chunks > 1) {
-#pragma omp parallel for schedule(dynamic, 1) num_threads(nthreads)
-        for (int64_t c = 0; c < n_chunks; c++) fn(ctx, c, omp_get_thread_num());
+    if (nthreads > 1 && n_chunks > 1 && kiln_pool_threads() <= nthreads) {
+        kiln_pool_parallel(n_chunks, fn, ctx);
         return;
     }
-#endif
     for (int64_t c = 0; c < n_chunks; c++) fn(ctx, c, 0);
 }
 

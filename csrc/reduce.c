@@ -9,10 +9,104 @@
 #include <math.h>
 
 #include "kiln.h"
+#include "par.h"
 
 enum { R_SUM, R_MEAN, R_MAX };
 
 static int64_t ld(const kiln_tensor *t, int64_t i) { return kiln_load_i64(t->data, t->dtype, i); }
+
+typedef struct {
+    const kiln_tensor *X;
+    const kiln_tensor *O;
+    int isf;
+    int kind;
+    int64_t R;
+} rowred_ctx;
+
+static void rowred_range(void *p, int64_t begin, int64_t end, int thread) {
+    (void)thread;
+    const rowred_ctx *k = (const rowred_ctx *)p;
+    const kiln_tensor *X = k->X;
+    const kiln_tensor *O = k->O;
+    int isf = k->isf;
+    int kind = k->kind;
+    int64_t R = k->R;
+    for (int64_t o = begin; o < end; o++) {
+        int64_t base = o * R;
+        if (isf) {
+            const float *x = (const float *)X->data + base;
+            float *y = (float *)O->data;
+            if (kind == R_MAX) {
+                float mx = -INFINITY;
+                int nan = 0;
+                for (int64_t r = 0; r < R; r++) {
+                    mx = x[r] > mx ? x[r] : mx;
+                    nan |= x[r] != x[r];
+                }
+                y[o] = nan ? NAN : mx;
+            } else {
+                double s = 0;
+#pragma omp simd reduction(+ : s)
+                for (int64_t r = 0; r < R; r++) s += x[r];
+                y[o] = (float)(kind == R_MEAN ? s / (double)R : s);
+            }
+        } else {
+            int64_t *y = (int64_t *)O->data;
+            int64_t acc = kind == R_MAX ? INT64_MIN : 0;
+            for (int64_t r = 0; r < R; r++) {
+                int64_t v = ld(X, base + r);
+                acc = kind == R_MAX ? (v > acc ? v : acc) : (int64_t)((uint64_t)acc + (uint64_t)v);
+            }
+            y[o] = kind == R_MEAN ? kiln_f2i64(R ? (double)acc / (double)R : NAN) : acc;
+        }
+    }
+}
+
+typedef struct {
+    const kiln_tensor *X;
+    const kiln_tensor *O;
+    int kind;
+    int64_t R;
+    int64_t inner;
+    int64_t per;
+    int64_t CH;
+} colred_ctx;
+
+static void colred_range(void *p, int64_t begin, int64_t end, int thread) {
+    (void)thread;
+    const colred_ctx *k = (const colred_ctx *)p;
+    const kiln_tensor *X = k->X;
+    const kiln_tensor *O = k->O;
+    int kind = k->kind;
+    int64_t R = k->R;
+    int64_t inner = k->inner;
+    int64_t per = k->per;
+    int64_t CH = k->CH;
+    for (int64_t t = begin; t < end; t++) {
+        int64_t o = t / per, lo = (t % per) * CH, n = inner - lo < CH ? inner - lo : CH;
+        double acc[256];
+        const float *x = (const float *)X->data + o * R * inner + lo;
+        float *y = (float *)O->data + o * inner + lo;
+        if (kind == R_MAX) {
+            for (int64_t i = 0; i < n; i++) acc[i] = -INFINITY;
+            for (int64_t r = 0; r < R; r++) {
+                const float *xr = x + r * inner;
+                for (int64_t i = 0; i < n; i++)
+                    acc[i] = (xr[i] > acc[i] || xr[i] != xr[i]) ? xr[i] : acc[i];
+            }
+            for (int64_t i = 0; i < n; i++) y[i] = (float)acc[i];
+        } else {
+            for (int64_t i = 0; i < n; i++) acc[i] = 0;
+            for (int64_t r = 0; r < R; r++) {
+                const float *xr = x + r * inner;
+#pragma omp simd
+                for (int64_t i = 0; i < n; i++) acc[i] += xr[i];
+            }
+            double div = kind == R_MEAN ? (double)R : 1.0;
+            for (int64_t i = 0; i < n; i++) y[i] = (float)(acc[i] / div);
+        }
+    }
+}
 
 static int reduce(const kiln_call *c, int kind, int64_t mask) {
     KILN_REQUIRE(c->n_in == 1, KILN_ERR_BAD_CALL);
@@ -57,36 +151,8 @@ static int reduce(const kiln_call *c, int kind, int64_t mask) {
         if (nin == 0) R = 0;
         int64_t tasks = outer * inner;
         if (inner == 1) {
-#pragma omp parallel for schedule(static) if(nin >= KILN_PAR_MIN && outer > 1)
-            for (int64_t o = 0; o < outer; o++) {
-                int64_t base = o * R;
-                if (isf) {
-                    const float *x = (const float *)X->data + base;
-                    float *y = (float *)O->data;
-                    if (kind == R_MAX) {
-                        float mx = -INFINITY;
-                        int nan = 0;
-                        for (int64_t r = 0; r < R; r++) {
-                            mx = x[r] > mx ? x[r] : mx;
-                            nan |= x[r] != x[r];
-                        }
-                        y[o] = nan ? NAN : mx;
-                    } else {
-                        double s = 0;
-#pragma omp simd reduction(+ : s)
-                        for (int64_t r = 0; r < R; r++) s += x[r];
-                        y[o] = (float)(kind == R_MEAN ? s / (double)R : s);
-                    }
-                } else {
-                    int64_t *y = (int64_t *)O->data;
-                    int64_t acc = kind == R_MAX ? INT64_MIN : 0;
-                    for (int64_t r = 0; r < R; r++) {
-                        int64_t v = ld(X, base + r);
-                        acc = kind == R_MAX ? (v > acc ? v : acc) : (int64_t)((uint64_t)acc + (uint64_t)v);
-                    }
-                    y[o] = kind == R_MEAN ? kiln_f2i64(R ? (double)acc / (double)R : NAN) : acc;
-                }
-            }
+            rowred_ctx rowred_k = {X, O, isf, kind, R};
+            kiln_par_for(outer, nin, rowred_range, &rowred_k);
             return KILN_OK;
         }
         /* [outer, R, inner]: accumulate whole rows of `inner` (vectorized over inner) */
@@ -94,31 +160,8 @@ static int reduce(const kiln_call *c, int kind, int64_t mask) {
         if (isf) {
             const int64_t CH = 256;
             int64_t per = (inner + CH - 1) / CH;
-#pragma omp parallel for schedule(static) if(nin >= KILN_PAR_MIN && outer * per > 1)
-            for (int64_t t = 0; t < outer * per; t++) {
-                int64_t o = t / per, lo = (t % per) * CH, n = inner - lo < CH ? inner - lo : CH;
-                double acc[256];
-                const float *x = (const float *)X->data + o * R * inner + lo;
-                float *y = (float *)O->data + o * inner + lo;
-                if (kind == R_MAX) {
-                    for (int64_t i = 0; i < n; i++) acc[i] = -INFINITY;
-                    for (int64_t r = 0; r < R; r++) {
-                        const float *xr = x + r * inner;
-                        for (int64_t i = 0; i < n; i++)
-                            acc[i] = (xr[i] > acc[i] || xr[i] != xr[i]) ? xr[i] : acc[i];
-                    }
-                    for (int64_t i = 0; i < n; i++) y[i] = (float)acc[i];
-                } else {
-                    for (int64_t i = 0; i < n; i++) acc[i] = 0;
-                    for (int64_t r = 0; r < R; r++) {
-                        const float *xr = x + r * inner;
-#pragma omp simd
-                        for (int64_t i = 0; i < n; i++) acc[i] += xr[i];
-                    }
-                    double div = kind == R_MEAN ? (double)R : 1.0;
-                    for (int64_t i = 0; i < n; i++) y[i] = (float)(acc[i] / div);
-                }
-            }
+            colred_ctx colred_k = {X, O, kind, R, inner, per, CH};
+            kiln_par_for(outer * per, nin, colred_range, &colred_k);
         } else {
             int64_t *y = (int64_t *)O->data;
             for (int64_t o = 0; o < outer; o++)

@@ -1,14 +1,11 @@
 /* The dispatch loop and the library's control surface (threads, BLAS, build info). */
+#define _POSIX_C_SOURCE 199309L  /* clock_gettime under -std=c11 */
 #include <time.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "kiln.h"
+#include "pool.h"
 
 kiln_sgemm_fn kiln_blas_sgemm = NULL;
 static void (*blas_set_threads)(int) = NULL;
-static int num_threads = 1;
 
 static int64_t now_ns(void) {
     struct timespec ts;
@@ -91,25 +88,16 @@ const char *kiln_strerror(int code) {
 int64_t kiln_num_ops(void) { return KILN_NUM_OPS; }
 const char *kiln_op_name(int64_t id) { return id >= 0 && id < KILN_NUM_OPS ? kiln_op_names[id] : NULL; }
 
+/* The kernels' threads are Kiln's pool (pool.h): n threads, the caller included. */
 void kiln_set_num_threads(int n) {
-    if (n < 1) n = 1;
-    num_threads = n;
-#ifdef _OPENMP
-    omp_set_num_threads(n);
-#endif
-    /* The BLAS always runs in the calling thread: Kiln splits GEMMs over its own OpenMP
-     * threads. Two thread pools (OpenBLAS's pthreads and OpenMP) that each spin-wait between
+    kiln_pool_set_threads(n < 1 ? 1 : n);
+    /* The BLAS always runs in the calling thread: Kiln splits GEMMs over its own pool.
+     * Two thread pools (OpenBLAS's pthreads and Kiln's) that each spin-wait between
      * calls fight over the cores, which on 2 cores cost milliseconds per switch. */
     if (blas_set_threads) blas_set_threads(1);
 }
 
-int kiln_get_num_threads(void) {
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
+int kiln_get_num_threads(void) { return kiln_pool_threads(); }
 
 int kiln_set_blas(void *sgemm, void *set_threads) {
     kiln_blas_sgemm = (kiln_sgemm_fn)sgemm;
@@ -134,11 +122,7 @@ int kiln_set_blas(void *sgemm, void *set_threads) {
 #else
 #define KILN_CC "cc"
 #endif
-#ifdef _OPENMP
-#define KILN_OMP " openmp"
-#else
-#define KILN_OMP ""
-#endif
+#define KILN_OMP " pool"
 #if defined(__SANITIZE_ADDRESS__)
 #define KILN_SAN " asan"
 #else

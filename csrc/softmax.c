@@ -6,6 +6,7 @@
 #include <math.h>
 
 #include "kiln.h"
+#include "par.h"
 #include "vmath.h"
 
 /* One contiguous row of L. */
@@ -64,6 +65,30 @@ static void softmax_cols(float *y, const float *x, int64_t L, int64_t inner, int
     }
 }
 
+typedef struct {
+    float *y;
+    const float *x;
+    int64_t L, inner, per;
+    int logsm;
+} softmax_ctx;
+
+static void rows_range(void *p, int64_t begin, int64_t end, int thread) {
+    (void)thread;
+    const softmax_ctx *k = (const softmax_ctx *)p;
+    for (int64_t o = begin; o < end; o++) softmax_row(k->y + o * k->L, k->x + o * k->L, k->L, k->logsm);
+}
+
+/* task t: columns [lo, lo + 64) of outer slice t / per */
+static void cols_range(void *p, int64_t begin, int64_t end, int thread) {
+    (void)thread;
+    const softmax_ctx *k = (const softmax_ctx *)p;
+    int64_t L = k->L, inner = k->inner, per = k->per;
+    for (int64_t t = begin; t < end; t++) {
+        int64_t o = t / per, lo = (t % per) * 64, n = inner - lo < 64 ? inner - lo : 64;
+        softmax_cols(k->y + o * L * inner + lo, k->x + o * L * inner + lo, L, inner, n, k->logsm);
+    }
+}
+
 static int softmax(const kiln_call *c, int logsm, int64_t axis) {
     const kiln_tensor *X = &c->in[0], *O = &c->out;
     KILN_REQUIRE(c->n_in == 1, KILN_ERR_BAD_CALL);
@@ -77,16 +102,13 @@ static int softmax(const kiln_call *c, int logsm, int64_t axis) {
     float *y = (float *)c->out.data;
     int64_t total = outer * L * inner;
     if (inner == 1) {
-#pragma omp parallel for schedule(static) if(outer > 1 && total >= KILN_PAR_MIN)
-        for (int64_t o = 0; o < outer; o++) softmax_row(y + o * L, x + o * L, L, logsm);
+        softmax_ctx k = {y, x, L, 1, 1, logsm};
+        kiln_par_for(outer, total, rows_range, &k);
         return KILN_OK;
     }
     int64_t per = (inner + 63) / 64;
-#pragma omp parallel for schedule(static) if(outer * per > 1 && total >= KILN_PAR_MIN)
-    for (int64_t t = 0; t < outer * per; t++) {
-        int64_t o = t / per, lo = (t % per) * 64, n = inner - lo < 64 ? inner - lo : 64;
-        softmax_cols(y + o * L * inner + lo, x + o * L * inner + lo, L, inner, n, logsm);
-    }
+    softmax_ctx k = {y, x, L, inner, per, logsm};
+    kiln_par_for(outer * per, total, cols_range, &k);
     return KILN_OK;
 }
 

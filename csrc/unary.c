@@ -2,13 +2,23 @@
 #include <math.h>
 
 #include "kiln.h"
+#include "par.h"
 #include "vmath.h"
 
-/* Each task handles one KILN_CHUNK-sized slice; tiny tensors stay on one thread. */
+typedef struct {
+    void *y;
+    const void *x;
+} unary_ctx;
+
+/* Ranges of elements over the pool; tiny tensors stay on the caller. */
 #define UNARY_KERNEL(name, EXPR)                                                    \
-    static void name##_span(float *y, const float *x, int64_t n) {                  \
+    static void name##_range(void *p, int64_t lo, int64_t hi, int thread) {         \
+        (void)thread;                                                               \
+        const unary_ctx *u = (const unary_ctx *)p;                                  \
+        float *y = (float *)u->y;                                                   \
+        const float *x = (const float *)u->x;                                       \
         _Pragma("omp simd")                                                         \
-        for (int64_t i = 0; i < n; i++) {                                           \
+        for (int64_t i = lo; i < hi; i++) {                                         \
             float v = x[i];                                                         \
             y[i] = (EXPR);                                                          \
         }                                                                           \
@@ -17,15 +27,9 @@
         KILN_REQUIRE(c->n_in == 1, KILN_ERR_BAD_CALL);                              \
         KILN_REQUIRE(c->in[0].dtype == KILN_FLOAT32 && c->out.dtype == KILN_FLOAT32 && \
                      kiln_numel(&c->in[0]) == kiln_numel(&c->out), KILN_ERR_SHAPE);  \
-        const float *x = (const float *)c->in[0].data;                              \
-        float *y = (float *)c->out.data;                                            \
+        unary_ctx u = {c->out.data, c->in[0].data};                                 \
         int64_t n = kiln_numel(&c->out);                                            \
-        int64_t nchunks = (n + KILN_CHUNK - 1) / KILN_CHUNK;                        \
-        _Pragma("omp parallel for schedule(static) if(n >= KILN_PAR_MIN)")          \
-        for (int64_t t = 0; t < nchunks; t++) {                                     \
-            int64_t lo = t * KILN_CHUNK, hi = lo + KILN_CHUNK < n ? lo + KILN_CHUNK : n; \
-            name##_span(y + lo, x + lo, hi - lo);                                   \
-        }                                                                           \
+        kiln_par_for(n, n, name##_range, &u);                                       \
         return KILN_OK;                                                             \
     }
 
@@ -55,16 +59,33 @@ void kiln_vexp(float *y, const float *x, int64_t n) {
 }
 
 /* -- cast ---------------------------------------------------------------------------- */
-#define CAST_LOOP(TI, TO, EXPR)                                                     \
-    do {                                                                            \
-        const TI *x = (const TI *)c->in[0].data;                                    \
-        TO *y = (TO *)c->out.data;                                                  \
-        _Pragma("omp parallel for simd schedule(static) if(n >= 4 * KILN_PAR_MIN)") \
-        for (int64_t i = 0; i < n; i++) {                                           \
+/* Casts run over element ranges too: one range function per (from, to) pair. */
+#define CAST_FN(name, TI, TO, EXPR)                                                 \
+    static void name(void *p, int64_t lo, int64_t hi, int thread) {                 \
+        (void)thread;                                                               \
+        const unary_ctx *u = (const unary_ctx *)p;                                  \
+        const TI *x = (const TI *)u->x;                                             \
+        TO *y = (TO *)u->y;                                                         \
+        _Pragma("omp simd")                                                         \
+        for (int64_t i = lo; i < hi; i++) {                                         \
             TI v = x[i];                                                            \
             y[i] = (EXPR);                                                          \
         }                                                                           \
-    } while (0)
+    }
+
+CAST_FN(f32_i64, float, int64_t, (v == v && v >= -9.2233720e18f && v < 9.2233720e18f) ? (int64_t)v : INT64_MIN)
+/* numpy goes through int64 then wraps on x86 for moderate values; out of range -> INT32_MIN */
+CAST_FN(f32_i32, float, int32_t, (v == v && v > -2147483904.0f && v < 2147483648.0f) ? (int32_t)v : INT32_MIN)
+CAST_FN(f32_b, float, uint8_t, v != 0.0f)
+CAST_FN(i64_f32, int64_t, float, (float)v)
+CAST_FN(i64_i32, int64_t, int32_t, (int32_t)(uint32_t)(uint64_t)v)
+CAST_FN(i64_b, int64_t, uint8_t, v != 0)
+CAST_FN(i32_f32, int32_t, float, (float)v)
+CAST_FN(i32_i64, int32_t, int64_t, (int64_t)v)
+CAST_FN(i32_b, int32_t, uint8_t, v != 0)
+CAST_FN(b_f32, uint8_t, float, v ? 1.0f : 0.0f)
+CAST_FN(b_i64, uint8_t, int64_t, v ? 1 : 0)
+CAST_FN(b_i32, uint8_t, int32_t, v ? 1 : 0)
 
 #define PAIR(a, b) ((a) * 8 + (b))
 
@@ -77,26 +98,25 @@ int kiln_k_cast(const kiln_call *c) {
         if (c->out.data != c->in[0].data) memmove(c->out.data, c->in[0].data, (size_t)(n * kiln_itemsize(di)));
         return KILN_OK;
     }
+    kiln_range_fn f = NULL;
     switch (PAIR(di, dout)) {
-    case PAIR(KILN_FLOAT32, KILN_INT64):
-        CAST_LOOP(float, int64_t, (v == v && v >= -9.2233720e18f && v < 9.2233720e18f) ? (int64_t)v : INT64_MIN);
-        break;
-    case PAIR(KILN_FLOAT32, KILN_INT32):
-        /* numpy goes through int64 then wraps on x86 for moderate values; out of range -> INT32_MIN */
-        CAST_LOOP(float, int32_t, (v == v && v > -2147483904.0f && v < 2147483648.0f) ? (int32_t)v : INT32_MIN);
-        break;
-    case PAIR(KILN_FLOAT32, KILN_BOOL): CAST_LOOP(float, uint8_t, v != 0.0f); break;
-    case PAIR(KILN_INT64, KILN_FLOAT32): CAST_LOOP(int64_t, float, (float)v); break;
-    case PAIR(KILN_INT64, KILN_INT32): CAST_LOOP(int64_t, int32_t, (int32_t)(uint32_t)(uint64_t)v); break;
-    case PAIR(KILN_INT64, KILN_BOOL): CAST_LOOP(int64_t, uint8_t, v != 0); break;
-    case PAIR(KILN_INT32, KILN_FLOAT32): CAST_LOOP(int32_t, float, (float)v); break;
-    case PAIR(KILN_INT32, KILN_INT64): CAST_LOOP(int32_t, int64_t, (int64_t)v); break;
-    case PAIR(KILN_INT32, KILN_BOOL): CAST_LOOP(int32_t, uint8_t, v != 0); break;
-    case PAIR(KILN_BOOL, KILN_FLOAT32): CAST_LOOP(uint8_t, float, v ? 1.0f : 0.0f); break;
-    case PAIR(KILN_BOOL, KILN_INT64): CAST_LOOP(uint8_t, int64_t, v ? 1 : 0); break;
-    case PAIR(KILN_BOOL, KILN_INT32): CAST_LOOP(uint8_t, int32_t, v ? 1 : 0); break;
+    case PAIR(KILN_FLOAT32, KILN_INT64): f = f32_i64; break;
+    case PAIR(KILN_FLOAT32, KILN_INT32): f = f32_i32; break;
+    case PAIR(KILN_FLOAT32, KILN_BOOL): f = f32_b; break;
+    case PAIR(KILN_INT64, KILN_FLOAT32): f = i64_f32; break;
+    case PAIR(KILN_INT64, KILN_INT32): f = i64_i32; break;
+    case PAIR(KILN_INT64, KILN_BOOL): f = i64_b; break;
+    case PAIR(KILN_INT32, KILN_FLOAT32): f = i32_f32; break;
+    case PAIR(KILN_INT32, KILN_INT64): f = i32_i64; break;
+    case PAIR(KILN_INT32, KILN_BOOL): f = i32_b; break;
+    case PAIR(KILN_BOOL, KILN_FLOAT32): f = b_f32; break;
+    case PAIR(KILN_BOOL, KILN_INT64): f = b_i64; break;
+    case PAIR(KILN_BOOL, KILN_INT32): f = b_i32; break;
     default:
         for (int64_t i = 0; i < n; i++) kiln_store_f64(c->out.data, dout, i, kiln_load_f64(c->in[0].data, di, i));
+        return KILN_OK;
     }
+    unary_ctx u = {c->out.data, c->in[0].data};
+    kiln_par_for(n, n / 4, f, &u);  /* a cast is cheap per element: split only large ones */
     return KILN_OK;
 }

@@ -6,6 +6,7 @@ wires it into the ``kiln`` command:
 
     kiln bench --quick                       # ~10 minutes: 2-layer GPT-2/Qwen3 bodies, SmolLM2 whole
     kiln bench --models gpt2-2L,qwen3-28L --seqs 16,256 --rounds 10 --out bench/out
+    kiln bench --models qwen3-2L --seqs 16,256 --decode qwen3-2L --busy 1   # speed kept beside a busy process
 
 Writes results.json (raw timings), results.md (tables: ms and ratios to each peer) and
 latency.png / memory.png into --out.

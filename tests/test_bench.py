@@ -66,3 +66,39 @@ def test_flops_and_report_helpers():
     with pytest.raises(ValueError):
         models.spec("gpt2")
     assert "# Kiln benchmark results" in report.markdown({"configs": {}})
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return "gone"
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self"), reason="reads /proc")
+def test_busy_loops_spin_stop_by_themselves_and_are_killed():
+    import time
+
+    from bench.busy import busy_loops
+    with busy_loops(2, limit_s=60) as pids:
+        assert len(pids) == 2 and all(_state(p) in "RS" for p in pids)
+    assert all(_state(p) == "gone" for p in pids)  # killed and reaped on the way out
+    with busy_loops(1, limit_s=0.2) as (pid,):
+        deadline = time.monotonic() + 30
+        while _state(pid) not in ("Z", "gone") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _state(pid) in ("Z", "gone")  # exited at its own deadline, nobody killed it
+
+
+def test_busy_option_times_beside_busy_loops(tmp_path):
+    from bench import run
+    from kiln.backends import clib
+    args = _args(tmp_path)
+    args.busy, args.seqs = 1, "8"
+    if not clib.available():
+        args.executor = "interpreted"
+    res = run.run_all(args)
+    busy = res["configs"]["tiny-2L"]["seqs"]["8"]["busy"]
+    assert busy["loops"] == 1 and busy["kept"]["kiln"] > 0 and busy["median_ms"]["eager"] > 0
+    assert "| tiny-2L | 8 | kiln |" in (tmp_path / "busy.md").read_text()
