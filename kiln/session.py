@@ -99,13 +99,16 @@ def load(path: str | os.PathLike, *, executor: str = "compiled") -> Session:
 
 
 def compile(module, example_args: Sequence, *, dynamic_shapes=None, executor: str = "compiled",
-            optimize: bool = True, passes: Optional[Sequence[str]] = None) -> Session:
+            optimize: bool = True, passes: Optional[Sequence[str]] = None,
+            quantize: Optional[str] = None, act: str = "exact") -> Session:
     """Capture ``module`` with torch.export, optimize the graph and return a Session.
 
     dynamic_shapes uses torch.export's own format, e.g. ``{"input_ids": {1: Dim("seq", max=1024)}}``.
     ``passes`` names the optimization stages to run (default: all); ``optimize=False`` runs none.
     ``session.meta["compile_ms"]`` holds where the time went: "torch.export", "decompose",
     "convert", one "stage:NAME" per optimization stage, and "total" (milliseconds).
+    ``quantize`` ("int8", "q8_0", "q4_0", "q4_k") stores the constant matmul weights in that
+    format, run by the quantized matmul; ``act`` its activation mode ("exact": fp32, "int8").
     """
     import time
 
@@ -118,7 +121,9 @@ def compile(module, example_args: Sequence, *, dynamic_shapes=None, executor: st
     if optimize:
         from .passes.pipeline import optimize as run_passes
         log: list = []
-        graph = run_passes(graph, stages=passes, log=log)
+        from .passes.quantize import QuantizeConfig
+        cfg = QuantizeConfig(quantize, act) if quantize else None
+        graph = run_passes(graph, stages=passes, log=log, quantize_cfg=cfg, qmode=act)
         ms.update({f"stage:{e.name}": e.ms for e in log})
     session = Session(graph, executor=executor)
     ms["total"] = 1e3 * (time.perf_counter() - t0)

@@ -19,12 +19,13 @@ import numpy as np
 from ..errors import FileFormatError, KilnError
 from ..core import dims
 from ..core.dims import Sym
-from .graph import ACT, CONST, INPUT, STATE, Graph, Tensor
+from .graph import ACT, CONST, INPUT, PLAIN, STATE, Graph, Tensor
 from .kv_cache import KVCacheInfo
 
-FORMAT = "kiln-graph/1"
+FORMAT = "kiln-graph/2"     # /2: a constant may name a storage type (its bytes stored as U8)
+READS = ("kiln-graph/1", FORMAT)
 _ST_DTYPES = {"float32": "F32", "int64": "I64", "int32": "I32", "bool": "BOOL"}
-_NP_DTYPES = {"F32": np.float32, "I64": np.int64, "I32": np.int32, "BOOL": np.bool_}
+_NP_DTYPES = {"F32": np.float32, "I64": np.int64, "I32": np.int32, "BOOL": np.bool_, "U8": np.uint8}
 MAX_HEADER = 512 * 2**20
 
 
@@ -71,7 +72,8 @@ def graph_to_json(g: Graph) -> dict:
         "format": FORMAT,
         "inputs": list(g.inputs), "outputs": list(g.outputs),
         "tensors": [dict({"name": t.name, "shape": _shape_enc(t.shape), "dtype": t.dtype, "kind": t.kind},
-                         **({"init": "zeros"} if _zero_state(g, t) else {}))
+                         **({"init": "zeros"} if _zero_state(g, t) else {}),
+                         **({"storage": t.storage} if t.storage != PLAIN else {}))
                     for t in g.tensors.values() if t.kind != ACT],
         "nodes": [{"op": n.op, "inputs": n.inputs, "output": n.output, "source": n.source,
                    "attrs": None if n.attrs is None else
@@ -99,7 +101,13 @@ def save(g: Graph, path: str | os.PathLike, extra: dict | None = None) -> None:
         if _zero_state(g, g.tensors[name]):
             continue  # a zero-initialized KV cache is recreated on load, not stored
         arr = np.ascontiguousarray(arr)
-        header[name] = {"dtype": _ST_DTYPES[g.tensors[name].dtype], "shape": list(arr.shape),
+        stored = g.tensors[name].storage != PLAIN
+        if stored:  # blocks as they are, 64-byte aligned in the file (so in the memory map)
+            pad = -offset % 64
+            if pad:
+                arrays.append(np.zeros(pad, np.uint8))
+                offset += pad
+        header[name] = {"dtype": "U8" if stored else _ST_DTYPES[g.tensors[name].dtype], "shape": list(arr.shape),
                         "data_offsets": [offset, offset + arr.nbytes]}
         offset += arr.nbytes
         arrays.append(arr)
@@ -161,9 +169,22 @@ def load(path: str | os.PathLike) -> tuple[Graph, dict]:
     return graph_from_json(gj, arrays, str(path)), extra
 
 
+def _stored_const(g: Graph, name, kind, dtype, shape, st, arrays, where) -> None:
+    """A constant in a storage type: its U8 bytes, checked against the table, kept mapped."""
+    if kind != CONST or dtype != "float32" or not isinstance(st, str) or not dims.is_static(shape):
+        raise FileFormatError(f"{where}: tensor {name!r}: storage {st!r} needs a static float32 constant")
+    raw = arrays.get(name)
+    if raw is None:
+        raise FileFormatError(f"{where}: tensor {name!r}: data missing from the file")
+    try:
+        g.add_stored_const(name, raw, shape, st)
+    except KilnError as e:
+        raise FileFormatError(f"{where}: tensor {name!r}: {e}") from None
+
+
 def graph_from_json(gj: Any, arrays: dict[str, np.ndarray], where: str = "model") -> Graph:
     from ..ops import registry
-    if not isinstance(gj, dict) or gj.get("format") != FORMAT:
+    if not isinstance(gj, dict) or gj.get("format") not in READS:
         raise FileFormatError(f"{where}: field format is {gj.get('format') if isinstance(gj, dict) else gj!r}, "
                               f"expected {FORMAT!r}")
     g = Graph()
@@ -173,6 +194,10 @@ def graph_from_json(gj: Any, arrays: dict[str, np.ndarray], where: str = "model"
             if kind not in (INPUT, CONST, STATE) or dtype not in _ST_DTYPES:
                 raise FileFormatError(f"{where}: tensor {name!r}: bad kind {kind!r} or dtype {dtype!r}")
             shape = _shape_dec(t["shape"], f"{where}: tensor {name!r}")
+            st = t.get("storage", PLAIN)
+            if st != PLAIN:
+                _stored_const(g, name, kind, dtype, shape, st, arrays, where)
+                continue
             if kind == STATE and t.get("init") == "zeros":
                 if not dims.is_static(shape):
                     raise FileFormatError(f"{where}: state {name!r} has a symbolic shape")

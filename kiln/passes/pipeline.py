@@ -27,7 +27,7 @@ from typing import Callable, Optional, Sequence, Union
 from ..errors import KilnError
 from ..ir.graph import Graph
 from ..ir.validate import validate
-from . import absorb, attention, canonical, fusions
+from . import absorb, attention, canonical, fusions, quantize
 from .engine import RuleSet, rewrite
 from .cse import cse
 from .fold import constant_folding
@@ -39,6 +39,7 @@ STAGES: list[Stage] = [
     ("canonicalize", canonical.RULES),
     ("absorb", absorb.RULES + canonical.RULES),
     ("fold", constant_folding),
+    ("quantize", None),   # only with a QuantizeConfig: fp32 matmul weights → stored + dequantize
     ("dedupe", cse),
     ("fuse-softmax", attention.SOFTMAX + canonical.RULES),
     ("fuse-attention", attention.ATTENTION + attention.GQA),
@@ -49,6 +50,7 @@ STAGES: list[Stage] = [
     ("fuse-gated", fusions.GATED),
     ("bias", fusions.BIAS),
     ("epilogue", fusions.EPILOGUE),
+    ("fuse-quant", quantize.FUSE),  # matmul(x, dequantize(W)) → qmatmul, after bias/act fusion
     ("merge-matmuls", merge_parallel_matmuls),
     ("fuse-gated-packed", fusions.GATED_PACKED),
     ("cse", cse),
@@ -70,8 +72,11 @@ class StageLog:
         return f"{self.name:18s} {self.nodes_before:5d} → {self.nodes_after:5d} nodes  {self.ms:7.1f} ms  {fired}"
 
 
-def optimize(graph: Graph, stages: Optional[Sequence[str]] = None, log: Optional[list] = None) -> Graph:
-    """Run the named stages (default: all, in pipeline order) on a copy of ``graph``."""
+def optimize(graph: Graph, stages: Optional[Sequence[str]] = None, log: Optional[list] = None, *,
+             quantize_cfg: Optional["quantize.QuantizeConfig"] = None, qmode: Optional[str] = None) -> Graph:
+    """Run the named stages (default: all, in pipeline order) on a copy of ``graph``.
+    ``quantize_cfg`` turns the quantize stage on; ``qmode`` (default: the config's mode, else
+    "exact") is the activation mode of the quantized matmuls the fusion makes."""
     wanted = STAGE_NAMES if stages is None else list(stages)
     unknown = [s for s in wanted if s not in STAGE_NAMES]
     if unknown:
@@ -82,6 +87,12 @@ def optimize(graph: Graph, stages: Optional[Sequence[str]] = None, log: Optional
             continue
         before = len(g.nodes)
         t0 = time.perf_counter()
+        if name == "quantize":
+            if quantize_cfg is None:
+                continue
+            stage = quantize.make_stage(quantize_cfg)
+        if name == "fuse-quant":
+            stage = quantize.fuse_rules(qmode or (quantize_cfg.mode if quantize_cfg else None))
         if isinstance(stage, RuleSet):
             fired = rewrite(g, stage)
         else:
