@@ -112,7 +112,7 @@ def save(g: Graph, path: str | os.PathLike, extra: dict | None = None) -> None:
         offset += arr.nbytes
         arrays.append(arr)
     blob = json.dumps(header).encode()
-    blob += b" " * (-len(blob) % 64)  # align the data section for vector loads from the mmap
+    blob += b" " * (-(8 + len(blob)) % 64)  # data section 64-byte aligned in the file (vector loads from the mmap)
     tmp = f"{path}.tmp"
     with open(tmp, "wb") as f:
         f.write(struct.pack("<Q", len(blob)))

@@ -92,7 +92,7 @@ def optimize(graph: Graph, stages: Optional[Sequence[str]] = None, log: Optional
                 continue
             stage = quantize.make_stage(quantize_cfg)
         if name == "fuse-quant":
-            stage = quantize.fuse_rules(qmode or (quantize_cfg.mode if quantize_cfg else None))
+            stage = quantize.fuse_stage(qmode or (quantize_cfg.mode if quantize_cfg else None))
         if isinstance(stage, RuleSet):
             fired = rewrite(g, stage)
         else:

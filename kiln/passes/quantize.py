@@ -22,7 +22,7 @@ from ..core import storage
 from ..errors import KilnError
 from ..ir.graph import CONST, PLAIN, Graph
 from ..ops.quant import C_FORMATS, MODES
-from .engine import Rule, RuleSet
+from .engine import Rule, RuleSet, rewrite
 from .pattern import Any, Const, Op
 
 # --quantize names -> storage types
@@ -150,3 +150,28 @@ def fuse_rules(mode: Optional[str] = None) -> RuleSet:
 
 
 FUSE = fuse_rules()
+
+
+def split_shared_dequantize(graph: Graph) -> int:
+    """One dequantize node per reader (CSE merges them; the rule needs its dequantize private,
+    e.g. a tied embedding and LM head each read the same blocks). Nodes only: no data copied."""
+    split = 0
+    for node in [n for n in graph.nodes if n.op == "dequantize"]:
+        readers = graph.users(node.output)
+        for r in readers[1:]:
+            idx = graph.nodes.index(r)
+            dq = graph.add_node("dequantize", list(node.inputs), node.attrs, name=node.output, index=idx,
+                                source=node.source)
+            graph.set_inputs(r, [dq if i == node.output else i for i in r.inputs])
+            split += 1
+    return split
+
+
+def fuse_stage(mode: Optional[str] = None):
+    """The "fuse-quant" stage: split shared dequantize nodes, then apply the rules."""
+    rules = fuse_rules(mode)
+
+    def stage(graph: Graph) -> int:
+        split_shared_dequantize(graph)
+        return sum(rewrite(graph, rules).values())
+    return stage
