@@ -100,7 +100,7 @@ def load(path: str | os.PathLike, *, executor: str = "compiled") -> Session:
 
 def compile(module, example_args: Sequence, *, dynamic_shapes=None, executor: str = "compiled",
             optimize: bool = True, passes: Optional[Sequence[str]] = None,
-            quantize: Optional[str] = None, act: str = "exact") -> Session:
+            quantize: Optional[str] = None, act: str = "exact", prepare=None) -> Session:
     """Capture ``module`` with torch.export, optimize the graph and return a Session.
 
     dynamic_shapes uses torch.export's own format, e.g. ``{"input_ids": {1: Dim("seq", max=1024)}}``.
@@ -109,6 +109,8 @@ def compile(module, example_args: Sequence, *, dynamic_shapes=None, executor: st
     "convert", one "stage:NAME" per optimization stage, and "total" (milliseconds).
     ``quantize`` ("int8", "q8_0", "q4_0", "q4_k") stores the constant matmul weights in that
     format, run by the quantized matmul; ``act`` its activation mode ("exact": fp32, "int8").
+    ``prepare(graph)`` is called on the exported graph before optimization (the GGUF loader
+    swaps placeholder weights for the file's blocks there).
     """
     import time
 
@@ -118,6 +120,8 @@ def compile(module, example_args: Sequence, *, dynamic_shapes=None, executor: st
     graph = export(module, tuple(example_args) if isinstance(example_args, (list, tuple)) else (example_args,),
                    dynamic_shapes=dynamic_shapes, timings=steps)
     ms = {k: 1e3 * v for k, v in steps.items() if isinstance(v, float)}
+    if prepare is not None:
+        prepare(graph)
     if optimize:
         from .passes.pipeline import optimize as run_passes
         log: list = []

@@ -20,8 +20,14 @@ Progress = Callable[[str], None]
 
 def load_model(spec: Union[str, os.PathLike] = "default", *, executor: str = "compiled", max_len: Optional[int] = None,
                keep_torch: bool = False, progress: Optional[Progress] = None, last_only: bool = True,
-               cache: bool = True) -> LanguageModel:
+               cache: bool = True, dtype: str = "native", quantize: Optional[str] = None,
+               act: str = "exact") -> LanguageModel:
     """'default' (SmolLM2-135M-Instruct), a Hugging Face model folder, or a .gguf file → LanguageModel.
+
+    ``dtype`` "native": a GGUF's quantized weights run in their own blocks (qmatmul); "f32":
+    everything dequantized to fp32 at load. ``quantize`` ("int8", "q8_0", "q4_0", "q4_k")
+    quantizes an fp32 model's matmul weights at compile time; ``act`` is the quantized
+    matmuls' activation mode ("exact" or "int8").
 
     ``progress`` is called with the name of each step as it starts (loading, compiling, ...).
     ``cache`` decodes with a KV cache of ``max_len`` positions (else the prefix is recomputed).
@@ -30,7 +36,9 @@ def load_model(spec: Union[str, os.PathLike] = "default", *, executor: str = "co
     say = progress or (lambda _msg: None)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    parts, name = load_parts(spec, say)
+    if dtype not in ("native", "f32"):
+        raise KilnError(f"dtype must be 'native' or 'f32', got {dtype!r}")
+    parts, name, stored = load_parts_stored(spec, say, native=dtype == "native" and not quantize)
     timings["load"] = time.perf_counter() - t0
     model = parts.model
     limit = context_length(model.config)
@@ -39,7 +47,13 @@ def load_model(spec: Union[str, os.PathLike] = "default", *, executor: str = "co
         raise KilnError(f"max_len must be in [2, {limit}] for this model, got {max_len}")
     say(f"exporting and compiling with Kiln (executor {executor}, sequence length 1..{max_len})")
     t0 = time.perf_counter()
-    compiled = compile_causal_lm(model, max_len=max_len, executor=executor, last_only=last_only)
+    quant: dict = {"act": act}
+    if stored:
+        from .gguf_quant import attach
+        quant["prepare"] = lambda g: attach(g, stored, prefix="model.")
+    if quantize:
+        quant["quantize"] = quantize
+    compiled = compile_causal_lm(model, max_len=max_len, executor=executor, last_only=last_only, **quant)
     cached = None
     if cache:
         if not compiled.last_only:
@@ -69,28 +83,40 @@ def kv_cache_session(graph: Graph, max_len: int, *, executor: str = "compiled") 
 def load_parts(spec: Union[str, os.PathLike], say: Progress) -> tuple[HFParts, str]:
     """'default', a Hugging Face folder or a .gguf path → (the fp32 transformers model and what travels
     with it, a display name). ``say`` gets a line per step. Raises KilnError for anything else."""
+    parts, name, _ = load_parts_stored(spec, say, native=False)
+    return parts, name
+
+
+def load_parts_stored(spec: Union[str, os.PathLike], say: Progress, *, native: bool):
+    """load_parts, plus (``native``, a GGUF) the weights kept in their blocks: (parts, name, stored);
+    stored is None otherwise (kiln/models/gguf_quant.py)."""
     from .hf import is_hf_folder, load_hf_folder
     if str(spec) == "default":
         from .default import NAME, default_model_path
         say("locating the default model")
         path = default_model_path()
-        return _read_gguf(path, say), NAME
+        parts, stored = _read_gguf(path, say, native)
+        return parts, NAME, stored
     path = Path(spec)
     if path.suffix.lower() == ".gguf":
         if not path.is_file():
             raise KilnError(f"GGUF file {str(path)!r} does not exist")
-        return _read_gguf(path, say), path.name
+        parts, stored = _read_gguf(path, say, native)
+        return parts, path.name, stored
     if path.is_dir():
         if not is_hf_folder(path):
             raise KilnError(f"{str(path)!r} is not a Hugging Face model folder (no config.json in it)")
         say(f"loading the Hugging Face model in {path}")
-        return load_hf_folder(path), path.name
+        return load_hf_folder(path), path.name, None
     if path.exists():
         raise KilnError(f"{str(path)!r} is neither a .gguf file nor a model folder")
     raise KilnError(f"unknown model {str(spec)!r}: expected 'default', a Hugging Face model folder or a .gguf file")
 
 
-def _read_gguf(path: Path, say: Progress) -> HFParts:
-    say(f"reading {path.name} (dequantizing to fp32)")
+def _read_gguf(path: Path, say: Progress, native: bool = False):
     from .gguf import load_gguf
-    return load_gguf(path)
+    if native:
+        say(f"reading {path.name} (quantized weights stay in their blocks)")
+        return load_gguf(path, native=True)
+    say(f"reading {path.name} (dequantizing to fp32)")
+    return load_gguf(path), None
