@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import collections
 import os
+import threading
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+from .errors import FileFormatError, KilnError
 from .executor.registry import EXECUTORS, check_name
 from .ir import serialize
 from .ir.feeds import check_feeds
@@ -20,7 +22,15 @@ MAX_PLANS = 8
 
 class Session:
     """Runs one graph. Plans are made per binding of the symbolic dims and cached, so a
-    dynamic-shape session never re-exports or re-optimizes; it only re-plans for new sizes."""
+    dynamic-shape session never re-exports or re-optimizes; it only re-plans for new sizes.
+
+    Threads: ``run`` may be called from several threads. A session without state runs
+    concurrent calls on different plans in parallel (each plan's arena has its own lock); a
+    session with state (a KV cache) runs one call at a time under ``session.lock``, because
+    every plan reads and writes the same state. A sequence of calls that must see each other's
+    state (a prefill and its decode steps) must hold ``with session.lock:`` across the calls:
+    another thread's sequence would otherwise write the same cache between them.
+    """
 
     def __init__(self, graph: Graph, *, executor: str = "compiled", meta: Optional[dict] = None):
         check_name(executor)
@@ -32,7 +42,12 @@ class Session:
         self.last_profile: Optional[dict] = None
         # State (a KV cache) belongs to the session: every per-binding plan reads and writes
         # these same arrays, so a prefill plan and a decode plan continue one sequence.
-        self.state = {name: np.array(graph.constants[name], order="C", copy=True) for name in graph.state}
+        try:
+            self.state = {name: np.array(graph.constants[name], order="C", copy=True) for name in graph.state}
+        except MemoryError:
+            raise KilnError(f"no memory for the model's state ({', '.join(graph.state)})") from None
+        self.lock = threading.RLock()   # held by run() when the session has state, and by the plan cache
+        self._source: Optional[_MappedFile] = None  # the mapped file the weights live in (kiln.load)
 
     # -- public surface ---------------------------------------------------------------
     @property
@@ -44,9 +59,20 @@ class Session:
         return list(self.graph.outputs)
 
     def run(self, feeds: Mapping[str, np.ndarray], *, profile: bool = False) -> list[np.ndarray]:
+        """Run once. ``feeds``: input name -> array (see ``input_names``). Returns the outputs
+        as new numpy arrays. Raises FeedError for bad feeds, FileFormatError when the file a
+        loaded model maps has changed since ``kiln.load``, BackendError from a kernel."""
+        if self._source is not None:
+            self._source.check()
         arrays, binding = check_feeds(self.graph, feeds)
         if self.graph.kv_cache is not None:  # shapes are checked generically; cache positions here
             self.graph.kv_cache.check_positions(arrays)
+        if not self.state:
+            return self._run(arrays, binding, profile)
+        with self.lock:
+            return self._run(arrays, binding, profile)
+
+    def _run(self, arrays, binding, profile):
         ex = self._executor_for(binding)
         outs = ex.run(arrays, profile=profile)
         if profile:
@@ -60,7 +86,8 @@ class Session:
     def reset_state(self) -> None:
         """Return every state tensor (e.g. the KV cache) to its initial value."""
         from .executor.planned import reset_state
-        reset_state(self.state, self.graph)
+        with self.lock:
+            reset_state(self.state, self.graph)
 
     def save(self, path: str | os.PathLike) -> None:
         serialize.save(self.graph, path, extra={"meta": self.meta})
@@ -78,24 +105,61 @@ class Session:
     # -- executors per binding ----------------------------------------------------------
     def _executor_for(self, binding: Mapping[str, int]):
         key = tuple(sorted(binding.items()))
-        ex = self._executors.get(key)
-        if ex is None:
-            ex = self._build(dict(binding))
-            self._executors[key] = ex
-            while len(self._executors) > MAX_PLANS:
-                self._executors.popitem(last=False)
-        else:
-            self._executors.move_to_end(key)
-        return ex
+        with self.lock:
+            ex = self._executors.get(key)
+            if ex is None:
+                ex = self._build(dict(binding))
+                self._executors[key] = ex
+                while len(self._executors) > MAX_PLANS:
+                    self._executors.popitem(last=False)
+            else:
+                self._executors.move_to_end(key)
+            return ex
 
     def _build(self, binding: dict):
-        return EXECUTORS[self.executor](self.graph, binding, self.state)
+        try:
+            return EXECUTORS[self.executor](self.graph, binding, self.state)
+        except MemoryError:
+            raise KilnError(f"no memory for the plan of {dict(binding) or 'the static shapes'}") from None
 
 
-def load(path: str | os.PathLike, *, executor: str = "compiled") -> Session:
-    """Load a saved model. Needs numpy and Kiln only — torch is never imported."""
-    graph, extra = serialize.load(path)
-    return Session(graph, executor=executor, meta=extra.get("meta", {}))
+class _MappedFile:
+    """The file a loaded model's weights are memory-mapped from, and its size and mtime at load.
+    ``check`` (one fstat, each run) refuses to run once the file was changed in place: a
+    truncated mapping would kill the process with SIGBUS, an overwritten one give other outputs.
+    Replacing the file by rename (as ``Session.save`` does) leaves the mapped file intact."""
+
+    def __init__(self, path, f):
+        self.path, self.file = str(path), f
+        st = os.fstat(f.fileno())
+        self.stamp = (st.st_size, st.st_mtime_ns)
+
+    def check(self) -> None:
+        st = os.fstat(self.file.fileno())
+        if (st.st_size, st.st_mtime_ns) != self.stamp:
+            raise FileFormatError(f"{self.path}: the model file changed after kiln.load (size {self.stamp[0]} -> "
+                                  f"{st.st_size} bytes); load it again, or load with mmap=False to keep a copy")
+
+
+def load(path: str | os.PathLike, *, executor: str = "compiled", mmap: bool = True) -> Session:
+    """Load a saved model. Needs numpy and Kiln only — torch is never imported.
+
+    ``mmap=True`` (default) maps the weights from the file: loading is fast and pages are shared,
+    but the file must not be changed in place while the session lives (each run checks its size
+    and mtime and raises FileFormatError if it was). ``mmap=False`` copies the weights into
+    memory; the file may then change freely. Raises FileFormatError for a damaged file.
+    """
+    try:
+        f = open(path, "rb") if mmap else None
+    except OSError as e:
+        raise FileFormatError(f"{path}: not a readable Kiln model: {e}") from None
+    source = _MappedFile(path, f) if f is not None else None
+    graph, extra = serialize.load(path, mmap=mmap)
+    session = Session(graph, executor=executor, meta=extra.get("meta", {}))
+    if source is not None:
+        source.check()  # changed while loading
+        session._source = source
+    return session
 
 
 def compile(module, example_args: Sequence, *, dynamic_shapes=None, executor: str = "compiled",

@@ -107,7 +107,7 @@ def _rewrite_header(path, fn):
     header = json.loads(raw[8:8 + n])
     fn(header)
     blob = json.dumps(header).encode()
-    blob += b" " * (n - len(blob)) if len(blob) <= n else b""
+    blob += b" " * (-len(blob) % 64)  # as Kiln writes it: the data section stays 64-aligned
     path.write_bytes(struct.pack("<Q", len(blob)) + blob + raw[8 + n:])
 
 
@@ -134,10 +134,10 @@ DAMAGE = {
     "dangling input": (lambda p: _rewrite_header(p, _graph_edit(lambda g: g["nodes"][3].update(inputs=["nope"]))),
                        "input 'nope' is not defined"),
     "bad attrs": (lambda p: _rewrite_header(p, _graph_edit(
-        lambda g: next(n for n in g["nodes"] if n["op"] == "matmul")["attrs"].update(bogus=1))), "bad attrs"),
-    "bad shape": (lambda p: _rewrite_header(p, _graph_edit(lambda g: g["tensors"][0].update(shape=[-3]))), "negative"),
+        lambda g: next(n for n in g["nodes"] if n["op"] == "matmul")["attrs"].update(bogus=1))), "unknown attr 'bogus'"),
+    "bad shape": (lambda p: _rewrite_header(p, _graph_edit(lambda g: g["tensors"][0].update(shape=[-3]))), r"dimension -3 outside \[0, 2\*\*40\]"),
     "offsets out of file": (lambda p: _rewrite_header(p, lambda h: h[_first_const(h)].update(data_offsets=[0, 10**12])),
-                            "outside the file"),
+                            "outside the data section"),
     "size mismatch": (lambda p: _rewrite_header(p, lambda h: h[_first_const(h)].update(shape=[3])), "do not hold"),
     "bad dtype": (lambda p: _rewrite_header(p, lambda h: h[_first_const(h)].update(dtype="F64")), "bad dtype"),
 }

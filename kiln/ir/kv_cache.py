@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import FeedError
+from ..errors import FeedError, FileFormatError
 
 
 @dataclass(frozen=True)
@@ -34,8 +34,17 @@ class KVCacheInfo:
 
     @staticmethod
     def from_json(d: dict) -> "KVCacheInfo":
-        return KVCacheInfo(str(d["token_input"]), str(d["position_input"]), int(d["max_len"]),
-                           tuple(str(s) for s in d["state_names"]))
+        """Raises FileFormatError on a field of the wrong JSON type or range."""
+        if not isinstance(d, dict):
+            raise FileFormatError(f"kv_cache must be an object, got {d!r}")
+        tok, pos, n, states = d.get("token_input"), d.get("position_input"), d.get("max_len"), d.get("state_names")
+        if not isinstance(tok, str) or not isinstance(pos, str):
+            raise FileFormatError(f"kv_cache.token_input/position_input must be names, got {tok!r}, {pos!r}")
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 2**40:
+            raise FileFormatError(f"kv_cache.max_len must be an integer in [1, 2**40], got {n!r}")
+        if not isinstance(states, list) or not all(isinstance(s, str) for s in states):
+            raise FileFormatError(f"kv_cache.state_names must be a list of names, got {states!r}")
+        return KVCacheInfo(tok, pos, n, tuple(states))
 
     def check_positions(self, arrays) -> None:
         """Feed check (``arrays``: the checked feeds by input name): the new positions

@@ -4,6 +4,7 @@ from __future__ import annotations
 from ..core import dims
 from ..errors import KilnError, ValidationError
 from ..ops import registry
+from ..ops.schema import check_input_dtypes
 from .graph import ACT, CONST, INPUT, PLAIN, STATE, Graph
 
 
@@ -34,6 +35,10 @@ def validate(graph: Graph, *, static: bool = False, executable: bool = False) ->
         try:
             opdef.check_arity(len(node.inputs))
         except Exception as e:
+            raise ValidationError(f"{where}: {e}") from None
+        try:
+            check_input_dtypes(node.op, [graph.tensors[i].dtype for i in node.inputs if i in graph.tensors])
+        except KilnError as e:
             raise ValidationError(f"{where}: {e}") from None
         if executable and opdef.has(registry.FOLD_ONLY):
             raise ValidationError(f"{where}: fold-only op {node.op!r} reached the executor "
@@ -89,6 +94,9 @@ def _check_kv_cache(graph: Graph) -> None:
     if pos.dtype != "int64" or tuple(pos.shape) != ():
         raise ValidationError(f"kv_cache.position_input {pos.name!r} must be an int64 scalar, "
                               f"got {pos.dtype}{list(pos.shape)}")
+    if not info.state_names or len(set(info.state_names)) != len(info.state_names):
+        raise ValidationError(f"kv_cache.state_names must list each cache state tensor once, "
+                              f"got {list(info.state_names)}")
     for name in info.state_names:
         t = graph.tensors.get(name)
         if t is None or t.kind != STATE or len(t.shape) != 4 or t.shape[2] != info.max_len:

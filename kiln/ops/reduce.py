@@ -91,6 +91,8 @@ def _norm_infer(ins, a):
     x = ins[0]
     if x.dtype != "float32":
         raise ShapeError(f"norm expects float32, got {x.dtype}")
+    if not x.shape:
+        raise ShapeError("norm needs an input of rank >= 1, got a scalar")
     for p in ins[1:]:
         if tuple(p.shape) != (x.shape[-1],):
             raise ShapeError(f"norm parameter shape {list(p.shape)} != [{x.shape[-1]}]")

@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from ..errors import KilnError, ShapeError
+from .schema import check_attrs
 
 # Property sets (match on membership, never on id ranges).
 ELEMENTWISE = "elementwise"   # output[i] depends on inputs[i] only (after broadcast)
@@ -63,6 +64,7 @@ class OpDef:
             return None
         if isinstance(attrs, self.attrs):
             return attrs
+        attrs = check_attrs(self.name, self.attrs, attrs)  # types and ranges (kiln/ops/schema.py)
         try:
             return self.attrs(**(attrs or {}))
         except TypeError as e:

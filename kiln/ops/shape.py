@@ -8,7 +8,7 @@ import numpy as np
 
 from . import registry
 from .registry import MOVEMENT, AxisAttrs, declare
-from ..errors import ShapeError
+from ..errors import ShapeError, UnsupportedOpError
 from ..core import dims
 from ..core.dims import Dim
 
@@ -128,7 +128,18 @@ def slice_len(size: Dim, start: Dim, end: Dim, step: int) -> Dim:
     if isinstance(size, int) and isinstance(start, int) and isinstance(end, int):
         return len(range(*slice(start, end, step).indices(size)))
     n = end - start
-    return n if step == 1 else (n + step - 1) // step
+    if step == 1:
+        return n
+    # ceil(n / step) of a symbolic n: exact when the coefficients divide (n = 2*s0, step 2);
+    # otherwise the size needs a rounding division, which symbolic sizes do not have.
+    for num in (n, n + step - 1):
+        try:
+            return num // step
+        except ShapeError:
+            pass
+    raise UnsupportedOpError(f"slice with step {step} over a symbolic length {n}: the output length "
+                             f"ceil(({n}) / {step}) is not a polynomial in the dims; make this axis static "
+                             f"or its length a multiple of {step} (e.g. Dim('n') * {step})")
 
 
 def _slice_infer(ins, a):
@@ -166,8 +177,15 @@ declare("slice", inputs=("x",), attrs=SliceAttrs, infer=_slice_infer, ref=_slice
 
 # -- concat ----------------------------------------------------------------------
 
+def _check_axis(axis: int, rank: int, op: str) -> None:
+    # axes reach C as given (frontends normalize), so a negative or too-large one is refused here
+    if not 0 <= axis < rank:
+        raise ShapeError(f"{op}: axis {axis} out of range for rank {rank}")
+
+
 def _concat_infer(ins, a):
     first = ins[0].shape
+    _check_axis(a.axis, len(first), "concat")
     total: Dim = 0
     for t in ins:
         if len(t.shape) != len(first) or any(t.shape[i] != first[i] for i in range(len(first)) if i != a.axis):
@@ -215,6 +233,7 @@ def _index_select_infer(ins, a):
     _index_check(idx, "index_select")
     if len(idx.shape) != 1:
         raise ShapeError(f"index_select indices must be 1-D, got {list(idx.shape)}")
+    _check_axis(a.axis, len(x.shape), "index_select")
     out = list(x.shape)
     out[a.axis] = idx.shape[0]
     return tuple(out), x.dtype
@@ -230,6 +249,10 @@ def _gather_infer(ins, a):
     _index_check(idx, "gather")
     if len(idx.shape) != len(x.shape):
         raise ShapeError(f"gather index rank {len(idx.shape)} != input rank {len(x.shape)}")
+    _check_axis(a.axis, len(x.shape), "gather")
+    for d, (n, m) in enumerate(zip(idx.shape, x.shape)):  # torch.gather: index.size(d) <= input.size(d)
+        if d != a.axis and isinstance(n, int) and isinstance(m, int) and n > m:
+            raise ShapeError(f"gather: index shape {list(idx.shape)} exceeds input shape {list(x.shape)} on axis {d}")
     return tuple(idx.shape), x.dtype
 
 
@@ -238,6 +261,8 @@ def _gather_ref(xs, a):
     n = x.shape[a.axis]
     if idx.size and (idx.min() < -n or idx.max() >= n):
         raise ShapeError(f"gather: index out of range [0, {n})")
+    # torch.gather lets the index be smaller than x off the axis; numpy needs equal sizes there
+    x = x[tuple(slice(None) if d == a.axis else slice(0, m) for d, m in enumerate(idx.shape))]
     return np.take_along_axis(x, np.where(idx < 0, idx + n, idx), axis=a.axis)
 
 

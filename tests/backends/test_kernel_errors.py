@@ -58,9 +58,12 @@ def test_index_select_and_gather_out_of_range_is_an_error(op, index, out_shape):
     ("gather", [rnd(4, 3), np.zeros((4, 3), np.int64)], {"axis": -1}, (4, 3)),
 ])
 def test_param_out_of_range_is_an_error_not_an_unwritten_output(op, inputs, attrs, out_shape):
-    out = np.full(out_shape, 7, np.float32)  # Python's shape inference lets these through; C must not
-    with pytest.raises(clib.KernelError, match="parameter out of range") as e:
+    out = np.full(out_shape, 7, np.float32)
+    with pytest.raises(ShapeError, match="out of range"):  # Python's shape inference refuses these now
         clib.run_op(op, inputs, attrs, out)
+    call, slots = _raw_call(op, inputs, out, attrs)       # and C, reached directly, refuses them too
+    with pytest.raises(clib.KernelError, match="parameter out of range") as e:
+        clib.run_calls(call, 1, slots)
     assert e.value.code == -6
     np.testing.assert_array_equal(out, 7)
 

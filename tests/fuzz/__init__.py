@@ -1,7 +1,7 @@
 """A fuzzer that stays: mutated .kiln files, GGUF files and feeds, each case in a worker subprocess.
 
-    python -m tests.fuzz --seconds 100            # the CI run (.ci/run): fails on crashes and hangs
-    python -m tests.fuzz --seconds 1800 --strict  # `make fuzz`: longer; --strict also fails on raw exceptions
+    python -m tests.fuzz --seconds 100            # the CI run: fails on crashes, hangs, raw exceptions, wrong outputs
+    python -m tests.fuzz --seconds 1800           # `make fuzz`: longer (--allow-raw: fail on crashes and hangs only)
     python -m tests.fuzz --replay kiln:1234       # re-run one case in this process, with its traceback
 
 Outcomes per case: ok (ran), clean (a KilnError), raw (any other exception: a bug class to fix,

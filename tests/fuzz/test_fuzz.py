@@ -19,6 +19,7 @@ def test_a_case_that_never_answers_is_a_hang(tmp_path):
 def test_short_run_has_no_crash_or_hang(target, tmp_path):
     report = run([target], tmp_path, seconds=10, max_cases=150)
     assert report.cases > 0 and not report.crashes and not report.hangs, report.text()
+    assert report.raw == 0 and not report.wrong, report.text()  # every bad input is a KilnError
     assert report.ok + report.clean + report.raw + report.skipped + len(report.wrong) == report.cases
 
 
