@@ -139,7 +139,6 @@ def test_save_load_keeps_blocks_bytes_equal(tmp_path):
             assert t.graph.tensors[name].storage == tensor.storage
             got = t.graph.constants[name]
             assert _mapped(got), f"{name} was copied out of the file"
-            assert got.ctypes.data % 64 == 0
             assert bytes(got) == bytes(s.graph.constants[name])
     np.testing.assert_array_equal(t(x.numpy())[0], s(x.numpy())[0])
 
