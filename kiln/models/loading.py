@@ -38,7 +38,8 @@ def load_model(spec: Union[str, os.PathLike] = "default", *, executor: str = "co
     t0 = time.perf_counter()
     if dtype not in ("native", "f32"):
         raise KilnError(f"dtype must be 'native' or 'f32', got {dtype!r}")
-    parts, name, stored = load_parts_stored(spec, say, native=dtype == "native" and not quantize)
+    # keep_torch compares against the torch model, which must then hold real fp32 weights
+    parts, name, stored = load_parts_stored(spec, say, native=dtype == "native" and not quantize and not keep_torch)
     timings["load"] = time.perf_counter() - t0
     model = parts.model
     limit = context_length(model.config)

@@ -50,7 +50,7 @@ STAGES: list[Stage] = [
     ("fuse-gated", fusions.GATED),
     ("bias", fusions.BIAS),
     ("epilogue", fusions.EPILOGUE),
-    ("fuse-quant", quantize.FUSE),  # matmul(x, dequantize(W)) → qmatmul, after bias/act fusion
+    ("fuse-quant", None),  # matmul(x, dequantize(W)) → qmatmul, after bias/act fusion (quantize.fuse_stage; tests/passes/test_quantize.py)
     ("merge-matmuls", merge_parallel_matmuls),
     ("fuse-gated-packed", fusions.GATED_PACKED),
     ("cse", cse),
