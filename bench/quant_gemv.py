@@ -14,7 +14,7 @@ K-quant block), the tokens/s-equivalent of all of a decode step's matmuls:
 and a Q8_0 head. One-thread rows also give CPU-time µs (time.thread_time), which other
 processes on a shared machine disturb less than wall time.
 
-Weights are valid blocks: quantized by kiln.storage / gguf, or (Q5_K, Q6_K) blocks sampled
+Weights are valid blocks: quantized by kiln.core.storage / gguf, or (Q5_K, Q6_K) blocks sampled
 from the llama.cpp-quantized fixtures; speed does not depend on the values.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 
-from kiln import storage
+from kiln.core import storage
 from kiln.backends import clib
 from kiln.backends import qmm as Q
 

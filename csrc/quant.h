@@ -2,7 +2,7 @@
  * quantized matmul / embedding-gather kernels.
  *
  * Block layouts are ggml's (ggml-common.h; QK_K = 256) so GGUF tensor bytes are used
- * as they are in the file. kiln/storage.py holds the same table in numpy; a test
+ * as they are in the file. kiln/core/storage.py holds the same table in numpy; a test
  * compares the two through kiln_qrow_bytes.
  *
  * Every format unpacks to one common form, per row: q (uint8, one per element) and,

@@ -46,6 +46,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--quiet", "-q", action="store_true", help="print only the answer (no progress, no summary)")
     p.add_argument("--compare-torch", action="store_true",
                    help="also run transformers generate (greedy, same weights) and compare speed and tokens")
+    # quantized weights (issue 12)
+    p.add_argument("--dtype", choices=("native", "f32"), default="native",
+                   help="native (default): a GGUF's quantized weights run in their own blocks; f32: dequantize at load")
+    p.add_argument("--quantize", choices=("int8", "q8_0", "q4_0", "q4_k"), default=None,
+                   help="quantize an fp32 model's matmul weights at compile time")
+    p.add_argument("--act", choices=("exact", "int8"), default="exact",
+                   help="quantized matmul activations: exact (fp32, default) or int8 (VNNI dot products)")
     p.set_defaults(fn=run)
     return p
 
@@ -89,7 +96,8 @@ def run(args: argparse.Namespace, *, out: Optional[TextIO] = None, err: Optional
     try:
         lm = load_model(args.model, executor=None if args.backend and args.executor == DEFAULT else args.executor,
                         backend=args.backend, max_len=max_len, keep_torch=args.compare_torch,
-                        progress=progress, cache=args.cache, compile_cache=getattr(args, "compile_cache", True))
+                        progress=progress, cache=args.cache, compile_cache=getattr(args, "compile_cache", True),
+                        dtype=args.dtype, quantize=args.quantize, act=args.act)
     finally:
         progress.end()
     if args.compare_torch and not lm.sampling.greedy:

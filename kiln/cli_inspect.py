@@ -20,8 +20,34 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--dump", action="store_true", help="print the optimized graph node by node")
     p.add_argument("--timings", action="store_true",
                    help="print where compile time goes: export, conversion, each stage, planning")
+    p.add_argument("--dtype", choices=("native", "f32"), default="native",
+                   help="a GGUF's quantized weights in their blocks (native, default) or dequantized (f32)")
+    p.add_argument("--quantize", choices=("int8", "q8_0", "q4_0", "q4_k"), default=None,
+                   help="run the quantize stage on the fp32 matmul weights")
     p.set_defaults(fn=run)
     return p
+
+
+def weight_report(g: Any) -> str:
+    """Each weight's storage type (counts and bytes per type) and the weight bytes a decoded
+    token reads: every matmul weight whole, one row of each embedding table."""
+    from .ir.graph import CONST
+    by: dict = {}
+    for name, t in g.tensors.items():
+        if t.kind == CONST:
+            n, b = by.get(t.storage, (0, 0))
+            by[t.storage] = (n + 1, b + int(t.nbytes))
+    per_token = 0
+    for node in g.nodes:
+        if node.op in ("matmul", "qmatmul") and g.tensors[node.inputs[1]].kind == CONST:
+            per_token += int(g.tensors[node.inputs[1]].nbytes)
+        elif node.op in ("embedding", "qembedding") and g.tensors[node.inputs[0]].kind == CONST:
+            t = g.tensors[node.inputs[0]]
+            per_token += int(t.nbytes) // max(1, int(t.shape[0]))
+    lines = ["== weights by storage type =="]
+    lines += [f"  {st:8s} {n:5d} tensors  {b / 2**20:9.2f} MiB" for st, (n, b) in sorted(by.items())]
+    lines.append(f"  weight bytes read per decoded token: {per_token / 2**20:.2f} MiB")
+    return "\n".join(lines)
 
 
 def _histogram(h: dict) -> str:
@@ -101,10 +127,13 @@ def run(args: argparse.Namespace) -> int:
         module = zoo.logits_model(args.model, args.layers)
         label = f"{zoo.FAMILIES[args.model][0]}, {args.layers} layers, random weights"
     else:
-        from .models.loading import load_parts
+        from .models.loading import load_parts_stored
         from .models.hf import logits_module
-        parts, label = load_parts(args.model, lambda msg: print(f"  {msg}", file=sys.stderr))
+        parts, label, stored = load_parts_stored(args.model, lambda msg: print(f"  {msg}", file=sys.stderr),
+                                                 native=args.dtype == "native" and not args.quantize)
         module = logits_module(parts.model, last_only=False)
+        if str(args.model).endswith(".gguf") or args.model == "default":
+            _say_dequantized(parts.source, stored, out)
     if args.timings:
         print(f"{label}: compile-time breakdown", file=out)
         print(format_breakdown(compile_breakdown(module)), file=out)
@@ -112,8 +141,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"{label}: exporting with a dynamic sequence length ...", file=sys.stderr, flush=True)
     graph = export(module, (torch.zeros((1, 8), dtype=torch.long),),
                    dynamic_shapes={"input_ids": {1: Dim("seq", min=2, max=1024)}})
+    if stored:
+        from .models.gguf_quant import attach
+        attach(graph, stored, prefix="model.")
     log: list = []
-    opt = optimize(graph, log=log)
+    from .passes.quantize import QuantizeConfig
+    opt = optimize(graph, log=log, quantize_cfg=QuantizeConfig(args.quantize) if args.quantize else None)
     print(f"== before optimization ==\n{graph.summary()}\n", file=out)
     print("== stages ==", file=out)
     for entry in log:
@@ -121,4 +154,19 @@ def run(args: argparse.Namespace) -> int:
     print(f"\n== after optimization ==\n{opt.dump() if args.dump else opt.summary()}\n", file=out)
     print(f"histogram before: {_histogram(graph.op_histogram())}", file=out)
     print(f"histogram after:  {_histogram(opt.op_histogram())}", file=out)
+    print(weight_report(opt), file=out)
     return 0
+
+
+def _say_dequantized(path: str, stored: Any, out: Any) -> None:
+    """Which GGUF tensors were dequantized at load (no kernel reads their type, or --dtype f32)."""
+    from .models.gguf import read_gguf
+    gf = read_gguf(path)
+    kept = set(stored or ())
+    from .models.gguf import hf_name
+    deq: dict = {}
+    for name, t in gf.tensors.items():
+        if hf_name(name) not in kept and t.tensor_type.name not in ("F32",):
+            deq[t.tensor_type.name] = deq.get(t.tensor_type.name, 0) + 1
+    if deq:
+        print("GGUF tensors dequantized to fp32 at load: " + ", ".join(f"{k}×{v}" for k, v in deq.items()), file=out)

@@ -180,7 +180,8 @@ def load(path: str | os.PathLike, *, executor: Optional[str] = None, backend: Op
 
 
 def compile(module, example_args: Sequence, *, dynamic_shapes=None, executor: Optional[str] = None,
-            backend: Optional[str] = None, optimize: bool = True, passes: Optional[Sequence[str]] = None) -> Session:
+            backend: Optional[str] = None, optimize: bool = True, passes: Optional[Sequence[str]] = None,
+            quantize: Optional[str] = None, act: str = "exact", prepare=None) -> Session:
     """Capture ``module`` with torch.export, optimize the graph and return a Session.
 
     dynamic_shapes uses torch.export's own format, e.g. ``{"input_ids": {1: Dim("seq", max=1024)}}``.
@@ -189,6 +190,10 @@ def compile(module, example_args: Sequence, *, dynamic_shapes=None, executor: Op
     see Session.
     ``session.meta["compile_ms"]`` holds where the time went: "torch.export", "decompose",
     "convert", one "stage:NAME" per optimization stage, and "total" (milliseconds).
+    ``quantize`` ("int8", "q8_0", "q4_0", "q4_k") stores the constant matmul weights in that
+    format, run by the quantized matmul; ``act`` its activation mode ("exact": fp32, "int8").
+    ``prepare(graph)`` is called on the exported graph before optimization (the GGUF loader
+    swaps placeholder weights for the file's blocks there).
     """
     import time
 
@@ -198,10 +203,14 @@ def compile(module, example_args: Sequence, *, dynamic_shapes=None, executor: Op
     graph = export(module, tuple(example_args) if isinstance(example_args, (list, tuple)) else (example_args,),
                    dynamic_shapes=dynamic_shapes, timings=steps)
     ms = {k: 1e3 * v for k, v in steps.items() if isinstance(v, float)}
+    if prepare is not None:
+        prepare(graph)
     if optimize:
         from .passes.pipeline import optimize as run_passes
         log: list = []
-        graph = run_passes(graph, stages=passes, log=log)
+        from .passes.quantize import QuantizeConfig
+        cfg = QuantizeConfig(quantize, act) if quantize else None
+        graph = run_passes(graph, stages=passes, log=log, quantize_cfg=cfg, qmode=act)
         ms.update({f"stage:{e.name}": e.ms for e in log})
     from .passes.executable import check_executable
     if executor != "reference":   # the numpy reference evaluates every op; the others need kernels

@@ -19,7 +19,7 @@ import gguf
 import numpy as np
 import pytest
 
-from kiln import storage
+from kiln.core import storage
 from kiln.backends import qmm as Q
 from kiln.errors import BackendError
 

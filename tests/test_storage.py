@@ -1,4 +1,4 @@
-"""The storage-type table (kiln/storage.py) against gguf's reference (de)quantizers.
+"""The storage-type table (kiln/core/storage.py) against gguf's reference (de)quantizers.
 
 Fixtures are llama.cpp-quantized GGUF files (/work/shared/fixtures): every tensor of
 every file is dequantized by Kiln and by ``gguf.quants.dequantize`` and must agree
@@ -13,7 +13,7 @@ import gguf
 import numpy as np
 import pytest
 
-from kiln import storage
+from kiln.core import storage
 from kiln.errors import KilnError
 
 T = gguf.GGMLQuantizationType

@@ -37,45 +37,48 @@ enum kiln_op {
     KILN_OP_CONCAT = 6,
     KILN_OP_COPY = 7,
     KILN_OP_COS = 8,
-    KILN_OP_DIV = 9,
-    KILN_OP_EMBEDDING = 10,
-    KILN_OP_ERF = 11,
-    KILN_OP_EXP = 12,
-    KILN_OP_EXPAND = 13,
-    KILN_OP_GATED_ACT = 14,
-    KILN_OP_GATHER = 15,
-    KILN_OP_GELU = 16,
-    KILN_OP_GELU_TANH = 17,
-    KILN_OP_INDEX_SELECT = 18,
-    KILN_OP_LAYER_NORM = 19,
-    KILN_OP_LOG = 20,
-    KILN_OP_LOG_SOFTMAX = 21,
-    KILN_OP_MATMUL = 22,
-    KILN_OP_MAX = 23,
-    KILN_OP_MAXIMUM = 24,
-    KILN_OP_MEAN = 25,
-    KILN_OP_MINIMUM = 26,
-    KILN_OP_MUL = 27,
-    KILN_OP_NEG = 28,
-    KILN_OP_PERMUTE = 29,
-    KILN_OP_POW = 30,
-    KILN_OP_RECIPROCAL = 31,
-    KILN_OP_RELU = 32,
-    KILN_OP_RESHAPE = 33,
-    KILN_OP_RMS_NORM = 34,
-    KILN_OP_ROPE = 35,
-    KILN_OP_RSQRT = 36,
-    KILN_OP_SIGMOID = 37,
-    KILN_OP_SILU = 38,
-    KILN_OP_SIN = 39,
-    KILN_OP_SLICE = 40,
-    KILN_OP_SOFTMAX = 41,
-    KILN_OP_SQRT = 42,
-    KILN_OP_SUB = 43,
-    KILN_OP_SUM = 44,
-    KILN_OP_TANH = 45,
-    KILN_OP_WHERE = 46,
-    KILN_NUM_OPS = 47
+    KILN_OP_DEQUANTIZE = 9,
+    KILN_OP_DIV = 10,
+    KILN_OP_EMBEDDING = 11,
+    KILN_OP_ERF = 12,
+    KILN_OP_EXP = 13,
+    KILN_OP_EXPAND = 14,
+    KILN_OP_GATED_ACT = 15,
+    KILN_OP_GATHER = 16,
+    KILN_OP_GELU = 17,
+    KILN_OP_GELU_TANH = 18,
+    KILN_OP_INDEX_SELECT = 19,
+    KILN_OP_LAYER_NORM = 20,
+    KILN_OP_LOG = 21,
+    KILN_OP_LOG_SOFTMAX = 22,
+    KILN_OP_MATMUL = 23,
+    KILN_OP_MAX = 24,
+    KILN_OP_MAXIMUM = 25,
+    KILN_OP_MEAN = 26,
+    KILN_OP_MINIMUM = 27,
+    KILN_OP_MUL = 28,
+    KILN_OP_NEG = 29,
+    KILN_OP_PERMUTE = 30,
+    KILN_OP_POW = 31,
+    KILN_OP_QEMBEDDING = 32,
+    KILN_OP_QMATMUL = 33,
+    KILN_OP_RECIPROCAL = 34,
+    KILN_OP_RELU = 35,
+    KILN_OP_RESHAPE = 36,
+    KILN_OP_RMS_NORM = 37,
+    KILN_OP_ROPE = 38,
+    KILN_OP_RSQRT = 39,
+    KILN_OP_SIGMOID = 40,
+    KILN_OP_SILU = 41,
+    KILN_OP_SIN = 42,
+    KILN_OP_SLICE = 43,
+    KILN_OP_SOFTMAX = 44,
+    KILN_OP_SQRT = 45,
+    KILN_OP_SUB = 46,
+    KILN_OP_SUM = 47,
+    KILN_OP_TANH = 48,
+    KILN_OP_WHERE = 49,
+    KILN_NUM_OPS = 50
 };
 
 typedef struct kiln_tensor {
@@ -112,6 +115,10 @@ typedef struct {
 typedef struct {
     int64_t axis;
 } kiln_concat_params;
+
+typedef struct {
+    int64_t fmt;
+} kiln_dequantize_params;
 
 typedef struct {
     int64_t act;
@@ -153,6 +160,17 @@ typedef struct {
 } kiln_permute_params;
 
 typedef struct {
+    int64_t fmt;
+} kiln_qembedding_params;
+
+typedef struct {
+    int64_t fmt;
+    int64_t mode;
+    int64_t act;
+    int64_t threads;
+} kiln_qmatmul_params;
+
+typedef struct {
     float eps;
 } kiln_rms_norm_params;
 
@@ -180,6 +198,7 @@ int kiln_k_cast(const kiln_call *call);
 int kiln_k_concat(const kiln_call *call);
 int kiln_k_copy(const kiln_call *call);
 int kiln_k_cos(const kiln_call *call);
+int kiln_k_dequantize(const kiln_call *call);
 int kiln_k_div(const kiln_call *call);
 int kiln_k_embedding(const kiln_call *call);
 int kiln_k_erf(const kiln_call *call);
@@ -202,6 +221,8 @@ int kiln_k_mul(const kiln_call *call);
 int kiln_k_neg(const kiln_call *call);
 int kiln_k_permute(const kiln_call *call);
 int kiln_k_pow(const kiln_call *call);
+int kiln_k_qembedding(const kiln_call *call);
+int kiln_k_qmatmul(const kiln_call *call);
 int kiln_k_reciprocal(const kiln_call *call);
 int kiln_k_relu(const kiln_call *call);
 int kiln_k_reshape(const kiln_call *call);

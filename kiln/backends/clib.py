@@ -278,6 +278,9 @@ def run_op(op: str, inputs: Sequence[np.ndarray], attrs, out: np.ndarray, *, scr
     kernel = C.kernel(op)
     attrs = opdef.make_attrs(attrs)
     opdef.check_arity(len(inputs))
+    if any(isinstance(a, np.ndarray) and a.dtype == np.uint8 for a in inputs):
+        # a weight in a storage type: its logical shape is not in the array (the plan has it)
+        raise BackendError(f"{op}: a stored-weight input runs through the compiled executor only")
     arrays = list(inputs) + [out]
     for i, a in enumerate(arrays):
         if not isinstance(a, np.ndarray) or not a.flags.c_contiguous:

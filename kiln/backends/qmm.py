@@ -11,7 +11,7 @@ import ctypes
 import numpy as np
 
 from . import clib
-from .. import storage
+from ..core import storage
 from ..errors import BackendError, KilnError
 
 # C format ids (csrc/quant.h enum), by storage-table name.

@@ -89,11 +89,14 @@ class CompiledExecutor:
     def _fill(self, t: cabi.Tensor, name: str, where: str) -> None:
         tensor = self.graph.tensors[name]
         shape = tuple(int(d) for d in tensor.shape)
+        dtype = tensor.dtype
+        if tensor.storage != "plain":  # a stored weight travels as its bytes (the kernel knows [N, K])
+            shape, dtype = (int(tensor.nbytes),), "bool"
         if len(shape) > registry.MAX_DIMS:
             raise ValidationError(f"{where}: tensor {name!r} has rank {len(shape)}, the C limit is {registry.MAX_DIMS}")
         p = self.plan.placements[name]
-        self._check(p, shape, tensor.dtype, f"{where} tensor {name!r}")
-        cabi.fill_tensor(t, slot=p.slot, offset=p.offset, shape=shape, dtype=tensor.dtype)
+        self._check(p, shape, dtype, f"{where} tensor {name!r}")
+        cabi.fill_tensor(t, slot=p.slot, offset=p.offset, shape=shape, dtype=dtype)
 
     def _check(self, p: Placement, shape, dtype: str, what: str) -> None:
         need = int(np.prod(shape, dtype=np.int64)) * ITEMSIZE[dtype]

@@ -59,7 +59,7 @@ def fixed_slot_arrays(graph: Graph, plan: Plan, state: Optional[dict[str, np.nda
         if s.kind in (SlotKind.CONST, SlotKind.STATE):
             t = graph.tensors[s.name]
             a = np.asarray(shared[s.name] if shared is not None and s.kind == SlotKind.STATE else graph.constants[s.name])
-            if a.dtype != np_dtype(t.dtype) or tuple(a.shape) != tuple(t.shape):
+            if a.dtype != t.array_dtype or tuple(a.shape) != t.array_shape:
                 raise ValidationError(f"{s.kind} {s.name!r}: data is {a.dtype}{list(a.shape)}, "
                                       f"the graph says {t.dtype}{list(t.shape)}")
             if s.kind == SlotKind.STATE:
@@ -175,7 +175,7 @@ class PlannedExecutor:
     def _spec(self, name: str) -> Spec:
         p = self.plan.placements[name]
         t = self.graph.tensors[name]
-        return (p.slot, p.offset, p.nbytes, np_dtype(t.dtype), tuple(int(d) for d in t.shape))
+        return (p.slot, p.offset, p.nbytes, t.array_dtype, tuple(int(d) for d in t.array_shape))
 
     def run(self, feeds: Mapping[str, np.ndarray], profile: bool = False) -> list[np.ndarray]:
         with self._lock:  # the arena is shared by every run

@@ -14,13 +14,14 @@ from typing import Any, Iterable, Mapping, Optional
 
 import numpy as np
 
-from ..core import dims
+from ..core import dims, storage
 from ..core.dims import Dim, fmt_shape
-from ..core.dtypes import DTYPES, ITEMSIZE, from_numpy
+from ..core.dtypes import DTYPES, ITEMSIZE, from_numpy, np_dtype
 from ..errors import KilnError
 from .kv_cache import KVCacheInfo
 
 INPUT, CONST, STATE, ACT = "input", "const", "state", "activation"
+PLAIN = "plain"
 
 
 @dataclass
@@ -29,10 +30,27 @@ class Tensor:
     shape: tuple[Dim, ...]
     dtype: str
     kind: str = ACT
+    # storage type (kiln/core/storage.py): "plain" is the dtype's own layout; any other row
+    # (a quantized constant) keeps the logical shape and dtype and holds the table's bytes
+    storage: str = PLAIN
 
     @property
     def nbytes(self) -> Dim:
+        if self.storage != PLAIN:
+            return storage.nbytes(self.storage, self.shape)
         return dims.numel(self.shape) * ITEMSIZE[self.dtype]
+
+    @property
+    def array_shape(self) -> tuple:
+        """Shape of the numpy array holding the data: the logical shape, or for a stored
+        tensor its rows of bytes [..., row_bytes] (uint8)."""
+        if self.storage == PLAIN:
+            return tuple(self.shape)
+        return tuple(self.shape[:-1]) + (storage.get(self.storage).row_bytes(int(self.shape[-1])),)
+
+    @property
+    def array_dtype(self) -> np.dtype:
+        return np.dtype(np.uint8) if self.storage != PLAIN else np_dtype(self.dtype)
 
 
 @dataclass(eq=False)   # identity: the graph's use-def maps key on nodes
@@ -148,6 +166,19 @@ class Graph:
             value = value.astype(dtype)
         self._add_tensor(Tensor(name, tuple(int(d) for d in value.shape), dtype, kind))
         self.constants[name] = value
+        return name
+
+    def add_stored_const(self, name: str, raw: np.ndarray, shape, storage_type: str) -> str:
+        """A float32 constant of logical ``shape`` held as ``storage_type`` bytes (uint8, kept as
+        given: a memory map stays one). KilnError when the byte count is not the table's."""
+        shape = tuple(int(d) for d in shape)
+        want = storage.nbytes(storage_type, shape)
+        raw = np.asarray(raw)
+        if raw.dtype != np.uint8 or raw.nbytes != want:
+            raise KilnError(f"constant {name!r}: {raw.nbytes} bytes of {raw.dtype} for {storage_type}"
+                            f"{list(shape)}, which needs {want} uint8 bytes")
+        self._add_tensor(Tensor(name, shape, "float32", CONST, storage_type))
+        self.constants[name] = raw.reshape(shape[:-1] + (want // max(1, int(np.prod(shape[:-1], dtype=np.int64))),))
         return name
 
     def add_node(self, op: str, inputs: Iterable[str], attrs=None, *, name: Optional[str] = None,

@@ -56,7 +56,7 @@ def resolve(graph: Graph, binding: Mapping[str, int]) -> Graph:
                 sym_sources=graph.sym_sources, sym_ranges=graph.sym_ranges, kv_cache=graph.kv_cache)
     for name, t in graph.tensors.items():
         if t.kind != ACT:
-            out.tensors[name] = Tensor(name, dims.resolve_shape(t.shape, binding), t.dtype, t.kind)
+            out.tensors[name] = Tensor(name, dims.resolve_shape(t.shape, binding), t.dtype, t.kind, t.storage)
     folded: set[str] = set()
     for node in graph.nodes:
         opdef = registry.get(node.op)

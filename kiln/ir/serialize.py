@@ -20,15 +20,16 @@ import numpy as np
 from ..errors import FileFormatError, KilnError
 from ..core import dims
 from ..core.dims import Sym
-from .graph import ACT, CONST, INPUT, STATE, Graph, Tensor
+from .graph import ACT, CONST, INPUT, PLAIN, STATE, Graph, Tensor
 from .kv_cache import KVCacheInfo
 from .validate import validate
 from ..core.dtypes import ITEMSIZE, np_dtype
 from ..ops.schema import check_input_dtypes
 
-FORMAT = "kiln-graph/1"
+FORMAT = "kiln-graph/2"     # /2: a constant may name a storage type (its bytes stored as U8)
+READS = ("kiln-graph/1", FORMAT)
 _ST_DTYPES = {"float32": "F32", "int64": "I64", "int32": "I32", "bool": "BOOL"}
-_NP_DTYPES = {"F32": np.float32, "I64": np.int64, "I32": np.int32, "BOOL": np.bool_}
+_NP_DTYPES = {"F32": np.float32, "I64": np.int64, "I32": np.int32, "BOOL": np.bool_, "U8": np.uint8}
 MAX_HEADER = 512 * 2**20
 MAX_RANK = 8                 # registry.MAX_DIMS
 MAX_ELEMENTS = 2**40         # per tensor; a declared shape beyond this is damage, not a model
@@ -84,7 +85,8 @@ def graph_to_json(g: Graph) -> dict:
         "format": FORMAT,
         "inputs": list(g.inputs), "outputs": list(g.outputs),
         "tensors": [dict({"name": t.name, "shape": _shape_enc(t.shape), "dtype": t.dtype, "kind": t.kind},
-                         **({"init": "zeros"} if _zero_state(g, t) else {}))
+                         **({"init": "zeros"} if _zero_state(g, t) else {}),
+                         **({"storage": t.storage} if t.storage != PLAIN else {}))
                     for t in g.tensors.values() if t.kind != ACT],
         "nodes": [{"op": n.op, "inputs": n.inputs, "output": n.output, "source": n.source,
                    "attrs": None if n.attrs is None else
@@ -116,7 +118,8 @@ def save(g: Graph, path: str | os.PathLike, extra: dict | None = None) -> None:
         if _zero_state(g, g.tensors[name]):
             continue  # a zero-initialized KV cache is recreated on load, not stored
         arr = np.require(arr, requirements="C")  # keeps a 0-d constant 0-d (ascontiguousarray makes it [1])
-        header[name] = {"dtype": _ST_DTYPES[g.tensors[name].dtype], "shape": list(arr.shape),
+        stored = g.tensors[name].storage != PLAIN  # blocks as they are (uint8 rows)
+        header[name] = {"dtype": "U8" if stored else _ST_DTYPES[g.tensors[name].dtype], "shape": list(arr.shape),
                         "data_offsets": [offset, offset + arr.nbytes]}
         offset += arr.nbytes
         arrays.append(arr)
@@ -225,7 +228,7 @@ def graph_from_json(gj: Any, arrays: dict[str, np.ndarray], where: str = "model"
     """Rebuild a Graph from its JSON and the file's tensors; every field is checked (types,
     ranges, attrs by the op schema, input dtypes, shapes re-inferred) and the result validated.
     Raises FileFormatError naming the field."""
-    if not isinstance(gj, dict) or gj.get("format") != FORMAT:
+    if not isinstance(gj, dict) or gj.get("format") not in READS:
         raise FileFormatError(f"{where}: field format is {gj.get('format') if isinstance(gj, dict) else gj!r}, "
                               f"expected {FORMAT!r}")
     g = Graph()
@@ -303,6 +306,10 @@ def _tensor_from_json(g: Graph, t: Any, arrays: dict, where: str) -> None:
     if name in g.tensors:
         raise FileFormatError(f"{where}: tensor defined twice")
     shape = _shape_dec(t.get("shape"), where)
+    st = t.get("storage", PLAIN)
+    if st != PLAIN:
+        _stored_const(g, name, kind, dtype, shape, st, arrays, where)
+        return
     if kind == STATE and t.get("init") == "zeros":
         if not dims.is_static(shape):
             raise FileFormatError(f"{where}: zero-initialized state has a symbolic shape")
@@ -325,6 +332,18 @@ def _tensor_from_json(g: Graph, t: Any, arrays: dict, where: str) -> None:
     elif name in arrays:
         raise FileFormatError(f"{where}: an input tensor has data in the file (a constant's kind changed?)")
     g._add_tensor(Tensor(name, shape, dtype, kind))
+
+
+def _stored_const(g: Graph, name, kind, dtype, shape, st, arrays, where) -> None:
+    """A constant in a storage type: its U8 bytes, checked against the table, kept mapped."""
+    if kind != CONST or dtype != "float32" or not isinstance(st, str) or not dims.is_static(shape):
+        raise FileFormatError(f"{where}: storage {st!r} needs a static float32 constant")
+    if name not in arrays:
+        raise FileFormatError(f"{where}: data missing from the file")
+    try:
+        g.add_stored_const(name, arrays[name], shape, st)
+    except KilnError as e:
+        raise FileFormatError(f"{where}: {e}") from None
 
 
 def _node_from_json(g: Graph, nj: Any, where: str) -> None:

@@ -5,7 +5,7 @@ from ..core import dims
 from ..errors import KilnError, ValidationError
 from ..ops import registry
 from ..ops.schema import check_input_dtypes
-from .graph import ACT, CONST, INPUT, STATE, Graph
+from .graph import ACT, CONST, INPUT, PLAIN, STATE, Graph
 
 
 def validate(graph: Graph, *, static: bool = False, executable: bool = False) -> None:
@@ -25,6 +25,7 @@ def validate(graph: Graph, *, static: bool = False, executable: bool = False) ->
     for name in graph.inputs:
         if graph.tensors.get(name) is None or graph.tensors[name].kind != INPUT:
             raise ValidationError(f"graph input {name!r} is not an input tensor")
+    _check_storage(graph)
     seen_outputs: set[str] = set()
     for node in graph.nodes:
         where = f"node {node.output} = {node.op}(...)"
@@ -61,6 +62,24 @@ def validate(graph: Graph, *, static: bool = False, executable: bool = False) ->
     except KilnError as e:
         raise ValidationError(str(e)) from None
     _check_kv_cache(graph)
+
+
+def _check_storage(graph: Graph) -> None:
+    """A non-plain storage type only on a constant, read only where an op takes that input
+    in storage (kiln/ops/quant.py STORED_INPUTS); never a graph output."""
+    from ..ops.quant import STORED_INPUTS
+    stored = {n for n, t in graph.tensors.items() if t.storage != PLAIN}
+    for name in stored:
+        if graph.tensors[name].kind != CONST:
+            raise ValidationError(f"tensor {name!r}: storage {graph.tensors[name].storage} on a "
+                                  f"{graph.tensors[name].kind} tensor (only constants may have one)")
+        if name in graph.outputs:
+            raise ValidationError(f"graph output {name!r} is in storage {graph.tensors[name].storage}")
+    for node in graph.nodes:
+        for j, i in enumerate(node.inputs):
+            if i in stored and STORED_INPUTS.get(node.op) != j:
+                raise ValidationError(f"node {node.output} = {node.op}(...): input {j} ({i!r}) is in storage "
+                                      f"{graph.tensors[i].storage}, which {node.op} does not read")
 
 
 def _check_kv_cache(graph: Graph) -> None:

@@ -123,8 +123,9 @@ def hf_name(gguf_name: str) -> Optional[str]:
     return None
 
 
-def hf_state_dict(gf: GGUFFile) -> dict[str, np.ndarray]:
-    """Every tensor dequantized, renamed, and (llama arch) with Q/K rows back in transformers order."""
+def hf_state_dict(gf: GGUFFile, skip: frozenset = frozenset()) -> dict[str, np.ndarray]:
+    """Every tensor dequantized, renamed, and (llama arch) with Q/K rows back in transformers order.
+    ``skip``: transformers names left out (weights kept in their blocks, kiln/models/gguf_quant.py)."""
     dims = checked(gf)
     heads, kv_heads = dims.heads, dims.kv_heads
     unknown = [n for n in gf.tensors if hf_name(n) is None]
@@ -134,6 +135,8 @@ def hf_state_dict(gf: GGUFFile) -> dict[str, np.ndarray]:
                            else ""))
     out: dict[str, np.ndarray] = {}
     for name, tensor in gf.tensors.items():
+        if hf_name(name) in skip:
+            continue
         w = dequantize(tensor)
         if gf.architecture == "llama" and re.search(r"\.attn_[qk]\.", name):
             w = unpermute_qk(w, heads if ".attn_q." in name else kv_heads)
@@ -288,13 +291,25 @@ def _transformers_tokenizer(gf: GGUFFile, kind: Optional[str]) -> Any:
         raise KilnError(f"{gf.path}: cannot build a {kind!r} tokenizer from the GGUF metadata: {e}") from e
 
 
-def load_gguf(path: str | os.PathLike) -> HFParts:
+def load_gguf(path: str | os.PathLike, *, native: bool = False):
+    """The file as HFParts (fp32 transformers model, tokenizer, generation config). With
+    ``native`` returns (parts, stored): the weights with a quantized kernel stay in their
+    blocks (gguf_quant.StoredWeight) and the model holds uninitialized placeholders for them."""
     import transformers as tf
     gf = read_gguf(path)
     checked(gf)
-    model = build_model(gf)
+    stored = None
+    if native:
+        from .gguf_quant import placeholders, stored_weights
+        stored = stored_weights(gf)
+        state = hf_state_dict(gf, skip=frozenset(stored))
+        state.update(placeholders(stored))
+        model = build_model(gf, state)
+    else:
+        model = build_model(gf)
     md = gf.metadata
     gen = tf.GenerationConfig(bos_token_id=md.get("tokenizer.ggml.bos_token_id"),
                               eos_token_id=md.get("tokenizer.ggml.eos_token_id"),
                               pad_token_id=md.get("tokenizer.ggml.padding_token_id"))
-    return HFParts(model=model, tokenizer=build_tokenizer(gf), generation_config=gen, source=gf.path)
+    parts = HFParts(model=model, tokenizer=build_tokenizer(gf), generation_config=gen, source=gf.path)
+    return (parts, stored) if native else parts

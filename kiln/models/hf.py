@@ -128,7 +128,7 @@ class CompiledLM:
 
 
 def compile_causal_lm(model: Any, *, max_len: int, executor: str = "compiled", last_only: bool = True,
-                      optimize: bool = True) -> CompiledLM:
+                      optimize: bool = True, **quant: Any) -> CompiledLM:
     """Export once with a dynamic sequence dim, so decoding never re-exports per token.
 
     min=1 lets a one-token prompt run as it is. If torch.export refuses min=1 for some model, we fall back
@@ -147,7 +147,7 @@ def compile_causal_lm(model: Any, *, max_len: int, executor: str = "compiled", l
     for min_len, keep_last in ((1, last_only), (2, False)):
         wrapped = logits_module(model, keep_last)
         try:
-            session = kiln.compile(wrapped, (example,), executor=executor, optimize=optimize,
+            session = kiln.compile(wrapped, (example,), executor=executor, optimize=optimize, **quant,
                                    dynamic_shapes={"input_ids": {1: Dim("seq", min=min_len, max=max_len)}})
         except KilnError:
             raise  # Kiln's own complaints (an unsupported op, ...) would repeat with min=2

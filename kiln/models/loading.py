@@ -50,9 +50,13 @@ class CompileOptions:
 
     max_len: Optional[int] = None      # KV-cache positions (None: min(context, 2048))
     threads: Optional[int] = None      # default kernel threads stored in the file (None: the cores available)
+    dtype: str = "native"              # "native": a GGUF's quantized weights stay in their blocks; "f32"
+    quantize: Optional[str] = None     # quantize an fp32 model's matmul weights ("int8", "q8_0", "q4_0", "q4_k")
+    act: str = "exact"                 # quantized matmul activations: "exact" (fp32) or "int8"
 
     def as_dict(self) -> dict:
-        return {"max_len": self.max_len, "threads": self.threads, "last_only": True}
+        return {"max_len": self.max_len, "threads": self.threads, "last_only": True, "dtype": self.dtype,
+                "quantize": self.quantize, "act": self.act}
 
 
 @contextmanager
@@ -68,7 +72,8 @@ def library_warnings_hidden() -> Iterator[None]:
 def load_model(spec: Union[str, os.PathLike] = "default", *, executor: Optional[str] = None,
                backend: Optional[str] = None, max_len: Optional[int] = None,
                keep_torch: bool = False, progress: Optional[Progress] = None, last_only: bool = True,
-               cache: bool = True, compile_cache: bool = True) -> LanguageModel:
+               cache: bool = True, compile_cache: bool = True, dtype: str = "native",
+               quantize: Optional[str] = None, act: str = "exact") -> LanguageModel:
     """A `.kiln` file, 'default' (SmolLM2-135M-Instruct), a Hugging Face model folder or a .gguf → LanguageModel.
 
     ``progress`` is called with the name of each step as it starts (loading, compiling, ...).
@@ -79,6 +84,9 @@ def load_model(spec: Union[str, os.PathLike] = "default", *, executor: Optional[
     """
     say = progress or _quiet
     t0 = time.perf_counter()
+    if dtype not in ("native", "f32"):
+        raise KilnError(f"dtype must be 'native' or 'f32', got {dtype!r}")
+    quant = {"dtype": dtype, "quantize": quantize, "act": act}
     if is_model_file(spec):
         if keep_torch:
             raise KilnError(f"{str(spec)!r} is a compiled Kiln file and holds no PyTorch model to compare with; "
@@ -90,13 +98,13 @@ def load_model(spec: Union[str, os.PathLike] = "default", *, executor: Optional[
     if not last_only or not compile_cache:
         begin(say, COMPILE_STEPS)
         lm, _ = compile_language_model(spec, executor=executor, backend=backend, max_len=max_len, keep_torch=keep_torch, say=say,
-                                       last_only=last_only, cache=cache)
+                                       last_only=last_only, cache=cache, **quant)
         end(say)
         return lm
     from .. import cache as compile_cache_dir
     path, _name = resolve_source(spec)
     source_digest = compile_cache_dir.source_hash(path)
-    options = CompileOptions(max_len=max_len).as_dict()
+    options = CompileOptions(max_len=max_len, **quant).as_dict()
     cpu = compile_cache_dir.cpu_features()
     from .model_file import kiln_version, provenance
     key = compile_cache_dir.entry_key(source_digest, kiln_version(), options, cpu)
@@ -115,7 +123,7 @@ def load_model(spec: Union[str, os.PathLike] = "default", *, executor: Optional[
             return lm
     begin(say, COMPILE_STEPS + 1)
     lm, meta = compile_language_model(spec, executor=executor, backend=backend, max_len=max_len, keep_torch=keep_torch, say=say,
-                                      cache=cache, provenance_info=provenance(
+                                      cache=cache, **quant, provenance_info=provenance(
                                           source=str(path), source_sha256=source_digest, options=options, cpu=cpu,
                                           cache_key=key))
     if meta is not None:
@@ -159,7 +167,8 @@ def compile_language_model(spec: Union[str, os.PathLike], *, executor: Optional[
                            backend: Optional[str] = None,
                            max_len: Optional[int] = None, keep_torch: bool = False, say: Progress = _quiet,
                            last_only: bool = True, cache: bool = True, provenance_info: Optional[dict] = None,
-                           threads: Optional[int] = None) -> tuple[LanguageModel, Optional[dict]]:
+                           threads: Optional[int] = None, dtype: str = "native", quantize: Optional[str] = None,
+                           act: str = "exact") -> tuple[LanguageModel, Optional[dict]]:
     """Read, export, optimize and add the KV cache: (the LanguageModel, its model-file metadata, or None
     when it cannot travel in a file: full-sequence logits, or a tokenizer without a `tokenizers` form)."""
     from .hf import DEFAULT_MAX_LEN, compile_causal_lm, context_length, eos_token_ids
@@ -167,7 +176,9 @@ def compile_language_model(spec: Union[str, os.PathLike], *, executor: Optional[
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     with library_warnings_hidden():
-        parts, name = load_parts(spec, say)
+        # keep_torch compares against the torch model, which must then hold real fp32 weights
+        parts, name, stored = load_parts_stored(spec, say,
+                                                native=dtype == "native" and not quantize and not keep_torch)
     timings["load"] = time.perf_counter() - t0
     model = parts.model
     limit = context_length(model.config)
@@ -178,7 +189,13 @@ def compile_language_model(spec: Union[str, os.PathLike], *, executor: Optional[
         f"sequence length 1..{max_len})")
     t0 = time.perf_counter()
     with library_warnings_hidden():
-        compiled = compile_causal_lm(model, max_len=max_len, executor="reference", last_only=last_only)
+        quant: dict = {"act": act}
+        if stored:
+            from .gguf_quant import attach
+            quant["prepare"] = lambda g: attach(g, stored, prefix="model.")
+        if quantize:
+            quant["quantize"] = quantize
+        compiled = compile_causal_lm(model, max_len=max_len, executor="reference", last_only=last_only, **quant)
     from ..session import Session
     session = Session(compiled.session.graph, executor=executor, backend=backend, meta=compiled.session.meta)
     cached = None
@@ -263,11 +280,22 @@ def resolve_source(spec: Union[str, os.PathLike], say: Progress = _quiet) -> tup
 def load_parts(spec: Union[str, os.PathLike], say: Progress) -> tuple[HFParts, str]:
     """'default', a Hugging Face folder or a .gguf path → (the fp32 transformers model and what travels
     with it, a display name). ``say`` gets a line per step. Raises KilnError for anything else."""
+    parts, name, _ = load_parts_stored(spec, say, native=False)
+    return parts, name
+
+
+def load_parts_stored(spec: Union[str, os.PathLike], say: Progress, *, native: bool):
+    """load_parts, plus (``native``, a GGUF) the weights kept in their blocks: (parts, name, stored);
+    stored is None otherwise (kiln/models/gguf_quant.py)."""
     path, name = resolve_source(spec, say)
     if path.is_dir():
         from .hf import load_hf_folder
         say(f"loading the Hugging Face model in {path}")
-        return load_hf_folder(path), name
-    say(f"reading {path.name} (dequantizing to fp32)")
+        return load_hf_folder(path), name, None
     from .gguf import load_gguf
-    return load_gguf(path), name
+    if native:
+        say(f"reading {path.name} (quantized weights stay in their blocks)")
+        parts, stored = load_gguf(path, native=True)
+        return parts, name, stored
+    say(f"reading {path.name} (dequantizing to fp32)")
+    return load_gguf(path), name, None

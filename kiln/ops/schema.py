@@ -39,6 +39,9 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("cast", "dtype"): DTYPES,
     ("arange", "dtype"): DTYPES,
     ("full", "dtype"): DTYPES,
+    # quantized weights (kiln/ops/quant.py): storage names are checked against the table by inference
+    ("qmatmul", "act"): _ACTS,
+    ("qmatmul", "mode"): ("exact", "int8"),
 }
 FINITE = {("matmul", "alpha"), ("matmul", "beta"), ("layer_norm", "eps"), ("rms_norm", "eps"),
           ("attention", "scale"), ("cached_attention", "scale")}

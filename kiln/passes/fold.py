@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..core import dims
-from ..ir.graph import CONST, Graph, Tensor
+from ..ir.graph import CONST, PLAIN, Graph, Tensor
 from ..ir.resolve import attr_symbols
 from ..ops import registry
 from .engine import dead_code_elimination
@@ -20,7 +20,8 @@ def constant_folding(graph: Graph) -> int:
         out = graph.tensors[node.output]
         ins = [graph.tensors[i] for i in node.inputs]
         if not all(t.kind == CONST for t in ins) or not dims.is_static(out.shape) or \
-                attr_symbols(node.attrs):
+                attr_symbols(node.attrs) or any(t.storage != PLAIN for t in ins):
+            # (a stored weight stays in its blocks: folding would make the fp32 copy)
             keep.append(node)
             continue
         in_bytes = sum(graph.constants[i].nbytes for i in node.inputs)

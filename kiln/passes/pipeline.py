@@ -27,7 +27,7 @@ from typing import Callable, Optional, Sequence, Union
 from ..errors import KilnError
 from ..ir.graph import Graph
 from ..ir.validate import validate
-from . import absorb, attention, canonical, fusions
+from . import absorb, attention, canonical, fusions, quantize
 from .causal_mask import causal_mask_absorption
 from .engine import RuleSet, rewrite
 from .cse import cse
@@ -40,6 +40,7 @@ STAGES: list[Stage] = [
     ("canonicalize", canonical.RULES),
     ("absorb", absorb.RULES + canonical.RULES),
     ("fold", constant_folding),
+    ("quantize", None),   # only with a QuantizeConfig: fp32 matmul weights → stored + dequantize
     ("dedupe", cse),
     ("fuse-softmax", attention.SOFTMAX + canonical.RULES),
     ("fuse-attention", attention.ATTENTION + attention.GQA),
@@ -50,6 +51,7 @@ STAGES: list[Stage] = [
     ("fuse-gated", fusions.GATED),
     ("bias", fusions.BIAS),
     ("epilogue", fusions.EPILOGUE),
+    ("fuse-quant", None),  # matmul(x, dequantize(W)) → qmatmul, after bias/act fusion (quantize.fuse_stage; tests/passes/test_quantize.py)
     ("merge-matmuls", merge_parallel_matmuls),
     ("fuse-gated-packed", fusions.GATED_PACKED),
     ("cse", cse),
@@ -71,8 +73,11 @@ class StageLog:
         return f"{self.name:18s} {self.nodes_before:5d} → {self.nodes_after:5d} nodes  {self.ms:7.1f} ms  {fired}"
 
 
-def optimize(graph: Graph, stages: Optional[Sequence[str]] = None, log: Optional[list] = None) -> Graph:
-    """Run the named stages (default: all, in pipeline order) on a copy of ``graph``."""
+def optimize(graph: Graph, stages: Optional[Sequence[str]] = None, log: Optional[list] = None, *,
+             quantize_cfg: Optional["quantize.QuantizeConfig"] = None, qmode: Optional[str] = None) -> Graph:
+    """Run the named stages (default: all, in pipeline order) on a copy of ``graph``.
+    ``quantize_cfg`` turns the quantize stage on; ``qmode`` (default: the config's mode, else
+    "exact") is the activation mode of the quantized matmuls the fusion makes."""
     wanted = STAGE_NAMES if stages is None else list(stages)
     unknown = [s for s in wanted if s not in STAGE_NAMES]
     if unknown:
@@ -83,6 +88,10 @@ def optimize(graph: Graph, stages: Optional[Sequence[str]] = None, log: Optional
             continue
         before = len(g.nodes)
         t0 = time.perf_counter()
+        if name == "quantize":  # a no-op without a config (still logged: every stage is)
+            stage = quantize.make_stage(quantize_cfg) if quantize_cfg is not None else (lambda g: 0)
+        if name == "fuse-quant":
+            stage = quantize.fuse_stage(qmode or (quantize_cfg.mode if quantize_cfg else None))
         if isinstance(stage, RuleSet):
             fired = rewrite(g, stage)
         else:

@@ -360,7 +360,10 @@ def test_kernel_matches_reference(case: Case):
 
 def test_every_executable_op_has_a_case():
     covered = {c.op for c in CASES}
-    missing = sorted(set(registry.executable_ops()) - covered)
+    # stored-weight ops run through the compiled executor only (a kernel needs the plan's
+    # logical shape of its weight bytes): tests/passes/test_quantize.py compares their kernels
+    stored = {"dequantize", "qmatmul", "qembedding"}
+    missing = sorted(set(registry.executable_ops()) - covered - stored)
     assert not missing, f"executable ops without a kernel test: {missing}"
     inplace = {c.op for c in CASES if c.inplace}
     no_alias_case = sorted(o for o in registry.ops_with(registry.INPLACE) if o not in inplace)

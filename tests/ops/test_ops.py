@@ -13,8 +13,13 @@ from tests.op_cases import CASES
 ALL_CASES = [(op, i) for op in sorted(CASES) for i in range(len(CASES[op][0]))]
 
 
+# Ops whose weight input is in a storage type (bytes, not the array a case holds): their
+# reference, inference and kernels are tested in tests/passes/test_quantize.py.
+STORED_WEIGHT_OPS = {"dequantize", "qmatmul", "qembedding"}
+
+
 def test_every_op_has_cases():
-    missing = sorted(set(registry.REGISTRY) - set(CASES))
+    missing = sorted(set(registry.REGISTRY) - set(CASES) - STORED_WEIGHT_OPS)
     assert not missing, f"ops without reference/shape tests: {missing}"
     assert all(len(CASES[op][0]) >= 1 for op in CASES)
 

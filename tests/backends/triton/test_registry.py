@@ -9,7 +9,8 @@ from kiln.ops import registry as ops
 
 
 def test_every_executable_op_has_a_kernel():
-    assert registry.missing_ops(ops.executable_ops()) == []
+    # no Triton kernels read stored (quantized) weights yet: such a graph is refused by name
+    assert registry.missing_ops(ops.executable_ops()) == ["dequantize", "qembedding", "qmatmul"]
 
 
 def test_missing_ops_lists_what_a_graph_lacks(monkeypatch):

@@ -28,7 +28,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import KilnError
+from ..errors import KilnError
 
 QK_K = 256
 _F16 = np.dtype("<f2")
