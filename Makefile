@@ -40,7 +40,7 @@ asan: setup
 
 # The fuzzer (tests/fuzz): mutated .kiln files, GGUF files and feeds. `make fuzz` runs new cases
 # each time (the start number is the clock) for FUZZ_SECONDS; fuzz-ci is the short fixed run CI
-# makes. Both fail on crashes and hangs; add FUZZ_ARGS=--strict to fail on raw exceptions too.
+# makes. Both fail on crashes, hangs, raw (non-Kiln) exceptions and wrong outputs (FUZZ_ARGS=--allow-raw relaxes the third).
 FUZZ_SECONDS ?= 1200
 fuzz: setup
 	$(BIN)/python -m tests.fuzz --seconds $(FUZZ_SECONDS) --start $$(date +%s) $(FUZZ_ARGS)

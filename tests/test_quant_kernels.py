@@ -22,9 +22,10 @@ import pytest
 from kiln.core import storage
 from kiln.backends import qmm as Q
 from kiln.errors import BackendError
+from tests.shared_fixtures import FIXTURES_DIR
 
 
-FIXTURES = "/work/shared/fixtures"
+FIXTURES = str(FIXTURES_DIR)
 MS = [1, 2, 7, 16, 33, 64, 100]
 GENERIC = os.environ.get("KILN_FORCE_GENERIC") == "1"
 

@@ -15,10 +15,11 @@ import pytest
 
 from kiln.core import storage
 from kiln.errors import KilnError
+from tests.shared_fixtures import FIXTURES_DIR
 
 T = gguf.GGMLQuantizationType
 
-FIXTURES = sorted(glob.glob("/work/shared/fixtures/*.gguf"))
+FIXTURES = sorted(glob.glob(str(FIXTURES_DIR / "*.gguf")))
 
 
 def _shape(t):

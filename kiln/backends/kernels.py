@@ -145,12 +145,13 @@ class Backend:
 
 
 class ReferenceBackend(Backend):
-    """The numpy backend: every declared op's ``ref`` is its kernel, for plain storage, so it
-    needs no registrations (a new op is runnable here the moment it is declared)."""
+    """The numpy backend: every declared op's ``ref`` is its kernel, so it needs no registrations
+    (a new op is runnable here the moment it is declared). Any storage type: the validator lets a
+    stored (block/int8) tensor reach only inputs whose op declares it, and those refs decode it."""
 
     def find(self, op: str, storages: Sequence[str] = ()) -> Optional[Kernel]:
         k = super().find(op, storages)
-        if k is None and all(s == PLAIN for s in storages) and op in ops.REGISTRY:
+        if k is None and op in ops.REGISTRY:
             k = Kernel(op, PLAIN, fn=ops.REGISTRY[op].ref)
         return k
 

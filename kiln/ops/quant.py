@@ -148,14 +148,10 @@ def _fmt_lower(attrs, in_shapes, out_shape):
     return {"fmt": C_FORMATS.get(attrs.storage, -1)}
 
 
-_FMT = (("fmt", "i64"),)
 declare("dequantize", inputs=("w",), attrs=StoredAttrs, infer=_deq_infer,
-        ref=lambda xs, a: dequantize_array(xs[0], a.storage), params=_FMT, c_params=_fmt_lower,
+        ref=lambda xs, a: dequantize_array(xs[0], a.storage),
         doc="float32 values of a weight held in a storage type")
 declare("qmatmul", inputs=("x", "w", "bias?"), attrs=QMatmulAttrs, infer=_qmm_infer, ref=_qmm_ref,
-        scratch=_qmm_scratch, params=(("fmt", "i64"), ("mode", "i64"), ("act", "i64"), ("threads", "i64")),
-        c_params=_qmm_lower, props=("fused",),
-        doc="act(x[..., K] @ dequantize(W)[N, K]^T + bias), W read in its blocks")
+        props=("fused",), doc="act(x[..., K] @ dequantize(W)[N, K]^T + bias), W read in its blocks")
 declare("qembedding", inputs=("w", "ids"), attrs=StoredAttrs, infer=_qemb_infer, ref=_qemb_ref,
-        params=_FMT, c_params=_fmt_lower, props=("fused",),
-        doc="rows of a table held in a storage type, dequantized")
+        props=("fused",), doc="rows of a table held in a storage type, dequantized")

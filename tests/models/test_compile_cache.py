@@ -11,9 +11,10 @@ import pytest
 from kiln import cache, cli
 from kiln.ir import serialize
 from kiln.models import loading, model_file
+from tests.shared_fixtures import FIXTURES_DIR
 
 ROOT = Path(__file__).resolve().parents[2]
-GGUF = Path("/work/shared/fixtures/tiny-llama-F32.gguf")
+GGUF = FIXTURES_DIR / "tiny-llama-F32.gguf"
 pytestmark = pytest.mark.skipif(not GGUF.is_file(), reason="needs /work/shared/fixtures/tiny-llama-F32.gguf")
 
 

@@ -10,16 +10,17 @@ import pytest
 from kiln.models.gguf import read_gguf
 from kiln.models.gguf_quant import native_storage
 from kiln.models.loading import load_model
+from tests.shared_fixtures import FIXTURES_DIR
 
-FIXTURES = sorted(glob.glob("/work/shared/fixtures/tiny-llama-*.gguf"))
+FIXTURES = sorted(glob.glob(str(FIXTURES_DIR / "tiny-llama-*.gguf")))
 pytestmark = pytest.mark.skipif(not FIXTURES, reason="GGUF fixtures not present")
 IDS = np.array([[1, 5, 17, 42, 7, 99, 250]], np.int64)
 
 
 @pytest.mark.parametrize("path", FIXTURES, ids=[os.path.basename(p) for p in FIXTURES])
 def test_native_blocks_no_fp32_copy_same_logits(path):
-    nat = load_model(path, max_len=32, cache=False)
-    f32 = load_model(path, max_len=32, cache=False, dtype="f32")
+    nat = load_model(path, max_len=32, cache=False, compile_cache=False)
+    f32 = load_model(path, max_len=32, cache=False, dtype="f32", compile_cache=False)
     g = nat.session.graph
     gf = read_gguf(path)
     kept = [t for t in gf.tensors.values() if native_storage(t)]
@@ -55,8 +56,8 @@ def test_native_decode_with_kv_cache_matches_fp32(path):
 
 def test_int8_activation_mode_close_to_exact():
     path = [p for p in FIXTURES if "Q8_0" in p][0]
-    exact = load_model(path, max_len=32, cache=False).session(IDS)[0]
-    int8 = load_model(path, max_len=32, cache=False, act="int8")
+    exact = load_model(path, max_len=32, cache=False, compile_cache=False).session(IDS)[0]
+    int8 = load_model(path, max_len=32, cache=False, act="int8", compile_cache=False)
     assert all(n.attrs.mode == "int8" for n in int8.session.graph.nodes if n.op == "qmatmul")
     out = int8.session(IDS)[0]
     assert np.abs(out - exact).max() <= 0.05 * np.abs(exact).max()

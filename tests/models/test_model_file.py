@@ -17,7 +17,7 @@ from kiln.models.loading import compile_language_model, load_model
 from kiln.models.text_tokenizer import KilnTokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
-GGUF = Path("/work/shared/fixtures/tiny-llama-F32.gguf")
+GGUF = FIXTURES_DIR / "tiny-llama-F32.gguf"
 PROMPTS = ["What is the capital of France?", "Hello world"]
 NEW = 8
 
@@ -25,6 +25,7 @@ NEW = 8
 CHILD = """
 import json, sys
 from kiln.models.loading import load_model
+from tests.shared_fixtures import FIXTURES_DIR
 out = {}
 for path, prompts, cache in json.loads(sys.argv[1]):
     lm = load_model(path, cache=cache)

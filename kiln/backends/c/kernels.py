@@ -10,7 +10,7 @@ from __future__ import annotations
 from ... import config
 from ...ops.attention import scale_of
 from ...ops.fused import ACTIVATIONS
-from ..kernels import HOST, Backend
+from ..kernels import HOST, PLAIN, Backend
 
 BACKEND = Backend("c", memory=HOST, doc="the C kernels (csrc), one C call per run")
 
@@ -96,6 +96,24 @@ def _register() -> None:
         reg(op, params=(("eps", "f32"),))
     reg("permute", params=(("perm", "i64x8"),), lower=lambda a, i, o: {"perm": list(a.perm)})
     reg("slice", params=(("axis", "i64"), ("start", "i64"), ("step", "i64")), lower=_slice_start)
+    _register_quant(reg)
+
+
+def _register_quant(reg) -> None:
+    """The quantized kernels (csrc/qmatmul_op.c): one entry per weight storage type the C side
+    decodes, plus the plain entry the codegen reads the params struct from."""
+    from ...ops.quant import C_FORMATS, _fmt_lower, _qmm_lower, _qmm_scratch
+    fmt = (("fmt", "i64"),)
+    qmm = dict(params=(("fmt", "i64"), ("mode", "i64"), ("act", "i64"), ("threads", "i64")), lower=_qmm_lower,
+               scratch=_qmm_scratch)
+    reg("dequantize", params=fmt, lower=_fmt_lower)
+    reg("qmatmul", **qmm)
+    reg("qembedding", params=fmt, lower=_fmt_lower)
+    for st in C_FORMATS:
+        reg("dequantize", storage=(st,), params=fmt, lower=_fmt_lower)
+        reg("qmatmul", storage=(PLAIN, st), **qmm)
+        reg("qmatmul", storage=(PLAIN, st, PLAIN), **qmm)
+        reg("qembedding", storage=(st, PLAIN), params=fmt, lower=_fmt_lower)
 
 
 _register()
