@@ -15,6 +15,7 @@ from kiln.errors import FileFormatError, KilnError
 from kiln.models import model_file
 from kiln.models.loading import compile_language_model, load_model
 from kiln.models.text_tokenizer import KilnTokenizer
+from tests.shared_fixtures import FIXTURES_DIR
 
 ROOT = Path(__file__).resolve().parents[2]
 GGUF = FIXTURES_DIR / "tiny-llama-F32.gguf"
@@ -25,7 +26,6 @@ NEW = 8
 CHILD = """
 import json, sys
 from kiln.models.loading import load_model
-from tests.shared_fixtures import FIXTURES_DIR
 out = {}
 for path, prompts, cache in json.loads(sys.argv[1]):
     lm = load_model(path, cache=cache)
