@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         import uvicorn
     except ImportError:
         raise KilnError("kiln serve needs the `serve` extra: pip install 'kiln-runtime[serve]'") from None
-    from .cli_generate import Progress
+    from .cli_progress import Progress
     from .serve.build import build_app
     app = build_app(args.model, ctx=args.ctx, executor=args.executor, max_body_bytes=args.max_body_bytes,
                     progress=Progress(sys.stderr), **engine_options(args))

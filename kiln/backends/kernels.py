@@ -146,12 +146,14 @@ class Backend:
 
 class ReferenceBackend(Backend):
     """The numpy backend: every declared op's ``ref`` is its kernel, so it needs no registrations
-    (a new op is runnable here the moment it is declared). Any storage type: the validator lets a
-    stored (block/int8) tensor reach only inputs whose op declares it, and those refs decode it."""
+    (a new op is runnable here the moment it is declared). A stored (block/int8) input only where
+    the op declares one (kiln/ops/quant.py STORED_INPUTS): those refs decode it."""
 
     def find(self, op: str, storages: Sequence[str] = ()) -> Optional[Kernel]:
+        from ..ops.quant import STORED_INPUTS
         k = super().find(op, storages)
-        if k is None and op in ops.REGISTRY:
+        stored_ok = all(s == PLAIN or STORED_INPUTS.get(op) == i for i, s in enumerate(storages))
+        if k is None and stored_ok and op in ops.REGISTRY:
             k = Kernel(op, PLAIN, fn=ops.REGISTRY[op].ref)
         return k
 

@@ -80,9 +80,10 @@ def _slot_session_class():
                 return super()._build(binding)
             from ..executor.compiled import CompiledExecutor
             from ..executor.registry import _planned
+            from ..planner.plan import HOST
             key = tuple(sorted(binding.items()))
             if key not in self._shared_plans:
-                self._shared_plans[key] = _planned(self.graph, binding)
+                self._shared_plans[key] = _planned(self.graph, binding, self._backend, HOST)
             static, plan = self._shared_plans[key]
             try:
                 return CompiledExecutor(static, plan, state=self.state)
