@@ -27,6 +27,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--max-len", default=None, help="KV-cache positions, the longest sequence (default min(context, 2048))")
     p.add_argument("--threads", default=None, help="kernel threads stored as the file's default "
                                                    "(KILN_NUM_THREADS still wins; default: the cores available)")
+    # quantized weights (issue 12): the file stores the blocks; loading it maps them, no fp32 copy
+    p.add_argument("--dtype", choices=("native", "f32"), default="native",
+                   help="native (default): a GGUF's quantized weights stay in their blocks; f32: dequantize them")
+    p.add_argument("--quantize", choices=("int8", "q8_0", "q4_0", "q4_k"), default=None,
+                   help="quantize the fp32 model's matmul weights (int8: per-channel symmetric; "
+                        "q8_0/q4_0/q4_k: GGUF blocks)")
+    p.add_argument("--act", choices=("exact", "int8"), default="exact",
+                   help="quantized matmul activations: exact (fp32, default) or int8 (VNNI dot products)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     p.set_defaults(fn=run)
     return p
@@ -39,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
     from .models import model_file
     from .models.loading import COMPILE_STEPS, CompileOptions, begin, compile_language_model, resolve_source
     options = CompileOptions(max_len=_number(args.max_len, "--max-len", int, low=2),
-                             threads=_number(args.threads, "--threads", int, low=1))
+                             threads=_number(args.threads, "--threads", int, low=1),
+                             dtype=args.dtype, quantize=args.quantize, act=args.act)
     path, name = resolve_source(args.model)
     output = Path(args.output) if args.output else Path(f"{path.stem if path.is_file() else path.name}.kiln")
     if output.suffix != ".kiln":
@@ -55,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
         prov = model_file.provenance(source=str(path), source_sha256=source_hash(path), options=options.as_dict(),
                                      cpu=cpu_features())
         lm, meta = compile_language_model(args.model, max_len=options.max_len, say=progress, provenance_info=prov,
-                                          threads=options.threads)
+                                          threads=options.threads, dtype=options.dtype,
+                                          quantize=options.quantize, act=options.act)
         if meta is None:
             raise KilnError(f"{name} cannot be saved as a .kiln file: its tokenizer has no `tokenizers` form")
         progress(f"saving {output}")
