@@ -142,8 +142,8 @@ def run(args: argparse.Namespace) -> int:
     graph = export(module, (torch.zeros((1, 8), dtype=torch.long),),
                    dynamic_shapes={"input_ids": {1: Dim("seq", min=2, max=1024)}})
     if stored:
-        from .models.gguf_quant import attach
-        attach(graph, stored, prefix="model.")
+        from .models.gguf_quant import attach, tied_names
+        attach(graph, stored, prefix="model.", aliases=tied_names(parts.model))
     log: list = []
     from .passes.quantize import QuantizeConfig
     opt = optimize(graph, log=log, quantize_cfg=QuantizeConfig(args.quantize) if args.quantize else None)

@@ -71,16 +71,34 @@ def placeholders(stored: dict[str, StoredWeight]) -> dict[str, Any]:
     return {name: np.empty(w.shape, dtype=np.float32) for name, w in stored.items()}
 
 
-def attach(graph: Graph, stored: dict[str, StoredWeight], prefix: str = "") -> int:
-    """Replace each placeholder constant ``prefix + name`` of ``graph`` by the stored blocks read
-    through ``dequantize`` (one node per reader); returns how many were replaced. KilnError when
-    a stored weight has no constant of its shape (the export named it differently)."""
+def tied_names(model: Any) -> dict[str, list[str]]:
+    """parameter name → every name of that parameter in ``model`` (a tied embedding and LM head are one
+    parameter under two names; torch.export keeps only one of them as the graph constant)."""
+    groups: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(p), []).append(name)
+    return {name: names for names in groups.values() for name in names}
+
+
+def attach(graph: Graph, stored: dict[str, StoredWeight], prefix: str = "",
+           aliases: Optional[dict[str, list[str]]] = None) -> int:
+    """Replace each placeholder constant of ``graph`` by the stored blocks read through ``dequantize``
+    (one node per reader); returns how many were replaced. A stored weight ``name`` is the constant
+    ``prefix + n`` for the first ``n`` of ``aliases[name]`` (default ``[name]``) the graph holds.
+
+    KilnError when a stored weight is found under none of its names (its placeholder would stay in the
+    graph uninitialized: wrong output, not an error) or a constant's shape differs from the file's."""
     done = 0
+    attached: set[str] = set()
     for name, w in stored.items():
-        c = prefix + name
-        t = graph.tensors.get(c)
-        if t is None or c not in graph.constants:
-            continue  # e.g. a tied lm_head that export merged into the embedding
+        names = (aliases or {}).get(name, [name])
+        c = next((prefix + n for n in names if prefix + n in graph.constants), None)
+        if c is None:
+            if any(prefix + n in attached for n in names):
+                continue  # the file holds both of a tied pair; the model (and graph) use one
+            raise KilnError(f"quantized weight {name!r} (also named {names}) is none of the exported graph's "
+                            f"constants; its placeholder would be read uninitialized")
+        t = graph.tensors[c]
         if tuple(t.shape) != w.shape:
             raise KilnError(f"weight {c!r}: graph constant is {list(t.shape)}, the file's is {list(w.shape)}")
         q = graph.add_stored_const(graph.fresh(f"{c}.{w.storage}"), w.raw, w.shape, w.storage)
@@ -92,7 +110,6 @@ def attach(graph: Graph, stored: dict[str, StoredWeight], prefix: str = "") -> i
             raise KilnError(f"weight {c!r} is a graph output; it cannot stay quantized")
         del graph.tensors[c]
         del graph.constants[c]
+        attached.add(c)
         done += 1
-    if stored and not done:
-        raise KilnError("none of the GGUF's quantized weights was found among the exported constants")
     return done

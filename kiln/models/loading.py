@@ -191,8 +191,9 @@ def compile_language_model(spec: Union[str, os.PathLike], *, executor: Optional[
     with library_warnings_hidden():
         quant: dict = {"act": act}
         if stored:
-            from .gguf_quant import attach
-            quant["prepare"] = lambda g: attach(g, stored, prefix="model.")
+            from .gguf_quant import attach, tied_names
+            aliases = tied_names(model)
+            quant["prepare"] = lambda g: attach(g, stored, prefix="model.", aliases=aliases)
         if quantize:
             quant["quantize"] = quantize
         compiled = compile_causal_lm(model, max_len=max_len, executor="reference", last_only=last_only, **quant)
