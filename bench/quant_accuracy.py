@@ -1,62 +1,143 @@
-"""Accuracy of quantized weights against fp32 (issue 12), on one model.
+"""Accuracy of quantized weights against fp32 (issue 12): one table per model.
 
-    python -m bench.quant_accuracy [--model default|PATH.gguf|HF-folder] [--text FILE]
+    python -m bench.quant_accuracy [--model default|PATH.gguf|HF-folder] [--text FILE] [--tokens 512]
+                                   [--formats native,int8,q8_0,q4_0,q4_k] [--modes exact,int8] [--markdown OUT.md]
 
-For the model's own GGUF blocks (native, exact and int8 activation modes) and for each
-compile-time format (--quantize int8 / q8_0 / q4_0 / q4_k of the fp32 model): max and
-mean |logit error| over a text (relative to max|logit| of fp32), top-1 agreement per
-position, perplexity of the text; then the greedy chat answer to "What is the capital of
-France?". The fp32 reference is the same weights dequantized (``dtype="f32"``).
+Rows: the model's own GGUF blocks (``native``, only for a quantized GGUF) and each compile-time
+format of the fp32 model (``kiln compile --quantize int8|q8_0|q4_0|q4_k``), each in the exact
+(fp32 activations) and int8 (activations rounded per row/block, VNNI dot products) modes. The
+reference is the same weights in fp32 (``dtype="f32"``: a GGUF dequantized at load). Columns,
+over the first ``--tokens`` tokens of the text (one prefill, logits at every position):
 
-Not done yet: a bundled public-domain English text (the default text is a short
-paragraph written here; pass --text for a real one) and GPT-2 / Qwen3 rows.
+* max / mean |logit − fp32 logit| / max |fp32 logit|
+* top-1: the fraction of positions whose most likely next token equals fp32's
+* perplexity of the text (exp of the mean next-token negative log-likelihood), and its change vs fp32
+* the greedy answer to a few chat prompts (16 new tokens; "=" when identical to fp32's)
+
+The text: the Jargon File 4.4.7's appendix "The Meaning of 'Hack'" (public domain, as its
+copyright notice states), from the Debian package ``jargon-text``
+(``/usr/share/doc/jargon-text/jargon.txt.gz``; ``apt-get install jargon-text``). No installed
+Python package here ships public-domain English prose, so a system package provides it;
+``--text FILE`` takes any other UTF-8 (or gzipped) text. On random weights perplexity means
+nothing: use a model with real weights (the default SmolLM2-135M-Instruct).
+
+Accuracy numbers do not depend on machine load; nothing here is timed.
 """
 from __future__ import annotations
 
 import argparse
+import gzip
+import re
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 
-TEXT = ("The old lighthouse stood at the edge of the harbour, and every evening the keeper climbed "
-        "its narrow stairs to light the lamp. Ships coming home through the fog looked for its beam, "
-        "and the children of the town believed that the keeper never slept.")
-QUESTION = "What is the capital of France?"
+JARGON = Path("/usr/share/doc/jargon-text/jargon.txt.gz")
+JARGON_SECTION = "The Meaning of ‘Hack’"
+PROMPTS = ["What is the capital of France?", "Name three primary colors.", "What is 12 times 12?"]
+FORMATS = ("native", "int8", "q8_0", "q4_0", "q4_k")
+MODES = ("exact", "int8")
 
 
-def _all_logits(lm, ids):
-    """Next-token logits at every position (prefill of each prefix: slow but cache-free)."""
-    return np.stack([np.asarray(lm.logits(ids[:i + 1]), np.float64).reshape(-1) for i in range(len(ids) - 1)])
+def default_text() -> str:
+    """The Jargon File's "The Meaning of 'Hack'" appendix as running prose (line wrapping undone)."""
+    if not JARGON.is_file():
+        raise SystemExit(f"quant_accuracy: {JARGON} is missing: `apt-get install jargon-text`, or pass --text FILE")
+    full = gzip.decompress(JARGON.read_bytes()).decode("utf-8")
+    start = full.index(JARGON_SECTION) + len(JARGON_SECTION)
+    return re.sub(r"\s+", " ", full[start:start + 20000]).strip()
 
 
-def _ppl(logits, ids):
-    z = logits - logits.max(axis=1, keepdims=True)
+def read_text(path: str) -> str:
+    raw = Path(path).read_bytes()
+    return (gzip.decompress(raw) if path.endswith(".gz") else raw).decode("utf-8")
+
+
+def all_logits(lm, ids: list[int]) -> np.ndarray:
+    """Next-token logits at every position of ``ids`` ([T, V], float64): one prefill of the
+    full-sequence graph (the model is compiled with last_only=False)."""
+    out = lm.session(np.asarray([ids], np.int64))[0]
+    return np.asarray(out, np.float64).reshape(len(ids), -1)
+
+
+def perplexity(logits: np.ndarray, ids: list[int]) -> float:
+    z = logits[:-1] - logits[:-1].max(axis=1, keepdims=True)
     logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
     return float(np.exp(-np.mean(logp[np.arange(len(ids) - 1), ids[1:]])))
 
 
-def main(argv=None) -> int:
+def answers(lm) -> list[str]:
+    return [lm.generate(p, 16, temperature=0).text.strip().replace("\n", " ") for p in PROMPTS]
+
+
+def load(model: str, max_len: int, **kw):
     from kiln.models.loading import load_model
-    p = argparse.ArgumentParser()
+    # full-sequence logits (perplexity needs every position) and no KV cache: one graph, one compile
+    return load_model(model, max_len=max_len, last_only=False, cache=False, compile_cache=False, **kw)
+
+
+def rows(model: str, formats, modes):
+    """(label, load_model keywords) per row; the GGUF's own blocks only for a quantized GGUF."""
+    for fmt in formats:
+        for mode in modes:
+            if fmt == "native":
+                if str(model) == "default" or str(model).lower().endswith(".gguf"):
+                    yield f"file's own blocks, {mode}", {"act": mode}
+            else:
+                yield f"--quantize {fmt}, {mode}", {"dtype": "f32", "quantize": fmt, "act": mode}
+
+
+def stored_types(lm) -> str:
+    kinds = sorted({t.storage for t in lm.session.graph.tensors.values() if t.storage != "plain"})
+    return "+".join(kinds) or "f32"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="default")
-    p.add_argument("--text", default=None)
-    p.add_argument("--max-tokens", type=int, default=48)
+    p.add_argument("--text", default=None, help="UTF-8 text file (.gz too); default: the Jargon File appendix")
+    p.add_argument("--tokens", type=int, default=512, help="tokens of the text scored (default 512)")
+    p.add_argument("--formats", default=",".join(FORMATS))
+    p.add_argument("--modes", default=",".join(MODES))
+    p.add_argument("--markdown", default=None, help="also write the table as Markdown to this file")
     args = p.parse_args(argv)
-    text = open(args.text).read() if args.text else TEXT
-    ref = load_model(args.model, dtype="f32", max_len=256)
-    ids = ref.tokenizer(text)["input_ids"][: args.max_tokens]
-    base = _all_logits(ref, ids)
-    scale = np.abs(base).max()
-    rows = [("f32", {"dtype": "f32"})] + [(f"native {m}", {"act": m}) for m in ("exact", "int8")] + \
-        [(f"--quantize {q} {m}", {"dtype": "f32", "quantize": q, "act": m})
-         for q in ("int8", "q8_0", "q4_0", "q4_k") for m in ("exact", "int8")]
-    print(f"{'weights':26s} {'max err':>9s} {'mean err':>9s} {'top-1':>6s} {'ppl':>8s}  answer")
-    for label, kw in rows:
-        lm = ref if label == "f32" else load_model(args.model, max_len=256, **kw)
-        lg = base if label == "f32" else _all_logits(lm, ids)
+    text = read_text(args.text) if args.text else default_text()
+    t0 = time.perf_counter()
+    ref = load(args.model, args.tokens + 32, dtype="f32")
+    ids = ref.tokenizer(text, add_special_tokens=False)["input_ids"][: args.tokens]
+    if len(ids) < 16:
+        raise SystemExit(f"quant_accuracy: the text has only {len(ids)} tokens")
+    base = all_logits(ref, ids)
+    scale = float(np.abs(base).max())
+    ppl0 = perplexity(base, ids)
+    ref_answers = answers(ref)
+    src = f"--text {args.text}" if args.text else f"{JARGON} (Jargon File 4.4.7, '{JARGON_SECTION}', public domain)"
+    head = [f"model {ref.name}; text: {src}, first {len(ids)} tokens; reference: the same weights in fp32 "
+            f"(max |logit| {scale:.2f}, perplexity {ppl0:.3f})", "",
+            "| weights, activations | stored | max err | mean err | top-1 | perplexity | Δ ppl | "
+            + " | ".join(f"“{q}”" for q in PROMPTS) + " |",
+            "|---|---|---:|---:|---:|---:|---:|" + "---|" * len(PROMPTS),
+            f"| fp32 | f32 | 0 | 0 | 1.000 | {ppl0:.3f} | 0 | " + " | ".join(ref_answers) + " |"]
+    lines = list(head)
+    print("\n".join(head), flush=True)
+    del ref
+    for label, kw in rows(args.model, args.formats.split(","), args.modes.split(",")):
+        lm = load(args.model, args.tokens + 32, **kw)
+        lg = all_logits(lm, ids)
         err = np.abs(lg - base) / scale
         top1 = float(np.mean(lg.argmax(1) == base.argmax(1)))
-        answer = lm.generate(QUESTION, 16, temperature=0).text.strip().replace("\n", " ")
-        print(f"{label:26s} {err.max():9.2e} {err.mean():9.2e} {top1:6.3f} {_ppl(lg, ids):8.3f}  {answer}")
+        ppl = perplexity(lg, ids)
+        said = [("=" if a == r else a) for a, r in zip(answers(lm), ref_answers)]
+        line = (f"| {label} | {stored_types(lm)} | {err.max():.2e} | {err.mean():.2e} | {top1:.3f} | {ppl:.3f} | "
+                f"{100 * (ppl / ppl0 - 1):+.2f} % | " + " | ".join(said) + " |")
+        lines.append(line)
+        print(line, flush=True)
+        del lm
+    print(f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+    if args.markdown:
+        Path(args.markdown).write_text("\n".join(lines) + "\n")
     return 0
 
 

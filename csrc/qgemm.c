@@ -77,6 +77,10 @@ GI kiln_v8u8 g_ld8(const uint8_t *p) { kiln_v8u8 v; memcpy(&v, p, 8); return v; 
 GI kiln_v8f g_q4lo(const uint8_t *p) { return __builtin_convertvector(g_ld8(p) & 15, kiln_v8f); }
 GI kiln_v8f g_q4hi(const uint8_t *p) { return __builtin_convertvector(g_ld8(p) >> 4, kiln_v8f); }
 GI kiln_v8f g_q8(const uint8_t *p) { return __builtin_convertvector(g_ld8(p) ^ 0x80, kiln_v8f); }
+/* (p[i] >> s) & m for 8 bytes: the high bits of a K-quant code */
+GI kiln_v8f g_bits(const uint8_t *p, int s, int m) {
+    return __builtin_convertvector((g_ld8(p) >> (uint8_t)s) & (uint8_t)m, kiln_v8f);
+}
 typedef uint8_t kiln_v32u8 __attribute__((vector_size(32)));
 typedef uint8_t kiln_v16u8 __attribute__((vector_size(16)));
 GI kiln_v32u8 g_w32ld(const uint8_t *p) { kiln_v32u8 v; memcpy(&v, p, 32); return v; }
@@ -110,6 +114,7 @@ GI kiln_v8f g_dot4x8(kiln_v32u8 w, const int8_t *a) {
 #define VQ4LO g_q4lo
 #define VQ4HI g_q4hi
 #define VQ8 g_q8
+#define VBITS g_bits
 #define VHSUM g_hsum
 #define F8 kiln_v8f
 #define F8ZERO g_set1(0.0f)
@@ -139,6 +144,7 @@ GI kiln_v8f g_dot4x8(kiln_v32u8 w, const int8_t *a) {
 #undef VQ4LO
 #undef VQ4HI
 #undef VQ8
+#undef VBITS
 #undef VHSUM
 #undef F8
 #undef F8ZERO
@@ -173,6 +179,9 @@ X86_256 static inline __m256 x_q4lo8(const uint8_t *p) { return _mm256_cvtepi32_
 X86_256 static inline __m256 x_q4hi8(const uint8_t *p) { return _mm256_cvtepi32_ps(_mm256_srli_epi32(x_u8x8(p), 4)); }
 X86_256 static inline __m256 x_q8_8(const uint8_t *p) {
     return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_xor_si128(_mm_loadl_epi64((const __m128i *)p), _mm_set1_epi8((char)0x80))));
+}
+X86_256 static inline __m256 x_bits8(const uint8_t *p, int s, int m) {
+    return _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srl_epi32(x_u8x8(p), _mm_cvtsi32_si128(s)), _mm256_set1_epi32(m)));
 }
 /* 8 lanes, lane l = sum of w[4l..4l+3] * a[4l..4l+3]; u8 x s8 widened to 16 bits (no
  * saturation, unlike maddubs with weights up to 255). */
@@ -221,6 +230,7 @@ X86_256 static inline __m256i x_w32q8(const uint8_t *p) { return _mm256_xor_si25
 #define VQ4LO x_q4lo8
 #define VQ4HI x_q4hi8
 #define VQ8 x_q8_8
+#define VBITS x_bits8
 #define VHSUM x_hsum8
 #define DOT4X8 x_dot4x8_avx2
 #include "qgemm_body.h"
@@ -238,6 +248,7 @@ X86_256 static inline __m256i x_w32q8(const uint8_t *p) { return _mm256_xor_si25
 #undef VQ4LO
 #undef VQ4HI
 #undef VQ8
+#undef VBITS
 #undef VHSUM
 #undef DOT4X8
 
@@ -254,6 +265,9 @@ X86_512 static inline __m512 x_q4lo16(const uint8_t *p) { return _mm512_cvtepi32
 X86_512 static inline __m512 x_q4hi16(const uint8_t *p) { return _mm512_cvtepi32_ps(_mm512_srli_epi32(x_u8x16(p), 4)); }
 X86_512 static inline __m512 x_q8_16(const uint8_t *p) {
     return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_xor_si128(_mm_loadu_si128((const __m128i *)p), _mm_set1_epi8((char)0x80))));
+}
+X86_512 static inline __m512 x_bits16(const uint8_t *p, int s, int m) {
+    return _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srl_epi32(x_u8x16(p), _mm_cvtsi32_si128(s)), _mm512_set1_epi32(m)));
 }
 X86_512 static inline float x_hsum16(__m512 v) {
     __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
@@ -273,6 +287,7 @@ X86_512 static inline float x_hsum16(__m512 v) {
 #define VQ4LO x_q4lo16
 #define VQ4HI x_q4hi16
 #define VQ8 x_q8_16
+#define VBITS x_bits16
 #define VHSUM x_hsum16
 #define DOT4X8 x_dot4x8_vnni
 #include "qgemm_body.h"

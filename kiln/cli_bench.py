@@ -7,6 +7,8 @@ wires it into the ``kiln`` command:
     kiln bench --quick                       # ~10 minutes: 2-layer GPT-2/Qwen3 bodies, SmolLM2 whole
     kiln bench --models gpt2-2L,qwen3-28L --seqs 16,256 --rounds 10 --out bench/out
     kiln bench --models qwen3-2L --seqs 16,256 --decode qwen3-2L --busy 1   # speed kept beside a busy process
+    kiln bench --generation [--quick]        # decode / prefill tok/s per weight format: Kiln, transformers,
+                                             # llama.cpp (bench/generation.py; --gen-* options)
 
 Writes results.json (raw timings), results.md (tables: ms and ratios to each peer) and
 latency.png / memory.png into --out.
@@ -38,6 +40,11 @@ def add_parser(subparsers):
     run = _bench_run()
     if run is not None:
         run.add_arguments(p)
+        from bench import generation
+        p.add_argument("--generation", action="store_true",
+                       help="the generation table instead (bench/generation.py): decode and prefill tok/s per "
+                            "weight format and activation mode, Kiln vs transformers vs llama.cpp")
+        generation.add_arguments(p, prefix="gen-")
     p.set_defaults(fn=globals()["run"])
     return p
 
@@ -57,5 +64,10 @@ def run(args) -> int:
         os.environ["KILN_NUM_THREADS"] = str(args.threads)
     if not getattr(args, "out", None):
         args.out = os.path.join(_repo_root(), "bench", "out")
+    if getattr(args, "generation", False):
+        from bench import generation
+        if args.quick:  # shows it works: one round, few tokens, two prefill lengths
+            args.rounds, args.gen_new_tokens, args.gen_prefill = 1, 8, "16,64"
+        return generation.run(args, prefix="gen_")
     bench.run_all(args)
     return 0

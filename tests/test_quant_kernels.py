@@ -26,7 +26,7 @@ from tests.shared_fixtures import FIXTURES_DIR
 
 
 FIXTURES = str(FIXTURES_DIR)
-MS = [1, 2, 7, 16, 33, 64, 100]
+MS = [1, 2, 3, 4, 7, 16, 33, 64, 100]  # 1-4: the register-decode (GEMV / small-M) tiles
 GENERIC = os.environ.get("KILN_FORCE_GENERIC") == "1"
 
 
@@ -143,7 +143,7 @@ def test_rows_are_independent_of_m_and_threads(fmt, mode, isa):
     label, raw, n, k = sources(fmt)[-1]
     a = _inputs(100, k, 5)
     one = np.concatenate([Q.qmm(fmt, mode, a[i:i + 1], raw, n, k) for i in range(100)])
-    for m in (7, 100):
+    for m in (3, 4, 7, 100):  # small-M register tiles, then the fp32 panel
         np.testing.assert_array_equal(Q.qmm(fmt, mode, a[:m], raw, n, k), one[:m], err_msg=f"{fmt} {mode} M={m}")
     np.testing.assert_array_equal(Q.qmm(fmt, mode, a[:33], raw, n, k, threads=2), one[:33])
 
