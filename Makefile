@@ -29,8 +29,12 @@ test: setup
 test-slow: setup
 	$(BIN)/python -m pytest -m slow
 
+# The generation table (bench/generation.py) also runs llama.cpp's llama-bench: built from the
+# llama-cpp-python source package when it is not on PATH (bench/build_llamacpp.sh), never in `make test`.
 bench: setup
+	PY=$(BIN)/python sh bench/build_llamacpp.sh
 	$(BIN)/kiln bench
+	$(BIN)/kiln bench --generation
 
 bench-quick: setup
 	$(BIN)/kiln bench --quick

@@ -27,14 +27,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--max-len", default=None, help="KV-cache positions, the longest sequence (default min(context, 2048))")
     p.add_argument("--threads", default=None, help="kernel threads stored as the file's default "
                                                    "(KILN_NUM_THREADS still wins; default: the cores available)")
-    # quantized weights (issue 12): the file stores the blocks; loading it maps them, no fp32 copy
-    p.add_argument("--dtype", choices=("native", "f32"), default="native",
-                   help="native (default): a GGUF's quantized weights stay in their blocks; f32: dequantize them")
-    p.add_argument("--quantize", choices=("int8", "q8_0", "q4_0", "q4_k"), default=None,
-                   help="quantize the fp32 model's matmul weights (int8: per-channel symmetric; "
-                        "q8_0/q4_0/q4_k: GGUF blocks)")
-    p.add_argument("--act", choices=("exact", "int8"), default="exact",
-                   help="quantized matmul activations: exact (fp32, default) or int8 (VNNI dot products)")
+    from .cli_options import add_weight_options
+    add_weight_options(p)  # --dtype / --quantize / --act: the file stores the blocks, mapped on load
     p.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     p.set_defaults(fn=run)
     return p

@@ -1,0 +1,23 @@
+#!/bin/sh
+# llama.cpp's llama-bench and llama-quantize for bench/generation.py (`make bench`), built from the
+# llama.cpp that the llama-cpp-python source package vendors, into build/llamacpp/bin. Nothing to do
+# when both are on PATH or already built; without cmake the llama.cpp rows are skipped (a message).
+set -e
+PY=${PY:-python}
+VERSION=${LLAMACPP_VERSION:-0.3.36}
+OUT=build/llamacpp
+if command -v llama-bench >/dev/null 2>&1 && command -v llama-quantize >/dev/null 2>&1; then exit 0; fi
+if [ -x "$OUT/bin/llama-bench" ] && [ -x "$OUT/bin/llama-quantize" ]; then exit 0; fi
+if ! command -v cmake >/dev/null 2>&1; then
+    echo "bench: no cmake to build llama.cpp's llama-bench; the llama.cpp rows will be skipped" >&2
+    exit 0
+fi
+mkdir -p "$OUT/src"
+"$PY" -m pip download -q --no-deps --no-binary :all: "llama-cpp-python==$VERSION" -d "$OUT/src"
+tar xzf "$OUT/src/llama_cpp_python-$VERSION.tar.gz" -C "$OUT/src"
+cmake -S "$OUT/src/llama_cpp_python-$VERSION/vendor/llama.cpp" -B "$OUT/build" -DCMAKE_BUILD_TYPE=Release \
+    -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF \
+    -DLLAMA_BUILD_TOOLS=ON >/dev/null
+cmake --build "$OUT/build" --target llama-bench llama-quantize -j >/dev/null
+mkdir -p "$OUT/bin"
+cp "$OUT/build/bin/llama-bench" "$OUT/build/bin/llama-quantize" "$OUT/bin/"
