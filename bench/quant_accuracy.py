@@ -46,7 +46,8 @@ def default_text() -> str:
     if not JARGON.is_file():
         raise SystemExit(f"quant_accuracy: {JARGON} is missing: `apt-get install jargon-text`, or pass --text FILE")
     full = gzip.decompress(JARGON.read_bytes()).decode("utf-8")
-    start = full.index(JARGON_SECTION) + len(JARGON_SECTION)
+    heading = f"\n{JARGON_SECTION}\n"  # the appendix itself (unindented), not its table-of-contents lines
+    start = full.index(heading) + len(heading)
     return re.sub(r"\s+", " ", full[start:start + 20000]).strip()
 
 
