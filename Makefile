@@ -29,8 +29,8 @@ test: setup
 test-slow: setup
 	$(BIN)/python -m pytest -m slow
 
-# The generation table (bench/generation.py) also runs llama.cpp's llama-bench: built from the
-# llama-cpp-python source package when it is not on PATH (bench/build_llamacpp.sh), never in `make test`.
+# The generation table (bench/generation.py) also runs llama.cpp's llama-bench, built once for this CPU
+# from the llama-cpp-python source package (bench/build_llamacpp.sh), never in `make test`.
 bench: setup
 	PY=$(BIN)/python sh bench/build_llamacpp.sh
 	$(BIN)/kiln bench

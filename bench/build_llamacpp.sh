@@ -1,12 +1,14 @@
 #!/bin/sh
-# llama.cpp's llama-bench and llama-quantize for bench/generation.py (`make bench`), built from the
-# llama.cpp that the llama-cpp-python source package vendors, into build/llamacpp/bin. Nothing to do
-# when both are on PATH or already built; without cmake the llama.cpp rows are skipped (a message).
+# llama.cpp's llama-bench and llama-quantize for bench/generation.py (`make bench`), built for this CPU
+# from the llama.cpp that the llama-cpp-python source package vendors, into build/llamacpp/bin (once).
+# A binary on PATH may be built for another CPU (a SIGILL on quantized files), so it is not relied on;
+# LLAMACPP_USE_PATH=1 skips the build when both are on PATH. Without cmake the llama.cpp rows are skipped.
 set -e
 PY=${PY:-python}
 VERSION=${LLAMACPP_VERSION:-0.3.36}
 OUT=build/llamacpp
-if command -v llama-bench >/dev/null 2>&1 && command -v llama-quantize >/dev/null 2>&1; then exit 0; fi
+if [ "${LLAMACPP_USE_PATH:-0}" = 1 ] && command -v llama-bench >/dev/null 2>&1 \
+    && command -v llama-quantize >/dev/null 2>&1; then exit 0; fi
 if [ -x "$OUT/bin/llama-bench" ] && [ -x "$OUT/bin/llama-quantize" ]; then exit 0; fi
 if ! command -v cmake >/dev/null 2>&1; then
     echo "bench: no cmake to build llama.cpp's llama-bench; the llama.cpp rows will be skipped" >&2

@@ -13,9 +13,10 @@ kept in ``$KILN_CACHE_DIR/bench-gguf`` (made once). Without ``llama-quantize`` (
 message. Kiln runs each file's own blocks (``f32``: the F32 file), in the exact (fp32
 activations) and int8 (VNNI) modes; ``int8`` is the fp32 model with ``--quantize int8``
 (per-channel, no GGUF counterpart). transformers runs the fp32 model (its own KV cache).
-llama.cpp runs through ``llama-bench`` (PATH or --llama-bench; ``make bench`` builds one from
-the llama-cpp-python source package when none is on PATH), same files, same threads; it is
-skipped with a message when absent.
+llama.cpp runs through ``llama-bench`` (--llama-bench, else the one ``make bench`` builds for
+this CPU from the llama-cpp-python source package into build/llamacpp/bin, else PATH), same
+files, same threads; it is skipped with a message when absent or when it fails (a SIGILL means
+a binary built for another CPU).
 
 Method: prefill tok/s = n / (time of one prefill of n tokens into an empty KV cache); decode tok/s
 = tokens / time of single-token steps after a 16-token prefill; median of --rounds rounds after a
@@ -28,6 +29,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -54,8 +56,8 @@ def find_tool(name: str, given: Optional[str]) -> Optional[str]:
         if not Path(given).is_file():
             raise SystemExit(f"--{name} {given}: no such file")
         return given
-    local = LOCAL_LLAMA / name
-    return shutil.which(name) or (str(local) if local.is_file() else None)
+    local = LOCAL_LLAMA / name  # built here for this CPU by `make bench`: preferred over PATH
+    return str(local) if local.is_file() else shutil.which(name)
 
 
 def gguf_files(formats, quantize_exe: Optional[str]) -> dict[str, Path]:
@@ -81,11 +83,20 @@ def gguf_files(formats, quantize_exe: Optional[str]) -> dict[str, Path]:
             done = subprocess.run([quantize_exe, "--allow-requantize", str(src), str(tmp), GGUF_TYPES[fmt]],
                                   capture_output=True, text=True)
             if done.returncode != 0:
-                log(f"skipping {GGUF_TYPES[fmt]}: llama-quantize failed: {done.stderr.strip()[-300:]}")
+                log(f"skipping {GGUF_TYPES[fmt]}: llama-quantize failed: {failure(done)}")
                 continue
             tmp.replace(target)
         out[fmt] = target
     return out
+
+
+def failure(done: subprocess.CompletedProcess) -> str:
+    """Why a llama.cpp tool failed: its stderr's tail, or the signal that killed it."""
+    if done.returncode < 0:
+        sig = signal.Signals(-done.returncode).name
+        hint = " (built for another CPU? rebuild it here: sh bench/build_llamacpp.sh)" if sig == "SIGILL" else ""
+        return f"killed by {sig}{hint}"
+    return done.stderr.strip()[-300:] or f"exit status {done.returncode}"
 
 
 # -- Kiln ---------------------------------------------------------------------------------
@@ -186,7 +197,7 @@ def llama_rows(exe: str, files: dict[str, Path], prefill, new_tokens, rounds, th
         log(f"llama.cpp: {' '.join(cmd)}")
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
-            log(f"  llama-bench failed on {path.name}: {done.stderr.strip()[-300:]}")
+            log(f"  llama-bench failed on {path.name}: {failure(done)}")
             continue
         row = {"runtime": "llama.cpp", "weights": GGUF_TYPES[fmt], "mode": "int8 (its kernels)" if fmt != "f32"
                else "exact", "prefill_tok_s": {}}
@@ -222,8 +233,8 @@ def add_arguments(p: argparse.ArgumentParser, *, prefix: str = "") -> None:
     p.add_argument(f"--{prefix}prefill", default="16,64,256", help="prefill lengths")
     p.add_argument(f"--{prefix}new-tokens", type=int, default=64, help="decode steps timed per round")
     p.add_argument(f"--{prefix}peers", default=",".join(PEERS), help="runtimes (kiln, transformers, llama.cpp)")
-    p.add_argument("--llama-bench", default=None, help="llama-bench (default: PATH, then build/llamacpp/bin)")
-    p.add_argument("--llama-quantize", default=None, help="llama-quantize (default: PATH, then build/llamacpp/bin)")
+    p.add_argument("--llama-bench", default=None, help="llama-bench (default: build/llamacpp/bin, then PATH)")
+    p.add_argument("--llama-quantize", default=None, help="llama-quantize (default: build/llamacpp/bin, then PATH)")
 
 
 def run(args: argparse.Namespace, *, prefix: str = "") -> int:

@@ -70,3 +70,11 @@ def test_default_text_is_prose():
         pytest.skip("jargon-text is not installed")
     text = quant_accuracy.default_text()
     assert text.startswith("“The word {hack} doesn't really have 69 different meanings”") and "\n" not in text
+
+
+def test_a_tool_killed_by_a_signal_says_so(tmp_path):
+    import subprocess
+    done = subprocess.run(["sh", "-c", "kill -ILL $$"], capture_output=True, text=True)
+    assert generation.failure(done).startswith("killed by SIGILL (built for another CPU?")
+    done = subprocess.run(["sh", "-c", "echo bad model >&2; exit 3"], capture_output=True, text=True)
+    assert generation.failure(done) == "bad model"
