@@ -20,6 +20,6 @@ tar xzf "$OUT/src/llama_cpp_python-$VERSION.tar.gz" -C "$OUT/src"
 cmake -S "$OUT/src/llama_cpp_python-$VERSION/vendor/llama.cpp" -B "$OUT/build" -DCMAKE_BUILD_TYPE=Release \
     -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF \
     -DLLAMA_BUILD_TOOLS=ON >/dev/null
-cmake --build "$OUT/build" --target llama-bench llama-quantize -j >/dev/null
+cmake --build "$OUT/build" --target llama-bench llama-quantize -j "$(nproc)" >/dev/null
 mkdir -p "$OUT/bin"
 cp "$OUT/build/bin/llama-bench" "$OUT/build/bin/llama-quantize" "$OUT/bin/"

@@ -175,7 +175,7 @@ QTARGET static inline __attribute__((always_inline)) void QN(tile_exact_legacy)(
     for (int i = 0; i < mr; i++) for (int j = 0; j < 4; j++) res[i * 4 + j] = VHSUM(acc[i][j]);
 }
 
-/* Exact mode for Q4_K / Q5_K / Q6_K at M <= 4: the 4-8-bit codes are assembled in
+/* Exact mode for Q4_K / Q5_K at M <= 4: the 4-5-bit codes are assembled in
  * registers from the block's bytes (nibble + 16 * its high bits, exact in float), scales
  * per 16 elements decoded once per block; no unpacked panel. Same values and order as
  * tile_exact on the panel, so the results are bitwise those of the panel paths. */
@@ -184,19 +184,11 @@ QTARGET static inline __attribute__((always_inline)) VF QN(kcode)(const int fmt,
         const uint8_t *qs = ((const kiln_block_q4_K *)blk)->qs + 32 * (e / 64);
         return e % 64 < 32 ? VQ4LO(qs + e % 64) : VQ4HI(qs + e % 64 - 32);
     }
-    if (fmt == KILN_Q5_K) {  /* element 32s + l: nibble as Q4_K, fifth bit = bit s of qh[l] */
-        const kiln_block_q5_K *x = (const kiln_block_q5_K *)blk;
-        const int sb = e / 32, l = e % 32;
-        VF nib = sb % 2 ? VQ4HI(x->qs + 32 * (sb / 2) + l) : VQ4LO(x->qs + 32 * (sb / 2) + l);
-        return VFMA(VBITS(x->qh + l, sb, 1), VSET1(16.0f), nib);
-    }
-    /* Q6_K, per 128-half: chunk c = 0..3 takes ql[l] low, ql[32+l] low, ql[l] high, ql[32+l]
-     * high nibbles, and bits 2c..2c+1 of qh[l] on top */
-    const kiln_block_q6_K *x = (const kiln_block_q6_K *)blk;
-    const int hh = e / 128, c = e % 128 / 32, l = e % 32;
-    const uint8_t *ql = x->ql + 64 * hh + 32 * (c & 1) + l;
-    VF nib = c < 2 ? VQ4LO(ql) : VQ4HI(ql);
-    return VFMA(VBITS(x->qh + 32 * hh + l, 2 * c, 3), VSET1(16.0f), nib);
+    /* Q5_K: element 32s + l: nibble as Q4_K, fifth bit = bit s of qh[l] */
+    const kiln_block_q5_K *x = (const kiln_block_q5_K *)blk;
+    const int sb = e / 32, l = e % 32;
+    VF nib = sb % 2 ? VQ4HI(x->qs + 32 * (sb / 2) + l) : VQ4LO(x->qs + 32 * (sb / 2) + l);
+    return VFMA(VBITS(x->qh + l, sb, 1), VSET1(16.0f), nib);
 }
 
 QTARGET static inline __attribute__((always_inline)) void QN(tile_exact_k)(
@@ -208,18 +200,12 @@ QTARGET static inline __attribute__((always_inline)) void QN(tile_exact_k)(
         const uint8_t *blk[4]; float D[4][16], Mv[4][16];
         for (int j = 0; j < 4; j++) {
             blk[j] = w[j] + b * bb;
-            if (fmt == KILN_Q6_K) {
-                const kiln_block_q6_K *x = (const kiln_block_q6_K *)blk[j];
-                float d = QN(half)(x->d);
-                for (int t = 0; t < 16; t++) { D[j][t] = d * (float)x->scales[t]; Mv[j][t] = -32.0f * D[j][t]; }
-            } else {
-                const kiln_block_q4_K *x = (const kiln_block_q4_K *)blk[j];
-                float d = QN(half)(x->d), dmin = QN(half)(x->dmin);
-                for (int sb = 0; sb < 8; sb++) {
-                    int sc, mn; QN(k_scale)(x->scales, sb, &sc, &mn);
-                    D[j][2 * sb] = D[j][2 * sb + 1] = d * (float)sc;
-                    Mv[j][2 * sb] = Mv[j][2 * sb + 1] = -(dmin * (float)mn);
-                }
+            const kiln_block_q4_K *x = (const kiln_block_q4_K *)blk[j];  /* Q5_K starts the same */
+            float d = QN(half)(x->d), dmin = QN(half)(x->dmin);
+            for (int sb = 0; sb < 8; sb++) {
+                int sc, mn; QN(k_scale)(x->scales, sb, &sc, &mn);
+                D[j][2 * sb] = D[j][2 * sb + 1] = d * (float)sc;
+                Mv[j][2 * sb] = Mv[j][2 * sb + 1] = -(dmin * (float)mn);
             }
         }
         for (int e = 0; e < KILN_QK_K; e += VW) {
@@ -237,8 +223,7 @@ QTARGET static inline __attribute__((always_inline)) void QN(tile_exact_k)(
 
 #define QKQUANT(MR) do { switch (p->fmt) { \
     case KILN_Q4_K: QN(tile_exact_k)(MR, KILN_Q4_K, a, p->lda, wr, K, res); break; \
-    case KILN_Q5_K: QN(tile_exact_k)(MR, KILN_Q5_K, a, p->lda, wr, K, res); break; \
-    default: QN(tile_exact_k)(MR, KILN_Q6_K, a, p->lda, wr, K, res); break; } } while (0)
+    default: QN(tile_exact_k)(MR, KILN_Q5_K, a, p->lda, wr, K, res); break; } } while (0)
 
 #define QLEGACY(MR) do { switch (p->fmt) { \
     case KILN_Q8_0: QN(tile_exact_legacy)(MR, KILN_Q8_0, a, p->lda, wr, K, res); break; \
@@ -305,9 +290,9 @@ QTARGET static void QN(rows)(const kiln_qmm_args *p, int64_t n0, int64_t n1, int
     /* legacy formats skip the unpacked panel: always in int8 mode, at M <= 4 in exact mode */
     const int fused = (p->mode == KILN_QMODE_INT8 || M <= 4) &&
                       (p->fmt == KILN_Q8_0 || p->fmt == KILN_Q4_0 || p->fmt == KILN_Q4_1);
-    /* K-quants at M <= 4 in exact mode decode their blocks in registers too (tile_exact_k) */
-    const int kfused = p->mode == KILN_QMODE_EXACT && M <= 4 &&
-                       (p->fmt == KILN_Q4_K || p->fmt == KILN_Q5_K || p->fmt == KILN_Q6_K);
+    /* Q4_K / Q5_K at M <= 4 in exact mode decode their blocks in registers too (tile_exact_k);
+     * Q6_K measured slower that way (its codes take two loads and a shift each) and keeps the panel */
+    const int kfused = p->mode == KILN_QMODE_EXACT && M <= 4 && (p->fmt == KILN_Q4_K || p->fmt == KILN_Q5_K);
     for (int64_t n = n0; n < n1; n += KILN_QMM_NR) {
         const int nr = n1 - n < KILN_QMM_NR ? (int)(n1 - n) : KILN_QMM_NR;
         const uint8_t *q[4], *wr[4]; const float *D[4], *Mo[4], *X[4];
