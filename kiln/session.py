@@ -38,6 +38,8 @@ class Session:
     unusable here (Triton without a GPU or its interpreter), is a BackendError now, not at run
     time. ``executor_options`` go to the executor's factory (e.g. ``{"cuda_graph": True}``)."""
 
+    max_plans = MAX_PLANS   # a subclass may keep more (the batched serving runner: one per batch shape)
+
     def __init__(self, graph: Graph, *, executor: Optional[str] = None, backend: Optional[str] = None,
                  meta: Optional[dict] = None, executor_options: Optional[dict] = None):
         self._spec, self.backend = resolve(executor, backend)
@@ -125,7 +127,7 @@ class Session:
             if ex is None:
                 ex = self._build(dict(binding))
                 self._executors[key] = ex
-                while len(self._executors) > MAX_PLANS:
+                while len(self._executors) > self.max_plans:
                     self._executors.popitem(last=False)
             else:
                 self._executors.move_to_end(key)

@@ -8,7 +8,7 @@ from ..errors import KilnError
 
 def build_engine(model: str, *, ctx: Optional[int] = None, executor: str = "compiled", parallel: int = 4,
                  max_queue: int = 64, prefill_chunk: int = 64, max_tokens_limit: Optional[int] = None,
-                 progress: Optional[Callable[[str], None]] = None) -> tuple[Any, str]:
+                 runner: str = "batched", progress: Optional[Callable[[str], None]] = None) -> tuple[Any, str]:
     """(an Engine, not started, the model's display name). ``ctx`` is the KV cache length per slot."""
     from ..models import load_model
     from .engine import Engine
@@ -17,8 +17,10 @@ def build_engine(model: str, *, ctx: Optional[int] = None, executor: str = "comp
     lm = load_model(model, executor=executor, max_len=ctx, progress=progress)
     if lm.tokenizer is None:
         raise KilnError(f"model {model!r} has no tokenizer; serving needs one")
+    if progress is not None:
+        progress(f"preparing {runner} decoding for {parallel} slots")
     engine = Engine.from_model(lm, parallel=parallel, max_queue=max_queue, prefill_chunk=prefill_chunk,
-                               max_tokens_limit=max_tokens_limit)
+                               max_tokens_limit=max_tokens_limit, runner=runner, notice=progress)
     return engine, lm.name
 
 
