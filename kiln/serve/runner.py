@@ -148,18 +148,27 @@ class PerSlotRunner:
 
 
 class BatchedRunner:
-    """All rows of a step in one call of the batched KV-cache graph (kiln/passes/kv_batch.py).
+    """The rows of a step in as few calls of the batched KV-cache graph (kiln/passes/kv_batch.py) as
+    exactness allows: the rows' tokens are packed into one [1, S] sequence with each token's slot and
+    position, and the graph returns logits only for the rows that want them.
 
-    The rows' tokens are packed into one [1, S] sequence (S = the step's tokens: one per decoding slot
-    plus any prefill chunks), with each token's slot and position; the graph returns logits only for
-    the rows that want them. Each distinct (S, rows with logits) is one plan, kept in the session
-    (``MAX_PLANS``). A row's logits are bit-identical whatever else is in the step: every kernel of the
-    batched graph computes a token's row the same way for any S (tests/serve/test_batched_runner.py)."""
+    ``exact=True`` (default): a row's logits are bit-identical whatever else is in the step. Every op
+    of the batched graph computes a token's row the same way for any S except the fp32/quantized
+    matmul, which picks its kernel by row count: up to ``ROWS_PER_CALL`` rows (SKINNY_MAX_M in
+    kiln/backends/c/kernels.py) run the skinny kernel, one row at a time in the same order for any
+    row count; more rows run a GEMM (BLAS) whose sums run in another order. So rows of at most that
+    many tokens (decode steps) share calls of at most ROWS_PER_CALL tokens (the weights are read once
+    per call: once per step for up to 8 streams), and a longer prefill chunk runs in a call of its
+    own, at the same size it has when its request runs alone. ``exact=False`` packs the whole step
+    into one call (results then agree with a lone run to float rounding, not bit for bit).
+    Each distinct (S, rows with logits) is one plan, kept in the session (``MAX_PLANS``)."""
 
     MAX_PLANS = 96
+    ROWS_PER_CALL = 8
 
     def __init__(self, graph: Any, n_slots: int, *, executor: str = "compiled", backend: Optional[str] = None,
-                 verify: bool = True):
+                 verify: bool = True, exact: bool = True):
+        from ..backends.c.kernels import SKINNY_MAX_M
         from ..passes.kv_batch import batch_kv_cache
         from ..session import Session
         if graph.kv_cache is None:
@@ -168,10 +177,11 @@ class BatchedRunner:
             raise KilnError(f"the number of slots must be >= 1, got {n_slots}")
         batched = batch_kv_cache(graph, int(n_slots), verify=verify)
         info = batched.kv_cache
-        self.n_slots, self.max_len = int(n_slots), int(info.max_len)
-        self.info = info
+        self.n_slots, self.max_len, self.info, self.exact = int(n_slots), int(info.max_len), info, bool(exact)
+        self.rows_per_call = min(self.ROWS_PER_CALL, SKINNY_MAX_M)
         seq = next(iter(batched.tensors[info.token_input].shape[1].symbols))
-        self.max_tokens = int(batched.sym_ranges.get(seq, (1, self.max_len))[1])   # tokens per step
+        self.max_tokens = int(batched.sym_ranges.get(seq, (1, self.max_len))[1])   # tokens per call
+        self.calls = 0
 
         class _Session(Session):
             max_plans = self.MAX_PLANS
@@ -191,33 +201,58 @@ class BatchedRunner:
         """Bytes of KV cache per slot."""
         return sum(a.nbytes for a in self.session.state.values()) // self.n_slots
 
+    def groups(self, batch: Sequence[SlotWork]) -> list[list[int]]:
+        """Row indices per graph call (see the class docstring)."""
+        if not self.exact:
+            return [list(range(len(batch)))]
+        out: list[list[int]] = []
+        small: list[int] = []
+        used = 0
+        for i, w in enumerate(batch):
+            n = len(w.tokens)
+            if n > self.rows_per_call:
+                out.append([i])
+                continue
+            if used + n > self.rows_per_call:
+                out.append(small)
+                small, used = [], 0
+            small.append(i)
+            used += n
+        return out + ([small] if small else [])
+
     def step(self, batch: Sequence[SlotWork]) -> list[Optional[np.ndarray]]:
         check_rows(batch, self.n_slots, self.max_len)
-        if not batch:
-            return []
-        tokens, slots, positions, rows = [], [], [], []
-        for w in batch:
+        out: list[Optional[np.ndarray]] = [None] * len(batch)
+        for group in self.groups(batch):
+            for i, logits in zip(group, self._call([batch[i] for i in group])):
+                out[i] = logits
+        return out
+
+    def _call(self, rows: Sequence[SlotWork]) -> list[Optional[np.ndarray]]:
+        tokens: list[int] = []
+        slots: list[int] = []
+        positions: list[int] = []
+        want: list[int] = []
+        for w in rows:
             tokens.extend(w.tokens)
             slots.extend([w.slot] * len(w.tokens))
             positions.extend(range(w.start, w.start + len(w.tokens)))
             if w.want_logits:
-                rows.append(len(tokens) - 1)
+                want.append(len(tokens) - 1)
         if len(tokens) > self.max_tokens:
             raise KilnError(f"a step of {len(tokens)} tokens exceeds the {self.max_tokens} the graph takes")
         info = self.info
         feeds = {info.token_input: np.asarray([tokens], dtype=np.int64),
                  info.slot_input: np.asarray(slots, dtype=np.int64),
                  info.position_input: np.asarray(positions, dtype=np.int64),
-                 info.logits_input: np.asarray(rows or [len(tokens) - 1], dtype=np.int64)}
+                 info.logits_input: np.asarray(want or [len(tokens) - 1], dtype=np.int64)}
         logits = self.session.run(feeds)[0]
+        self.calls += 1
         out: list[Optional[np.ndarray]] = []
         k = 0
-        for w in batch:
-            if w.want_logits:
-                out.append(np.array(logits[0, k], dtype=np.float32))
-                k += 1
-            else:
-                out.append(None)
+        for w in rows:
+            out.append(np.array(logits[0, k], dtype=np.float32) if w.want_logits else None)
+            k += bool(w.want_logits)
         return out
 
 
