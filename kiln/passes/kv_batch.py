@@ -171,29 +171,43 @@ def _last_slice(g: Graph, seq: Sym) -> Optional[object]:
     return found[0] if len(found) == 1 else None
 
 
-def verify_batched(cached: Graph, batched: Graph) -> None:
-    """Two sequences interleaved in the batched graph (numpy reference) against each alone in ``cached``:
-    a prefill of both in one step (in swapped slots), then two decode steps. KilnError on a difference."""
+def verify_batched(cached: Graph, batched: Graph, *, single=None, packed=None) -> None:
+    """Two sequences interleaved in ``batched`` against each alone in ``cached``: a prefill of both in one
+    step (in swapped slots), then two decode steps. KilnError on a difference.
+
+    ``single(feeds, binding, fresh)`` and ``packed(feeds, binding)`` run one step of each graph and return
+    its logits (``fresh``: a new sequence starts, its cache is empty); the default is the numpy reference.
+    A runtime passes its own sessions to check the executor it will run (kiln/serve/runner.py)."""
     from .kv_cache_check import _run, _vocab
     info, binfo = cached.kv_cache, batched.kv_cache
     seq_sym = next(iter(dims.symbols_of(cached.tensors[info.token_input].shape)))
-    rows_sym = batched.sym_sources and next(s for s, (src, _) in batched.sym_sources.items() if src == LOGIT_ROWS)
+    rows_sym = next(s for s, (src, _) in batched.sym_sources.items() if src == binfo.logits_input)
     lens, steps = (3, 2), 2
     if max(lens) + steps > info.max_len:
         return
+    if single is None:
+        states: dict = {}
+
+        def single(feeds, binding, fresh):
+            if fresh:
+                states.update({s: np.array(cached.constants[s], copy=True) for s in cached.state})
+            return _run(cached, feeds, binding, states)
+    if packed is None:
+        bstate = {s: np.array(batched.constants[s], copy=True) for s in batched.state}
+
+        def packed(feeds, binding):
+            return _run(batched, feeds, binding, bstate)
     vocab = _vocab(cached)
     seqs = [(np.arange(n + steps, dtype=np.int64) * (7 + 4 * i) + 3 + i) % vocab for i, n in enumerate(lens)]
     want = []
     for ids, n in zip(seqs, lens):
-        state = {s: np.array(cached.constants[s], copy=True) for s in cached.state}
-        outs = [_run(cached, {info.token_input: ids[None, :n], info.position_input: np.int64(0)}, {seq_sym: n},
-                     state)[0, -1]]
+        first = {info.token_input: ids[None, :n], info.position_input: np.asarray(0, np.int64)}
+        outs = [single(first, {seq_sym: n}, True)[0, -1]]
         for p in range(n, n + steps):
-            outs.append(_run(cached, {info.token_input: ids[None, p:p + 1], info.position_input: np.int64(p)},
-                             {seq_sym: 1}, state)[0, -1])
+            step = {info.token_input: ids[None, p:p + 1], info.position_input: np.asarray(p, np.int64)}
+            outs.append(single(step, {seq_sym: 1}, False)[0, -1])
         want.append(outs)
     slot_of = [min(1, binfo.slots - 1), 0]
-    state = {s: np.array(batched.constants[s], copy=True) for s in batched.state}
     for step in range(steps + 1):
         toks, slot, pos, rows = [], [], [], []
         for i, (ids, n) in enumerate(zip(seqs, lens)):
@@ -204,9 +218,9 @@ def verify_batched(cached: Graph, batched: Graph) -> None:
             slot += [slot_of[i]] * (hi - lo)
             pos += list(range(lo, hi))
             rows.append(len(toks) - 1)
-        feeds = {binfo.token_input: np.asarray([toks], np.int64), SLOTS: np.asarray(slot, np.int64),
-                 POSITIONS: np.asarray(pos, np.int64), LOGIT_ROWS: np.asarray(rows, np.int64)}
-        got = _run(batched, feeds, {seq_sym: len(toks), rows_sym: len(rows)}, state)[0]
+        feeds = {binfo.token_input: np.asarray([toks], np.int64), binfo.slot_input: np.asarray(slot, np.int64),
+                 binfo.position_input: np.asarray(pos, np.int64), binfo.logits_input: np.asarray(rows, np.int64)}
+        got = packed(feeds, {seq_sym: len(toks), rows_sym: len(rows)})[0]
         for i, row in enumerate(got):
             ref = want[i][step]
             err = float(np.max(np.abs(row - ref)) / max(float(np.max(np.abs(ref))), 1e-30))
