@@ -160,11 +160,12 @@ def load_level(url: str, streams: int, per_stream: int, max_tokens: int) -> dict
     gaps = [g for r in ok for g in r["gaps"]]
     decode = sum(max(0, r["tokens"] - 1) for r in ok)
     return {"streams": streams, "requests": len(results), "errors": len(results) - len(ok),
-            "tok_s": sum(r["tokens"] for r in ok) / wall, "decode_tok_s": decode / wall, "ttft_p50": pct(ttft, 50), "ttft_p99": pct(ttft, 99),
+            "tok_s": sum(r["tokens"] for r in ok) / wall, "decode_tok_s": decode / wall,
+            "ttft_p50": pct(ttft, 50), "ttft_p99": pct(ttft, 99),
             "itl_p50": pct(gaps, 50), "itl_p99": pct(gaps, 99)}
 
 
-def run_table(name: str, url: str, levels: list[int], per_stream: int, max_tokens: int) -> None:
+def run_table(name: str, url: str, levels: list[int], per_stream: int, max_tokens: int) -> list[dict]:
     """Print the table a row at a time (a slow level still leaves the earlier rows on screen)."""
     print(f"\n{name}\n{'streams':>7} {'reqs':>5} {'err':>4} {'tok/s':>8} {'decode':>8} {'x1':>5} {'TTFT p50':>9} "
           f"{'TTFT p99':>9} {'ITL p50':>8} {'ITL p99':>8}", flush=True)

@@ -8,5 +8,5 @@ from .engine import Engine, EngineStopped, QueueFull, RequestError, RequestHandl
 from .request import Event
 from .runner import BatchedRunner, ModelRunner, PerSlotRunner, SlotWork
 
-__all__ = ["BatchedRunner", "Engine", "EngineStopped", "Event", "ModelRunner", "PerSlotRunner", "QueueFull", "RequestError",
-           "RequestHandle", "SlotWork"]
+__all__ = ["BatchedRunner", "Engine", "EngineStopped", "Event", "ModelRunner", "PerSlotRunner", "QueueFull",
+           "RequestError", "RequestHandle", "SlotWork"]
