@@ -57,11 +57,12 @@ def wait_health(url: str, proc: subprocess.Popen, timeout: float) -> None:
     raise SystemExit(f"server at {url} did not become healthy in {timeout:.0f} s")
 
 
-def start_kiln(model: str, parallel: int, ctx: int, max_queue: int, log, runner: str = "batched"
-               ) -> tuple[str, subprocess.Popen]:
+def start_kiln(model: str, parallel: int, ctx: int, max_queue: int, log, runner: str = "batched",
+               dtype: str = "native") -> tuple[str, subprocess.Popen]:
     port = free_port()
     cmd = [sys.executable, "-m", "kiln.cli", "serve", "--model", model, "--port", str(port), "--parallel",
-           str(parallel), "--ctx", str(ctx), "--max-queue", str(max_queue), "--runner", runner,
+           str(parallel), "--ctx", str(ctx), "--max-queue", str(max_queue),
+           "--runner", runner, "--dtype", dtype,
            "--log-level", "warning"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return f"http://127.0.0.1:{port}", subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=log)
@@ -234,6 +235,7 @@ def main(argv=None) -> int:
     ap.add_argument("--url", default=None, help="use a running kiln server instead of starting one")
     ap.add_argument("--parallel", type=int, default=None, help="kiln serve slots (default: the largest level)")
     ap.add_argument("--runner", default="batched", choices=["batched", "per-slot"], help="kiln serve --runner")
+    ap.add_argument("--dtype", default="native", choices=["native", "f32"], help="kiln serve --dtype (GGUF weights)")
     ap.add_argument("--ctx", type=int, default=512)
     ap.add_argument("--levels", default="1,2,4,8", help="concurrent streams per level")
     ap.add_argument("--per-stream", type=int, default=2, help="sequential requests per stream and level")
@@ -255,7 +257,7 @@ def main(argv=None) -> int:
             url = args.url
             if url is None:
                 url, proc = start_kiln(args.model, args.parallel, args.ctx, max_queue=2 * max(levels), log=log,
-                                       runner=args.runner)
+                                       runner=args.runner, dtype=args.dtype)
                 procs.append(proc)
                 wait_health(url, proc, args.startup_timeout)
             run_table(f"kiln serve --parallel {args.parallel} --runner {args.runner} ({health(url)['model']})", url,
@@ -265,7 +267,8 @@ def main(argv=None) -> int:
                 for p in procs:
                     p.terminate()
                     p.wait(30)
-                url, proc = start_kiln(args.model, args.parallel, args.ctx, max_queue=2, log=log, runner=args.runner)
+                url, proc = start_kiln(args.model, args.parallel, args.ctx, max_queue=2, log=log, runner=args.runner,
+                                       dtype=args.dtype)
                 procs.append(proc)
                 wait_health(url, proc, args.startup_timeout)
                 failures = chaos(url, args.parallel, args.max_tokens)
@@ -278,7 +281,11 @@ def main(argv=None) -> int:
                     gguf = str(default_model_path())
                 lurl, lproc = start_llama(args.llama_server, gguf, args.llama_parallel, args.ctx, log)
                 procs.append(lproc)
-                wait_health(lurl, lproc, 300)
+                try:
+                    wait_health(lurl, lproc, 300)
+                except SystemExit as e:   # a llama-server that cannot run here is a row of its own, not the end
+                    print(f"\nllama-server did not start ({e}; its output is in {args.log})", flush=True)
+                    return 1 if failures else 0
                 run_table(f"llama-server --parallel {args.llama_parallel} ({Path(gguf).name})", lurl, levels,
                           args.per_stream, args.max_tokens)
         finally:

@@ -6,10 +6,11 @@
  *  - slot_cached_attention: token t of q [1, Hq, S, D] attends to keys 0..pos[t] of slot
  *    slot[t] (causal within its own sequence).
  *
- * Every slot id and position is checked before anything is written (KILN_ERR_INDEX). One
- * (head, token) row per task; a row's arithmetic (key tiles of SLOT_TILE, online softmax,
- * the order of every sum) depends only on its own position, never on S, the other rows or the
- * thread split, so a sequence gets bit-identical results alone or batched with others.
+ * Every slot id and position is checked before anything is written (KILN_ERR_INDEX). A task is
+ * one token and the query heads of one K/V head (GQA: they share each K and V load); a (head,
+ * token) row's arithmetic (key tiles of SLOT_TILE, online softmax, the order of every sum) depends
+ * only on its own position, never on S, the other rows, the head share or the thread split, so a
+ * sequence gets bit-identical results alone or batched with others.
  */
 #include <math.h>
 
@@ -18,7 +19,8 @@
 #include "vmath.h"
 
 #define SLOT_TILE 64        /* keys per tile of the online softmax */
-#define SLOT_MAX_DV 1024    /* the running output row lives on the stack */
+#define SLOT_HEADS 8        /* query heads of one K/V head per task, at most */
+#define SLOT_ACC 2048       /* floats of running output rows on the stack: heads x Dv */
 
 /* slot ids in [0, slots) and positions in [0, L), one of each per token */
 static int check_rows(const kiln_tensor *slot, const kiln_tensor *pos, int64_t S, int64_t slots, int64_t L) {
@@ -55,58 +57,97 @@ typedef struct {
     const float *q, *k, *v;
     float *out;
     const int64_t *slot, *pos;
-    int64_t Hq, Hkv, S, L, D, Dv, group;
+    int64_t Hq, Hkv, S, L, D, Dv, group, heads; /* heads: query heads per task (a share of a group) */
     float scale;
 } slot_attn;
 
-/* One (head h, token t) row: online softmax over the slot's keys 0..pos[t] in tiles. */
-static void slot_row(const slot_attn *a, int64_t h, int64_t t) {
-    int64_t hk = h / a->group, n = a->pos[t] + 1, D = a->D, Dv = a->Dv;
-    const float *q = a->q + (h * a->S + t) * D;
+/* Query heads h0..h0+nh-1 (one K/V head) of token t: scores over the slot's keys 0..pos[t] in tiles,
+ * online softmax per head. The heads share each load of K and V; a head's arithmetic (4 keys per
+ * dot block from each tile's start, then single keys; sums in key order) is fixed by pos[t] alone. */
+static void slot_heads(const slot_attn *a, int64_t h0, int64_t nh, int64_t t) {
+    int64_t hk = h0 / a->group, n = a->pos[t] + 1, D = a->D, Dv = a->Dv;
     const float *k = a->k + (a->slot[t] * a->Hkv + hk) * a->L * D;
     const float *v = a->v + (a->slot[t] * a->Hkv + hk) * a->L * Dv;
-    float *o = a->out + (h * a->S + t) * Dv;
-    float s[SLOT_TILE], acc[SLOT_MAX_DV];
-    float m = -INFINITY, l = 0.0f;
-    for (int64_t d = 0; d < Dv; d++) acc[d] = 0.0f;
+    float s[SLOT_HEADS][SLOT_TILE], acc[SLOT_ACC], m[SLOT_HEADS], l[SLOT_HEADS];
+    const float *q[SLOT_HEADS];
+    for (int64_t g = 0; g < nh; g++) {
+        q[g] = a->q + ((h0 + g) * a->S + t) * D;
+        m[g] = -INFINITY;
+        l[g] = 0.0f;
+    }
+    for (int64_t d = 0; d < nh * Dv; d++) acc[d] = 0.0f;
     for (int64_t j0 = 0; j0 < n; j0 += SLOT_TILE) {
-        int64_t nt = n - j0 < SLOT_TILE ? n - j0 : SLOT_TILE;
-        float mt = -INFINITY;
-        for (int64_t j = 0; j < nt; j++) {
+        int64_t nt = n - j0 < SLOT_TILE ? n - j0 : SLOT_TILE, j = 0;
+        for (; j + 4 <= nt; j += 4) {
+            const float *k0 = k + (j0 + j) * D, *k1 = k0 + D, *k2 = k1 + D, *k3 = k2 + D;
+            for (int64_t g = 0; g < nh; g++) {
+                const float *qg = q[g];
+                float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+                for (int64_t d = 0; d < D; d++) {
+                    float qd = qg[d];
+                    s0 += qd * k0[d];
+                    s1 += qd * k1[d];
+                    s2 += qd * k2[d];
+                    s3 += qd * k3[d];
+                }
+                s[g][j] = s0 * a->scale;
+                s[g][j + 1] = s1 * a->scale;
+                s[g][j + 2] = s2 * a->scale;
+                s[g][j + 3] = s3 * a->scale;
+            }
+        }
+        for (; j < nt; j++) {
             const float *kj = k + (j0 + j) * D;
-            float dot = 0.0f;
+            for (int64_t g = 0; g < nh; g++) {
+                const float *qg = q[g];
+                float dot = 0.0f;
 #pragma omp simd reduction(+ : dot)
-            for (int64_t d = 0; d < D; d++) dot += q[d] * kj[d];
-            s[j] = dot * a->scale;
-            mt = s[j] > mt ? s[j] : mt;
+                for (int64_t d = 0; d < D; d++) dot += qg[d] * kj[d];
+                s[g][j] = dot * a->scale;
+            }
         }
-        if (mt > m) {
-            float corr = m == -INFINITY ? 0.0f : kiln_exp(m - mt);
-            l *= corr;
-            for (int64_t d = 0; d < Dv; d++) acc[d] *= corr;
-            m = mt;
+        for (int64_t g = 0; g < nh; g++) {
+            float mt = -INFINITY, *sg = s[g], *ag = acc + g * Dv;
+            for (j = 0; j < nt; j++) mt = sg[j] > mt ? sg[j] : mt;
+            if (mt > m[g]) {
+                float corr = m[g] == -INFINITY ? 0.0f : kiln_exp(m[g] - mt);
+                l[g] *= corr;
+                for (int64_t d = 0; d < Dv; d++) ag[d] *= corr;
+                m[g] = mt;
+            }
+            float ls = 0.0f;
+            for (j = 0; j < nt; j++) {
+                sg[j] = kiln_exp(sg[j] - m[g]);
+                ls += sg[j];
+            }
+            l[g] += ls;
         }
-        float ls = 0.0f;
-        for (int64_t j = 0; j < nt; j++) {
-            s[j] = kiln_exp(s[j] - m);
-            ls += s[j];
-        }
-        l += ls;
-        for (int64_t j = 0; j < nt; j++) {
+        for (j = 0; j < nt; j++) {
             const float *vj = v + (j0 + j) * Dv;
-            float p = s[j];
+            for (int64_t g = 0; g < nh; g++) {
+                float p = s[g][j], *ag = acc + g * Dv;
 #pragma omp simd
-            for (int64_t d = 0; d < Dv; d++) acc[d] += p * vj[d];
+                for (int64_t d = 0; d < Dv; d++) ag[d] += p * vj[d];
+            }
         }
     }
-    float inv = l > 0.0f ? 1.0f / l : 0.0f;
-    for (int64_t d = 0; d < Dv; d++) o[d] = acc[d] * inv;
+    for (int64_t g = 0; g < nh; g++) {
+        float inv = l[g] > 0.0f ? 1.0f / l[g] : 0.0f, *o = a->out + ((h0 + g) * a->S + t) * Dv;
+        for (int64_t d = 0; d < Dv; d++) o[d] = acc[g * Dv + d] * inv;
+    }
 }
 
+/* task r: token r % S, head share r / S (shares of `heads` query heads, never across a K/V head) */
 static void slot_rows(void *p, int64_t lo, int64_t hi, int thread) {
     const slot_attn *a = (const slot_attn *)p;
+    int64_t shares = (a->group + a->heads - 1) / a->heads;
     (void)thread;
-    for (int64_t r = lo; r < hi; r++) slot_row(a, r / a->S, r % a->S);
+    for (int64_t r = lo; r < hi; r++) {
+        int64_t t = r % a->S, share = r / a->S, hk = share / shares, first = (share % shares) * a->heads;
+        int64_t nh = a->group - first < a->heads ? a->group - first : a->heads;
+        slot_heads(a, hk * a->group + first, nh, t);
+    }
 }
 
 int kiln_k_slot_cached_attention(const kiln_call *c) {
@@ -122,13 +163,16 @@ int kiln_k_slot_cached_attention(const kiln_call *c) {
                  KILN_ERR_SHAPE);
     KILN_REQUIRE(O->shape[0] == 1 && O->shape[1] == Q->shape[1] && O->shape[2] == Q->shape[2] &&
                  O->shape[3] == V->shape[3], KILN_ERR_SHAPE);
-    KILN_REQUIRE(V->shape[3] <= SLOT_MAX_DV, KILN_ERR_UNSUPPORTED);
+    KILN_REQUIRE(V->shape[3] <= SLOT_ACC, KILN_ERR_UNSUPPORTED);
+    int64_t heads = V->shape[3] ? SLOT_ACC / V->shape[3] : SLOT_HEADS;
+    heads = heads < SLOT_HEADS ? heads : SLOT_HEADS;
+    heads = heads < p->group ? heads : p->group;
     slot_attn a = {(const float *)Q->data, (const float *)K->data, (const float *)V->data, (float *)O->data,
-                   (const int64_t *)c->in[3].data, (const int64_t *)c->in[4].data,
-                   Q->shape[1], K->shape[1], Q->shape[2], K->shape[2], Q->shape[3], V->shape[3], p->group, p->scale};
+                   (const int64_t *)c->in[3].data, (const int64_t *)c->in[4].data, Q->shape[1], K->shape[1],
+                   Q->shape[2], K->shape[2], Q->shape[3], V->shape[3], p->group, heads, p->scale};
     int rc = check_rows(&c->in[3], &c->in[4], a.S, K->shape[0], a.L);
     if (rc != KILN_OK) return rc;
-    int64_t rows = a.Hq * a.S, work = 0;
+    int64_t rows = a.Hkv * ((a.group + heads - 1) / heads) * a.S, work = 0;
     for (int64_t t = 0; t < a.S; t++) work += (a.pos[t] + 1) * (a.D + a.Dv);
     work *= a.Hq;
     if (rows == 0 || a.Dv == 0) return KILN_OK;

@@ -27,6 +27,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=None, help="largest max_tokens a request may ask (default: ctx)")
     p.add_argument("--prefill-chunk", type=int, default=64, help="prompt tokens prefilled per step (power of two)")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (default 1 MiB)")
+    p.add_argument("--dtype", choices=("native", "f32"), default="native",
+                   help="GGUF weights: native (kept in their quantized blocks) or f32 (dequantized)")
     p.add_argument("--runner", default="batched", choices=["batched", "per-slot"],
                    help="batched: one graph call per step for all slots (default); per-slot: slot by slot")
     p.add_argument("--executor", default=DEFAULT, help=f"one of {', '.join(EXECUTORS)} (default {DEFAULT})")
@@ -47,7 +49,8 @@ def _check(args: argparse.Namespace) -> None:
 
 def engine_options(args: argparse.Namespace) -> dict:
     return {"parallel": args.parallel, "max_queue": args.max_queue, "prefill_chunk": args.prefill_chunk,
-            "max_tokens_limit": args.max_tokens, "runner": args.runner}
+            "max_tokens_limit": args.max_tokens, "runner": args.runner,
+            "dtype": args.dtype}
 
 
 def run(args: argparse.Namespace) -> int:
