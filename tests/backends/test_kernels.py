@@ -270,6 +270,10 @@ for slots, length, rows in ((3, 16, ((2, 5), (0, 0), (0, 1), (1, 15))), (1, 8, (
              rtol=1e-4, atol=1e-5),
         Case("slot_cached_attention", [rnd(1, 2, n, 64), rnd(slots, 2, length, 64), rnd(slots, 2, length, 64), sl, ps],
              {"scale": 0.2}, rtol=1e-4, atol=1e-5))
+# 12 query heads per K/V head with Dv 256: heads split into shares of 8 and 4 per task
+add(Case("slot_cached_attention", [rnd(1, 12, 3, 256), rnd(2, 1, 90, 256), rnd(2, 1, 90, 256),
+                                   np.array([1, 0, 1], np.int64), np.array([89, 70, 3], np.int64)],
+         rtol=1e-4, atol=1e-5, tag="head-shares"))
 
 # 8 < rows <= 128 against B^T: computed as C^T = B @ A^T through scratch, bias added on the way back
 for sa, with_bias in (((20, 40), True), ((3, 7, 40), False), ((128, 40), True), ((129, 40), True)):

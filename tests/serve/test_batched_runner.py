@@ -65,6 +65,30 @@ def test_one_call_per_step_of_decode_rows_and_prefill_rows_sized_as_alone(tiny_l
     assert loose.groups(step) == [[0, 1, 2, 3]]
 
 
+def test_matmul_rows_up_to_rows_per_call_match_one_row():
+    """What exact mode relies on: a matmul row computed with up to ROWS_PER_CALL rows equals the
+    one-row product bit for bit (the skinny kernel). If the kernel choice changes, this fails first."""
+    from kiln.core.dims import Sym
+    from kiln.ir.graph import Graph
+    from kiln.session import Session
+    if _executors()[0] != "compiled":
+        pytest.skip("C kernels not built")
+    rng = np.random.default_rng(0)
+    for k, n in ((576, 1536), (1536, 576), (64, 4099)):
+        g = Graph()
+        x = g.add_input("x", (Sym.var("m"), k), "float32")
+        g.sym_sources["m"], g.sym_ranges["m"] = ("x", 0), (1, 64)
+        w = g.add_const("w", rng.standard_normal((n, k)).astype(np.float32))
+        g.outputs = [g.add_node("matmul", [x, w], {"transpose_b": True})]
+        s = Session(g)
+        a = rng.standard_normal((BatchedRunner.ROWS_PER_CALL, k)).astype(np.float32)
+        one = [s.run({"x": a[i:i + 1]})[0][0] for i in range(len(a))]
+        for m in range(2, BatchedRunner.ROWS_PER_CALL + 1):
+            out = s.run({"x": a[:m]})[0]
+            for i in range(m):
+                np.testing.assert_array_equal(out[i], one[i], err_msg=f"K={k} N={n}: row {i} of {m}")
+
+
 def test_kv_cache_state_is_per_slot(tiny_lm):
     runner = _runner(tiny_lm, 3, _executors()[0], verify=False)
     info = runner.session.graph.kv_cache
