@@ -148,20 +148,8 @@ def _prefix_stable(graph, sub, mask_name, sym, lo, hi) -> bool:
 
 def _shape_only_subgraph(graph, t):
     """The nodes computing ``t`` if every leaf is a constant; None if it reads an input/state."""
-    nodes, stack, seen = [], [t], set()
-    while stack:
-        x = stack.pop()
-        if x in seen:
-            continue
-        seen.add(x)
-        p = graph.producer(x)
-        if p is not None:
-            nodes.append(p)
-            stack.extend(p.inputs)
-        elif graph.tensors[x].kind != CONST:
-            return None
-    order = {id(n): j for j, n in enumerate(graph.nodes)}
-    return sorted(nodes, key=lambda n: order[id(n)])
+    nodes, leaves = graph.cone(t)
+    return None if any(graph.tensors[x].kind != CONST for x in leaves) else nodes
 
 
 def _evaluate(graph, nodes, binding) -> dict:
