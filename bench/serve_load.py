@@ -167,7 +167,10 @@ def load_level(url: str, streams: int, per_stream: int, max_tokens: int) -> dict
 
 
 def run_table(name: str, url: str, levels: list[int], per_stream: int, max_tokens: int) -> list[dict]:
-    """Print the table a row at a time (a slow level still leaves the earlier rows on screen)."""
+    """Print the table a row at a time (a slow level still leaves the earlier rows on screen). A short
+    unreported warm-up at each level first: the server plans each new batch shape once, on first use."""
+    for c in levels:
+        load_level(url, c, 1, 4)
     print(f"\n{name}\n{'streams':>7} {'reqs':>5} {'err':>4} {'tok/s':>8} {'decode':>8} {'x1':>5} {'TTFT p50':>9} "
           f"{'TTFT p99':>9} {'ITL p50':>8} {'ITL p99':>8}", flush=True)
     base = None
