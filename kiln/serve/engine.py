@@ -157,10 +157,13 @@ class Engine:
         self._inbox.put(("cancel", request_id))
 
     def stats(self) -> dict:
-        """A snapshot: queued (waiting for a slot), active (in slots), slots, steps."""
+        """A snapshot: queued (waiting for a slot), active (in slots), slots, steps, runner ("batched",
+        "per-slot", or the runner's class name)."""
+        kind = {"BatchedRunner": "batched", "PerSlotRunner": "per-slot"}.get(type(self.runner).__name__,
+                                                                             type(self.runner).__name__)
         with self._lock:
             return {"queued": self._in_flight + self._waiting, "active": self._active, "slots": self.runner.n_slots,
-                    "steps": self.scheduler.steps}
+                    "steps": self.scheduler.steps, "runner": kind}
 
     def _free_estimate(self) -> int:
         return max(0, self.runner.n_slots - self._active)
