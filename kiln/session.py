@@ -42,6 +42,8 @@ class Session:
     a model file's decode plan) are used instead of planning those bindings, after the checks of
     kiln/planner/stored.py; one that fails them raises FileFormatError naming ``where``."""
 
+    max_plans = MAX_PLANS   # a subclass may keep more (the batched serving runner: one per batch shape)
+
     def __init__(self, graph: Graph, *, executor: Optional[str] = None, backend: Optional[str] = None,
                  meta: Optional[dict] = None, executor_options: Optional[dict] = None,
                  stored_plans: Optional[Mapping[str, dict]] = None, where: str = "stored plan"):
@@ -132,7 +134,7 @@ class Session:
             if ex is None:
                 ex = self._build(dict(binding))
                 self._executors[key] = ex
-                while len(self._executors) > MAX_PLANS:
+                while len(self._executors) > self.max_plans:
                     self._executors.popitem(last=False)
             else:
                 self._executors.move_to_end(key)

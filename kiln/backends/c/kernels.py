@@ -87,6 +87,9 @@ def _register() -> None:
     reg("cached_attention", params=(("scale", "f32"), ("group", "i64")),
         lower=lambda a, ins, out: {"scale": scale_of(a, ins[0][3]), "group": ins[0][1] // ins[1][1]},
         scratch=_attention_scratch)
+    reg("slot_cache_write")   # csrc/slot_cache.c
+    reg("slot_cached_attention", params=(("scale", "f32"), ("group", "i64")),
+        lower=lambda a, ins, out: {"scale": scale_of(a, ins[0][3]), "group": ins[0][1] // ins[1][1]})
     reg("gated_act", params=(("act", "i64"),), lower=lambda a, i, o: {"act": ACTIVATIONS.index(a.act)})
     for op in ("sum", "mean", "max"):
         reg(op, params=(("axes_mask", "i64"),), lower=lambda a, i, o: {"axes_mask": sum(1 << ax for ax in a.axes)})
