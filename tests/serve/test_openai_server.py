@@ -11,7 +11,7 @@ import pytest
 openai = pytest.importorskip("openai")
 pytest.importorskip("fastapi")
 
-from conftest import CTX, get_json  # noqa: E402
+from tests.serve.conftest import CTX, get_json  # noqa: E402
 
 PROMPTS = ["The capital of France is", "Hello world, how are you", "Tokens are pieces of words;",
            "The quick brown fox", "Paris, London, Berlin and"]
