@@ -46,3 +46,13 @@ int kiln_gemm_unpack_b(int64_t K, int64_t N, const float *packed, int trans, flo
     }
     return 0;
 }
+
+int kiln_gemm_unpack_col(int64_t K, int64_t N, const float *packed, int64_t n, float *dst) {
+    if (kiln_gemm_packed_bytes(K, N) < 0 || n < 0 || n >= N) return KILN_GEMM_ERR_ARG;
+    if (K == 0) return 0;
+    if (!packed || !dst) return KILN_GEMM_ERR_ARG;
+    int64_t n0 = n / NR * NR, w = N - n0 < NR ? N - n0 : NR;
+    const float *s = packed + n0 * K + n % NR;
+    for (int64_t k = 0; k < K; k++) dst[k] = s[k * w];
+    return 0;
+}

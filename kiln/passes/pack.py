@@ -6,8 +6,9 @@ gate-up weights are packed as one, and quantized weights are left to their own k
 A weight is packed when every reader is a matmul taking it as B, it is 2-D, plain float32
 and not a graph output. A [K, N] weight (``transpose_b`` off, e.g. GPT-2's Conv1D) is packed
 from its transpose and its matmuls switch ``transpose_b`` on: the packed form is always
-the logical [N, K]. A weight something else also reads (a tied embedding table) stays
-plain: packing it would keep two copies.
+the logical [N, K]. A table an embedding also reads (tied to the LM head)
+is packed too, and the embedding gathers its rows from the panels (one copy, not two); a
+weight any other op reads stays plain.
 
 The packed bytes are what a saved model file stores (memory-mapped like any stored weight);
 the C kernel reads them for every M, nothing packs per call. The numpy reference unpacks.
@@ -36,15 +37,16 @@ def enabled() -> bool:
 
 def _packable(graph: Graph, w: str) -> bool:
     t = graph.tensors[w]
-    if t.kind != CONST or t.storage != PLAIN or t.dtype != "float32" or len(t.shape) != 2 or w in graph.outputs:
+    if (t.kind != CONST or t.storage != PLAIN or t.dtype != "float32" or len(t.shape) != 2 or w in graph.outputs
+            or 0 in t.shape):
         return False
     users = graph.users(w)
-    if not users:
+    mms = [n for n in users if n.op == "matmul" and n.inputs[1] == w and w not in (n.inputs[0], *n.inputs[2:])]
+    embeds = [n for n in users if n.op == "embedding" and n.inputs[0] == w and n.inputs[1] != w]
+    if not mms or len(mms) + len(embeds) != len(users):
         return False
-    for n in users:
-        if n.op != "matmul" or n.inputs[1] != w or w in (n.inputs[0], *n.inputs[2:]):
-            return False
-    return len({n.attrs.transpose_b for n in users}) == 1
+    # one logical [N, K] for every reader: an embedding's rows are a transposed-B weight's
+    return len({n.attrs.transpose_b for n in mms} | ({True} if embeds else set())) == 1
 
 
 def pack_weights(graph: Graph) -> int:
@@ -58,12 +60,16 @@ def pack_weights(graph: Graph) -> int:
             continue
         users = graph.users(w)
         value = np.asarray(graph.constants[w], np.float32)
-        rows = value if users[0].attrs.transpose_b else value.T   # [N, K]
+        transposed = next(n.attrs.transpose_b for n in users if n.op == "matmul")
+        rows = value if transposed else value.T   # [N, K]
         name = graph.fresh(f"{w}.{PACKED}")
         graph.add_stored_const(name, st.quantize(np.ascontiguousarray(rows)), rows.shape, PACKED)
         for n in users:
-            graph.replace_node(n, dataclasses.replace(n, inputs=[n.inputs[0], name] + list(n.inputs[2:]),
-                                                      attrs=dataclasses.replace(n.attrs, transpose_b=True)))
+            if n.op == "embedding":
+                graph.set_inputs(n, [name, n.inputs[1]])
+            else:
+                graph.replace_node(n, dataclasses.replace(n, inputs=[n.inputs[0], name] + list(n.inputs[2:]),
+                                                          attrs=dataclasses.replace(n.attrs, transpose_b=True)))
         del graph.tensors[w]
         del graph.constants[w]
         done += 1
@@ -92,11 +98,9 @@ def for_backend(graph: Graph, get_backend) -> Graph:
     """``graph``, or an unpacked copy of it when the backend (``get_backend()``, a
     kiln.backends.kernels.Backend, asked only when the graph holds a packed weight) has no
     matmul kernel for a packed B: a packed model file still runs there."""
-    packed = [n for n in graph.nodes if n.op == "matmul" and graph.tensors[n.inputs[1]].storage == PACKED]
-    if not packed:
+    if not any(t.storage == PACKED for t in graph.tensors.values()):
         return graph
-    backend = get_backend()
-    if all(backend.find("matmul", ["plain", PACKED] + ["plain"] * (len(n.inputs) - 2)) for n in packed):
+    if not any(PACKED in storages for _, storages in get_backend().missing(graph)):
         return graph
     graph = graph.copy()
     unpack_weights(graph)

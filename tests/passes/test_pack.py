@@ -160,6 +160,32 @@ def test_stage_near_misses_stay_plain():
     assert all(t.storage == "plain" for t in g.tensors.values())
 
 
+def test_a_tied_embedding_table_is_packed_once_and_gathered_from_the_panels():
+    v, d = 37, 24
+    g = Graph()
+    ids = g.add_input("ids", (2, 5), "int64")
+    table = g.add_const("table", rnd(v, d, seed=3))
+    h = g.add_node("embedding", [table, ids])
+    logits = g.add_node("matmul", [h, table], {"transpose_b": True})
+    g.outputs = [h, logits]
+    only_embedding = g.add_const("emb_only", rnd(v, d, seed=4))
+    g.outputs.append(g.add_node("embedding", [only_embedding, ids]))
+    want = kiln.Session(g, executor="reference").run({"ids": np.array([[0, 36, 16, 5, 7], [3, 3, 0, 32, 1]])})
+    gp = g.copy()
+    assert pack.pack_weights(gp) == 1                     # the table an embedding alone reads stays plain
+    validate(gp)
+    assert {n: t.storage for n, t in gp.tensors.items() if t.kind == "const"} == {
+        "table.f32_p16": "f32_p16", "emb_only": "plain"}
+    feeds = {"ids": np.array([[0, 36, 16, 5, 7], [3, 3, 0, 32, 1]])}
+    for ex in EXECUTORS:
+        got = kiln.Session(gp, executor=ex).run(feeds)
+        np.testing.assert_array_equal(got[0], want[0], err_msg=ex)
+        np.testing.assert_array_equal(got[2], want[2], err_msg=ex)
+        np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-5, err_msg=ex)
+    with pytest.raises(kiln.KilnError):
+        kiln.Session(gp).run({"ids": np.array([[0, 37, 1, 1, 1], [0, 0, 0, 0, 0]])})
+
+
 def test_ablation_env_turns_the_stage_off(monkeypatch):
     g, _ = _graph(2, 16, 16)
     monkeypatch.setenv("KILN_PACK_WEIGHTS", "0")

@@ -130,8 +130,8 @@ NEAR_MISS = [
     ("gated-packed", lambda m, x: F.silu(F.linear(x, m.w1)) * F.linear(x, m.w2) + F.linear(x, m.w1), (r(3, 8),),
      {"w1": torch.randn(16, 8), "w2": torch.randn(16, 8)}),
     ("matmul-relu", lambda m, x: torch.relu(F.linear(x, m.w)) + F.linear(x, m.w), (r(3, 8),), {"w": W}),  # read twice
-    ("pack-weights", lambda m, x, ids: F.linear(x, m.w) + F.embedding(ids, m.w),  # tied: an embedding reads it too
-     (r(3, 8), torch.tensor([1, 2, 3])), {"w": torch.randn(8, 8)}),
+    ("pack-weights", lambda m, x, y: F.linear(x, m.w) + (m.w @ y).t(),  # the weight is also an A operand
+     (r(3, 8), r(8, 3)), {"w": torch.randn(8, 8)}),
 ]
 
 

@@ -83,6 +83,7 @@ def _register() -> None:
     # B packed at compile time (kiln/passes/pack.py): csrc/matmul.c runs Kiln's packed GEMM, no scratch
     reg("matmul", storage=(PLAIN, "f32_p16"), **mm)
     reg("matmul", storage=(PLAIN, "f32_p16", PLAIN), **mm)
+    reg("embedding", storage=("f32_p16", PLAIN))   # a table tied to a packed LM head (csrc/gather.c)
     reg("attention", params=(("causal", "i64"), ("scale", "f32"), ("group", "i64")),
         lower=lambda a, ins, out: {"causal": int(a.causal), "scale": scale_of(a, ins[0][3]),
                                    "group": ins[0][1] // ins[1][1]},
