@@ -1,6 +1,6 @@
 """Merged vs unmerged projections (merge-matmuls), packed weights vs the BLAS path, side by side.
 
-    python -m bench.merge [--models qwen3,smollm2] [--layers 2] [--seqs 1,16,64,256] [--reps 0]
+    python -m bench.merge [--models qwen3,llama] [--layers 2] [--seqs 1,16,64,256] [--reps 0]
 
 For each model (kiln.models.zoo, random weights, input_ids -> logits) and sequence length,
 four sessions compiled from the same module run interleaved (each rep runs all four, so
@@ -62,7 +62,7 @@ def measure(family: str, layers: int, seq: int, reps: int) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.merge", description=__doc__.splitlines()[0])
-    p.add_argument("--models", default="qwen3,smollm2")
+    p.add_argument("--models", default="qwen3,llama", help="kiln.models.zoo families")
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--seqs", default="1,16,64,256")
     p.add_argument("--reps", type=int, default=0, help="0: max(4, 200 // seq)")

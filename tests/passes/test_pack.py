@@ -97,7 +97,7 @@ M_BUCKETS = [1, 2, 5, 6, 7, 16, 33, 64, 65, 200]
 
 
 @pytest.mark.parametrize("m", M_BUCKETS)
-@pytest.mark.parametrize("k,n", [(64, 48), (129, 37), (300, 17), (5, 100)])
+@pytest.mark.parametrize("k,n", [(64, 48), (129, 37), (300, 17), (5, 100), (130, 1100)])  # > 64 panels: chunked N
 def test_packed_matmul_every_m_bucket_odd_sizes(m, k, n):
     g, w = _graph(m, k, n)
     gp = _packed(g)
@@ -135,7 +135,7 @@ def test_batched_activations_run_as_one_gemm():
 
 def test_a_row_is_the_same_at_every_m():
     """The serve engine batches rows of different requests: row i must not depend on M."""
-    k, n = 200, 77
+    k, n = 200, 1077   # > 64 panels: several column chunks
     x = rnd(70, k, seed=5)
     rows = {}
     for m in (1, 3, 6, 7, 16, 64, 70):
