@@ -213,8 +213,15 @@ def main(argv=None) -> int:
     env = environment()
     print(" ".join(f"{k}={v}" for k, v in env.items()), flush=True)
     lengths = [int(x) for x in args.prefill.split(",")]
-    rows = [bench_model(m.strip(), args.layers, lengths, args.new_tokens, args.rounds)
-            for m in args.models.split(",") if m.strip()]
+    rows = []
+    for m in (m.strip() for m in args.models.split(",") if m.strip()):
+        # A model that cannot be captured or run is a row of the table, not the end of the run.
+        row = attempt(lambda: bench_model(m, args.layers, lengths, args.new_tokens, args.rounds))
+        if isinstance(row, str):
+            log(f"   {m}: {row}")
+            row = {"model": m, "prefill_ms": {s: {k: row for k in COLUMNS} for s in lengths},
+                   "decode_tok_s": {k: row for k in COLUMNS}}
+        rows.append(row)
     print(markdown(env, rows))
     if args.json:
         with open(args.json, "w") as f:

@@ -12,6 +12,7 @@ import sys
 import time
 from typing import Any, Callable, Optional, TextIO
 
+from .cli_options import add_weight_options
 from .errors import KilnError
 from .executor.registry import DEFAULT, EXECUTORS, check_name
 
@@ -46,13 +47,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--quiet", "-q", action="store_true", help="print only the answer (no progress, no summary)")
     p.add_argument("--compare-torch", action="store_true",
                    help="also run transformers generate (greedy, same weights) and compare speed and tokens")
-    # quantized weights (issue 12)
-    p.add_argument("--dtype", choices=("native", "f32"), default="native",
-                   help="native (default): a GGUF's quantized weights run in their own blocks; f32: dequantize at load")
-    p.add_argument("--quantize", choices=("int8", "q8_0", "q4_0", "q4_k"), default=None,
-                   help="quantize an fp32 model's matmul weights at compile time")
-    p.add_argument("--act", choices=("exact", "int8"), default="exact",
-                   help="quantized matmul activations: exact (fp32, default) or int8 (VNNI dot products)")
+    add_weight_options(p)
     p.set_defaults(fn=run)
     return p
 

@@ -10,6 +10,7 @@ import argparse
 import sys
 from typing import Any
 
+from .cli_options import add_weight_options
 from .errors import KilnError
 
 
@@ -20,10 +21,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--dump", action="store_true", help="print the optimized graph node by node")
     p.add_argument("--timings", action="store_true",
                    help="print where compile time goes: export, conversion, each stage, planning")
-    p.add_argument("--dtype", choices=("native", "f32"), default="native",
-                   help="a GGUF's quantized weights in their blocks (native, default) or dequantized (f32)")
-    p.add_argument("--quantize", choices=("int8", "q8_0", "q4_0", "q4_k"), default=None,
-                   help="run the quantize stage on the fp32 matmul weights")
+    add_weight_options(p, act=False)
     p.set_defaults(fn=run)
     return p
 

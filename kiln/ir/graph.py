@@ -147,6 +147,24 @@ class Graph:
         """Whether a node reads ``name`` or it is a graph output."""
         return name in self._users or name in self.outputs
 
+    def cone(self, name: str) -> tuple[list[Node], set[str]]:
+        """The nodes that compute ``name`` (in graph order) and the leaf tensors they start from
+        (inputs, state, constants, or ``name`` itself when nothing produces it)."""
+        nodes, leaves, stack, seen = [], set(), [name], set()
+        while stack:
+            x = stack.pop()
+            if x in seen:
+                continue
+            seen.add(x)
+            p = self._producer.get(x)
+            if p is None:
+                leaves.add(x)
+            else:
+                nodes.append(p)
+                stack.extend(p.inputs)
+        order = {id(n): j for j, n in enumerate(self.nodes)}
+        return sorted(nodes, key=lambda n: order[id(n)]), leaves
+
     def check_use_def(self) -> None:
         """Raise if the incremental maps differ from a recomputation (a change bypassed the Graph)."""
         fresh = Graph(nodes=self._nodes)

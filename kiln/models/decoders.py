@@ -7,6 +7,8 @@ graph (a model file holds only that one), prefilling the whole sequence from pos
 """
 from __future__ import annotations
 
+import threading
+import weakref
 from typing import Any, Protocol, Sequence
 
 import numpy as np
@@ -49,8 +51,22 @@ class RecomputeDecoder:
         return np.asarray(logits[0, -1] if self.last_only else logits[0, n - 1], dtype=np.float32)
 
 
+# The KV cache is session state, so one session holds one sequence: the decoder that prefilled last owns
+# it until it is closed (or dropped). The session lock makes each run safe, not a whole generation; two
+# generations interleaving on one cache would each read the other's keys and values, silently.
+_owners_lock = threading.Lock()
+_owners: "weakref.WeakKeyDictionary[Any, weakref.ref]" = weakref.WeakKeyDictionary()
+
+
+class CacheInUseError(KilnError):
+    """A second generation asked for a KV cache that another, unfinished generation holds."""
+
+
 class CachedDecoder:
-    """KV cache as graph state: one plan for the prompt length, one for single tokens, no Python per layer."""
+    """KV cache as graph state: one plan for the prompt length, one for single tokens, no Python per layer.
+
+    One decoder at a time uses a session's cache: prefill claims it, `close()` (or dropping the decoder)
+    releases it, and a prefill by another decoder meanwhile raises CacheInUseError."""
 
     def __init__(self, session: Any, *, max_len: int):
         info = session.graph.kv_cache
@@ -62,11 +78,36 @@ class CachedDecoder:
 
     def prefill(self, ids: Sequence[int]) -> np.ndarray:
         # Old cache rows need no clearing: attention reads only positions [0, pos + n).
+        self._claim()
         self.pos = 0
         return self._run([int(i) for i in ids])
 
+    def _claim(self) -> None:
+        with _owners_lock:
+            ref = _owners.get(self.session)
+            owner = ref() if ref is not None else None
+            if owner is not None and owner is not self:
+                raise CacheInUseError(
+                    "this model's KV cache is in use by another generation that has not finished: one model "
+                    "generates one sequence at a time. Finish or close() the other generation, load the model "
+                    "once per thread, or serve concurrent requests with kiln.serve (one cache slot per request)")
+            _owners[self.session] = weakref.ref(self)
+
+    def close(self) -> None:
+        """Release the session's KV cache for another generation (idempotent)."""
+        with _owners_lock:
+            ref = _owners.get(self.session)
+            if ref is not None and ref() is self:
+                del _owners[self.session]
+
     def step(self, token: int) -> np.ndarray:
         return self._run([int(token)])
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001  (interpreter shutdown: the module globals may be gone)
+            pass
 
     def _run(self, ids: list[int]) -> np.ndarray:
         n = len(ids)
@@ -85,6 +126,7 @@ class RePrefillDecoder(CachedDecoder):
     """No cache reuse on a KV-cache graph: every step prefills the whole sequence again from position 0."""
 
     def prefill(self, ids: Sequence[int]) -> np.ndarray:
+        self._claim()
         self.ids = [int(i) for i in ids]
         self.pos = 0
         return self._run(list(self.ids))

@@ -86,6 +86,22 @@ class Generation:
         if self.max_new_tokens == 0:
             st.stop_reason = "max_new_tokens"
             return
+        try:
+            yield from self._decode(st)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        # Finished, or closed / dropped mid-stream: the model's KV cache is free for the next generation.
+        close = getattr(self.decoder, "close", None)
+        if close is not None:
+            close()
+
+    def close(self) -> None:
+        """Stop this generation early and release the model for another one."""
+        self._iter.close()
+
+    def _decode(self, st: GenerationStats) -> Iterator[TokenEvent]:
         t0 = time.perf_counter()
         logits = self.decoder.prefill(self.prompt_ids)
         st.prefill_s = time.perf_counter() - t0
@@ -99,6 +115,7 @@ class Generation:
             if is_eos or len(self.ids) >= self.max_new_tokens or len(self.prompt_ids) + len(self.ids) >= self.max_len:
                 st.stop_reason = ("eos" if is_eos else "max_new_tokens" if len(self.ids) >= self.max_new_tokens
                                   else "max_len")
+                self._release()           # before the last event: a caller may never ask for the next one
                 yield TokenEvent(token, delta + self.stream.flush(), len(self.ids) - 1)
                 return
             yield TokenEvent(token, delta, len(self.ids) - 1)

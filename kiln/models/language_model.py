@@ -71,4 +71,10 @@ class LanguageModel:
 
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         """Next-token logits after ``ids`` (one prefill), for checks against other runtimes."""
-        return self.decoder().prefill(ids)
+        decoder = self.decoder()
+        try:
+            return decoder.prefill(ids)
+        finally:
+            close = getattr(decoder, "close", None)
+            if close is not None:
+                close()

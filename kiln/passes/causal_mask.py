@@ -44,7 +44,8 @@ def causal_mask_absorption(graph: Graph) -> int:
         split = _split_runtime_conjunction(graph, mask)
         if split is not None:   # causal(sizes) AND padding(runtime): the flag plus the runtime part
             mask, rest = split
-        key = (node.inputs[1], mask, graph.tensors[node.inputs[0]].shape)
+        # The proof reads q and k only through their shapes: layers sharing a mask share one proof.
+        key = (mask, tuple(graph.tensors[node.inputs[0]].shape), tuple(graph.tensors[node.inputs[1]].shape))
         if key not in proofs:
             proofs[key] = is_causal_over_range(graph, mask, node.inputs[0], node.inputs[1])
         if proofs[key]:
@@ -148,20 +149,8 @@ def _prefix_stable(graph, sub, mask_name, sym, lo, hi) -> bool:
 
 def _shape_only_subgraph(graph, t):
     """The nodes computing ``t`` if every leaf is a constant; None if it reads an input/state."""
-    nodes, stack, seen = [], [t], set()
-    while stack:
-        x = stack.pop()
-        if x in seen:
-            continue
-        seen.add(x)
-        p = graph.producer(x)
-        if p is not None:
-            nodes.append(p)
-            stack.extend(p.inputs)
-        elif graph.tensors[x].kind != CONST:
-            return None
-    order = {id(n): j for j, n in enumerate(graph.nodes)}
-    return sorted(nodes, key=lambda n: order[id(n)])
+    nodes, leaves = graph.cone(t)
+    return None if any(graph.tensors[x].kind != CONST for x in leaves) else nodes
 
 
 def _evaluate(graph, nodes, binding) -> dict:

@@ -30,7 +30,7 @@ def positions_as_arange(g: Graph, seq: str) -> int:
             continue
         if all(_is_position_like(g, r.output, shape_only, seq) for r in g.users(node.output)):
             continue   # only the last integer value of the chain (the one the lookup reads) is rewritten
-        sub = _subgraph(g, node.output)
+        sub = g.cone(node.output)[0]
         if any(n.op == "arange" for n in sub):
             continue   # already an arange: the cache transform offsets it directly
         offset = _arange_offset(g, sub, node.output, seq, lo, hi)
@@ -58,21 +58,6 @@ def _shape_only(g: Graph) -> set:
         if all(i in out or g.tensors[i].kind == CONST for i in n.inputs):
             out.add(n.output)
     return out
-
-
-def _subgraph(g: Graph, t: str) -> list:
-    nodes, stack, seen = [], [t], set()
-    while stack:
-        x = stack.pop()
-        if x in seen:
-            continue
-        seen.add(x)
-        p = g.producer(x)
-        if p is not None:
-            nodes.append(p)
-            stack.extend(p.inputs)
-    order = {id(n): j for j, n in enumerate(g.nodes)}
-    return sorted(nodes, key=lambda n: order[id(n)])
 
 
 def _arange_offset(g, sub, name, seq, lo, hi):

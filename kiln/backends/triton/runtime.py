@@ -39,7 +39,8 @@ def device() -> "torch.device":
     if INTERPRETED:
         return torch.device("cpu")
     if torch.cuda.is_available():
-        return torch.device("cuda")
+        # With its index: tensors made on "cuda" report "cuda:0", and devices compare by index.
+        return torch.device("cuda", torch.cuda.current_device())
     raise BackendError("the Triton backend needs a CUDA GPU (torch.cuda.is_available() is False), or "
                        "TRITON_INTERPRET=1 in the environment before kiln.backends.triton is first imported "
                        "to run its kernels in Triton's CPU interpreter")
@@ -126,6 +127,8 @@ class Context:
 
     def __init__(self, dev=None):
         self.device = torch.device(dev) if dev is not None else device()
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.flag = torch.zeros(1, dtype=torch.int32, device=self.device)
         self.code = 1
 

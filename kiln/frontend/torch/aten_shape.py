@@ -285,19 +285,7 @@ def index(ctx: Ctx, x, indices):
 
 def _size_only(ctx: Ctx, t: str) -> bool:
     """Whether ``t`` is computed from constants and sizes alone (then it folds per binding)."""
-    stack, seen = [t], set()
-    while stack:
-        x = stack.pop()
-        if x in seen:
-            continue
-        seen.add(x)
-        p = ctx.g.producer(x)
-        if p is None:
-            if not ctx.g.is_const(x):
-                return False
-        else:
-            stack.extend(p.inputs)
-    return True
+    return all(ctx.g.is_const(x) for x in ctx.g.cone(t)[1])
 
 
 def _size_tensor(ctx: Ctx, d) -> str:

@@ -23,6 +23,15 @@ def test_no_device_is_a_clear_error(monkeypatch):
         runtime.device()
 
 
+def test_the_gpu_is_named_with_its_index(monkeypatch):
+    # Tensors made on "cuda" report "cuda:0", and torch.device("cuda") != torch.device("cuda:0"):
+    # an executor holding the bare name refused its own KV cache on a real GPU.
+    monkeypatch.setattr(runtime, "INTERPRETED", False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert runtime.device() == torch.device("cuda:0")
+
+
 def test_a_session_without_a_device_says_what_is_missing(monkeypatch):
     monkeypatch.setattr(runtime, "INTERPRETED", False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
