@@ -7,12 +7,13 @@
 #include "kiln_ops.h"
 #include "pool.h"
 
-#define MC_MAX 96                /* rows per chunk: an MC x KC block of A stays in L2 */
+#define MC_MAX 256               /* rows per chunk: an MC x KC block of A (128 KB) stays in L2, and a
+                                  * weight is streamed from memory once per MC rows (prefill at 256) */
 #define PANEL_ALIGN 8            /* chunks start at multiples of every kernel's panel group */
 #define CHUNK_MIN_FMA (1 << 18)  /* below this a chunk costs more to hand out than to run */
 #define CHUNKS_PER_THREAD 8      /* enough that a descheduled thread holds up a small part */
-#define PC_MAX 64                /* panels per chunk at most: the chunk's C block (<= MC_MAX x 1024
-                                  * floats, 384 KB) stays in L2 across its K blocks; wider (an LM
+#define PC_MAX 32                /* panels per chunk at most: the chunk's C block (<= MC_MAX x 512
+                                  * floats, 512 KB) stays in L2 across its K blocks; wider (an LM
                                   * head's N) and C would go to memory and back once per K block */
 
 typedef struct {
