@@ -49,6 +49,9 @@ class Session:
                  stored_plans: Optional[Mapping[str, dict]] = None, where: str = "stored plan"):
         self._spec, self.backend = resolve(executor, backend)
         validate(graph)
+        from .passes.pack import for_backend   # packed weights unpacked for a backend without their kernel
+        from .backends import kernels
+        graph = for_backend(graph, lambda: kernels.get(self.backend))
         self._backend = prepare(self.backend, graph)
         self._options = dict(executor_options or {})
         self.graph = graph
