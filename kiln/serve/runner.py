@@ -153,10 +153,12 @@ class BatchedRunner:
     position, and the graph returns logits only for the rows that want them.
 
     ``exact=True`` (default): a row's logits are bit-identical whatever else is in the step. Every op
-    of the batched graph computes a token's row the same way for any S except the fp32/quantized
-    matmul, which picks its kernel by row count: up to ``ROWS_PER_CALL`` rows (SKINNY_MAX_M in
-    kiln/backends/c/kernels.py) run the skinny kernel, one row at a time in the same order for any
-    row count; more rows run a GEMM (BLAS) whose sums run in another order. So rows of at most that
+    of the batched graph computes a token's row the same way for any S (packed fp32 and quantized
+    weights included: their kernels are row-independent) except a matmul on a plain fp32 weight
+    (compiled with KILN_PACK_WEIGHTS=0), which picks its kernel by row count: up to
+    ``ROWS_PER_CALL`` rows (SKINNY_MAX_M in kiln/backends/c/kernels.py) run the skinny kernel, one
+    row at a time in the same order for any row count; more rows run a GEMM (BLAS) whose sums run
+    in another order. Since a graph may hold such a matmul, rows of at most that
     many tokens (decode steps) share calls of at most ROWS_PER_CALL tokens (the weights are read once
     per call: once per step for up to 8 streams), and a longer prefill chunk runs in a call of its
     own, at the same size it has when its request runs alone. ``exact=False`` packs the whole step
