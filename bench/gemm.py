@@ -30,6 +30,7 @@ SHAPES = {  # name: (K, N) of one projection
     "gpt2-fc": (768, 3072),
     "qwen3-up": (1024, 3072),
     "qwen3-down": (3072, 1024),
+    "smollm2-head": (576, 49152),   # a vocabulary-sized N (the tied LM head)
 }
 DEFAULT_SHAPES = "smollm2-up,gpt2-qkv,qwen3-up,qwen3-down"
 

@@ -40,7 +40,8 @@ def markdown(results: dict) -> str:
     v = m.get("versions", {})
     out.append("- versions: " + ", ".join(f"{k} {v[k]}" for k in v if v[k]))
     if fl:
-        out.append(f"- measured ceilings: sgemm {fl.get('sgemm_gflops', 0):.0f} GFLOP/s (Kiln's BLAS, 2048³), "
+        out.append(f"- measured ceilings: sgemm {fl.get('sgemm_gflops', 0):.0f} GFLOP/s (the higher of "
+                   f"Kiln's packed GEMM and the BLAS, 2048³, same run), "
                    f"read bandwidth {fl.get('read_gbps', 0):.1f} GB/s")
     out.append("")
     out.append("Times are medians in ms with the interquartile range in parentheses. Ratios are peer time ÷ Kiln "

@@ -32,7 +32,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def measure_machine(n_threads: int, quick: bool) -> dict:
     from . import machine
     info = machine.describe(n_threads)
-    log("measuring sgemm peak (Kiln's BLAS, 2048^3) and read bandwidth")
+    log("measuring sgemm peak (Kiln's packed GEMM and the BLAS, 2048^3) and read bandwidth")
     try:
         info["sgemm"] = machine.sgemm_peak(reps=5 if quick else 9)
     except Exception as e:  # noqa: BLE001 - no floor then, but the timings still run

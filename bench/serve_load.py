@@ -2,10 +2,14 @@
 
     python bench/serve_load.py                       # default model, 1/2/4/8 concurrent streams
     python bench/serve_load.py --chaos               # also: overflow, hang-ups, malformed requests
-    python bench/serve_load.py --llama-server /path/to/llama-server   # same table for llama.cpp
+    python bench/serve_load.py --runner per-slot     # kiln serve without batched decoding, to compare
 
-Per concurrency level: aggregate decode tokens/s (completion tokens of all streams / wall time),
+Per concurrency level: completion tokens/s of all streams (end to end, including prefill), aggregate
+decode tokens/s (tokens after each request's first / wall time) and its ratio to the single-stream level,
 time to first token and inter-token latency p50/p99 (client side, from the SSE chunks), and errors.
+kiln serve gets as many slots as the largest level (--parallel to override). When `llama-server` is on
+PATH (or --llama-server names it) the same load runs against `llama-server --parallel 4` on the same GGUF
+(--llama-parallel to change, --no-llama to skip).
 Chaos mode checks that the server keeps serving: greedy streams running next to hang-ups, malformed
 requests and a queue overflow give the same text as alone, 400/429 come back as they should, and every
 slot is free afterwards. Exit status 1 if a chaos check fails.
@@ -17,6 +21,7 @@ import concurrent.futures
 import http.client
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -52,10 +57,13 @@ def wait_health(url: str, proc: subprocess.Popen, timeout: float) -> None:
     raise SystemExit(f"server at {url} did not become healthy in {timeout:.0f} s")
 
 
-def start_kiln(model: str, parallel: int, ctx: int, max_queue: int, log) -> tuple[str, subprocess.Popen]:
+def start_kiln(model: str, parallel: int, ctx: int, max_queue: int, log, runner: str = "batched",
+               dtype: str = "native") -> tuple[str, subprocess.Popen]:
     port = free_port()
     cmd = [sys.executable, "-m", "kiln.cli", "serve", "--model", model, "--port", str(port), "--parallel",
-           str(parallel), "--ctx", str(ctx), "--max-queue", str(max_queue), "--log-level", "warning"]
+           str(parallel), "--ctx", str(ctx), "--max-queue", str(max_queue),
+           "--runner", runner, "--dtype", dtype,
+           "--log-level", "warning"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return f"http://127.0.0.1:{port}", subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=log)
 
@@ -151,20 +159,32 @@ def load_level(url: str, streams: int, per_stream: int, max_tokens: int) -> dict
     ok = [r for r in results if r["status"] == 200]
     ttft = [r["ttft"] for r in ok if r["ttft"] is not None]
     gaps = [g for r in ok for g in r["gaps"]]
+    decode = sum(max(0, r["tokens"] - 1) for r in ok)
     return {"streams": streams, "requests": len(results), "errors": len(results) - len(ok),
-            "tok_s": sum(r["tokens"] for r in ok) / wall, "ttft_p50": pct(ttft, 50), "ttft_p99": pct(ttft, 99),
+            "tok_s": sum(r["tokens"] for r in ok) / wall, "decode_tok_s": decode / wall,
+            "ttft_p50": pct(ttft, 50), "ttft_p99": pct(ttft, 99),
             "itl_p50": pct(gaps, 50), "itl_p99": pct(gaps, 99)}
 
 
-def run_table(name: str, url: str, levels: list[int], per_stream: int, max_tokens: int) -> None:
-    """Print the table a row at a time (a slow level still leaves the earlier rows on screen)."""
-    print(f"\n{name}\n{'streams':>7} {'reqs':>5} {'err':>4} {'tok/s':>8} {'TTFT p50':>9} {'TTFT p99':>9} "
-          f"{'ITL p50':>8} {'ITL p99':>8}", flush=True)
+def run_table(name: str, url: str, levels: list[int], per_stream: int, max_tokens: int) -> list[dict]:
+    """Print the table a row at a time (a slow level still leaves the earlier rows on screen). A short
+    unreported warm-up at each level first: the server plans each new batch shape once, on first use."""
+    for c in levels:
+        load_level(url, c, 1, 4)
+    print(f"\n{name}\n{'streams':>7} {'reqs':>5} {'err':>4} {'tok/s':>8} {'decode':>8} {'x1':>5} {'TTFT p50':>9} "
+          f"{'TTFT p99':>9} {'ITL p50':>8} {'ITL p99':>8}", flush=True)
+    base = None
+    rows = []
     for c in levels:
         r = load_level(url, c, per_stream, max_tokens)
-        print(f"{r['streams']:>7} {r['requests']:>5} {r['errors']:>4} {r['tok_s']:>8.1f} "
+        rows.append(r)
+        base = r["decode_tok_s"] if base is None and c == 1 else base
+        ratio = r["decode_tok_s"] / base if base else float("nan")
+        print(f"{r['streams']:>7} {r['requests']:>5} {r['errors']:>4} {r['tok_s']:>8.1f} {r['decode_tok_s']:>8.1f} "
+              f"{ratio:>5.2f} "
               f"{1e3 * r['ttft_p50']:>7.0f}ms {1e3 * r['ttft_p99']:>7.0f}ms "
               f"{1e3 * r['itl_p50']:>6.1f}ms {1e3 * r['itl_p99']:>6.1f}ms", flush=True)
+    return rows
 
 
 def health(url: str) -> dict:
@@ -216,47 +236,60 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="default", help="what `kiln serve --model` gets (default: SmolLM2-135M GGUF)")
     ap.add_argument("--url", default=None, help="use a running kiln server instead of starting one")
-    ap.add_argument("--parallel", type=int, default=4)
+    ap.add_argument("--parallel", type=int, default=None, help="kiln serve slots (default: the largest level)")
+    ap.add_argument("--runner", default="batched", choices=["batched", "per-slot"], help="kiln serve --runner")
+    ap.add_argument("--dtype", default="native", choices=["native", "f32"], help="kiln serve --dtype (GGUF weights)")
     ap.add_argument("--ctx", type=int, default=512)
     ap.add_argument("--levels", default="1,2,4,8", help="concurrent streams per level")
     ap.add_argument("--per-stream", type=int, default=2, help="sequential requests per stream and level")
     ap.add_argument("--max-tokens", type=int, default=48)
     ap.add_argument("--chaos", action="store_true")
-    ap.add_argument("--llama-server", default=None, help="path to llama-server: run the same load on it")
+    ap.add_argument("--llama-server", default=shutil.which("llama-server"),
+                    help="path to llama-server (default: the one on PATH): run the same load on it")
+    ap.add_argument("--llama-parallel", type=int, default=4, help="llama-server --parallel (default 4)")
+    ap.add_argument("--no-llama", action="store_true", help="skip llama-server even when it is on PATH")
     ap.add_argument("--startup-timeout", type=float, default=900)
     ap.add_argument("--log", default="/tmp/serve_load.log")
     args = ap.parse_args(argv)
     levels = [int(x) for x in args.levels.split(",")]
+    args.parallel = args.parallel or max(levels)
     procs: list[subprocess.Popen] = []
     failures: list[str] = []
     with open(args.log, "a") as log:
         try:
             url = args.url
             if url is None:
-                url, proc = start_kiln(args.model, args.parallel, args.ctx, max_queue=2 * max(levels), log=log)
+                url, proc = start_kiln(args.model, args.parallel, args.ctx, max_queue=2 * max(levels), log=log,
+                                       runner=args.runner, dtype=args.dtype)
                 procs.append(proc)
                 wait_health(url, proc, args.startup_timeout)
-            run_table(f"kiln serve --parallel {args.parallel} ({health(url)['model']})", url, levels,
+            run_table(f"kiln serve --parallel {args.parallel} --runner {args.runner} ({health(url)['model']})", url,
+                      levels,
                       args.per_stream, args.max_tokens)
             if args.chaos:
                 for p in procs:
                     p.terminate()
                     p.wait(30)
-                url, proc = start_kiln(args.model, args.parallel, args.ctx, max_queue=2, log=log)
+                url, proc = start_kiln(args.model, args.parallel, args.ctx, max_queue=2, log=log, runner=args.runner,
+                                       dtype=args.dtype)
                 procs.append(proc)
                 wait_health(url, proc, args.startup_timeout)
                 failures = chaos(url, args.parallel, args.max_tokens)
                 print("\nchaos: " + ("all checks passed" if not failures else "FAILED: " + "; ".join(failures)),
                       flush=True)
-            if args.llama_server:
+            if args.llama_server and not args.no_llama:
                 gguf = args.model
                 if gguf == "default":
                     from kiln.models.default import default_model_path
                     gguf = str(default_model_path())
-                lurl, lproc = start_llama(args.llama_server, gguf, args.parallel, args.ctx, log)
+                lurl, lproc = start_llama(args.llama_server, gguf, args.llama_parallel, args.ctx, log)
                 procs.append(lproc)
-                wait_health(lurl, lproc, 300)
-                run_table(f"llama-server --parallel {args.parallel} ({Path(gguf).name})", lurl, levels,
+                try:
+                    wait_health(lurl, lproc, 300)
+                except SystemExit as e:   # a llama-server that cannot run here is a row of its own, not the end
+                    print(f"\nllama-server did not start ({e}; its output is in {args.log})", flush=True)
+                    return 1 if failures else 0
+                run_table(f"llama-server --parallel {args.llama_parallel} ({Path(gguf).name})", lurl, levels,
                           args.per_stream, args.max_tokens)
         finally:
             for p in procs:

@@ -2,6 +2,7 @@
  * negative indices count from the end (as the numpy reference does). Every index is
  * checked before anything is written: one out of range fails the call with
  * KILN_ERR_INDEX (never a zero row, never a read outside the table). */
+#include "gemm.h"
 #include "kiln.h"
 #include "par.h"
 
@@ -69,9 +70,28 @@ static int take(const kiln_tensor *X, const kiln_tensor *I, const kiln_tensor *O
     return KILN_OK;
 }
 
+/* A table packed for the GEMM (its bytes, 1-D bool; logical [V, D], kiln/passes/pack.py):
+ * an embedding tied to the LM head keeps that one copy. */
+static int embedding_packed(const kiln_call *c) {
+    const kiln_tensor *W = &c->in[0], *I = &c->in[1], *O = &c->out;
+    KILN_REQUIRE(O->dtype == KILN_FLOAT32 && O->ndim == I->ndim + 1, KILN_ERR_SHAPE);
+    for (int d = 0; d < I->ndim; d++) KILN_REQUIRE(O->shape[d] == I->shape[d], KILN_ERR_SHAPE);
+    int64_t D = O->shape[O->ndim - 1];
+    KILN_REQUIRE(D > 0 && W->nbytes % (4 * D) == 0, KILN_ERR_SHAPE);
+    int64_t V = W->nbytes / (4 * D), m = kiln_numel(I);
+    int rc = check_indices(I, V);
+    if (rc != KILN_OK) return rc;
+    for (int64_t j = 0; j < m; j++)
+        if (kiln_gemm_unpack_col(D, V, (const float *)W->data, fix_index(load_index(I, j), V),
+                                 (float *)O->data + j * D) != 0)
+            return KILN_ERR_SHAPE;
+    return KILN_OK;
+}
+
 int kiln_k_embedding(const kiln_call *c) {
     /* weight [V, D], ids [...] -> [..., D] */
     KILN_REQUIRE(c->n_in == 2, KILN_ERR_BAD_CALL);
+    if (c->in[0].dtype == KILN_BOOL && c->in[0].ndim == 1) return embedding_packed(c);
     KILN_REQUIRE(c->in[0].ndim == 2, KILN_ERR_SHAPE);
     return take(&c->in[0], &c->in[1], &c->out, 0);
 }

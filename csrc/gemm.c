@@ -7,10 +7,14 @@
 #include "kiln_ops.h"
 #include "pool.h"
 
-#define MC_MAX 96                /* rows per chunk: an MC x KC block of A stays in L2 */
+#define MC_MAX 256               /* rows per chunk: an MC x KC block of A (128 KB) stays in L2, and a
+                                  * weight is streamed from memory once per MC rows (prefill at 256) */
 #define PANEL_ALIGN 8            /* chunks start at multiples of every kernel's panel group */
 #define CHUNK_MIN_FMA (1 << 18)  /* below this a chunk costs more to hand out than to run */
 #define CHUNKS_PER_THREAD 8      /* enough that a descheduled thread holds up a small part */
+#define PC_MAX 32                /* panels per chunk at most: the chunk's C block (<= MC_MAX x 512
+                                  * floats, 512 KB) stays in L2 across its K blocks; wider (an LM
+                                  * head's N) and C would go to memory and back once per K block */
 
 typedef struct {
     kiln_gemm_block_fn block;
@@ -102,6 +106,7 @@ int kiln_gemm_packed(int64_t M, int64_t N, int64_t K, const float *A, int64_t ld
         if (most / min_groups < most) most = most / min_groups > 0 ? most / min_groups : 1;
         p_chunks = want < most ? want : most;
     }
+    if (M > isa->mr && cdiv(j.P, p_chunks) > PC_MAX) p_chunks = cdiv(j.P, PC_MAX);
     j.pc = cdiv(cdiv(j.P, p_chunks), PANEL_ALIGN) * PANEL_ALIGN;
     j.p_chunks = cdiv(j.P, j.pc);
     int64_t chunks = m_chunks * j.p_chunks;

@@ -2,10 +2,13 @@
  *
  * Packed-B layout (format KILN_GEMM_FMT_F32_P16): B [K, N] is cut into ceil(N / 16)
  * panels of 16 columns; panel p holds B[k, 16p .. 16p+15] for k = 0..K-1, K-major, 64
- * bytes per k, the last panel zero-padded. Panels follow each other. A panel is one
- * cache line per k, so a kernel streams any KC-row slice of it contiguously: the
- * kernels block K by KC at run time, and the layout does not depend on KC or on the
- * ISA (one packed weight serves the AVX-512, AVX2 and portable kernels).
+ * bytes per k. The last panel, when N is not a multiple of 16, holds only its w = N % 16
+ * columns (w floats per k, not padded), so the packed weight is exactly K * N floats:
+ * the storage table (kiln/core/storage.py "f32_p16") sizes it as the plain weight.
+ * Panels follow each other. A full panel is one cache line per k, so a kernel streams
+ * any KC-row slice of it contiguously: the kernels block K by KC at run time, and the
+ * layout does not depend on KC or on the ISA (one packed weight serves the AVX-512,
+ * AVX2 and portable kernels).
  *
  * The product: C = act(alpha * A @ B + bias + beta * C), A [M, K] (row stride lda),
  * C [M, N] (row stride ldc), bias [N] or NULL, beta = 0 means C is not read. Every
@@ -34,13 +37,16 @@ enum { KILN_GEMM_ISA_GENERIC = 0, KILN_GEMM_ISA_AVX2 = 1, KILN_GEMM_ISA_AVX512 =
 #define KILN_GEMM_ERR_ARG (-1)   /* a size < 0, a NULL operand, or a stride smaller than its row */
 #define KILN_GEMM_ERR_ISA (-2)   /* ISA not supported by this CPU */
 
-/* Bytes of the packed form of a [K, N] fp32 B (either layout). */
+/* Bytes of the packed form of a [K, N] fp32 B (either layout): 4 * K * N. */
 int64_t kiln_gemm_packed_bytes(int64_t K, int64_t N);
 /* Pack B: trans = 0: B is [K, N] (row stride ldb >= N); trans = 1: B is [N, K] (ldb >= K),
  * as torch's Linear weight. dst holds kiln_gemm_packed_bytes(K, N) bytes. */
 int kiln_gemm_pack_b(int64_t K, int64_t N, const float *B, int64_t ldb, int trans, float *dst);
 /* The inverse, into the layout given by trans (row stride ldd): for the reference executor. */
 int kiln_gemm_unpack_b(int64_t K, int64_t N, const float *packed, int trans, float *dst, int64_t ldd);
+/* Column n of B (row n of the [N, K] weight) out of its packed form: K floats into dst. An
+ * embedding table tied to an LM head is read this way (csrc/gather.c). */
+int kiln_gemm_unpack_col(int64_t K, int64_t N, const float *packed, int64_t n, float *dst);
 /* Scratch the product needs for `threads` threads (0 today: A is read in place). */
 int64_t kiln_gemm_scratch_bytes(int64_t M, int64_t N, int64_t K, int threads);
 /* C = act(alpha * A @ B + bias + beta * C) with B packed; act is an enum kiln_act code.

@@ -23,12 +23,15 @@ static __attribute__((noinline)) void kt_act(float *c, int64_t ldc, int rows, in
     for (int i = 0; i < rows; i++) kiln_act_span(c + i * ldc, w, act);
 }
 
-static inline __attribute__((always_inline)) void kt_tile(const int MR, const int NP, const kiln_gemm_args *g,
-                                                          int64_t m, int64_t p, int64_t k0, int64_t kc, int first,
-                                                          int last) {
+/* TAIL (a constant at each call): the tile is the last, narrower panel (NP = 1), whose rows
+ * are w = N % 16 floats apart (gemm.h); its loads are masked to w. */
+static inline __attribute__((always_inline)) void kt_tile(const int MR, const int NP, const int TAIL,
+                                                          const kiln_gemm_args *g, int64_t m, int64_t p, int64_t k0,
+                                                          int64_t kc, int first, int last) {
     const int64_t lda = g->lda, ldc = g->ldc, N = g->N, ps = g->K * KILN_GEMM_NR;
+    const int64_t bw = TAIL ? N - p * KILN_GEMM_NR : KILN_GEMM_NR;
     const float *A = g->A + m * lda + k0;
-    const float *B = g->B + p * ps + k0 * KILN_GEMM_NR;
+    const float *B = g->B + p * ps + k0 * bw;
     kt_v acc[8][KT_NPMAX];
 #pragma GCC unroll 8
     for (int i = 0; i < MR; i++)
@@ -37,7 +40,7 @@ static inline __attribute__((always_inline)) void kt_tile(const int MR, const in
     for (int64_t k = 0; k < kc; k++) {
         kt_v b[KT_NPMAX];
 #pragma GCC unroll 8
-        for (int j = 0; j < NP; j++) b[j] = kt_load(B + j * ps + k * KILN_GEMM_NR);
+        for (int j = 0; j < NP; j++) b[j] = TAIL ? kt_load_n(B + k * bw, (int)bw) : kt_load(B + j * ps + k * KILN_GEMM_NR);
 #pragma GCC unroll 8
         for (int i = 0; i < MR; i++) {
             kt_v a = kt_bcast(A[i * lda + k]);
@@ -71,7 +74,7 @@ static inline __attribute__((always_inline)) void kt_tile(const int MR, const in
 #define KT_ARGS g, m, p, k0, kc, first, last
 #define KT_C(MR, NP, LIM) \
     case NP:               \
-        if (NP <= LIM) kt_tile(MR, NP, KT_ARGS); \
+        if (NP <= LIM) kt_tile(MR, NP, 0, KT_ARGS); \
         break;
 #define KT_ROW(MR, LIM)                                                                                      \
     case MR:                                                                                                 \
@@ -90,30 +93,51 @@ static void kt_dispatch(int mr, int np, const kiln_gemm_args *g, int64_t m, int6
     }
 }
 
+#define KT_T(MR) \
+    case MR:        \
+        if (MR <= KT_MR) kt_tile(MR, 1, 1, KT_ARGS); \
+        break;
+
+/* The narrower last panel, mr (1..KT_MR) rows. */
+static void kt_tail(int mr, const kiln_gemm_args *g, int64_t m, int64_t p, int64_t k0, int64_t kc, int first,
+                    int last) {
+    switch (mr) { KT_T(1) KT_T(2) KT_T(3) KT_T(4) KT_T(5) KT_T(6) KT_T(7) KT_T(8) }
+}
+
 /* Rows [m0, m1) x panels [p0, p1), all of K. One row block: each panel group runs through
  * K before the next (weights streamed once, in order). More rows: K blocks outermost, so
  * a KC x (KT_NP panels) slice of B stays in L1 while every row block of the chunk uses it. */
 void KT_BLOCK(const kiln_gemm_args *g, int64_t m0, int64_t m1, int64_t p0, int64_t p1) {
     const int64_t K = g->K, nkb = K > 0 ? (K + KILN_GEMM_KC - 1) / KILN_GEMM_KC : 1;
+    /* full panels [p0, pf); the narrower last panel, if this chunk has it, runs on its own */
+    const int64_t full = g->N / KILN_GEMM_NR, pf = p1 < full ? p1 : full, tail = p1 > full;
     if (m1 - m0 <= KT_MR) {
         int mr = (int)(m1 - m0), step = mr == 1 ? KT_NP1 : KT_NP;
-        for (int64_t p = p0; p < p1; p += step) {
-            int np = p1 - p < step ? (int)(p1 - p) : step;
+        for (int64_t p = p0; p < pf; p += step) {
+            int np = pf - p < step ? (int)(pf - p) : step;
             for (int64_t kb = 0; kb < nkb; kb++) {
                 int64_t k0 = kb * KILN_GEMM_KC, kc = K - k0 < KILN_GEMM_KC ? K - k0 : KILN_GEMM_KC;
                 kt_dispatch(mr, np, g, m0, p, k0, kc, kb == 0, kb == nkb - 1);
             }
         }
+        for (int64_t kb = 0; tail && kb < nkb; kb++) {
+            int64_t k0 = kb * KILN_GEMM_KC, kc = K - k0 < KILN_GEMM_KC ? K - k0 : KILN_GEMM_KC;
+            kt_tail(mr, g, m0, full, k0, kc, kb == 0, kb == nkb - 1);
+        }
         return;
     }
     for (int64_t kb = 0; kb < nkb; kb++) {
         int64_t k0 = kb * KILN_GEMM_KC, kc = K - k0 < KILN_GEMM_KC ? K - k0 : KILN_GEMM_KC;
-        for (int64_t p = p0; p < p1; p += KT_NP) {
-            int np = p1 - p < KT_NP ? (int)(p1 - p) : KT_NP;
+        for (int64_t p = p0; p < pf; p += KT_NP) {
+            int np = pf - p < KT_NP ? (int)(pf - p) : KT_NP;
             for (int64_t m = m0; m < m1; m += KT_MR) {
                 int mr = m1 - m < KT_MR ? (int)(m1 - m) : KT_MR;
                 kt_dispatch(mr, np, g, m, p, k0, kc, kb == 0, kb == nkb - 1);
             }
+        }
+        for (int64_t m = m0; tail && m < m1; m += KT_MR) {
+            int mr = m1 - m < KT_MR ? (int)(m1 - m) : KT_MR;
+            kt_tail(mr, g, m, full, k0, kc, kb == 0, kb == nkb - 1);
         }
     }
 }

@@ -59,7 +59,10 @@ def source_hash(path: str | os.PathLike) -> str:
     """SHA-256 of a file's bytes, or of a folder's files (relative names and contents, in sorted order).
 
     Digests are memoized per file by (real path, size, mtime_ns, inode) in the cache's hashes.json,
-    so a warm start does not re-read a large GGUF; any change to a file changes its stat and re-hashes it.
+    so a warm start does not re-read a large GGUF; writing a file changes its mtime (and usually its
+    size), and replacing it changes its inode, so the next run re-hashes it. What this cannot see, as
+    make and ccache's stat checks cannot: a rewrite that restores the old mtime on the same inode with
+    the same size (e.g. ``touch -d`` after editing). ``kiln cache clear`` drops the memo.
     """
     root = Path(path)
     if not root.exists():

@@ -34,10 +34,11 @@ def _bench_run():
     return run
 
 
-def add_parser(subparsers):
+def add_parser(subparsers, arguments: bool = True):
+    """``arguments=False`` (another command runs) skips importing the harness for its options."""
     p = subparsers.add_parser("bench", help="benchmark Kiln against PyTorch eager, torch.compile and ONNX Runtime",
                               description=__doc__.split("\n\n")[0])
-    run = _bench_run()
+    run = _bench_run() if arguments else None
     if run is not None:
         run.add_arguments(p)
         from bench import generation

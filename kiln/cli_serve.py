@@ -8,6 +8,7 @@ import argparse
 import sys
 from typing import Any
 
+from .cli_options import add_weight_options
 from .errors import KilnError
 from .executor.registry import DEFAULT, EXECUTORS
 
@@ -27,6 +28,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=None, help="largest max_tokens a request may ask (default: ctx)")
     p.add_argument("--prefill-chunk", type=int, default=64, help="prompt tokens prefilled per step (power of two)")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (default 1 MiB)")
+    add_weight_options(p)
+    p.add_argument("--runner", default="batched", choices=["batched", "per-slot"],
+                   help="batched: one graph call per step for all slots (default); per-slot: slot by slot")
     p.add_argument("--executor", default=DEFAULT, help=f"one of {', '.join(EXECUTORS)} (default {DEFAULT})")
     p.add_argument("--ray", action="store_true", help="deploy on Ray Serve (the `ray` extra) instead of uvicorn")
     p.add_argument("--replicas", type=int, default=1, help="Ray Serve replicas (with --ray)")
@@ -45,7 +49,8 @@ def _check(args: argparse.Namespace) -> None:
 
 def engine_options(args: argparse.Namespace) -> dict:
     return {"parallel": args.parallel, "max_queue": args.max_queue, "prefill_chunk": args.prefill_chunk,
-            "max_tokens_limit": args.max_tokens}
+            "max_tokens_limit": args.max_tokens, "runner": args.runner,
+            "dtype": args.dtype, "quantize": args.quantize, "act": args.act}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -36,12 +36,22 @@ class Session:
     ("compiled", "interpreted", "numpy", "reference", "triton"); name either or both (default:
     compiled on C; see kiln.executor.registry). A backend lacking a kernel for some node, or
     unusable here (Triton without a GPU or its interpreter), is a BackendError now, not at run
-    time. ``executor_options`` go to the executor's factory (e.g. ``{"cuda_graph": True}``)."""
+    time. ``executor_options`` go to the executor's factory (e.g. ``{"cuda_graph": True}``).
+
+    ``stored_plans`` (binding key as kiln.planner.stored.binding_key makes it -> a stored plan, e.g.
+    a model file's decode plan) are used instead of planning those bindings, after the checks of
+    kiln/planner/stored.py; one that fails them raises FileFormatError naming ``where``."""
+
+    max_plans = MAX_PLANS   # a subclass may keep more (the batched serving runner: one per batch shape)
 
     def __init__(self, graph: Graph, *, executor: Optional[str] = None, backend: Optional[str] = None,
-                 meta: Optional[dict] = None, executor_options: Optional[dict] = None):
+                 meta: Optional[dict] = None, executor_options: Optional[dict] = None,
+                 stored_plans: Optional[Mapping[str, dict]] = None, where: str = "stored plan"):
         self._spec, self.backend = resolve(executor, backend)
         validate(graph)
+        from .passes.pack import for_backend   # packed weights unpacked for a backend without their kernel
+        from .backends import kernels
+        graph = for_backend(graph, lambda: kernels.get(self.backend))
         self._backend = prepare(self.backend, graph)
         self._options = dict(executor_options or {})
         self.graph = graph
@@ -64,6 +74,8 @@ class Session:
             raise KilnError(f"no memory for the model's state ({', '.join(graph.state)})") from None
         self.lock = threading.RLock()   # held by run() when the session has state, and by the plan cache
         self._source: Optional[_MappedFile] = None  # the mapped file the weights live in (kiln.load)
+        self._stored_plans = dict(stored_plans or {}) if self._spec.stored_plans else {}
+        self._where = where
 
     # -- public surface ---------------------------------------------------------------
     @property
@@ -125,15 +137,25 @@ class Session:
             if ex is None:
                 ex = self._build(dict(binding))
                 self._executors[key] = ex
-                while len(self._executors) > MAX_PLANS:
+                while len(self._executors) > self.max_plans:
                     self._executors.popitem(last=False)
             else:
                 self._executors.move_to_end(key)
             return ex
 
     def _build(self, binding: dict):
+        options = dict(self._options)
+        if self._stored_plans:
+            from .planner.stored import binding_key
+            stored = self._stored_plans.get(binding_key(binding))
+            if stored is not None:
+                options["stored_plan"] = stored
         try:
-            return self._spec.factory(self.graph, binding, self.state, self._backend, **self._options)
+            return self._spec.factory(self.graph, binding, self.state, self._backend, **options)
+        except FileFormatError as e:
+            if "stored_plan" not in options:
+                raise
+            raise FileFormatError(f"{self._where}: {e}; recompile it") from None
         except MemoryError:
             raise KilnError(f"no memory for the plan of {dict(binding) or 'the static shapes'}") from None
 

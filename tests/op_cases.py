@@ -218,4 +218,34 @@ CASES["cached_attention"] = ([([f32(1, 4, 3, 8), f32(1, 2, 12, 8), f32(1, 2, 12,
                               ([f32(2, 3, 4, 8), f32(2, 3, 4, 8), f32(2, 3, 4, 8), np.array(0)], {})],
                              _cached_attention)
 
+def _slot_cache_write(xs, a):
+    cache, new, slot, pos = xs
+    out = cache.clone()
+    for t in range(new.shape[2]):
+        out[int(slot[t]), :, int(pos[t])] = new[0, :, t]
+    return out
+
+
+def _slot_cached_attention(xs, a):
+    q, k, v, slot, pos = xs
+    rows = []
+    for t in range(q.shape[2]):
+        n, s = int(pos[t]) + 1, int(slot[t])
+        rows.append(torch.nn.functional.scaled_dot_product_attention(
+            q[:, :, t:t + 1], k[s:s + 1, :, :n], v[s:s + 1, :, :n], scale=a.get("scale"),
+            enable_gqa=q.shape[1] != k.shape[1]))
+    return torch.cat(rows, 2)
+
+
+def _i64(*xs):
+    return np.array(xs, np.int64)
+
+
+CASES["slot_cache_write"] = ([([f32(3, 2, 6, 4), f32(1, 2, 4, 4), _i64(2, 0, 0, 1), _i64(5, 0, 1, 3)], {}),
+                              ([f32(1, 1, 3, 8), f32(1, 1, 1, 8), _i64(0), _i64(2)], {})], _slot_cache_write)
+CASES["slot_cached_attention"] = ([([f32(1, 4, 4, 8), f32(3, 2, 9, 8), f32(3, 2, 9, 8), _i64(2, 0, 0, 1),
+                                     _i64(8, 0, 1, 3)], {}),
+                                   ([f32(1, 2, 1, 16), f32(2, 2, 70, 16), f32(2, 2, 70, 16), _i64(1), _i64(69)],
+                                    {"scale": 0.3})], _slot_cached_attention)
+
 _ = (attention, creation, elementwise, matmul, reduce, shape, math)

@@ -150,7 +150,7 @@ def test_int8_per_row_is_its_definition():
 
 def test_table_sizes():
     want = {"f32": (1, 4), "f16": (1, 2), "bf16": (1, 2), "i8_row": (1, 1), "q8_0": (32, 34), "q4_0": (32, 18),
-            "q4_1": (32, 20), "q4_k": (256, 144), "q5_k": (256, 176), "q6_k": (256, 210)}
+            "q4_1": (32, 20), "q4_k": (256, 144), "q5_k": (256, 176), "q6_k": (256, 210), "f32_p16": (1, 4)}
     assert {n: (s.block_size, s.block_bytes) for n, s in storage.STORAGE.items()} == want
     assert storage.nbytes("q4_k", (3, 512)) == 3 * 2 * 144
     assert storage.nbytes("f32", ()) == 4

@@ -72,13 +72,15 @@ enum kiln_op {
     KILN_OP_SILU = 41,
     KILN_OP_SIN = 42,
     KILN_OP_SLICE = 43,
-    KILN_OP_SOFTMAX = 44,
-    KILN_OP_SQRT = 45,
-    KILN_OP_SUB = 46,
-    KILN_OP_SUM = 47,
-    KILN_OP_TANH = 48,
-    KILN_OP_WHERE = 49,
-    KILN_NUM_OPS = 50
+    KILN_OP_SLOT_CACHE_WRITE = 44,
+    KILN_OP_SLOT_CACHED_ATTENTION = 45,
+    KILN_OP_SOFTMAX = 46,
+    KILN_OP_SQRT = 47,
+    KILN_OP_SUB = 48,
+    KILN_OP_SUM = 49,
+    KILN_OP_TANH = 50,
+    KILN_OP_WHERE = 51,
+    KILN_NUM_OPS = 52
 };
 
 typedef struct kiln_tensor {
@@ -181,6 +183,11 @@ typedef struct {
 } kiln_slice_params;
 
 typedef struct {
+    float scale;
+    int64_t group;
+} kiln_slot_cached_attention_params;
+
+typedef struct {
     int64_t axis;
 } kiln_softmax_params;
 
@@ -233,6 +240,8 @@ int kiln_k_sigmoid(const kiln_call *call);
 int kiln_k_silu(const kiln_call *call);
 int kiln_k_sin(const kiln_call *call);
 int kiln_k_slice(const kiln_call *call);
+int kiln_k_slot_cache_write(const kiln_call *call);
+int kiln_k_slot_cached_attention(const kiln_call *call);
 int kiln_k_softmax(const kiln_call *call);
 int kiln_k_sqrt(const kiln_call *call);
 int kiln_k_sub(const kiln_call *call);

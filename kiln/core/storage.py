@@ -17,6 +17,13 @@ as stored) and moves the offset into M. The C side mirrors this table in
 csrc/qgemm.c (``kiln_qformats``; tests/test_quant_kernels.py compares the two through
 ``kiln_qrow_bytes``).
 
+fp32 packed panels (``f32_p16``, no GGUF type): a constant matmul weight of logical shape
+[N, K] (N output columns, rows of K as a Linear weight) in the C GEMM's own layout
+(csrc/gemm.h): ceil(N / 16) panels of 16 output columns, each K-major (16 floats per k),
+the last panel only N % 16 wide when N is not a multiple of 16 — so exactly 4 * N * K bytes,
+the plain size. Made once at compile time (kiln/passes/pack.py); ``dequantize`` unpacks it
+for the numpy reference. Only 2-D.
+
 int8 per-channel (``i8_row``, no GGUF type): each row of K values is stored as its fp32
 scale (4 bytes, little-endian) followed by K int8 values; value = scale * q, with
 scale = max|row| / 127 (symmetric).
@@ -295,6 +302,38 @@ def _bf16_quant(x):
     return r.astype("<u2").view(np.uint8)
 
 
+_P16 = 16  # panel width (KILN_GEMM_NR in csrc/gemm.h)
+
+
+def _p16_dims(shape) -> Tuple[int, int]:
+    if len(shape) != 2:
+        raise KilnError(f"storage f32_p16: only a 2-D [N, K] weight packs, got shape {list(shape)}")
+    return int(shape[0]), int(shape[1])
+
+
+def _pack_p16(x):
+    """float32 [N, K] -> uint8 [N, 4K]: the bytes of the panel layout (csrc/gemm.h)."""
+    x = np.asarray(x, np.float32)
+    n, k = _p16_dims(x.shape)
+    full = n // _P16 * _P16
+    head = x[:full].reshape(full // _P16, _P16, k).transpose(0, 2, 1)   # [panel, k, 16]
+    tail = x[full:].T                                                  # [k, N % 16]
+    out = np.concatenate([head.reshape(-1), tail.reshape(-1)])
+    return out.view(np.uint8).reshape(n, 4 * k)
+
+
+def _unpack_p16(raw, shape):
+    n, k = _p16_dims(shape)
+    a = np.ascontiguousarray(raw).reshape(-1).view(np.uint8)
+    if a.size != 4 * n * k:
+        raise KilnError(f"storage f32_p16: {a.size} bytes given for shape {list(shape)}, which needs {4 * n * k}")
+    f = a.view("<f4")
+    full = n // _P16 * _P16
+    head = f[:full * k].reshape(full // _P16, k, _P16).transpose(0, 2, 1).reshape(full, k)
+    tail = f[full * k:].reshape(k, n - full).T
+    return np.concatenate([head, tail]).astype(np.float32, copy=False)
+
+
 _f32 = _plain("<f4")
 _f16 = _plain("<f2")
 
@@ -309,4 +348,5 @@ STORAGE: Dict[str, StorageType] = {st.name: st for st in [
     StorageType("q4_k", 12, QK_K, 144, 0, _dequant_blocks("q4_k"), _quantize_q4_k, _decode_q4_k),
     StorageType("q5_k", 13, QK_K, 176, 0, _dequant_blocks("q5_k"), None, _decode_q5_k),
     StorageType("q6_k", 14, QK_K, 210, 0, _dequant_blocks("q6_k"), None, _decode_q6_k),
+    StorageType("f32_p16", None, 1, 4, 0, _unpack_p16, _pack_p16),
 ]}

@@ -10,6 +10,7 @@ pointers and calls ``clib.run_calls`` once: no Python between ops.
 from __future__ import annotations
 
 import ctypes
+import math
 import threading
 from typing import Mapping, Optional
 
@@ -99,7 +100,7 @@ class CompiledExecutor:
         cabi.fill_tensor(t, slot=p.slot, offset=p.offset, shape=shape, dtype=dtype)
 
     def _check(self, p: Placement, shape, dtype: str, what: str) -> None:
-        need = int(np.prod(shape, dtype=np.int64)) * ITEMSIZE[dtype]
+        need = math.prod(int(d) for d in shape) * ITEMSIZE[dtype]  # Python ints: no overflow
         if p.nbytes != need:
             raise ValidationError(f"{what}: placed with {p.nbytes} bytes, its shape needs {need}")
         if not 0 <= p.slot < len(self._slot_nbytes):

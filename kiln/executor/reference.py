@@ -9,6 +9,7 @@ from typing import Mapping, Optional
 
 import numpy as np
 
+from ..core.blas import one_blas_thread
 from ..errors import KilnError
 from ..ir.feeds import check_feeds
 from ..ir.graph import STATE, Graph
@@ -41,6 +42,12 @@ def run_reference(graph: Graph, feeds: Mapping[str, np.ndarray], *,
     """Evaluate ``graph``. Values are functional: a node naming a state tensor sees its value
     from before the run. With ``state`` (name -> array), state is read from it and each state
     written by the graph is stored back into it at the end; without, nothing persists."""
+    with one_blas_thread():
+        return _run(graph, feeds, timings, state)
+
+
+def _run(graph: Graph, feeds: Mapping[str, np.ndarray], timings: Optional[dict],
+         state: Optional[dict]) -> list[np.ndarray]:
     arrays, binding = check_feeds(graph, feeds)
     if graph.symbols:
         graph = resolve(graph, binding)

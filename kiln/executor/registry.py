@@ -47,44 +47,51 @@ class ExecutorSpec:
     backends: tuple[str, ...]     # the backends it can drive; the first is the default
     memory: str                   # HOST or DEVICE: where its plans' slots and its state live
     reset: Callable[[dict, Graph], None] = reset_host_state   # state back to its initial values
+    stored_plans: bool = False    # its factory takes ``stored_plan=`` (a plan kept in a model file)
 
     @property
     def doc(self) -> str:
         return " ".join((self.factory.__doc__ or "").split(".")[0].split())
 
 
-def _planned(graph: Graph, binding: Mapping[str, int], backend: kernels.Backend, memory: str):
-    """The static graph for ``binding`` and its memory plan, with ``backend``'s scratch."""
+def _planned(graph: Graph, binding: Mapping[str, int], backend: kernels.Backend, memory: str,
+             stored_plan: Optional[dict] = None):
+    """The static graph for ``binding`` and its memory plan, with ``backend``'s scratch: the stored
+    plan when one is given and passes kiln/planner/stored.py's checks for this graph and backend,
+    else a fresh one. Both paths validate the static graph."""
     from ..ir.resolve import resolve
-    from ..ir.validate import validate
     from ..planner import plan as make_plan
     static = resolve(graph, dict(binding)) if graph.symbols else graph
-    validate(static, static=True, executable=True)
+    if stored_plan is not None:
+        from ..planner.stored import load_plan
+        p = load_plan(static, stored_plan, scratch_rule=backend.scratch_rule, memory=memory)
+        if p is not None:
+            return static, p
     return static, make_plan(static, scratch_rule=backend.scratch_rule, memory=memory)
 
 
-def _compiled(graph, binding, state, backend):
+def _compiled(graph, binding, state, backend, stored_plan=None):
     """The plan resolved into one array of C calls, run by one C call per run (the default, the
     fast path; needs the built C kernels)."""
     from .compiled import CompiledExecutor
-    static, p = _planned(graph, binding, backend, HOST)
+    static, p = _planned(graph, binding, backend, HOST, stored_plan)
     return CompiledExecutor(static, p, state=state)
 
 
-def _interpreted(graph, binding, state, backend):
+def _interpreted(graph, binding, state, backend, stored_plan=None):
     """The planned executor: a Python loop over the same plan, each op by the backend's kernel (C
     falls back to the op's numpy reference where a kernel rejects its arguments); per-node
     profiles and kernel-by-kernel debugging."""
     from .planned import PlannedExecutor
-    static, p = _planned(graph, binding, backend, HOST)
+    static, p = _planned(graph, binding, backend, HOST, stored_plan)
     return PlannedExecutor(static, p, backends=("c", "numpy") if backend.name == "c" else ("numpy",), state=state)
 
 
-def _numpy(graph, binding, state, backend):
+def _numpy(graph, binding, state, backend, stored_plan=None):
     """The planned executor with the numpy references only: the planner's memory layout checked
     without any C."""
     from .planned import PlannedExecutor
-    static, p = _planned(graph, binding, backend, HOST)
+    static, p = _planned(graph, binding, backend, HOST, stored_plan)
     return PlannedExecutor(static, p, backends=("numpy",), state=state)
 
 
@@ -108,9 +115,9 @@ def _reset_device_state(state: dict, graph: Graph) -> None:
 
 
 EXECUTORS: dict[str, ExecutorSpec] = {s.name: s for s in (
-    ExecutorSpec("compiled", _compiled, ("c",), HOST),
-    ExecutorSpec("interpreted", _interpreted, ("c", "numpy"), HOST),
-    ExecutorSpec("numpy", _numpy, ("numpy",), HOST),
+    ExecutorSpec("compiled", _compiled, ("c",), HOST, stored_plans=True),
+    ExecutorSpec("interpreted", _interpreted, ("c", "numpy"), HOST, stored_plans=True),
+    ExecutorSpec("numpy", _numpy, ("numpy",), HOST, stored_plans=True),
     ExecutorSpec("reference", _reference, ("numpy",), HOST),
     ExecutorSpec("triton", _triton, ("triton",), DEVICE, _reset_device_state),
 )}

@@ -91,7 +91,9 @@ def _check_kv_cache(graph: Graph) -> None:
         if name not in graph.inputs:
             raise ValidationError(f"kv_cache.{role} {name!r} is not a graph input")
     pos = graph.tensors[info.position_input]
-    if pos.dtype != "int64" or tuple(pos.shape) != ():
+    if info.slots:
+        _check_batched(graph, info)
+    elif pos.dtype != "int64" or tuple(pos.shape) != ():
         raise ValidationError(f"kv_cache.position_input {pos.name!r} must be an int64 scalar, "
                               f"got {pos.dtype}{list(pos.shape)}")
     if not info.state_names or len(set(info.state_names)) != len(info.state_names):
@@ -99,6 +101,24 @@ def _check_kv_cache(graph: Graph) -> None:
                               f"got {list(info.state_names)}")
     for name in info.state_names:
         t = graph.tensors.get(name)
-        if t is None or t.kind != STATE or len(t.shape) != 4 or t.shape[2] != info.max_len:
+        if t is None or t.kind != STATE or len(t.shape) != 4 or t.shape[2] != info.max_len \
+                or (info.slots and t.shape[0] != info.slots):
             raise ValidationError(f"kv_cache state {name!r} must be a [B, H, {info.max_len}, D] state tensor, "
                                   f"got {t.kind + str(list(t.shape)) if t else 'no tensor'}")
+
+
+def _check_batched(graph: Graph, info) -> None:
+    """A batched cache (kiln/passes/kv_batch.py): per-token slot ids and positions int64 [S] beside the
+    [1, S] tokens, and int64 [R] logit rows, all graph inputs."""
+    seq = graph.tensors[info.token_input].shape[-1]
+    for name, role in ((info.slot_input, "slot_input"), (info.logits_input, "logits_input")):
+        if name not in graph.inputs:
+            raise ValidationError(f"kv_cache.{role} {name!r} is not a graph input")
+    for name in (info.slot_input, info.position_input):
+        t = graph.tensors[name]
+        if t.dtype != "int64" or tuple(t.shape) != (seq,):
+            raise ValidationError(f"kv_cache input {name!r} must be int64 [S] (one per token), "
+                                  f"got {t.dtype}{list(t.shape)}")
+    t = graph.tensors[info.logits_input]
+    if t.dtype != "int64" or len(t.shape) != 1:
+        raise ValidationError(f"kv_cache.logits_input {t.name!r} must be int64 [R], got {t.dtype}{list(t.shape)}")

@@ -63,6 +63,10 @@ def stored_weights(gf: GGUFFile) -> dict[str, StoredWeight]:
             rows = unpermute_qk(np.arange(n), d.heads if ".attn_q." in name else d.kv_heads)
             raw = np.ascontiguousarray(raw[rows])
         out[hf] = StoredWeight(raw, st, (n, k))
+    if d.tied and "model.embed_tokens.weight" in out:
+        # A tied table is one constant after export, named after either user (torch.export keeps the
+        # lm_head's name): offer the blocks under both names, or that constant stays a placeholder.
+        out.setdefault("lm_head.weight", out["model.embed_tokens.weight"])
     return out
 
 

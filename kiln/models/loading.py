@@ -55,8 +55,9 @@ class CompileOptions:
     act: str = "exact"                 # quantized matmul activations: "exact" (fp32) or "int8"
 
     def as_dict(self) -> dict:
+        from ..passes.pack import enabled as packed   # KILN_PACK_WEIGHTS=0 (the BLAS ablation) is another entry
         return {"max_len": self.max_len, "threads": self.threads, "last_only": True, "dtype": self.dtype,
-                "quantize": self.quantize, "act": self.act}
+                "quantize": self.quantize, "act": self.act, "pack_weights": packed()}
 
 
 @contextmanager

@@ -14,6 +14,11 @@ file's ``extra`` metadata under ``"kiln.lm"``:
     defaults       {"threads": N or null}
     provenance     {"source", "source_sha256", "kiln_version", "options", "cpu", "cache_key", "created"}
 
+The decode plan (every symbolic dim 1) travels beside it under ``"kiln.plans"``, as
+{"format": "kiln-plans/1", "plans": {binding key: plan}} (kiln/planner/stored.py), so a warm start
+does not plan it again; it is checked against the graph before use and planned afresh when it
+was made for other kernels. Prefill plans depend on the prompt length and are made at run time.
+
 Reading needs numpy, `tokenizers` and jinja2 (chat templates) only.
 """
 from __future__ import annotations
@@ -28,6 +33,7 @@ from ..errors import FileFormatError, KilnError
 
 FORMAT = "kiln-lm/1"
 KEY = "kiln.lm"
+PLANS_KEY, PLANS_FORMAT = "kiln.plans", "kiln-plans/1"
 
 
 def kiln_version() -> str:
@@ -62,7 +68,21 @@ def save(path: str | os.PathLike, session: Any, lm: dict) -> None:
     from ..ir import serialize
     if session.graph.kv_cache is None:
         raise KilnError("a language-model file holds the graph with its KV cache; this graph has none")
-    write_atomic(path, lambda tmp: serialize.save(session.graph, tmp, extra={"meta": session.meta, KEY: lm}))
+    extra = {"meta": session.meta, KEY: lm, PLANS_KEY: stored_plans(session)}
+    write_atomic(path, lambda tmp: serialize.save(session.graph, tmp, extra=extra))
+
+
+def decode_binding(graph: Any) -> dict:
+    """The binding of the decode plan: one new token (every symbolic dim 1)."""
+    return {sym: 1 for sym in graph.sym_sources}
+
+
+def stored_plans(session: Any) -> dict:
+    """The ``"kiln.plans"`` entry: ``session``'s decode plan (planned now if it has none yet)."""
+    from ..planner.stored import binding_key, dump_plan
+    binding = decode_binding(session.graph)
+    plan = session.plan(**binding)
+    return {"format": PLANS_FORMAT, "plans": {} if plan is None else {binding_key(binding): dump_plan(plan)}}
 
 
 def read(path: str | os.PathLike) -> tuple[Any, dict, dict]:
@@ -95,8 +115,12 @@ def read(path: str | os.PathLike) -> tuple[Any, dict, dict]:
     if not all(isinstance(i, int) and not isinstance(i, bool) for i in lm["eos_ids"]):
         raise FileFormatError(f"{path}: field {KEY}.eos_ids must hold integers")
     meta = dict(extra.get("meta") if isinstance(extra.get("meta"), dict) else {})
+    plans = extra.get(PLANS_KEY, {"format": PLANS_FORMAT, "plans": {}})  # absent: plan at load
+    if not isinstance(plans, dict) or plans.get("format") != PLANS_FORMAT or not isinstance(plans.get("plans"), dict):
+        raise FileFormatError(f"{path}: field {PLANS_KEY} is not a {PLANS_FORMAT!r} entry; recompile it")
     source.check()  # changed while loading
     meta["_source"] = source
+    meta["_plans"] = plans["plans"]
     return graph, lm, meta
 
 
@@ -115,9 +139,10 @@ def language_model(graph: Any, lm: dict, meta: dict, *, executor: Optional[str] 
     if session is None:
         meta = dict(meta)
         source = meta.pop("_source", None)
-        session = Session(graph, executor=executor, backend=backend, meta=meta)
+        session = Session(graph, executor=executor, backend=backend, meta=meta,
+                          stored_plans=meta.pop("_plans", None), where=f"{where}: stored plan")
         session._source = source  # each run checks the mapped file is unchanged (kiln/session.py)
-        session.plan(**{sym: 1 for sym in graph.sym_sources})  # the decode plan, before the first token
+        session.plan(**decode_binding(graph))  # the decode plan, before the first token
     max_len = graph.kv_cache.max_len
     return LanguageModel(name=str(lm.get("name", where)), session=None, tokenizer=tokenizer,
                          config=lm.get("config", {}), eos_ids=tuple(lm["eos_ids"]),
@@ -176,6 +201,8 @@ def describe(path: str | os.PathLike) -> str:
     else:
         lines.append("  tokenizer     (none: feed token ids)")
     meta.pop("_source", None)
+    plans = meta.pop("_plans", {})
+    lines.append(f"  stored plans  {', '.join(plans) or '(none)'}")
     if meta.get("compile_ms"):
         lines.append(f"  compile ms    {json.dumps(meta['compile_ms'])}")
     lines.append(f"\n{graph.summary()}")

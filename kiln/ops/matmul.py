@@ -1,4 +1,8 @@
-"""Matrix multiply: batched, broadcast batch dims, optional transposed B, alpha, and a bias via beta."""
+"""Matrix multiply: batched, broadcast batch dims, optional transposed B, alpha, and a bias via beta.
+
+B may be a constant held packed (storage ``f32_p16``, kiln/core/storage.py; made by
+kiln/passes/pack.py): then it is a 2-D [N, K] weight read with ``transpose_b``, and the
+reference unpacks it (its array is the layout's bytes, uint8 [N, 4K])."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,8 +11,10 @@ import numpy as np
 
 from .fused import ACTIVATIONS, apply_act
 from .registry import broadcast_shapes, declare
+from ..core import storage
 from ..errors import ShapeError
 
+PACKED = "f32_p16"   # the one storage type matmul reads its B in (besides plain float32)
 
 
 
@@ -26,6 +32,10 @@ def _infer(ins, attrs):
         raise ShapeError(f"matmul expects float32, got {a.dtype} and {b.dtype}")
     if len(a.shape) < 2 or len(b.shape) < 2:
         raise ShapeError(f"matmul needs rank >= 2 operands, got {list(a.shape)} and {list(b.shape)}")
+    if getattr(b, "storage", "plain") not in ("plain", "f32"):
+        if b.storage != PACKED or len(b.shape) != 2 or not attrs.transpose_b:
+            raise ShapeError(f"matmul: B {b.name!r} in storage {b.storage} must be a 2-D {PACKED} weight "
+                             f"read with transpose_b, got {list(b.shape)}, transpose_b={attrs.transpose_b}")
     m, k = a.shape[-2:]
     n, kb = (b.shape[-2], b.shape[-1]) if attrs.transpose_b else (b.shape[-1], b.shape[-2])
     if k != kb:
@@ -44,6 +54,8 @@ def _infer(ins, attrs):
 
 def _ref(xs, attrs):
     a, b = xs[0], xs[1]
+    if b.dtype == np.uint8:   # a packed weight: its bytes [N, 4K] (infer admits no other stored B)
+        b = storage.get(PACKED).dequantize(b, (b.shape[0], b.shape[1] // 4))
     if attrs.transpose_b:
         b = np.swapaxes(b, -1, -2)
     out = np.matmul(a.astype(np.float64), b.astype(np.float64)) * attrs.alpha

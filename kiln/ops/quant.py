@@ -19,7 +19,8 @@ from .fused import ACTIVATIONS, apply_act
 from .registry import declare
 
 # The input each op reads in storage (the validator allows stored tensors only there).
-STORED_INPUTS = {"dequantize": 0, "qmatmul": 1, "qembedding": 0}
+STORED_INPUTS = {"dequantize": 0, "qmatmul": 1, "qembedding": 0,
+                 "matmul": 1, "embedding": 0}   # a packed fp32 weight (kiln/passes/pack.py)
 MODES = ("exact", "int8")
 
 # -- C facts, in one place (they move to the C backend's registry) ------------------------

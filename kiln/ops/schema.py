@@ -44,7 +44,8 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("qmatmul", "mode"): ("exact", "int8"),
 }
 FINITE = {("matmul", "alpha"), ("matmul", "beta"), ("layer_norm", "eps"), ("rms_norm", "eps"),
-          ("attention", "scale"), ("cached_attention", "scale")}
+          ("attention", "scale"), ("cached_attention", "scale"),
+          ("slot_cached_attention", "scale")}
 RANGES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("layer_norm", "eps"): (lambda v: v >= 0, ">= 0"),
     ("rms_norm", "eps"): (lambda v: v >= 0, ">= 0"),
@@ -142,6 +143,8 @@ INPUT_DTYPES: dict[str, tuple[tuple[str, ...], ...]] = {
     "attention": (_F, _F, _F, ("float32", "bool")),
     "cached_attention": (_F, _F, _F, ("int64",)),
     "cache_write": (_F, _F, ("int64",)),
+    "slot_cached_attention": (_F, _F, _F, ("int64",), ("int64",)),
+    "slot_cache_write": (_F, _F, ("int64",), ("int64",)),
     "rope": (_F, _F, _F),
     "gated_act": (_F, _F),
     "softmax": (_F,),

@@ -211,6 +211,8 @@ def _embedding_infer(ins, a):
     _index_check(ids, "embedding")
     if len(w.shape) != 2:
         raise ShapeError(f"embedding table must be 2-D, got {list(w.shape)}")
+    if getattr(w, "storage", "plain") not in ("plain", "f32", "f32_p16"):
+        raise ShapeError(f"embedding: table {w.name!r} in storage {w.storage} (qembedding reads block storage)")
     return tuple(ids.shape) + (w.shape[1],), w.dtype
 
 
@@ -221,8 +223,16 @@ def _checked_take(table, idx, axis, op):
     return np.take(table, np.where(idx < 0, idx + n, idx), axis=axis)
 
 
-declare("embedding", inputs=("weight", "ids"), infer=_embedding_infer,
-        ref=lambda xs, a: _checked_take(xs[0], xs[1], 0, "embedding"), doc="rows of a table by id")
+def _embedding_ref(xs, a):
+    table = xs[0]
+    if table.dtype == np.uint8:   # a table packed for the GEMM (tied to an LM head): its bytes [V, 4D]
+        from ..core import storage
+        table = storage.get("f32_p16").dequantize(table, (table.shape[0], table.shape[1] // 4))
+    return _checked_take(table, xs[1], 0, "embedding")
+
+
+declare("embedding", inputs=("weight", "ids"), infer=_embedding_infer, ref=_embedding_ref,
+        doc="rows of a table by id (the table plain, or packed f32_p16 when an LM head shares it)")
 
 
 def _index_select_infer(ins, a):

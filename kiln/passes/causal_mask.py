@@ -44,7 +44,8 @@ def causal_mask_absorption(graph: Graph) -> int:
         split = _split_runtime_conjunction(graph, mask)
         if split is not None:   # causal(sizes) AND padding(runtime): the flag plus the runtime part
             mask, rest = split
-        key = (node.inputs[1], mask, graph.tensors[node.inputs[0]].shape)
+        # The proof reads q and k only through their shapes: layers sharing a mask share one proof.
+        key = (mask, tuple(graph.tensors[node.inputs[0]].shape), tuple(graph.tensors[node.inputs[1]].shape))
         if key not in proofs:
             proofs[key] = is_causal_over_range(graph, mask, node.inputs[0], node.inputs[1])
         if proofs[key]:

@@ -14,6 +14,7 @@ from typing import Optional
 import numpy as np
 
 from ..core import dims
+from ..core.blas import one_blas_thread
 from ..errors import KilnError
 from ..ir.graph import STATE, Graph
 from ..ir.resolve import resolve_attrs
@@ -27,6 +28,11 @@ RTOL = 1e-3
 
 def verify_kv_cache(stateless: Graph, cached: Graph) -> None:
     """Raise KilnError when ``cached`` (from add_kv_cache) disagrees with ``stateless`` on a synthetic run."""
+    with one_blas_thread():
+        _verify(stateless, cached)
+
+
+def _verify(stateless: Graph, cached: Graph) -> None:
     info = cached.kv_cache
     tokens = stateless.tensors[info.token_input]
     batch, seq = tokens.shape

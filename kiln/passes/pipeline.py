@@ -16,6 +16,8 @@ Order matters and each position has a reason:
   merge          parallel matmuls on one input → one wider matmul (late: it rewrites
                  the matmuls every other stage matches on); then a gated activation
                  reads the merged gate/up output directly
+  pack-weights   constant fp32 matmul weights (merged ones included) into the C GEMM's
+                 panel layout, once (kiln/passes/pack.py; KILN_PACK_WEIGHTS=0 turns it off)
   cse            one node per distinct computation (e.g. the per-layer views of cos/sin)
 """
 from __future__ import annotations
@@ -33,6 +35,7 @@ from .engine import RuleSet, rewrite
 from .cse import cse
 from .fold import constant_folding
 from .merge import merge_parallel_matmuls
+from .pack import pack_weights
 
 Stage = tuple[str, Union[RuleSet, Callable[[Graph], int]]]
 
@@ -54,6 +57,7 @@ STAGES: list[Stage] = [
     ("fuse-quant", None),  # matmul(x, dequantize(W)) → qmatmul, after bias/act fusion (quantize.fuse_stage; tests/passes/test_quantize.py)
     ("merge-matmuls", merge_parallel_matmuls),
     ("fuse-gated-packed", fusions.GATED_PACKED),
+    ("pack-weights", pack_weights),
     ("cse", cse),
     ("cleanup", constant_folding),
 ]

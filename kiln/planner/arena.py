@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+import numpy as np
+
 from ..errors import KilnError
 
 ALIGNMENT = 64  # bytes: one cache line, enough for AVX-512 loads
@@ -63,24 +65,33 @@ def _gap_offsets(placed: list[tuple[int, int]], size: int, alignment: int) -> li
 
 
 def _greedy(buffers: Sequence[Interval], alignment: int, order: list[int], best: bool) -> list[int]:
-    offsets = [0] * len(buffers)
-    done: list[int] = []
+    n = len(buffers)
+    offsets = [0] * n
+    # The time-overlap filter over every placed buffer is the planner's hot loop (O(n^2) pairs on a
+    # model of a thousand buffers), so it runs on arrays; the gap search stays in Python.
+    starts = np.fromiter((b.start for b in buffers), np.int64, n)
+    ends = np.fromiter((b.end for b in buffers), np.int64, n)
+    sizes = np.fromiter((b.size for b in buffers), np.int64, n)
+    offs = np.zeros(n, np.int64)
+    done = np.zeros(n, bool)
     for i in order:
         b = buffers[i]
         size = align(b.size, alignment)
         if size == 0:
             offsets[i] = 0
             continue
-        # Only buffers alive at the same time constrain this one.
-        placed = [(offsets[j], offsets[j] + buffers[j].size) for j in done
-                  if buffers[j].size and b.overlaps_in_time(buffers[j])]
+        # Only nonempty placed buffers alive at the same time constrain this one.
+        near = np.flatnonzero(done & (starts <= b.end) & (ends >= b.start))
+        lo = offs[near]
+        placed = list(zip(lo.tolist(), (lo + sizes[near]).tolist()))
         gaps = _gap_offsets(placed, size, alignment)
         bounded = [g for g in gaps if g[1] >= 0]
         if best and bounded:
             offsets[i] = min(bounded, key=lambda g: (g[1], g[0]))[0]  # tightest gap that fits
         else:
             offsets[i] = gaps[0][0]                                   # lowest offset that fits
-        done.append(i)
+        offs[i] = offsets[i]
+        done[i] = True
     return offsets
 
 

@@ -153,6 +153,8 @@ def plan(graph: Graph, *, order: str = "memory", allocator: str = "best_fit",
     else:
         raise ValidationError(f"unknown plan order {order!r}; known: memory, {', '.join(order_mod.ORDERS)}")
     deps = extra_deps(g)
+    if scratch_rule is not None:  # asked once per node, not once per order tried
+        scratch_rule = _memo_scratch(scratch_rule)
     best: Optional[Plan] = None
     tried: set[tuple[int, ...]] = set()
     for name in names:  # "given" first: on ties the graph's own order wins
@@ -170,6 +172,17 @@ def plan(graph: Graph, *, order: str = "memory", allocator: str = "best_fit",
     if check:
         best.verify()
     return best
+
+
+def _memo_scratch(rule: Callable[[Graph, Node], int]) -> Callable[[Graph, Node], int]:
+    memo: dict[int, int] = {}
+
+    def memoized(graph: Graph, node: Node) -> int:
+        key = id(node)  # the nodes of one normalized graph, alive for the whole plan() call
+        if key not in memo:
+            memo[key] = rule(graph, node)
+        return memo[key]
+    return memoized
 
 
 def _normalize(graph: Graph) -> Graph:
@@ -198,15 +211,8 @@ def _build(g: Graph, source: Graph, steps: list[int], alloc, *, alias: bool, inp
     offsets = alloc(intervals, arena.ALIGNMENT)
     arena_bytes = max((arena.align(o + b.size) for o, b in zip(offsets, sh.buffers)), default=0)
 
-    slots = [Slot(SlotKind.ARENA, "", arena_bytes, memory)]
-    slot_index: dict[str, int] = {}
-    groups = ((SlotKind.INPUT, list(g.inputs)), (SlotKind.OUTPUT, list(g.outputs)),
-              (SlotKind.CONST, [n for n, t in g.tensors.items() if t.kind == CONST]),
-              (SlotKind.STATE, [n for n, t in g.tensors.items() if t.kind == STATE]))
-    for kind, names in groups:
-        for n in names:
-            slot_index[n] = len(slots)
-            slots.append(Slot(kind, n, int(g.tensors[n].nbytes), memory))
+    slots = make_slots(g, arena_bytes, memory)
+    slot_index = {s.name: i for i, s in enumerate(slots) if i}
 
     placements: dict[str, Placement] = {}
     for name, loc in sh.loc.items():
@@ -227,18 +233,37 @@ def _build(g: Graph, source: Graph, steps: list[int], alloc, *, alias: bool, inp
                 _stats(g, steps, sh, arena_bytes), options, source)
 
 
+def make_slots(g: Graph, arena_bytes: int, memory: str) -> list[Slot]:
+    """Slot 0 the arena, then one slot per input, output, weight and state tensor, in that order."""
+    slots = [Slot(SlotKind.ARENA, "", arena_bytes, memory)]
+    groups = ((SlotKind.INPUT, list(g.inputs)), (SlotKind.OUTPUT, list(g.outputs)),
+              (SlotKind.CONST, [n for n, t in g.tensors.items() if t.kind == CONST]),
+              (SlotKind.STATE, [n for n, t in g.tensors.items() if t.kind == STATE]))
+    for kind, names in groups:
+        for n in names:
+            slots.append(Slot(kind, n, int(g.tensors[n].nbytes), memory))
+    return slots
+
+
 def _stats(g: Graph, steps: list[int], sh, arena_bytes: int) -> PlanStats:
+    scratch = [sh.buffers[b].size for b in sh.scratch if b is not None]
+    return plan_stats(g, steps, sh.kinds, sh.buffers, scratch, arena_bytes)
+
+
+def plan_stats(g: Graph, steps: list[int], kinds, buffers, scratch_sizes: list[int], arena_bytes: int) -> PlanStats:
+    """The stats of a plan from its order, step kinds, arena buffers (anything with size, start and
+    end) and scratch sizes: derived, so a stored plan's stats are recomputed, never read."""
     outputs = set(g.outputs)
     no_reuse = sum(arena.align(int(g.tensors[g.nodes[i].output].nbytes)) for i in steps
                    if g.nodes[i].output not in outputs)
-    scratch = sum(sh.buffers[b].size for b in sh.scratch if b is not None)
-    no_reuse += sum(arena.align(sh.buffers[b].size) for b in sh.scratch if b is not None)
+    scratch = sum(scratch_sizes)
+    no_reuse += sum(arena.align(n) for n in scratch_sizes)
     saved = {StepKind.ALIAS: 0, StepKind.INPLACE: 0}
     for s, idx in enumerate(steps):
-        if sh.kinds[s] != StepKind.KERNEL:
-            saved[sh.kinds[s]] += int(g.tensors[g.nodes[idx].output].nbytes)
+        if kinds[s] != StepKind.KERNEL:
+            saved[kinds[s]] += int(g.tensors[g.nodes[idx].output].nbytes)
     delta = [0] * (len(steps) + 2)
-    for b in sh.buffers:  # live bytes per step via a difference array
+    for b in buffers:  # live bytes per step via a difference array
         delta[b.start] += arena.align(b.size)
         delta[b.end + 1] -= arena.align(b.size)
     live, acc = [], 0

@@ -58,8 +58,9 @@ def extra_deps(graph: Graph) -> dict[int, set[int]]:
                 if r != w and n.inputs[0] == t and registry.get(n.op).alias_offset is not None:
                     stack.append(n.output)
         before = {r for t in old for r in readers.get(t, ()) if r != w}
-        after = _descendants(nodes, readers, w)
-        clash = before & after
+        # Graph nodes are in topological order (validate): only readers after the write can depend on it.
+        late = {r for r in before if r > w}
+        clash = late & _descendants(nodes, readers, w, max(late)) if late else set()
         if clash:
             r = nodes[min(clash)]
             raise ValidationError(f"{node!r} overwrites state {writes_state(graph, node)!r} in place, but "
@@ -68,13 +69,15 @@ def extra_deps(graph: Graph) -> dict[int, set[int]]:
     return deps
 
 
-def _descendants(nodes, readers, start: int) -> set[int]:
+def _descendants(nodes, readers, start: int, limit: int) -> set[int]:
+    """The nodes at index <= ``limit`` that depend on node ``start`` (a path to one of them, in a
+    topologically ordered graph, passes only through nodes at indices in (start, limit])."""
     out: set[int] = set()
     stack = [start]
     while stack:
         i = stack.pop()
         for r in readers.get(nodes[i].output, ()):
-            if r not in out:
+            if r <= limit and r not in out:
                 out.add(r)
                 stack.append(r)
     return out

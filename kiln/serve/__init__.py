@@ -6,7 +6,7 @@ prometheus-client) and Ray needs the `ray` extra.
 """
 from .engine import Engine, EngineStopped, QueueFull, RequestError, RequestHandle
 from .request import Event
-from .runner import ModelRunner, PerSlotRunner, SlotWork
+from .runner import BatchedRunner, ModelRunner, PerSlotRunner, SlotWork
 
-__all__ = ["Engine", "EngineStopped", "Event", "ModelRunner", "PerSlotRunner", "QueueFull", "RequestError",
-           "RequestHandle", "SlotWork"]
+__all__ = ["BatchedRunner", "Engine", "EngineStopped", "Event", "ModelRunner", "PerSlotRunner", "QueueFull",
+           "RequestError", "RequestHandle", "SlotWork"]

@@ -21,7 +21,7 @@ from typing import Any, Optional, Sequence
 from ..errors import KilnError
 from ..models.sampling import SamplingConfig
 from .request import Event, Request
-from .runner import ModelRunner, PerSlotRunner
+from .runner import ModelRunner, runner_for
 from .scheduler import Scheduler
 
 
@@ -99,11 +99,14 @@ class Engine:
         self._stop = threading.Event()
 
     @classmethod
-    def from_model(cls, lm: Any, *, parallel: int = 1, **kwargs: Any) -> "Engine":
-        """An engine over a kiln.models.LanguageModel with ``parallel`` slots (PerSlotRunner)."""
+    def from_model(cls, lm: Any, *, parallel: int = 1, runner: str = "batched", notice: Any = None,
+                   **kwargs: Any) -> "Engine":
+        """An engine over a kiln.models.LanguageModel with ``parallel`` slots: a BatchedRunner (one graph
+        call per step for all slots), or PerSlotRunner (``runner="per-slot"``, or with a one-line
+        ``notice`` when the model cannot be batched; see kiln.serve.runner.runner_for)."""
         vocab = int(getattr(lm.config, "vocab_size", 0) or len(lm.tokenizer))
-        return cls(PerSlotRunner.from_model(lm, parallel), tokenizer=lm.tokenizer, eos_ids=lm.eos_ids,
-                   vocab_size=vocab, **kwargs)
+        return cls(runner_for(lm, parallel, kind=runner, notice=notice), tokenizer=lm.tokenizer,
+                   eos_ids=lm.eos_ids, vocab_size=vocab, **kwargs)
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> "Engine":
@@ -154,10 +157,13 @@ class Engine:
         self._inbox.put(("cancel", request_id))
 
     def stats(self) -> dict:
-        """A snapshot: queued (waiting for a slot), active (in slots), slots, steps."""
+        """A snapshot: queued (waiting for a slot), active (in slots), slots, steps, runner ("batched",
+        "per-slot", or the runner's class name)."""
+        kind = {"BatchedRunner": "batched", "PerSlotRunner": "per-slot"}.get(type(self.runner).__name__,
+                                                                             type(self.runner).__name__)
         with self._lock:
             return {"queued": self._in_flight + self._waiting, "active": self._active, "slots": self.runner.n_slots,
-                    "steps": self.scheduler.steps}
+                    "steps": self.scheduler.steps, "runner": kind}
 
     def _free_estimate(self) -> int:
         return max(0, self.runner.n_slots - self._active)

@@ -72,6 +72,9 @@ class Scheduler:
             if not req.chunks and req.out_ids:
                 rows.append((req, SlotWork(req.slot, (req.out_ids[-1],), req.position), False))
         budget = self.prefill_chunk
+        limit = getattr(self.runner, "max_tokens", None)   # tokens one batched step takes
+        if limit is not None:
+            budget = min(budget, limit - len(rows))
         for req in self.active.values():
             if req.chunks and req.chunks[0] <= budget:
                 n = req.chunks.pop(0)
@@ -80,7 +83,7 @@ class Scheduler:
                 rows.append((req, SlotWork(req.slot, tuple(req.prompt_ids[req.prefilled:req.prefilled + n]),
                                            req.prefilled, want_logits=not req.chunks), True))
                 req.prefilled += n
-            if budget == 0:
+            if budget <= 0:
                 break
         if not rows:
             return 0

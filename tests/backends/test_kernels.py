@@ -259,6 +259,22 @@ for pos, s_new in ((0, 5), (7, 1), (3, 4), (15, 1)):
 add(Case("cached_attention", [rnd(1, 4, 150, 32), rnd(1, 2, 300, 32), rnd(1, 2, 300, 32), np.array(37, np.int64)],
          rtol=1e-4, atol=1e-5, tag="blocked-prefill"))
 
+# -- batched KV cache over slots (csrc/slot_cache.c): distinct (slot, position) per token ----------------
+for slots, length, rows in ((3, 16, ((2, 5), (0, 0), (0, 1), (1, 15))), (1, 8, ((0, 7),)),
+                            (4, 200, ((3, 199), (1, 64), (1, 65), (0, 63), (2, 128)))):
+    sl, ps = (np.array(c, np.int64) for c in zip(*rows))
+    n = len(rows)
+    add(Case("slot_cache_write", [rnd(slots, 2, length, 8), rnd(1, 2, n, 8), sl, ps], inplace=True),
+        Case("slot_cache_write", [rnd(slots, 3, length, 4), rnd(1, 3, n, 4), sl, ps]))
+    add(Case("slot_cached_attention", [rnd(1, 6, n, 16), rnd(slots, 2, length, 16), rnd(slots, 2, length, 16), sl, ps],
+             rtol=1e-4, atol=1e-5),
+        Case("slot_cached_attention", [rnd(1, 2, n, 64), rnd(slots, 2, length, 64), rnd(slots, 2, length, 64), sl, ps],
+             {"scale": 0.2}, rtol=1e-4, atol=1e-5))
+# 12 query heads per K/V head with Dv 256: heads split into shares of 8 and 4 per task
+add(Case("slot_cached_attention", [rnd(1, 12, 3, 256), rnd(2, 1, 90, 256), rnd(2, 1, 90, 256),
+                                   np.array([1, 0, 1], np.int64), np.array([89, 70, 3], np.int64)],
+         rtol=1e-4, atol=1e-5, tag="head-shares"))
+
 # 8 < rows <= 128 against B^T: computed as C^T = B @ A^T through scratch, bias added on the way back
 for sa, with_bias in (((20, 40), True), ((3, 7, 40), False), ((128, 40), True), ((129, 40), True)):
     add(Case("matmul", [rnd(*sa), rnd(52, 40)] + ([rnd(52)] if with_bias else []),

@@ -64,14 +64,20 @@ def test_miss_then_hit(cache_dir, executor, monkeypatch):
     assert len(list(cache.entries())) == 2
 
 
-def test_source_hash_sees_changes(cache_dir, tmp_path):
+def test_source_hash_sees_changes(cache_dir, tmp_path, monkeypatch):
+    reads: list = []
+    digest = cache._file_digest
+    monkeypatch.setattr(cache, "_file_digest", lambda p: reads.append(p) or digest(p))
     f = tmp_path / "m.gguf"
     f.write_bytes(b"one")
     h1 = cache.source_hash(f)
-    assert cache.source_hash(f) == h1  # memoized
-    f.write_bytes(b"two")
-    os.utime(f, ns=(1, 1))
-    assert cache.source_hash(f) != h1
+    assert cache.source_hash(f) == h1 and len(reads) == 1  # memoized: a warm start does not read the source
+    st = f.stat()
+    f.write_bytes(b"two")  # same size; a new mtime
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+    assert cache.source_hash(f) != h1 and len(reads) == 2
+    (cache.cache_dir() / "hashes.json").write_text("{not json")  # a damaged memo only costs a re-hash
+    assert cache.source_hash(f) == cache.source_hash(f) and len(reads) == 3
     folder = tmp_path / "folder"
     folder.mkdir()
     (folder / "config.json").write_text("{}")
@@ -102,7 +108,7 @@ def test_stale_entry_is_reported_and_rebuilt(cache_dir, executor):
     assert lm.generate("Hi", 3, temperature=0).ids
 
 
-@pytest.mark.parametrize("damage", ["truncate", "garbage", "format"])
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "format", "plan"])
 def test_damaged_entry_is_reported_and_rebuilt(cache_dir, executor, damage):
     good = load(executor=executor).generate("Hi", 4, temperature=0).ids
     (entry,) = cache.entries()
@@ -110,9 +116,15 @@ def test_damaged_entry_is_reported_and_rebuilt(cache_dir, executor, damage):
         entry.write_bytes(entry.read_bytes()[: entry.stat().st_size // 2])
     elif damage == "garbage":
         entry.write_bytes(b"\x00" * 64)
-    else:
+    elif damage == "format":
         graph, extra = serialize.load(entry)
         extra["kiln.lm"]["format"] = "kiln-lm/0"
+        serialize.save(graph, entry, extra=extra)
+    else:  # the stored decode plan places a tensor outside the arena
+        graph, extra = serialize.load(entry)
+        (stored,) = extra["kiln.plans"]["plans"].values()
+        name = next(n for n, p in stored["placements"].items() if p[0] == 0)
+        stored["placements"][name][1] = stored["arena_bytes"]
         serialize.save(graph, entry, extra=extra)
     messages: list = []
     lm = load(messages, executor=executor)

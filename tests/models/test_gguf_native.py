@@ -61,3 +61,21 @@ def test_int8_activation_mode_close_to_exact():
     assert all(n.attrs.mode == "int8" for n in int8.session.graph.nodes if n.op == "qmatmul")
     out = int8.session(IDS)[0]
     assert np.abs(out - exact).max() <= 0.05 * np.abs(exact).max()
+
+
+def test_tied_embedding_table_stays_in_blocks_for_both_uses(tmp_path):
+    """A GGUF without output.weight ties the LM head to token_embd. Export keeps that one table
+    under the lm_head's name; it must get the file's blocks, not stay an (all-zero) placeholder."""
+    from tests.fuzz.gguf_edit import DROP, rewrite_gguf
+    path = tmp_path / "tied-Q8_0.gguf"
+    rewrite_gguf([p for p in FIXTURES if "Q8_0" in p][0], path, tensors={"output.weight": DROP})
+    nat = load_model(path, max_len=32, cache=False, compile_cache=False)
+    f32 = load_model(path, max_len=32, cache=False, dtype="f32", compile_cache=False)
+    assert f32.config.tie_word_embeddings
+    a, b = nat.session(IDS)[0], f32.session(IDS)[0]
+    assert np.abs(b).max() > 0 and np.abs(a - b).max() <= 1e-5 * np.abs(b).max()
+    hist = nat.session.graph.op_histogram()  # both readers of the table read its blocks
+    assert hist.get("qembedding") == 1 and "dequantize" not in hist
+    vocab = f32.config.vocab_size
+    assert not [n for n, t in nat.session.graph.tensors.items()
+                if t.kind == "const" and t.storage == "plain" and vocab in tuple(t.shape)]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from kiln.backends import kernels
 from kiln.errors import FileFormatError, KilnError
 from kiln.models import model_file
 from kiln.models.loading import compile_language_model, load_model
@@ -158,6 +159,55 @@ def test_bad_files_are_clear_errors(tmp_path, executor, hf_folder):
     with pytest.raises(KilnError, match="holds no PyTorch model"):
         load_model(tmp_path / "lm.kiln", keep_torch=True)
     assert np.isfinite(load_model(tmp_path / "lm.kiln").logits([1, 2, 3])).all()
+
+
+def test_file_stores_the_decode_plan(hf_folder, executor, tmp_path, monkeypatch):
+    import kiln.planner
+    from kiln.ir import serialize
+    from kiln.ir.resolve import resolve
+    from kiln.planner.stored import binding_key
+    path = tmp_path / "m.kiln"
+    compile_to(hf_folder("qwen3"), path, executor)
+    graph, extra = serialize.load(path)
+    binding = model_file.decode_binding(graph)
+    plans = extra[model_file.PLANS_KEY]["plans"]
+    if executor == "reference":  # the unplanned reference executor makes no plans to store
+        assert plans == {}
+        return
+    assert list(plans) == [binding_key(binding)]
+    fresh = kiln.planner.plan(resolve(graph, binding), scratch_rule=kernels.get("c").scratch_rule)
+
+    def refuse(*_a, **_k):
+        raise AssertionError("planned although the file holds the plan")
+    monkeypatch.setattr(kiln.planner, "plan", refuse)
+    lm = load_model(path)  # the decode plan comes from the file
+    stored = lm.cached_session.plan(**binding)
+    for field in ("steps", "slots", "placements", "lifetimes", "buffers", "stats", "options"):
+        assert getattr(stored, field) == getattr(fresh, field), field
+    monkeypatch.undo()
+    assert lm.generate("Hi", 4, temperature=0).ids == load_model(path, executor="interpreted").generate(
+        "Hi", 4, temperature=0).ids
+
+
+def test_damaged_stored_plan_is_refused(hf_folder, executor, tmp_path):
+    from kiln.ir import serialize
+    if executor == "reference":
+        pytest.skip("the reference executor stores no plans")
+    path = tmp_path / "m.kiln"
+    compile_to(hf_folder("gpt2"), path, executor)
+    graph, extra = serialize.load(path)
+    (stored,) = extra[model_file.PLANS_KEY]["plans"].values()
+    stored["steps"].reverse()  # an order that runs nodes before their inputs
+    serialize.save(graph, path, extra=extra)
+    with pytest.raises(FileFormatError, match="stored plan.*recompile"):
+        load_model(path)
+    extra[model_file.PLANS_KEY] = {"format": "kiln-plans/1", "plans": []}
+    serialize.save(graph, path, extra=extra)
+    with pytest.raises(FileFormatError, match="kiln.plans"):
+        load_model(path)
+    del extra[model_file.PLANS_KEY]  # a file without stored plans plans at load
+    serialize.save(graph, path, extra=extra)
+    assert load_model(path).generate("Hi", 2, temperature=0).ids
 
 
 @pytest.mark.slow

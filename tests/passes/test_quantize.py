@@ -36,7 +36,8 @@ def test_quantize_stage_fires_and_matches_reference_on_every_executor(fmt, act):
     for ex in EXECUTORS:
         s = kiln.compile(m, (x,), quantize=fmt, act=act, executor=ex)
         hist = s.graph.op_histogram()
-        stored = [t for t in s.graph.tensors.values() if t.storage != "plain"]
+        # (an fp32 weight left out is packed for the fp32 GEMM: storage f32_p16, kiln/passes/pack.py)
+        stored = [t for t in s.graph.tensors.values() if t.storage not in ("plain", "f32_p16")]
         if fmt == "q4_k":  # K=96 of the second layer is not whole 256-blocks: a near miss, left fp32
             assert hist == {"qmatmul": 1, "matmul": 1}, hist
         else:

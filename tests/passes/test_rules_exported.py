@@ -104,6 +104,7 @@ POSITIVE = [
     ("matmul-gelu_tanh-through-view", lambda m, x: F.gelu(torch.addmm(m.b, x.view(-1, 8), m.w.t()).view(2, 3, 16),
                                                           approximate="tanh"), (r(2, 3, 8),),
      {"w": W, "b": torch.randn(16)}),
+    ("pack-weights", lambda m, x: F.linear(x, m.w), (r(3, 8),), {"w": W}),
 ]
 
 # (rule, fn, inputs, params): the rule must NOT fire (a near miss)
@@ -129,6 +130,8 @@ NEAR_MISS = [
     ("gated-packed", lambda m, x: F.silu(F.linear(x, m.w1)) * F.linear(x, m.w2) + F.linear(x, m.w1), (r(3, 8),),
      {"w1": torch.randn(16, 8), "w2": torch.randn(16, 8)}),
     ("matmul-relu", lambda m, x: torch.relu(F.linear(x, m.w)) + F.linear(x, m.w), (r(3, 8),), {"w": W}),  # read twice
+    ("pack-weights", lambda m, x, y: F.linear(x, m.w) + (m.w @ y).t(),  # the weight is also an A operand
+     (r(3, 8), r(8, 3)), {"w": torch.randn(8, 8)}),
 ]
 
 

@@ -175,5 +175,5 @@ def test_stop_text_holds_back_prefixes_and_cuts_at_the_stop():
 
 
 def _wait(pred, timeout=10.0):
-    from conftest import wait_until
+    from tests.serve.conftest import wait_until
     return wait_until(pred, timeout)

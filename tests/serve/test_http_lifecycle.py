@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("fastapi")
 
-from conftest import get_json, wait_until  # noqa: E402
+from tests.serve.conftest import get_json, wait_until  # noqa: E402
 from kiln.serve import Engine, PerSlotRunner  # noqa: E402
 
 DELAY = 0.05

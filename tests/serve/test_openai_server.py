@@ -11,7 +11,7 @@ import pytest
 openai = pytest.importorskip("openai")
 pytest.importorskip("fastapi")
 
-from conftest import CTX, get_json  # noqa: E402
+from tests.serve.conftest import CTX, get_json  # noqa: E402
 
 PROMPTS = ["The capital of France is", "Hello world, how are you", "Tokens are pieces of words;",
            "The quick brown fox", "Paris, London, Berlin and"]
@@ -47,6 +47,7 @@ def _complete(client, prompt, stream=False, max_tokens=16):
 def test_models_and_health(client, kiln_serve):
     assert [m.id for m in client.models.list().data] == [get_json(kiln_serve + "/health")["model"]]
     assert get_json(kiln_serve + "/health")["slots"] == 2
+    assert get_json(kiln_serve + "/health")["runner"] == "batched"     # these tests run batched decoding
 
 
 def test_completion_matches_generate(client, tiny_lm):

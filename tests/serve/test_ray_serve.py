@@ -10,7 +10,7 @@ ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
 pytest.importorskip("fastapi")
 
-from conftest import CTX, ROOT, free_port, get_json  # noqa: E402
+from tests.serve.conftest import CTX, ROOT, free_port, get_json  # noqa: E402
 
 
 @pytest.mark.slow

@@ -76,10 +76,14 @@ def _register() -> None:
     reg = BACKEND.register
     for op in PLAIN_KERNELS:
         reg(op)
-    reg("matmul", params=(("transpose_b", "i64"), ("alpha", "f32"), ("beta", "f32"), ("act", "i64")),
-        lower=lambda a, ins, out: {"transpose_b": int(a.transpose_b), "alpha": a.alpha, "beta": a.beta,
-                                   "act": ACTIVATIONS.index(a.act)},
-        scratch=matmul_scratch)
+    mm = dict(params=(("transpose_b", "i64"), ("alpha", "f32"), ("beta", "f32"), ("act", "i64")),
+              lower=lambda a, ins, out: {"transpose_b": int(a.transpose_b), "alpha": a.alpha, "beta": a.beta,
+                                         "act": ACTIVATIONS.index(a.act)})
+    reg("matmul", scratch=matmul_scratch, **mm)
+    # B packed at compile time (kiln/passes/pack.py): csrc/matmul.c runs Kiln's packed GEMM, no scratch
+    reg("matmul", storage=(PLAIN, "f32_p16"), **mm)
+    reg("matmul", storage=(PLAIN, "f32_p16", PLAIN), **mm)
+    reg("embedding", storage=("f32_p16", PLAIN))   # a table tied to a packed LM head (csrc/gather.c)
     reg("attention", params=(("causal", "i64"), ("scale", "f32"), ("group", "i64")),
         lower=lambda a, ins, out: {"causal": int(a.causal), "scale": scale_of(a, ins[0][3]),
                                    "group": ins[0][1] // ins[1][1]},
@@ -87,6 +91,9 @@ def _register() -> None:
     reg("cached_attention", params=(("scale", "f32"), ("group", "i64")),
         lower=lambda a, ins, out: {"scale": scale_of(a, ins[0][3]), "group": ins[0][1] // ins[1][1]},
         scratch=_attention_scratch)
+    reg("slot_cache_write")   # csrc/slot_cache.c
+    reg("slot_cached_attention", params=(("scale", "f32"), ("group", "i64")),
+        lower=lambda a, ins, out: {"scale": scale_of(a, ins[0][3]), "group": ins[0][1] // ins[1][1]})
     reg("gated_act", params=(("act", "i64"),), lower=lambda a, i, o: {"act": ACTIVATIONS.index(a.act)})
     for op in ("sum", "mean", "max"):
         reg(op, params=(("axes_mask", "i64"),), lower=lambda a, i, o: {"axes_mask": sum(1 << ax for ax in a.axes)})

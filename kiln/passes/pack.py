@@ -1,0 +1,107 @@
+"""Packed weights: every constant fp32 matmul weight rewritten once, at compile time, into the
+C GEMM's panel layout (storage ``f32_p16``, kiln/core/storage.py; layout in csrc/gemm.h).
+
+The "pack-weights" stage runs late (after merge-matmuls and quantize, so the merged QKV /
+gate-up weights are packed as one, and quantized weights are left to their own kernels).
+A weight is packed when every reader is a matmul taking it as B, it is 2-D, plain float32
+and not a graph output. A [K, N] weight (``transpose_b`` off, e.g. GPT-2's Conv1D) is packed
+from its transpose and its matmuls switch ``transpose_b`` on: the packed form is always
+the logical [N, K]. A table an embedding also reads (tied to the LM head)
+is packed too, and the embedding gathers its rows from the panels (one copy, not two); a
+weight any other op reads stays plain.
+
+The packed bytes are what a saved model file stores (memory-mapped like any stored weight);
+the C kernel reads them for every M, nothing packs per call. The numpy reference unpacks.
+
+Ablation (the BLAS path): ``KILN_PACK_WEIGHTS=0`` turns the stage off (weights stay plain
+and the matmuls run the BLAS / skinny kernels of csrc/matmul.c), as does leaving
+"pack-weights" out of ``kiln.compile(passes=...)``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+from ..core import storage
+from ..ir.graph import CONST, PLAIN, Graph
+
+PACKED = "f32_p16"
+
+
+def enabled() -> bool:
+    """False when KILN_PACK_WEIGHTS=0 (the BLAS ablation)."""
+    return os.environ.get("KILN_PACK_WEIGHTS", "1").strip() not in ("0", "false", "no", "off")
+
+
+def _packable(graph: Graph, w: str) -> bool:
+    t = graph.tensors[w]
+    if (t.kind != CONST or t.storage != PLAIN or t.dtype != "float32" or len(t.shape) != 2 or w in graph.outputs
+            or 0 in t.shape):
+        return False
+    users = graph.users(w)
+    mms = [n for n in users if n.op == "matmul" and n.inputs[1] == w and w not in (n.inputs[0], *n.inputs[2:])]
+    embeds = [n for n in users if n.op == "embedding" and n.inputs[0] == w and n.inputs[1] != w]
+    if not mms or len(mms) + len(embeds) != len(users):
+        return False
+    # one logical [N, K] for every reader: an embedding's rows are a transposed-B weight's
+    return len({n.attrs.transpose_b for n in mms} | ({True} if embeds else set())) == 1
+
+
+def pack_weights(graph: Graph) -> int:
+    """The "pack-weights" stage; returns the number of weights packed. Mutates ``graph``."""
+    if not enabled():
+        return 0
+    st = storage.get(PACKED)
+    done = 0
+    for w in [name for name, t in graph.tensors.items() if t.kind == CONST]:
+        if not _packable(graph, w):
+            continue
+        users = graph.users(w)
+        value = np.asarray(graph.constants[w], np.float32)
+        transposed = next(n.attrs.transpose_b for n in users if n.op == "matmul")
+        rows = value if transposed else value.T   # [N, K]
+        name = graph.fresh(f"{w}.{PACKED}")
+        graph.add_stored_const(name, st.quantize(np.ascontiguousarray(rows)), rows.shape, PACKED)
+        for n in users:
+            if n.op == "embedding":
+                graph.set_inputs(n, [name, n.inputs[1]])
+            else:
+                graph.replace_node(n, dataclasses.replace(n, inputs=[n.inputs[0], name] + list(n.inputs[2:]),
+                                                          attrs=dataclasses.replace(n.attrs, transpose_b=True)))
+        del graph.tensors[w]
+        del graph.constants[w]
+        done += 1
+    return done
+
+
+def unpack_weights(graph: Graph) -> int:
+    """The inverse, in place: packed weights back to plain [N, K] fp32 (for a backend without a
+    packed matmul kernel, e.g. Triton). Returns the number unpacked."""
+    st = storage.get(PACKED)
+    done = 0
+    for w in [name for name, t in graph.tensors.items() if t.storage == PACKED]:
+        t = graph.tensors[w]
+        value = st.dequantize(graph.constants[w], tuple(int(d) for d in t.shape))
+        users = graph.users(w)
+        name = graph.add_const(graph.fresh(w.removesuffix(f".{PACKED}")), value)
+        for n in users:
+            graph.set_inputs(n, [name if i == w else i for i in n.inputs])
+        del graph.tensors[w]
+        del graph.constants[w]
+        done += 1
+    return done
+
+
+def for_backend(graph: Graph, get_backend) -> Graph:
+    """``graph``, or an unpacked copy of it when the backend (``get_backend()``, a
+    kiln.backends.kernels.Backend, asked only when the graph holds a packed weight) has no
+    matmul kernel for a packed B: a packed model file still runs there."""
+    if not any(t.storage == PACKED for t in graph.tensors.values()):
+        return graph
+    if not any(PACKED in storages for _, storages in get_backend().missing(graph)):
+        return graph
+    graph = graph.copy()
+    unpack_weights(graph)
+    return graph
