@@ -17,8 +17,17 @@ fi
 mkdir -p "$OUT/src"
 "$PY" -m pip download -q --no-deps --no-binary :all: "llama-cpp-python==$VERSION" -d "$OUT/src"
 tar xzf "$OUT/src/llama_cpp_python-$VERSION.tar.gz" -C "$OUT/src"
+# Not GGML_NATIVE: -march=native turns on AMX where the CPU lists it, and a VM that lists AMX without
+# granting its tile state kills llama.cpp with SIGILL on quantized files (seen here). The ISA options
+# are taken from the CPU's own flags instead, AMX left out.
+ISA=""
+FLAGS=$(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null || true)
+for pair in avx:AVX avx2:AVX2 fma:FMA f16c:F16C bmi2:BMI2 avx_vnni:AVX_VNNI avx512f:AVX512 \
+            avx512vbmi:AVX512_VBMI avx512_vnni:AVX512_VNNI avx512_bf16:AVX512_BF16; do
+    case " $FLAGS " in *" ${pair%%:*} "*) ISA="$ISA -DGGML_${pair#*:}=ON" ;; esac
+done
 cmake -S "$OUT/src/llama_cpp_python-$VERSION/vendor/llama.cpp" -B "$OUT/build" -DCMAKE_BUILD_TYPE=Release \
-    -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF \
+    -DGGML_NATIVE=OFF $ISA -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF \
     -DLLAMA_BUILD_TOOLS=ON >/dev/null
 cmake --build "$OUT/build" --target llama-bench llama-quantize -j "$(nproc)" >/dev/null
 mkdir -p "$OUT/bin"
