@@ -316,9 +316,11 @@ def _pack_p16(x):
     x = np.asarray(x, np.float32)
     n, k = _p16_dims(x.shape)
     full = n // _P16 * _P16
-    head = x[:full].reshape(full // _P16, _P16, k).transpose(0, 2, 1)   # [panel, k, 16]
-    tail = x[full:].T                                                  # [k, N % 16]
-    out = np.concatenate([head.reshape(-1), tail.reshape(-1)])
+    out = np.empty(n * k, np.float32)
+    # Written through a transposed view of the output, so numpy's copy reads the weight's rows
+    # contiguously (a copy out of a transposed view of the input ran at half the speed).
+    out[:full * k].reshape(full // _P16, k, _P16).transpose(0, 2, 1)[...] = x[:full].reshape(full // _P16, _P16, k)
+    out[full * k:] = x[full:].T.reshape(-1)                            # [k, N % 16]
     return out.view(np.uint8).reshape(n, 4 * k)
 
 
