@@ -8,13 +8,11 @@ decoding"), so a sequence's outputs are the same alone or batched.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 
 from .attention import scale_of
-from .cache import WRITES_STATE
+from .cache import WRITES_STATE, CachedAttentionAttrs
 from .registry import FUSED, INPLACE, declare
 from ..errors import ShapeError
 
@@ -67,11 +65,6 @@ declare("slot_cache_write", inputs=("cache", "new", "slot", "pos"), infer=_write
         doc="write token t of new [1, H, S, D] into cache [slots, H, L, D] at (slot[t], :, pos[t]), in place")
 
 
-@dataclass(frozen=True)
-class SlotAttentionAttrs:
-    scale: Optional[float] = None
-
-
 def _attn_infer(ins, a):
     q, k, v = ins[:3]
     if len(q.shape) != 4 or len(k.shape) != 4 or len(v.shape) != 4 or q.shape[0] != 1 \
@@ -100,7 +93,7 @@ def _attn_ref(xs, a):
     return out
 
 
-declare("slot_cached_attention", inputs=("q", "k_cache", "v_cache", "slot", "pos"), attrs=SlotAttentionAttrs,
+declare("slot_cached_attention", inputs=("q", "k_cache", "v_cache", "slot", "pos"), attrs=CachedAttentionAttrs,
         infer=_attn_infer, ref=_attn_ref, props=(FUSED,),
         doc="token t of q [1, Hq, S, D] attends to keys 0..pos[t] of its slot slot[t] in the caches "
             "[slots, Hkv, L, D]; GQA by head groups")
