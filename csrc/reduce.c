@@ -89,6 +89,18 @@ static void colred_range(void *p, int64_t begin, int64_t end, int thread) {
     }
 }
 
+/* The general path's odometer: advance the input coords idx over sz[0..m) by one element
+ * and return the output offset oi moved along (ost: output strides, 0 on reduced runs). */
+static inline int64_t odometer_step(int m, const int64_t *sz, const int64_t *ost, int64_t *idx, int64_t oi) {
+    for (int d = m - 1; d >= 0; d--) {
+        oi += ost[d];
+        if (++idx[d] < sz[d]) break;
+        oi -= ost[d] * sz[d];
+        idx[d] = 0;
+    }
+    return oi;
+}
+
 static int reduce(const kiln_call *c, int kind, int64_t mask) {
     KILN_REQUIRE(c->n_in == 1, KILN_ERR_BAD_CALL);
     const kiln_tensor *X = &c->in[0], *O = &c->out;
@@ -168,12 +180,7 @@ static int reduce(const kiln_call *c, int kind, int64_t mask) {
             float v = x[e];
             if (kind == R_MAX) y[oi] = (v > y[oi] || v != v) ? v : y[oi];
             else y[oi] += v;
-            for (int d = m - 1; d >= 0; d--) {
-                oi += ost[d];
-                if (++idx[d] < sz[d]) break;
-                oi -= ost[d] * sz[d];
-                idx[d] = 0;
-            }
+            oi = odometer_step(m, sz, ost, idx, oi);
         }
         if (kind == R_MEAN)
             for (int64_t i = 0; i < nout; i++) y[i] = (float)((double)y[i] / (double)cnt);
@@ -183,12 +190,7 @@ static int reduce(const kiln_call *c, int kind, int64_t mask) {
         int64_t oi = 0;
         for (int64_t e = 0; e < nin; e++) {
             y[oi] = acc_i64(kind, y[oi], ld(X, e));
-            for (int d = m - 1; d >= 0; d--) {
-                oi += ost[d];
-                if (++idx[d] < sz[d]) break;
-                oi -= ost[d] * sz[d];
-                idx[d] = 0;
-            }
+            oi = odometer_step(m, sz, ost, idx, oi);
         }
         if (kind == R_MEAN)
             for (int64_t i = 0; i < nout; i++) y[i] = mean_i64(y[i], cnt);
