@@ -2,12 +2,11 @@
 
 numpy asks the kernel for transparent huge pages on every array of 4 MiB or more
 (``madvise(MADV_HUGEPAGE)``). Where THP is in "madvise" mode, every first touch of such an
-array then makes a whole 2 MiB page in the fault; in the VM Kiln is developed on that costs
+array then makes a whole 2 MiB page in the fault; in the VM Kiln is developed on that cost
 about 11 ms a page, so filling a new 1 GiB numpy array took several times as long as filling
-one on 4 KiB pages (bench: /tmp-free, see docs/DESIGN.md "Compile time"). A packed weight is
-written once, then streamed by the GEMM or saved to a model file (which is memory-mapped
-on load, page cache pages either way), so Kiln gives it an anonymous private mapping without
-that request and leaves the page size to the system's default.
+one on 4 KiB pages (docs/DESIGN.md, "Compile time"). A packed weight is written once, then
+streamed by the GEMM or saved to a model file (memory-mapped on load), so Kiln gives it an
+anonymous private mapping without that request and leaves the page size to the system's default.
 """
 from __future__ import annotations
 
