@@ -84,14 +84,27 @@ static inline int64_t visible(const attn_args *a, int64_t i) {
     return a->causal && last < a->kv_len ? last : a->kv_len;
 }
 
-static void row_standard(const attn_args *a, int64_t b, int64_t h, int64_t i, float *s) {
+/* Query row i of head h, batch b: its q, its KV head's k and v, its output row, the keys it
+ * sees and its mask offset. */
+typedef struct {
+    const float *q, *k, *v;
+    float *o;
+    int64_t n, moff;
+} attn_row;
+
+static inline attn_row row_of(const attn_args *a, int64_t b, int64_t h, int64_t i) {
     int64_t hk = h / a->group;
-    const float *q = a->q + ((b * a->Hq + h) * a->Sq + i) * a->D;
-    const float *k = a->k + (b * a->Hkv + hk) * a->Sk * a->D;
-    const float *v = a->v + (b * a->Hkv + hk) * a->Sk * a->Dv;
-    float *o = a->out + ((b * a->Hq + h) * a->Sq + i) * a->Dv;
-    int64_t n = visible(a, i);
-    int64_t moff = b * a->ms[0] + h * a->ms[1] + i * a->ms[2];
+    attn_row r = {a->q + ((b * a->Hq + h) * a->Sq + i) * a->D, a->k + (b * a->Hkv + hk) * a->Sk * a->D,
+                  a->v + (b * a->Hkv + hk) * a->Sk * a->Dv, a->out + ((b * a->Hq + h) * a->Sq + i) * a->Dv,
+                  visible(a, i), b * a->ms[0] + h * a->ms[1] + i * a->ms[2]};
+    return r;
+}
+
+static void row_standard(const attn_args *a, int64_t b, int64_t h, int64_t i, float *s) {
+    const attn_row r = row_of(a, b, h, i);
+    const float *q = r.q, *k = r.k, *v = r.v;
+    float *o = r.o;
+    int64_t n = r.n, moff = r.moff;
     for (int64_t d = 0; d < a->Dv; d++) o[d] = 0.0f;
     if (n <= 0) return;
     scores(a, q, k, moff, 0, n, s);
@@ -118,14 +131,10 @@ static void row_standard(const attn_args *a, int64_t b, int64_t h, int64_t i, fl
 
 /* buf: KILN_FLASH_BLOCK scores then Dv accumulators */
 static void row_flash(const attn_args *a, int64_t b, int64_t h, int64_t i, float *buf) {
-    int64_t hk = h / a->group;
-    const float *q = a->q + ((b * a->Hq + h) * a->Sq + i) * a->D;
-    const float *k = a->k + (b * a->Hkv + hk) * a->Sk * a->D;
-    const float *v = a->v + (b * a->Hkv + hk) * a->Sk * a->Dv;
-    float *o = a->out + ((b * a->Hq + h) * a->Sq + i) * a->Dv;
-    float *s = buf, *acc = buf + KILN_FLASH_BLOCK;
-    int64_t n = visible(a, i);
-    int64_t moff = b * a->ms[0] + h * a->ms[1] + i * a->ms[2];
+    const attn_row r = row_of(a, b, h, i);
+    const float *q = r.q, *k = r.k, *v = r.v;
+    float *o = r.o, *s = buf, *acc = buf + KILN_FLASH_BLOCK;
+    int64_t n = r.n, moff = r.moff;
     float m = -INFINITY, l = 0.0f;
     for (int64_t d = 0; d < a->Dv; d++) acc[d] = 0.0f;
     for (int64_t j0 = 0; j0 < n; j0 += KILN_FLASH_BLOCK) {

@@ -21,29 +21,19 @@
 #define NB_T 16        /* B^T rows per task: 16 x K floats stay in L2 while every A row uses them */
 #define NB_N 256       /* output columns per task for row-major B */
 
+/* The skinny kernels' arguments: C[M, N] = alpha * A[M, K] @ B + beta * C (B row stride ldb). */
 typedef struct {
-    int64_t M;
-    int64_t N;
-    int64_t K;
-    float alpha;
-    const float *A;
-    const float *B;
-    int64_t ldb;
-    float beta;
+    int64_t M, N, K, ldb;
+    float alpha, beta;
+    const float *A, *B;
     float *C;
-} skinny_t_ctx;
+} skinny_ctx;
 
 static void skinny_t_range(void *p, int64_t begin, int64_t end, int thread) {
     (void)thread;
-    const skinny_t_ctx *k = (const skinny_t_ctx *)p;
-    int64_t M = k->M;
-    int64_t N = k->N;
-    int64_t K = k->K;
-    float alpha = k->alpha;
-    const float *A = k->A;
-    const float *B = k->B;
-    int64_t ldb = k->ldb;
-    float beta = k->beta;
+    const skinny_ctx *k = (const skinny_ctx *)p;
+    const int64_t M = k->M, N = k->N, K = k->K, ldb = k->ldb;
+    const float alpha = k->alpha, beta = k->beta, *A = k->A, *B = k->B;
     float *C = k->C;
     for (int64_t t = begin; t < end; t++) {
         int64_t n0 = t * NB_T, n1 = n0 + NB_T < N ? n0 + NB_T : N;
@@ -99,29 +89,12 @@ static void skinny_t_range(void *p, int64_t begin, int64_t end, int thread) {
     }
 }
 
-typedef struct {
-    int64_t M;
-    int64_t N;
-    int64_t K;
-    float alpha;
-    const float *A;
-    const float *B;
-    int64_t ldb;
-    float beta;
-    float *C;
-} skinny_n_ctx;
 
 static void skinny_n_range(void *p, int64_t begin, int64_t end, int thread) {
     (void)thread;
-    const skinny_n_ctx *k = (const skinny_n_ctx *)p;
-    int64_t M = k->M;
-    int64_t N = k->N;
-    int64_t K = k->K;
-    float alpha = k->alpha;
-    const float *A = k->A;
-    const float *B = k->B;
-    int64_t ldb = k->ldb;
-    float beta = k->beta;
+    const skinny_ctx *k = (const skinny_ctx *)p;
+    const int64_t M = k->M, N = k->N, K = k->K, ldb = k->ldb;
+    const float alpha = k->alpha, beta = k->beta, *A = k->A, *B = k->B;
     float *C = k->C;
     for (int64_t t = begin; t < end; t++) {
         int64_t lo = t * NB_N, n = N - lo < NB_N ? N - lo : NB_N;
@@ -151,12 +124,12 @@ static void gemm_skinny(int tb, int64_t M, int64_t N, int64_t K, float alpha, co
     int par = M * N * K >= (1 << 16);
     if (tb) {
         int64_t tasks = (N + NB_T - 1) / NB_T;
-        skinny_t_ctx skinny_t_k = {M, N, K, alpha, A, B, ldb, beta, C};
+        skinny_ctx skinny_t_k = {M, N, K, ldb, alpha, beta, A, B, C};
         kiln_par_for(tasks, par ? tasks * KILN_PAR_MIN : 0, skinny_t_range, &skinny_t_k);
         return;
     }
     int64_t tasks = (N + NB_N - 1) / NB_N;
-    skinny_n_ctx skinny_n_k = {M, N, K, alpha, A, B, ldb, beta, C};
+    skinny_ctx skinny_n_k = {M, N, K, ldb, alpha, beta, A, B, C};
     kiln_par_for(tasks, par ? tasks * KILN_PAR_MIN : 0, skinny_n_range, &skinny_n_k);
 }
 
