@@ -11,6 +11,8 @@
 
 #define MC_MAX 256               /* rows per chunk: an MC x KC block of A (128 KB) stays in L2, and a
                                   * weight is streamed from memory once per MC rows (prefill at 256) */
+#define LARGE_M_MIN 128         /* rows from which the packed large-M tiles run: with fewer, the
+                                  * direct tiles (B streamed, not copied) measured faster */
 #define PANEL_ALIGN 8            /* chunks start at multiples of every kernel's panel group */
 #define CHUNK_MIN_FMA (1 << 18)  /* below this a chunk costs more to hand out than to run */
 #define CHUNKS_PER_THREAD 8      /* enough that a descheduled thread holds up a small part */
@@ -81,11 +83,13 @@ static int tile_named(const char *name) {
  * accumulators, 3 B loads and 8 broadcasts per 24 FMAs); AMD Zen 4/5 keeps the 6 x 64 it
  * was tuned on. The taller 14 x 32 stays selectable (KILN_GEMM_TILE) for
  * other cores. */
+static int tile_forced = -1; /* KILN_GEMM_TILE, read once at load */
+
 static int default_tile(int isa) {
-    int pick = -1;
+    int pick = tile_forced >= 0 && TILES[tile_forced].isa == isa ? tile_forced : -1;
 #ifdef KILN_GEMM_X86
     __builtin_cpu_init();
-    if (isa == KILN_GEMM_ISA_AVX512 && __builtin_cpu_is("intel")) pick = tile_named("avx512-8x48");
+    if (pick < 0 && isa == KILN_GEMM_ISA_AVX512 && __builtin_cpu_is("intel")) pick = tile_named("avx512-8x48");
 #endif
     for (int i = 0; pick < 0 && i < N_TILES; i++)
         if (TILES[i].isa == isa) pick = i;
@@ -102,9 +106,8 @@ __attribute__((constructor)) static void choose_isa(void) {
     long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
     pc_max = (l2 > 0 ? l2 : 1 << 20) / 2 / (MC_MAX * KILN_GEMM_NR * (int64_t)sizeof(float));
     pc_max = pc_max < PC_MIN ? PC_MIN : pc_max > PC_MAX ? PC_MAX : pc_max;
+    tile_forced = tile_named(getenv("KILN_GEMM_TILE"));
     tile_now = default_tile(isa_now);
-    int forced = tile_named(getenv("KILN_GEMM_TILE"));
-    if (forced >= 0 && TILES[forced].isa == isa_now) tile_now = forced;
 }
 
 int kiln_gemm_isa(void) { return isa_now; }
@@ -166,12 +169,13 @@ int kiln_gemm_packed(int64_t M, int64_t N, int64_t K, const float *A, int64_t ld
     if (!C || ldc < N || (K > 0 && (!A || !packed || lda < K))) return KILN_GEMM_ERR_ARG;
     const isa_t *isa = &ISA_TABLE[isa_now];
     const tile_t *tile = &TILES[tile_now];
-    int few = M <= isa->mr;
+    /* few rows: the GEMV / few-row path; up to LARGE_M_MIN rows the direct tiles (each weight
+     * byte feeds too few rows to pay for its packing); more: the packed large-M tile */
+    int few = M <= isa->mr, large = M >= LARGE_M_MIN, mr = large ? tile->mr : isa->mr;
     job_t j = {.g = {M, N, K, lda, ldc, A, packed, bias, C, alpha, beta, act},
-               .block = few ? isa->block : tile->block, .P = cdiv(N, 16)};
-    /* rows: one block of up to MR rows (the GEMV / few-row path), else even chunks <= MC_MAX
-     * in whole tiles */
-    j.mc = few ? M : cdiv(cdiv(M, cdiv(M, MC_MAX)), tile->mr) * tile->mr;
+               .block = large ? tile->block : isa->block, .P = cdiv(N, 16)};
+    /* rows: one block of up to MR rows, else even chunks <= MC_MAX in whole tiles */
+    j.mc = few ? M : cdiv(cdiv(M, cdiv(M, MC_MAX)), mr) * mr;
     int64_t m_chunks = cdiv(M, j.mc);
     int threads = kiln_pool_in_parallel() ? 1 : kiln_pool_threads();
     int64_t p_chunks = 1;
@@ -185,7 +189,7 @@ int kiln_gemm_packed(int64_t M, int64_t N, int64_t K, const float *A, int64_t ld
     }
     if (!few && cdiv(j.P, p_chunks) > pc_max) p_chunks = cdiv(j.P, pc_max);
     /* chunks in whole panel groups of the kernel that runs them */
-    int64_t align = few || PANEL_ALIGN % tile->np == 0 ? PANEL_ALIGN : PANEL_ALIGN * tile->np;
+    int64_t align = !large || PANEL_ALIGN % tile->np == 0 ? PANEL_ALIGN : PANEL_ALIGN * tile->np;
     j.pc = cdiv(cdiv(j.P, p_chunks), align) * align;
     j.p_chunks = cdiv(j.P, j.pc);
     int64_t chunks = m_chunks * j.p_chunks;

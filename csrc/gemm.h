@@ -47,7 +47,8 @@ int kiln_gemm_unpack_b(int64_t K, int64_t N, const float *packed, int trans, flo
 /* Column n of B (row n of the [N, K] weight) out of its packed form: K floats into dst. An
  * embedding table tied to an LM head is read this way (csrc/gather.c). */
 int kiln_gemm_unpack_col(int64_t K, int64_t N, const float *packed, int64_t n, float *dst);
-/* Scratch the product needs for `threads` threads (0 today: A is read in place). */
+/* Scratch the product needs for `threads` threads (0 today: the large-M kernels pack into
+ * per-thread buffers of their own, kiln_gemm_tls_a/b below). */
 int64_t kiln_gemm_scratch_bytes(int64_t M, int64_t N, int64_t K, int threads);
 /* C = act(alpha * A @ B + bias + beta * C) with B packed; act is an enum kiln_act code.
  * Threads: the pool's (inline when called from inside a pool chunk). */
