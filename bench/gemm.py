@@ -98,14 +98,14 @@ def run(ms, shapes, threads, reps, tiles=False):
                 "matmul": lambda: clib.run_op("matmul", [a, w], {"transpose_b": True}, c),
                 "numpy": lambda: np.matmul(a, w.T, out=c),
             }
-            for t, name in tiles_of_isa(lib) if tiles else ():
+            for t, tile_name in tiles_of_isa(lib) if tiles else ():
                 def with_tile(t=t):
                     lib.kiln_gemm_set_tile(t)
                     try:
                         fns["packed"]()
                     finally:
                         lib.kiln_gemm_set_tile(default_tile)
-                fns[f"tile:{name}"] = with_tile
+                fns[f"tile:{tile_name}"] = with_tile
             if sgemm is not None:
                 vp, one, zero = ctypes.c_void_p, ctypes.c_float(1.0), ctypes.c_float(0.0)
                 fns["openblas"] = lambda: sgemm(101, 111, 112, m, n, k, one, vp(a.ctypes.data), k, vp(w.ctypes.data),
