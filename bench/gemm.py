@@ -1,7 +1,7 @@
 """Kiln's packed-B GEMM engine vs today's matmul kernel, OpenBLAS and numpy, on layer shapes.
 
     python -m bench.gemm [--m 1,16,64,256,1024] [--shapes smollm2-up,gpt2-qkv,qwen3-up] [--threads N]
-                         [--reps 5] [--json out.json]
+                         [--reps 5] [--tiles] [--json out.json]
 
 For each (M, K, N): GFLOP/s (2·M·N·K / median time) of
   packed    kiln_gemm_packed (csrc/gemm.c): weight packed once beforehand, the pool's threads
@@ -9,7 +9,9 @@ For each (M, K, N): GFLOP/s (2·M·N·K / median time) of
             its own skinny kernel for few rows; weight [N, K] as torch's Linear stores it
   openblas  one cblas_sgemm call (NT layout) on the calling thread, the BLAS Kiln loads
   numpy     a @ w.T in float32 (numpy's own BLAS and threads)
-and for M = 1 (decode GEMV) the weight bytes read per second by `packed`, as a fraction of
+With --tiles, `packed` is also timed with every large-M register tile of the kernel set in use
+(columns `tile:<name>`, csrc/gemm.c; the default one is what `packed` runs), to choose the
+default for a new CPU. And for M = 1 (decode GEMV) the weight bytes read per second by `packed`, as a fraction of
 the machine's read bandwidth measured in the same run (bench/machine.read_bandwidth).
 """
 from __future__ import annotations
@@ -31,6 +33,8 @@ SHAPES = {  # name: (K, N) of one projection
     "qwen3-up": (1024, 3072),
     "qwen3-down": (3072, 1024),
     "smollm2-head": (576, 49152),   # a vocabulary-sized N (the tied LM head)
+    "gpt2-head": (768, 50257),
+    "qwen3-head": (1024, 151936),
 }
 DEFAULT_SHAPES = "smollm2-up,gpt2-qkv,qwen3-up,qwen3-down"
 
@@ -45,13 +49,25 @@ def engine():
     lib.kiln_gemm_packed.restype = c_int
     lib.kiln_gemm_packed.argtypes = [i64, i64, i64, ptr, i64, ptr, ptr, i64, f32, ptr, f32, c_int, ptr, i64]
     lib.kiln_gemm_isa.restype = c_int
+    lib.kiln_gemm_tile.restype, lib.kiln_gemm_tile_count.restype = c_int, c_int
+    lib.kiln_gemm_tile_name.restype, lib.kiln_gemm_tile_name.argtypes = ctypes.c_char_p, [c_int]
+    lib.kiln_gemm_tile_isa.restype, lib.kiln_gemm_tile_isa.argtypes = c_int, [c_int]
+    lib.kiln_gemm_set_tile.restype, lib.kiln_gemm_set_tile.argtypes = c_int, [c_int]
     lib.kiln_pool_set_threads.argtypes = [c_int]
     lib.kiln_pool_threads.restype = c_int
     return lib, clib
 
 
-def run(ms, shapes, threads, reps):
+def tiles_of_isa(lib):
+    """(index, name) of every large-M tile of the kernel set in use."""
+    isa = lib.kiln_gemm_isa()
+    return [(t, lib.kiln_gemm_tile_name(t).decode()) for t in range(lib.kiln_gemm_tile_count())
+            if lib.kiln_gemm_tile_isa(t) == isa]
+
+
+def run(ms, shapes, threads, reps, tiles=False):
     lib, clib = engine()
+    default_tile = lib.kiln_gemm_tile()
     if threads:
         clib.set_num_threads(threads)
         lib.kiln_pool_set_threads(threads)
@@ -61,7 +77,7 @@ def run(ms, shapes, threads, reps):
         sgemm = next((getattr(blas, n) for n in ("scipy_cblas_sgemm", "cblas_sgemm") if hasattr(blas, n)), None)
     bw = machine.read_bandwidth(nbytes=256 << 20, reps=reps)
     log(f"read bandwidth {bw['gbps']:.1f} GB/s; engine ISA {('generic', 'avx2', 'avx512')[lib.kiln_gemm_isa()]}, "
-        f"{lib.kiln_pool_threads()} pool threads")
+        f"{lib.kiln_pool_threads()} pool threads, large-M tile {lib.kiln_gemm_tile_name(default_tile).decode()}")
     rng = np.random.default_rng(0)
     rows = []
     for name in shapes:
@@ -78,6 +94,14 @@ def run(ms, shapes, threads, reps):
                 "matmul": lambda: clib.run_op("matmul", [a, w], {"transpose_b": True}, c),
                 "numpy": lambda: np.matmul(a, w.T, out=c),
             }
+            for t, tile_name in tiles_of_isa(lib) if tiles else ():
+                def with_tile(t=t):
+                    lib.kiln_gemm_set_tile(t)
+                    try:
+                        fns["packed"]()
+                    finally:
+                        lib.kiln_gemm_set_tile(default_tile)
+                fns[f"tile:{tile_name}"] = with_tile
             if sgemm is not None:
                 vp, one, zero = ctypes.c_void_p, ctypes.c_float(1.0), ctypes.c_float(0.0)
                 fns["openblas"] = lambda: sgemm(101, 111, 112, m, n, k, one, vp(a.ctypes.data), k, vp(w.ctypes.data),
@@ -98,13 +122,18 @@ def run(ms, shapes, threads, reps):
 
 
 def table(res) -> str:
-    labels = [x for x in ("packed", "matmul", "openblas", "numpy") if x in res["rows"][0]]
-    out = ["| shape (K→N) | M | " + " | ".join(f"{x} GFLOP/s" for x in labels) + " | GEMV GB/s (of read bw) |",
-           "|---|---:|" + "---:|" * (len(labels) + 1)]
+    first = res["rows"][0]
+    labels = [x for x in ("packed", "matmul", "openblas", "numpy") if x in first]
+    labels += [x for x in first if x.startswith("tile:")]
+    ratio = "openblas" in first
+    out = ["| shape (K→N) | M | " + " | ".join(f"{x} GFLOP/s" for x in labels)
+           + (" | packed ÷ openblas" if ratio else "") + " | GEMV GB/s (of read bw) |",
+           "|---|---:|" + "---:|" * (len(labels) + 1 + ratio)]
     for r in res["rows"]:
         gemv = f"{r['gemv_gbps']:.1f} ({r['gemv_of_bandwidth']:.0%})" if "gemv_gbps" in r else ""
         out.append(f"| {r['shape']} ({r['K']}→{r['N']}) | {r['M']} | "
-                   + " | ".join(f"{r[x]:.1f}" for x in labels) + f" | {gemv} |")
+                   + " | ".join(f"{r[x]:.1f}" for x in labels)
+                   + (f" | {r['packed'] / r['openblas']:.2f}" if ratio else "") + f" | {gemv} |")
     return "\n".join(out)
 
 
@@ -114,13 +143,14 @@ def main(argv=None):
     ap.add_argument("--shapes", default=DEFAULT_SHAPES, help=f"from {', '.join(SHAPES)}")
     ap.add_argument("--threads", type=int, default=0, help="0: KILN_NUM_THREADS / all usable cores")
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--tiles", action="store_true", help="also time every large-M tile of the kernel set")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     shapes = [s for s in args.shapes.split(",") if s]
     unknown = [s for s in shapes if s not in SHAPES]
     if unknown:
         ap.error(f"unknown shapes {unknown}; known: {', '.join(SHAPES)}")
-    res = run([int(x) for x in args.m.split(",")], shapes, args.threads, args.reps)
+    res = run([int(x) for x in args.m.split(",")], shapes, args.threads, args.reps, args.tiles)
     print(table(res))
     write_json(args.json, res)
 

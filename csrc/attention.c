@@ -78,33 +78,58 @@ static void scores(const attn_args *a, const float *q, const float *k, int64_t m
     }
 }
 
+/* The largest of s[0..n) (-inf when n = 0 or every score is masked). */
+static inline float max_of(const float *s, int64_t n) {
+    float mx = -INFINITY;
+    for (int64_t j = 0; j < n; j++) mx = s[j] > mx ? s[j] : mx;
+    return mx;
+}
+
+/* s[j] = exp(s[j] - shift) in place; returns their sum. */
+static inline float exp_shifted(float *s, int64_t n, float shift) {
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < n; j++) {
+        float e = kiln_exp(s[j] - shift);
+        s[j] = e;
+        sum += e;
+    }
+    return sum;
+}
+
 /* number of leading keys query row i may attend to */
 static inline int64_t visible(const attn_args *a, int64_t i) {
     int64_t last = a->offset + i + 1;
     return a->causal && last < a->kv_len ? last : a->kv_len;
 }
 
-static void row_standard(const attn_args *a, int64_t b, int64_t h, int64_t i, float *s) {
+/* Query row i of head h, batch b: its q, its KV head's k and v, its output row, the keys it
+ * sees and its mask offset. */
+typedef struct {
+    const float *q, *k, *v;
+    float *o;
+    int64_t n, moff;
+} attn_row;
+
+static inline attn_row row_of(const attn_args *a, int64_t b, int64_t h, int64_t i) {
     int64_t hk = h / a->group;
-    const float *q = a->q + ((b * a->Hq + h) * a->Sq + i) * a->D;
-    const float *k = a->k + (b * a->Hkv + hk) * a->Sk * a->D;
-    const float *v = a->v + (b * a->Hkv + hk) * a->Sk * a->Dv;
-    float *o = a->out + ((b * a->Hq + h) * a->Sq + i) * a->Dv;
-    int64_t n = visible(a, i);
-    int64_t moff = b * a->ms[0] + h * a->ms[1] + i * a->ms[2];
+    attn_row r = {a->q + ((b * a->Hq + h) * a->Sq + i) * a->D, a->k + (b * a->Hkv + hk) * a->Sk * a->D,
+                  a->v + (b * a->Hkv + hk) * a->Sk * a->Dv, a->out + ((b * a->Hq + h) * a->Sq + i) * a->Dv,
+                  visible(a, i), b * a->ms[0] + h * a->ms[1] + i * a->ms[2]};
+    return r;
+}
+
+static void row_standard(const attn_args *a, int64_t b, int64_t h, int64_t i, float *s) {
+    const attn_row r = row_of(a, b, h, i);
+    const float *q = r.q, *k = r.k, *v = r.v;
+    float *o = r.o;
+    int64_t n = r.n, moff = r.moff;
     for (int64_t d = 0; d < a->Dv; d++) o[d] = 0.0f;
     if (n <= 0) return;
     scores(a, q, k, moff, 0, n, s);
-    float mx = -INFINITY;
-    for (int64_t j = 0; j < n; j++) mx = s[j] > mx ? s[j] : mx;
+    float mx = max_of(s, n);
     if (mx == -INFINITY) return;  /* every key masked */
-    float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t j = 0; j < n; j++) {
-        float e = kiln_exp(s[j] - mx);
-        s[j] = e;
-        sum += e;
-    }
+    float sum = exp_shifted(s, n, mx);
     for (int64_t j = 0; j < n; j++) {
         float p = s[j];
         if (p == 0.0f) continue;
@@ -118,21 +143,16 @@ static void row_standard(const attn_args *a, int64_t b, int64_t h, int64_t i, fl
 
 /* buf: KILN_FLASH_BLOCK scores then Dv accumulators */
 static void row_flash(const attn_args *a, int64_t b, int64_t h, int64_t i, float *buf) {
-    int64_t hk = h / a->group;
-    const float *q = a->q + ((b * a->Hq + h) * a->Sq + i) * a->D;
-    const float *k = a->k + (b * a->Hkv + hk) * a->Sk * a->D;
-    const float *v = a->v + (b * a->Hkv + hk) * a->Sk * a->Dv;
-    float *o = a->out + ((b * a->Hq + h) * a->Sq + i) * a->Dv;
-    float *s = buf, *acc = buf + KILN_FLASH_BLOCK;
-    int64_t n = visible(a, i);
-    int64_t moff = b * a->ms[0] + h * a->ms[1] + i * a->ms[2];
+    const attn_row r = row_of(a, b, h, i);
+    const float *q = r.q, *k = r.k, *v = r.v;
+    float *o = r.o, *s = buf, *acc = buf + KILN_FLASH_BLOCK;
+    int64_t n = r.n, moff = r.moff;
     float m = -INFINITY, l = 0.0f;
     for (int64_t d = 0; d < a->Dv; d++) acc[d] = 0.0f;
     for (int64_t j0 = 0; j0 < n; j0 += KILN_FLASH_BLOCK) {
         int64_t j1 = j0 + KILN_FLASH_BLOCK < n ? j0 + KILN_FLASH_BLOCK : n, nt = j1 - j0;
         scores(a, q, k, moff, j0, j1, s);
-        float mt = -INFINITY;
-        for (int64_t j = 0; j < nt; j++) mt = s[j] > mt ? s[j] : mt;
+        float mt = max_of(s, nt);
         if (mt == -INFINITY) continue;
         if (mt > m) {
             float corr = m == -INFINITY ? 0.0f : kiln_exp(m - mt);
@@ -141,14 +161,7 @@ static void row_flash(const attn_args *a, int64_t b, int64_t h, int64_t i, float
             for (int64_t d = 0; d < a->Dv; d++) acc[d] *= corr;
             m = mt;
         }
-        float ls = 0.0f;
-#pragma omp simd reduction(+ : ls)
-        for (int64_t j = 0; j < nt; j++) {
-            float e = kiln_exp(s[j] - m);
-            s[j] = e;
-            ls += e;
-        }
-        l += ls;
+        l += exp_shifted(s, nt, m);
         for (int64_t j = 0; j < nt; j++) {
             float p = s[j];
             if (p == 0.0f) continue;
@@ -261,20 +274,12 @@ static void block_rows(const attn_args *a, int64_t b, int64_t h, int64_t i0, int
                 for (int64_t j = 0; j < lim; j++) s[j] += m[j * a->ms[3]];
             }
         }
-        float mx = -INFINITY;
-        for (int64_t j = 0; j < lim; j++) mx = s[j] > mx ? s[j] : mx;
+        float mx = max_of(s, lim);
         if (mx == -INFINITY) { /* every key masked: the row's output is zero */
             for (int64_t j = 0; j < n; j++) s[j] = 0.0f;
             continue;
         }
-        float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-        for (int64_t j = 0; j < lim; j++) {
-            float e = kiln_exp(s[j] - mx);
-            s[j] = e;
-            sum += e;
-        }
-        float inv = 1.0f / sum;
+        float inv = 1.0f / exp_shifted(s, lim, mx);
 #pragma omp simd
         for (int64_t j = 0; j < lim; j++) s[j] *= inv;
         for (int64_t j = lim; j < n; j++) s[j] = 0.0f;

@@ -1,7 +1,9 @@
 /* The packed-B GEMM: kernel-set choice (once, by CPUID), argument checks, and the split of
  * C into chunks of (rows x panels) that the pool hands out dynamically. The split changes
  * which thread computes an element, never how (gemm.h), so results do not depend on it. */
+#define _GNU_SOURCE /* sysconf(_SC_LEVEL2_CACHE_SIZE) */
 #include <stdlib.h>
+#include <unistd.h>
 
 #include "gemm.h"
 #include "kiln_ops.h"
@@ -9,15 +11,21 @@
 
 #define MC_MAX 256               /* rows per chunk: an MC x KC block of A (128 KB) stays in L2, and a
                                   * weight is streamed from memory once per MC rows (prefill at 256) */
+#define LARGE_M_MIN 128         /* rows from which the packed large-M tiles run: with fewer, the
+                                  * direct tiles (B streamed, not copied) measured faster */
 #define PANEL_ALIGN 8            /* chunks start at multiples of every kernel's panel group */
 #define CHUNK_MIN_FMA (1 << 18)  /* below this a chunk costs more to hand out than to run */
 #define CHUNKS_PER_THREAD 8      /* enough that a descheduled thread holds up a small part */
-#define PC_MAX 32                /* panels per chunk at most: the chunk's C block (<= MC_MAX x 512
-                                  * floats, 512 KB) stays in L2 across its K blocks; wider (an LM
-                                  * head's N) and C would go to memory and back once per K block */
+/* Panels per chunk at most (pc_max, set at load): the chunk's C block (MC_MAX x 16 * pc_max
+ * floats) fills at most half of L2, so it stays there across its K blocks; wider (an LM
+ * head's N) and C would go to memory and back once per K block. 1 MB (Zen 4): 32 panels,
+ * 2 MB (Intel Xeon): 64. Wider chunks amortize the A packing of the large-M kernels. */
+#define PC_MIN 16
+#define PC_MAX 64
+static int64_t pc_max = 32;
 
 typedef struct {
-    kiln_gemm_block_fn block;
+    kiln_gemm_block_fn block; /* the few-row kernels (rows <= mr) */
     int mr;
 } isa_t;
 
@@ -28,7 +36,25 @@ static const isa_t ISA_TABLE[] = {
     [KILN_GEMM_ISA_AVX512] = {kiln_gemm_block_avx512, 6},
 #endif
 };
-static int isa_now = -1;
+
+typedef struct {
+    const char *name;
+    int isa, mr, np; /* rows, panels */
+    kiln_gemm_block_fn block;
+} tile_t;
+
+/* The large-M tiles; the first of each kernel set is its default. */
+static const tile_t TILES[] = {
+    {"generic-4x16", KILN_GEMM_ISA_GENERIC, 4, 1, kiln_gemm_large_generic_4x16},
+#ifdef KILN_GEMM_X86
+    {"avx2-6x16", KILN_GEMM_ISA_AVX2, 6, 1, kiln_gemm_large_avx2_6x16},
+    {"avx512-6x64", KILN_GEMM_ISA_AVX512, 6, 4, kiln_gemm_large_avx512_6x64},
+    {"avx512-8x48", KILN_GEMM_ISA_AVX512, 8, 3, kiln_gemm_large_avx512_8x48},
+    {"avx512-14x32", KILN_GEMM_ISA_AVX512, 14, 2, kiln_gemm_large_avx512_14x32},
+#endif
+};
+#define N_TILES ((int)(sizeof TILES / sizeof TILES[0]))
+static int isa_now = -1, tile_now = 0;
 
 static int supported(int isa) {
     if (isa == KILN_GEMM_ISA_GENERIC) return 1;
@@ -43,6 +69,33 @@ static int supported(int isa) {
     return 0;
 }
 
+static int tile_named(const char *name) {
+    for (int i = 0; name && i < N_TILES; i++) {
+        const char *a = TILES[i].name, *b = name;
+        while (*a && *a == *b) a++, b++;
+        if (!*a && !*b) return i;
+    }
+    return -1;
+}
+
+/* The default large-M tile of a kernel set on this CPU. On an Intel Xeon (two 512-bit FMA
+ * ports, 48 KB L1, 2 MB L2) 8 x 48 measured best of the three (bench/gemm.py --tiles; 24
+ * accumulators, 3 B loads and 8 broadcasts per 24 FMAs); AMD Zen 4/5 keeps the 6 x 64 it
+ * was tuned on. The taller 14 x 32 stays selectable (KILN_GEMM_TILE) for
+ * other cores. */
+static int tile_forced = -1; /* KILN_GEMM_TILE, read once at load */
+
+static int default_tile(int isa) {
+    int pick = tile_forced >= 0 && TILES[tile_forced].isa == isa ? tile_forced : -1;
+#ifdef KILN_GEMM_X86
+    __builtin_cpu_init();
+    if (pick < 0 && isa == KILN_GEMM_ISA_AVX512 && __builtin_cpu_is("intel")) pick = tile_named("avx512-8x48");
+#endif
+    for (int i = 0; pick < 0 && i < N_TILES; i++)
+        if (TILES[i].isa == isa) pick = i;
+    return pick;
+}
+
 /* Chosen when the library loads, so no call ever races the choice. */
 __attribute__((constructor)) static void choose_isa(void) {
     const char *g = getenv("KILN_FORCE_GENERIC");
@@ -50,6 +103,11 @@ __attribute__((constructor)) static void choose_isa(void) {
     else if (supported(KILN_GEMM_ISA_AVX512)) isa_now = KILN_GEMM_ISA_AVX512;
     else if (supported(KILN_GEMM_ISA_AVX2)) isa_now = KILN_GEMM_ISA_AVX2;
     else isa_now = KILN_GEMM_ISA_GENERIC;
+    long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    pc_max = (l2 > 0 ? l2 : 1 << 20) / 2 / (MC_MAX * KILN_GEMM_NR * (int64_t)sizeof(float));
+    pc_max = pc_max < PC_MIN ? PC_MIN : pc_max > PC_MAX ? PC_MAX : pc_max;
+    tile_forced = tile_named(getenv("KILN_GEMM_TILE"));
+    tile_now = default_tile(isa_now);
 }
 
 int kiln_gemm_isa(void) { return isa_now; }
@@ -57,8 +115,26 @@ int kiln_gemm_isa(void) { return isa_now; }
 int kiln_gemm_set_isa(int isa) {
     if (isa < 0 || isa > KILN_GEMM_ISA_AVX512 || !supported(isa)) return KILN_GEMM_ERR_ISA;
     isa_now = isa;
+    tile_now = default_tile(isa);
     return 0;
 }
+
+int kiln_gemm_tile_count(void) { return N_TILES; }
+const char *kiln_gemm_tile_name(int tile) { return tile >= 0 && tile < N_TILES ? TILES[tile].name : NULL; }
+int kiln_gemm_tile_isa(int tile) { return tile >= 0 && tile < N_TILES ? TILES[tile].isa : KILN_GEMM_ERR_ARG; }
+int kiln_gemm_tile(void) { return tile_now; }
+
+int kiln_gemm_set_tile(int tile) {
+    if (tile < 0 || tile >= N_TILES || TILES[tile].isa != isa_now) return KILN_GEMM_ERR_ISA;
+    tile_now = tile;
+    return 0;
+}
+
+/* Packing buffers of the large-M kernels, one pair per thread (pool workers and callers). */
+static _Thread_local float tls_a[KILN_GEMM_PACK_ROWS * KILN_GEMM_KC] __attribute__((aligned(64)));
+static _Thread_local float tls_b[KILN_GEMM_KC * 8 * KILN_GEMM_NR] __attribute__((aligned(64)));
+float *kiln_gemm_tls_a(void) { return tls_a; }
+float *kiln_gemm_tls_b(void) { return tls_b; }
 
 int64_t kiln_gemm_scratch_bytes(int64_t M, int64_t N, int64_t K, int threads) {
     (void)M, (void)N, (void)K, (void)threads;
@@ -92,9 +168,14 @@ int kiln_gemm_packed(int64_t M, int64_t N, int64_t K, const float *A, int64_t ld
     if (M == 0 || N == 0) return 0;
     if (!C || ldc < N || (K > 0 && (!A || !packed || lda < K))) return KILN_GEMM_ERR_ARG;
     const isa_t *isa = &ISA_TABLE[isa_now];
-    job_t j = {.g = {M, N, K, lda, ldc, A, packed, bias, C, alpha, beta, act}, .block = isa->block, .P = cdiv(N, 16)};
-    /* rows: one block of up to MR rows (the GEMV / few-row path), else even chunks <= MC_MAX */
-    j.mc = M <= isa->mr ? M : cdiv(cdiv(M, cdiv(M, MC_MAX)), isa->mr) * isa->mr;
+    const tile_t *tile = &TILES[tile_now];
+    /* few rows: the GEMV / few-row path; up to LARGE_M_MIN rows the direct tiles (each weight
+     * byte feeds too few rows to pay for its packing); more: the packed large-M tile */
+    int few = M <= isa->mr, large = M >= LARGE_M_MIN, mr = large ? tile->mr : isa->mr;
+    job_t j = {.g = {M, N, K, lda, ldc, A, packed, bias, C, alpha, beta, act},
+               .block = large ? tile->block : isa->block, .P = cdiv(N, 16)};
+    /* rows: one block of up to MR rows, else even chunks <= MC_MAX in whole tiles */
+    j.mc = few ? M : cdiv(cdiv(M, cdiv(M, MC_MAX)), mr) * mr;
     int64_t m_chunks = cdiv(M, j.mc);
     int threads = kiln_pool_in_parallel() ? 1 : kiln_pool_threads();
     int64_t p_chunks = 1;
@@ -106,8 +187,10 @@ int kiln_gemm_packed(int64_t M, int64_t N, int64_t K, const float *A, int64_t ld
         if (most / min_groups < most) most = most / min_groups > 0 ? most / min_groups : 1;
         p_chunks = want < most ? want : most;
     }
-    if (M > isa->mr && cdiv(j.P, p_chunks) > PC_MAX) p_chunks = cdiv(j.P, PC_MAX);
-    j.pc = cdiv(cdiv(j.P, p_chunks), PANEL_ALIGN) * PANEL_ALIGN;
+    if (!few && cdiv(j.P, p_chunks) > pc_max) p_chunks = cdiv(j.P, pc_max);
+    /* chunks in whole panel groups of the kernel that runs them */
+    int64_t align = !large || PANEL_ALIGN % tile->np == 0 ? PANEL_ALIGN : PANEL_ALIGN * tile->np;
+    j.pc = cdiv(cdiv(j.P, p_chunks), align) * align;
     j.p_chunks = cdiv(j.P, j.pc);
     int64_t chunks = m_chunks * j.p_chunks;
     if (threads == 1 || chunks == 1) {

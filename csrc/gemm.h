@@ -47,7 +47,8 @@ int kiln_gemm_unpack_b(int64_t K, int64_t N, const float *packed, int trans, flo
 /* Column n of B (row n of the [N, K] weight) out of its packed form: K floats into dst. An
  * embedding table tied to an LM head is read this way (csrc/gather.c). */
 int kiln_gemm_unpack_col(int64_t K, int64_t N, const float *packed, int64_t n, float *dst);
-/* Scratch the product needs for `threads` threads (0 today: A is read in place). */
+/* Scratch the product needs for `threads` threads (0 today: the large-M kernels pack into
+ * per-thread buffers of their own, kiln_gemm_tls_a/b below). */
 int64_t kiln_gemm_scratch_bytes(int64_t M, int64_t N, int64_t K, int threads);
 /* C = act(alpha * A @ B + bias + beta * C) with B packed; act is an enum kiln_act code.
  * Threads: the pool's (inline when called from inside a pool chunk). */
@@ -55,9 +56,21 @@ int kiln_gemm_packed(int64_t M, int64_t N, int64_t K, const float *A, int64_t ld
                      int64_t ldc, float alpha, const float *bias, float beta, int act, void *scratch,
                      int64_t scratch_bytes);
 /* The kernel set in use (chosen once by CPUID; KILN_FORCE_GENERIC=1 forces the portable
- * one) and a test hook to select another the CPU supports. */
+ * one) and a test hook to select another the CPU supports (it also selects that set's
+ * default large-M tile). */
 int kiln_gemm_isa(void);
 int kiln_gemm_set_isa(int isa);
+/* The large-M register tiles (rows > the few-row tile). Several per ISA; the one in use is
+ * chosen with the kernel set, by what the CPU is (vendor; gemm.c says why), or by
+ * KILN_GEMM_TILE=<name> at load. Tiles are numbered 0..kiln_gemm_tile_count()-1;
+ * kiln_gemm_tile_name(i) is "<isa>-<rows>x<columns>" (NULL out of range), kiln_gemm_tile_isa(i)
+ * its kernel set. set_tile is a test and benchmark hook: KILN_GEMM_ERR_ISA unless the tile's
+ * kernel set is the one in use. */
+int kiln_gemm_tile_count(void);
+const char *kiln_gemm_tile_name(int tile);
+int kiln_gemm_tile_isa(int tile);
+int kiln_gemm_tile(void);
+int kiln_gemm_set_tile(int tile);
 
 /* -- internal: what each ISA file provides ------------------------------------------ */
 typedef struct {
@@ -70,12 +83,23 @@ typedef struct {
 
 /* Rows [m0, m1) x panels [p0, p1) of C, all of K, epilogue included. */
 typedef void (*kiln_gemm_block_fn)(const kiln_gemm_args *g, int64_t m0, int64_t m1, int64_t p0, int64_t p1);
-void kiln_gemm_block_generic(const kiln_gemm_args *g, int64_t m0, int64_t m1, int64_t p0, int64_t p1);
+#define KILN_GEMM_BLOCK(name) void name(const kiln_gemm_args *g, int64_t m0, int64_t m1, int64_t p0, int64_t p1)
+KILN_GEMM_BLOCK(kiln_gemm_block_generic);
+KILN_GEMM_BLOCK(kiln_gemm_large_generic_4x16);
 #if defined(__x86_64__) || defined(__i386__)
 #define KILN_GEMM_X86 1
-void kiln_gemm_block_avx2(const kiln_gemm_args *g, int64_t m0, int64_t m1, int64_t p0, int64_t p1);
-void kiln_gemm_block_avx512(const kiln_gemm_args *g, int64_t m0, int64_t m1, int64_t p0, int64_t p1);
+KILN_GEMM_BLOCK(kiln_gemm_block_avx2);
+KILN_GEMM_BLOCK(kiln_gemm_large_avx2_6x16);
+KILN_GEMM_BLOCK(kiln_gemm_block_avx512);
+KILN_GEMM_BLOCK(kiln_gemm_large_avx512_6x64);
+KILN_GEMM_BLOCK(kiln_gemm_large_avx512_8x48);
+KILN_GEMM_BLOCK(kiln_gemm_large_avx512_14x32);
 #endif
+/* The large-M kernels' per-thread packing buffers: A, KILN_GEMM_PACK_ROWS x KC floats (a
+ * block function takes its rows in slices of at most that many); B, KC x 8 panels. */
+#define KILN_GEMM_PACK_ROWS 336
+float *kiln_gemm_tls_a(void);
+float *kiln_gemm_tls_b(void);
 
 #ifdef __cplusplus
 }

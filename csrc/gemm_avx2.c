@@ -44,5 +44,10 @@ static inline kt_v kt_fma(kt_v a, kt_v b, kt_v c) {
 #define KT_BLOCK kiln_gemm_block_avx2
 #include "gemm_tile.h"
 
+#define KT_LMR 6
+#define KT_LNP 1
+#define KT_LBLOCK kiln_gemm_large_avx2_6x16
+#include "gemm_tile_large.h"
+
 #pragma GCC pop_options
 #endif

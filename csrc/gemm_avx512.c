@@ -28,5 +28,20 @@ static inline kt_v kt_fma(kt_v a, kt_v b, kt_v c) { return _mm512_fmadd_ps(a, b,
 #define KT_BLOCK kiln_gemm_block_avx512
 #include "gemm_tile.h"
 
+/* Large-M tiles (gemm_tile_large.h). 6 x 64 was tuned on AMD Zen; the taller ones (fewer B
+ * loads per FMA, more rows sharing each) suit Intel cores (gemm.c). */
+#define KT_LMR 6
+#define KT_LNP 4
+#define KT_LBLOCK kiln_gemm_large_avx512_6x64
+#include "gemm_tile_large.h"
+#define KT_LMR 8
+#define KT_LNP 3
+#define KT_LBLOCK kiln_gemm_large_avx512_8x48
+#include "gemm_tile_large.h"
+#define KT_LMR 14
+#define KT_LNP 2
+#define KT_LBLOCK kiln_gemm_large_avx512_14x32
+#include "gemm_tile_large.h"
+
 #pragma GCC pop_options
 #endif

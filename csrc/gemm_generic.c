@@ -33,3 +33,8 @@ static inline kt_v kt_bcast(float x) { return (kt_v){0} + x; }
 #define KT_NP1 1
 #define KT_BLOCK kiln_gemm_block_generic
 #include "gemm_tile.h"
+
+#define KT_LMR 4
+#define KT_LNP 1
+#define KT_LBLOCK kiln_gemm_large_generic_4x16
+#include "gemm_tile_large.h"

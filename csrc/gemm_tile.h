@@ -16,6 +16,7 @@
 #include "vmath.h"
 
 #define KT_NPMAX 8
+#define KT_MRMAX 16
 
 /* The activation over a finished tile, kept out of line: inlined into every tile shape it
  * would multiply the code size for no speed (it runs once per tile, not per k). */
@@ -23,38 +24,21 @@ static __attribute__((noinline)) void kt_act(float *c, int64_t ldc, int rows, in
     for (int i = 0; i < rows; i++) kiln_act_span(c + i * ldc, w, act);
 }
 
-/* TAIL (a constant at each call): the tile is the last, narrower panel (NP = 1), whose rows
- * are w = N % 16 floats apart (gemm.h); its loads are masked to w. */
-static inline __attribute__((always_inline)) void kt_tile(const int MR, const int NP, const int TAIL,
-                                                          const kiln_gemm_args *g, int64_t m, int64_t p, int64_t k0,
-                                                          int64_t kc, int first, int last) {
-    const int64_t lda = g->lda, ldc = g->ldc, N = g->N, ps = g->K * KILN_GEMM_NR;
-    const int64_t bw = TAIL ? N - p * KILN_GEMM_NR : KILN_GEMM_NR;
-    const float *A = g->A + m * lda + k0;
-    const float *B = g->B + p * ps + k0 * bw;
-    kt_v acc[8][KT_NPMAX];
-#pragma GCC unroll 8
-    for (int i = 0; i < MR; i++)
-#pragma GCC unroll 8
-        for (int j = 0; j < NP; j++) acc[i][j] = kt_zero();
-    for (int64_t k = 0; k < kc; k++) {
-        kt_v b[KT_NPMAX];
-#pragma GCC unroll 8
-        for (int j = 0; j < NP; j++) b[j] = TAIL ? kt_load_n(B + k * bw, (int)bw) : kt_load(B + j * ps + k * KILN_GEMM_NR);
-#pragma GCC unroll 8
-        for (int i = 0; i < MR; i++) {
-            kt_v a = kt_bcast(A[i * lda + k]);
-#pragma GCC unroll 8
-            for (int j = 0; j < NP; j++) acc[i][j] = kt_fma(a, b[j], acc[i][j]);
-        }
-    }
+/* A finished tile's accumulators into C (the order of gemm.h): its first `rows` rows and
+ * `nps` panels (the rest are a padded tile's, never stored), and no column past N. */
+static inline __attribute__((always_inline)) void kt_epi(const int MR, const int NP, kt_v acc[][KT_NPMAX],
+                                                         const kiln_gemm_args *g, int64_t m, int64_t p, int first,
+                                                         int last, int rows, int nps) {
+    const int64_t ldc = g->ldc, N = g->N;
     const int64_t col0 = p * KILN_GEMM_NR;
     const kt_v alpha = kt_bcast(g->alpha), beta = kt_bcast(g->beta);
-#pragma GCC unroll 8
+#pragma GCC unroll 16
     for (int i = 0; i < MR; i++) {
+        if (i >= rows) break;
         float *c = g->C + (m + i) * ldc + col0;
-#pragma GCC unroll 8
+#pragma GCC unroll 16
         for (int j = 0; j < NP; j++) {
+            if (j >= nps) break;
             int64_t cj = col0 + j * KILN_GEMM_NR;
             int n = N - cj < KILN_GEMM_NR ? (int)(N - cj) : KILN_GEMM_NR;
             kt_v t;
@@ -68,7 +52,114 @@ static inline __attribute__((always_inline)) void kt_tile(const int MR, const in
         }
     }
     if (last && g->act != KILN_ACT_NONE)
-        kt_act(g->C + m * ldc + col0, ldc, MR, N - col0 < NP * KILN_GEMM_NR ? N - col0 : NP * KILN_GEMM_NR, g->act);
+        kt_act(g->C + m * ldc + col0, ldc, rows, N - col0 < nps * KILN_GEMM_NR ? N - col0 : nps * KILN_GEMM_NR, g->act);
+}
+
+
+/* TAIL (a constant at each call): the tile is the last, narrower panel (NP = 1), whose rows
+ * are w = N % 16 floats apart (gemm.h); its loads are masked to w. */
+static inline __attribute__((always_inline)) void kt_tile(const int MR, const int NP, const int TAIL,
+                                                          const kiln_gemm_args *g, int64_t m, int64_t p, int64_t k0,
+                                                          int64_t kc, int first, int last) {
+    const int64_t lda = g->lda, N = g->N, ps = g->K * KILN_GEMM_NR;
+    const int64_t bw = TAIL ? N - p * KILN_GEMM_NR : KILN_GEMM_NR;
+    const float *A = g->A + m * lda + k0;
+    const float *B = g->B + p * ps + k0 * bw;
+    kt_v acc[KT_MRMAX][KT_NPMAX];
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; i++)
+#pragma GCC unroll 16
+        for (int j = 0; j < NP; j++) acc[i][j] = kt_zero();
+    for (int64_t k = 0; k < kc; k++) {
+        kt_v b[KT_NPMAX];
+#pragma GCC unroll 16
+        for (int j = 0; j < NP; j++) b[j] = TAIL ? kt_load_n(B + k * bw, (int)bw) : kt_load(B + j * ps + k * KILN_GEMM_NR);
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; i++) {
+            kt_v a = kt_bcast(A[i * lda + k]);
+#pragma GCC unroll 16
+            for (int j = 0; j < NP; j++) acc[i][j] = kt_fma(a, b[j], acc[i][j]);
+        }
+    }
+    kt_epi(MR, NP, acc, g, m, p, first, last, MR, NP);
+}
+
+/* A tile on packed operands (the large-M kernels, gemm_tile_large.h): A as [kc][MR] (one
+ * stream of broadcasts), B as [kc][NP * 16] (one stream, no 4K-aliased panel strides), both
+ * zero-padded to the full tile, of which the first `rows` rows and `nps` panels are stored. */
+static inline __attribute__((always_inline)) void kt_ptile(const int MR, const int NP, const float *ap,
+                                                           const float *bp, int64_t kc, const kiln_gemm_args *g,
+                                                           int64_t m, int64_t p, int first, int last, int rows,
+                                                           int nps) {
+    kt_v acc[KT_MRMAX][KT_NPMAX];
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; i++) {
+#pragma GCC unroll 16
+        for (int j = 0; j < NP; j++) {
+            acc[i][j] = kt_zero();
+            if (i < rows && j < nps) /* read at the end */
+                __builtin_prefetch(g->C + (m + i) * g->ldc + (p + j) * KILN_GEMM_NR, 1, 3);
+        }
+    }
+    for (int64_t k = 0; k < kc; k++) {
+        kt_v b[KT_NPMAX];
+#pragma GCC unroll 16
+        for (int j = 0; j < NP; j++) b[j] = kt_load(bp + (k * NP + j) * KILN_GEMM_NR);
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; i++) {
+            kt_v a = kt_bcast(ap[k * MR + i]);
+#pragma GCC unroll 16
+            for (int j = 0; j < NP; j++) acc[i][j] = kt_fma(a, b[j], acc[i][j]);
+        }
+    }
+    kt_epi(MR, NP, acc, g, m, p, first, last, rows, nps);
+}
+
+/* Rows [m0, m1) x K block [k0, k0 + kc) of A into tiles of mr rows, tile t at
+ * dst + t * mr * kc as [kc][mr]; the last tile's missing rows are zeros. */
+static void kt_pack_a(const kiln_gemm_args *g, int64_t m0, int64_t m1, int64_t k0, int64_t kc, int mr, float *dst) {
+    for (int64_t r = m0; r < m1; r += mr, dst += mr * kc) {
+        for (int i = 0; i < mr; i++) {
+            if (r + i < m1) {
+                const float *a = g->A + (r + i) * g->lda + k0;
+                for (int64_t k = 0; k < kc; k++) dst[k * mr + i] = a[k];
+            } else {
+                for (int64_t k = 0; k < kc; k++) dst[k * mr + i] = 0.0f;
+            }
+        }
+    }
+}
+
+/* Part `part` of `parts` of the cache lines kt_pack_b(g, p, np, k0, kc) will read, into L2:
+ * spread over the row tiles of the group before, so that the next group's weights arrive
+ * from memory while this one computes (a packing that waits for them stalls ~10 %). */
+static inline void kt_prefetch_b(const kiln_gemm_args *g, int64_t p, int np, int64_t k0, int64_t kc, int64_t part,
+                                 int64_t parts) {
+    const int64_t ps = g->K * KILN_GEMM_NR, per_panel = kc; /* one 64-byte line per k (full panels) */
+    int64_t lo = np * per_panel * part / parts, hi = np * per_panel * (part + 1) / parts;
+    for (int64_t l = lo; l < hi; l++) {
+        int64_t j = l / per_panel, k = l % per_panel;
+        __builtin_prefetch(g->B + (p + j) * ps + (k0 + k) * KILN_GEMM_NR, 0, 2);
+    }
+}
+
+/* Panels [p, p + np) x K block [k0, k0 + kc) of packed B as [kc][np_max * 16]; the narrower
+ * last panel (w = N % 16 columns) and the panels np..np_max-1 are padded with zeros (never
+ * stored). */
+static void kt_pack_b(const kiln_gemm_args *g, int64_t p, int np, int np_max, int64_t k0, int64_t kc, float *dst) {
+    const int64_t ps = g->K * KILN_GEMM_NR, w_row = (int64_t)np_max * KILN_GEMM_NR;
+    for (int j = np; j < np_max; j++)
+        for (int64_t k = 0; k < kc; k++) kt_store_n(dst + j * KILN_GEMM_NR + k * w_row, kt_zero(), KILN_GEMM_NR);
+    for (int j = 0; j < np; j++) {
+        int64_t col0 = (p + j) * KILN_GEMM_NR, w = g->N - col0 < KILN_GEMM_NR ? g->N - col0 : KILN_GEMM_NR;
+        const float *b = g->B + (p + j) * ps + k0 * w;
+        float *d = dst + j * KILN_GEMM_NR;
+        if (w == KILN_GEMM_NR) {
+            for (int64_t k = 0; k < kc; k++) kt_store_n(d + k * w_row, kt_load(b + k * KILN_GEMM_NR), KILN_GEMM_NR);
+        } else {
+            for (int64_t k = 0; k < kc; k++) kt_store_n(d + k * w_row, kt_load_n(b + k * w, (int)w), KILN_GEMM_NR);
+        }
+    }
 }
 
 #define KT_ARGS g, m, p, k0, kc, first, last

@@ -21,126 +21,96 @@
 #define NB_T 16        /* B^T rows per task: 16 x K floats stay in L2 while every A row uses them */
 #define NB_N 256       /* output columns per task for row-major B */
 
+/* The skinny kernels' arguments: C[M, N] = alpha * A[M, K] @ B + beta * C (B row stride ldb). */
 typedef struct {
-    int64_t M;
-    int64_t N;
-    int64_t K;
-    float alpha;
-    const float *A;
-    const float *B;
-    int64_t ldb;
-    float beta;
+    int tb; /* B is [N, K] (else [K, N]) */
+    int64_t M, N, K, ldb;
+    float alpha, beta;
+    const float *A, *B;
     float *C;
-} skinny_t_ctx;
+} skinny_ctx;
 
-static void skinny_t_range(void *p, int64_t begin, int64_t end, int thread) {
-    (void)thread;
-    const skinny_t_ctx *k = (const skinny_t_ctx *)p;
-    int64_t M = k->M;
-    int64_t N = k->N;
-    int64_t K = k->K;
-    float alpha = k->alpha;
-    const float *A = k->A;
-    const float *B = k->B;
-    int64_t ldb = k->ldb;
-    float beta = k->beta;
-    float *C = k->C;
-    for (int64_t t = begin; t < end; t++) {
-        int64_t n0 = t * NB_T, n1 = n0 + NB_T < N ? n0 + NB_T : N;
-        for (int64_t m = 0; m < M; m++) {
-            const float *a = A + m * K;
-            float *c = C + m * N;
-            int64_t n = n0;
-            /* eight B rows at a time: eight weight streams in flight (memory-level
-             * parallelism bounds GEMV), eight FMA chains share each load of a */
-            for (; n + 8 <= n1; n += 8) {
-                const float *b0 = B + n * ldb, *b1 = b0 + ldb, *b2 = b1 + ldb, *b3 = b2 + ldb;
-                const float *b4 = b3 + ldb, *b5 = b4 + ldb, *b6 = b5 + ldb, *b7 = b6 + ldb;
-                float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f, s4 = 0.0f, s5 = 0.0f, s6 = 0.0f, s7 = 0.0f;
+static inline void skinny_t_task(int64_t M, int64_t N, int64_t K, int64_t ldb, float alpha, float beta, const float *A,
+                                const float *B, float *C, int64_t t) {
+    int64_t n0 = t * NB_T, n1 = n0 + NB_T < N ? n0 + NB_T : N;
+    for (int64_t m = 0; m < M; m++) {
+        const float *a = A + m * K;
+        float *c = C + m * N;
+        int64_t n = n0;
+        /* eight B rows at a time: eight weight streams in flight (memory-level
+         * parallelism bounds GEMV), eight FMA chains share each load of a */
+        for (; n + 8 <= n1; n += 8) {
+            const float *b0 = B + n * ldb, *b1 = b0 + ldb, *b2 = b1 + ldb, *b3 = b2 + ldb;
+            const float *b4 = b3 + ldb, *b5 = b4 + ldb, *b6 = b5 + ldb, *b7 = b6 + ldb;
+            float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f, s4 = 0.0f, s5 = 0.0f, s6 = 0.0f, s7 = 0.0f;
 #pragma omp simd reduction(+ : s0, s1, s2, s3, s4, s5, s6, s7)
-                for (int64_t k = 0; k < K; k++) {
-                    float ak = a[k];
-                    s0 += ak * b0[k];
-                    s1 += ak * b1[k];
-                    s2 += ak * b2[k];
-                    s3 += ak * b3[k];
-                    s4 += ak * b4[k];
-                    s5 += ak * b5[k];
-                    s6 += ak * b6[k];
-                    s7 += ak * b7[k];
-                }
-                float s[8] = {s0, s1, s2, s3, s4, s5, s6, s7};
-                for (int q = 0; q < 8; q++)
-                    c[n + q] = alpha * s[q] + (beta != 0.0f ? beta * c[n + q] : 0.0f);
+            for (int64_t k = 0; k < K; k++) {
+                float ak = a[k];
+                s0 += ak * b0[k];
+                s1 += ak * b1[k];
+                s2 += ak * b2[k];
+                s3 += ak * b3[k];
+                s4 += ak * b4[k];
+                s5 += ak * b5[k];
+                s6 += ak * b6[k];
+                s7 += ak * b7[k];
             }
-            for (; n + 4 <= n1; n += 4) {
-                const float *b0 = B + n * ldb, *b1 = b0 + ldb, *b2 = b1 + ldb, *b3 = b2 + ldb;
-                float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+            float s[8] = {s0, s1, s2, s3, s4, s5, s6, s7};
+            for (int q = 0; q < 8; q++)
+                c[n + q] = alpha * s[q] + (beta != 0.0f ? beta * c[n + q] : 0.0f);
+        }
+        for (; n + 4 <= n1; n += 4) {
+            const float *b0 = B + n * ldb, *b1 = b0 + ldb, *b2 = b1 + ldb, *b3 = b2 + ldb;
+            float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
 #pragma omp simd reduction(+ : s0, s1, s2, s3)
-                for (int64_t k = 0; k < K; k++) {
-                    float ak = a[k];
-                    s0 += ak * b0[k];
-                    s1 += ak * b1[k];
-                    s2 += ak * b2[k];
-                    s3 += ak * b3[k];
-                }
-                float s[4] = {s0, s1, s2, s3};
-                for (int q = 0; q < 4; q++)
-                    c[n + q] = alpha * s[q] + (beta != 0.0f ? beta * c[n + q] : 0.0f);
+            for (int64_t k = 0; k < K; k++) {
+                float ak = a[k];
+                s0 += ak * b0[k];
+                s1 += ak * b1[k];
+                s2 += ak * b2[k];
+                s3 += ak * b3[k];
             }
-            for (; n < n1; n++) {
-                const float *b = B + n * ldb;
-                float s = 0.0f;
+            float s[4] = {s0, s1, s2, s3};
+            for (int q = 0; q < 4; q++)
+                c[n + q] = alpha * s[q] + (beta != 0.0f ? beta * c[n + q] : 0.0f);
+        }
+        for (; n < n1; n++) {
+            const float *b = B + n * ldb;
+            float s = 0.0f;
 #pragma omp simd reduction(+ : s)
-                for (int64_t k = 0; k < K; k++) s += a[k] * b[k];
-                c[n] = alpha * s + (beta != 0.0f ? beta * c[n] : 0.0f);
-            }
+            for (int64_t k = 0; k < K; k++) s += a[k] * b[k];
+            c[n] = alpha * s + (beta != 0.0f ? beta * c[n] : 0.0f);
         }
     }
 }
 
-typedef struct {
-    int64_t M;
-    int64_t N;
-    int64_t K;
-    float alpha;
-    const float *A;
-    const float *B;
-    int64_t ldb;
-    float beta;
-    float *C;
-} skinny_n_ctx;
-
-static void skinny_n_range(void *p, int64_t begin, int64_t end, int thread) {
-    (void)thread;
-    const skinny_n_ctx *k = (const skinny_n_ctx *)p;
-    int64_t M = k->M;
-    int64_t N = k->N;
-    int64_t K = k->K;
-    float alpha = k->alpha;
-    const float *A = k->A;
-    const float *B = k->B;
-    int64_t ldb = k->ldb;
-    float beta = k->beta;
-    float *C = k->C;
-    for (int64_t t = begin; t < end; t++) {
-        int64_t lo = t * NB_N, n = N - lo < NB_N ? N - lo : NB_N;
-        float acc[SMALL_M][NB_N];
-        for (int64_t m = 0; m < M; m++)
-            for (int64_t j = 0; j < n; j++) acc[m][j] = 0.0f;
-        for (int64_t k = 0; k < K; k++) {
-            const float *b = B + k * ldb + lo;
-            for (int64_t m = 0; m < M; m++) {
-                float am = A[m * K + k];
-                float *ac = acc[m];
-#pragma omp simd
-                for (int64_t j = 0; j < n; j++) ac[j] += am * b[j];
-            }
-        }
+static inline void skinny_n_task(int64_t M, int64_t N, int64_t K, int64_t ldb, float alpha, float beta, const float *A,
+                                const float *B, float *C, int64_t t) {
+    int64_t lo = t * NB_N, n = N - lo < NB_N ? N - lo : NB_N;
+    float acc[SMALL_M][NB_N];
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t j = 0; j < n; j++) acc[m][j] = 0.0f;
+    for (int64_t k = 0; k < K; k++) {
+        const float *b = B + k * ldb + lo;
         for (int64_t m = 0; m < M; m++) {
-            float *c = C + m * N + lo;
-            for (int64_t j = 0; j < n; j++) c[j] = alpha * acc[m][j] + (beta != 0.0f ? beta * c[j] : 0.0f);
+            float am = A[m * K + k];
+            float *ac = acc[m];
+#pragma omp simd
+            for (int64_t j = 0; j < n; j++) ac[j] += am * b[j];
         }
+    }
+    for (int64_t m = 0; m < M; m++) {
+        float *c = C + m * N + lo;
+        for (int64_t j = 0; j < n; j++) c[j] = alpha * acc[m][j] + (beta != 0.0f ? beta * c[j] : 0.0f);
+    }
+}
+
+static void skinny_range(void *p, int64_t begin, int64_t end, int thread) {
+    (void)thread;
+    const skinny_ctx *x = (const skinny_ctx *)p;
+    for (int64_t t = begin; t < end; t++) {
+        if (x->tb) skinny_t_task(x->M, x->N, x->K, x->ldb, x->alpha, x->beta, x->A, x->B, x->C, t);
+        else skinny_n_task(x->M, x->N, x->K, x->ldb, x->alpha, x->beta, x->A, x->B, x->C, t);
     }
 }
 
@@ -149,15 +119,9 @@ static void skinny_n_range(void *p, int64_t begin, int64_t end, int thread) {
 static void gemm_skinny(int tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A, const float *B,
                         int64_t ldb, float beta, float *C) {
     int par = M * N * K >= (1 << 16);
-    if (tb) {
-        int64_t tasks = (N + NB_T - 1) / NB_T;
-        skinny_t_ctx skinny_t_k = {M, N, K, alpha, A, B, ldb, beta, C};
-        kiln_par_for(tasks, par ? tasks * KILN_PAR_MIN : 0, skinny_t_range, &skinny_t_k);
-        return;
-    }
-    int64_t tasks = (N + NB_N - 1) / NB_N;
-    skinny_n_ctx skinny_n_k = {M, N, K, alpha, A, B, ldb, beta, C};
-    kiln_par_for(tasks, par ? tasks * KILN_PAR_MIN : 0, skinny_n_range, &skinny_n_k);
+    int64_t tasks = tb ? (N + NB_T - 1) / NB_T : (N + NB_N - 1) / NB_N;
+    skinny_ctx x = {tb, M, N, K, ldb, alpha, beta, A, B, C};
+    kiln_par_for(tasks, par ? tasks * KILN_PAR_MIN : 0, skinny_range, &x);
 }
 
 /* Fallback GEMM when no BLAS is loaded: blocks of SMALL_M rows through the skinny kernel. */

@@ -40,6 +40,11 @@ def _load():
         "kiln_gemm_packed": (INT, [I64, I64, I64, PTR, I64, PTR, PTR, I64, F32, PTR, F32, INT, PTR, I64]),
         "kiln_gemm_isa": (INT, []),
         "kiln_gemm_set_isa": (INT, [INT]),
+        "kiln_gemm_tile_count": (INT, []),
+        "kiln_gemm_tile_name": (ctypes.c_char_p, [INT]),
+        "kiln_gemm_tile_isa": (INT, [INT]),
+        "kiln_gemm_tile": (INT, []),
+        "kiln_gemm_set_tile": (INT, [INT]),
         "kiln_pool_set_threads": (None, [INT]),
         "kiln_pool_threads": (INT, []),
         "kiln_pool_parallel": (None, [I64, POOL_FN, PTR]),
@@ -59,6 +64,10 @@ LIB.kiln_gemm_set_isa(DEFAULT_ISA)
 # The portable build re-runs its default (portable) kernels and its best target-attribute
 # kernels (compiled there without -march); the native run covers every set.
 TESTED = sorted({0, max(SUPPORTED)}) if GENERIC else SUPPORTED
+DEFAULT_TILE = LIB.kiln_gemm_tile()
+# every large-M register tile of every tested kernel set: (isa, tile index, name)
+TILES = [(LIB.kiln_gemm_tile_isa(t), t, LIB.kiln_gemm_tile_name(t).decode()) for t in range(LIB.kiln_gemm_tile_count())]
+TILES = [x for x in TILES if x[0] in TESTED]
 
 
 def _p(a):
@@ -105,6 +114,15 @@ def isa(request):
     assert LIB.kiln_gemm_set_isa(request.param) == 0
     yield request.param
     LIB.kiln_gemm_set_isa(DEFAULT_ISA)
+
+
+@pytest.fixture(params=TILES, ids=[name for _, _, name in TILES])
+def tile(request):
+    isa_, t, _ = request.param
+    assert LIB.kiln_gemm_set_isa(isa_) == 0 and LIB.kiln_gemm_set_tile(t) == 0 and LIB.kiln_gemm_tile() == t
+    yield t
+    LIB.kiln_gemm_set_isa(DEFAULT_ISA)
+    assert LIB.kiln_gemm_tile() == DEFAULT_TILE
 
 
 @pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
@@ -226,6 +244,56 @@ def test_concurrent_callers_get_their_own_results(threads):
         t.join()
     assert not bad
     assert_close(want[0], inputs[0], b_kn, reference(inputs[0], b_kn))
+
+
+# row counts from 128 (csrc/gemm.c LARGE_M_MIN: fewer rows run the direct tiles) around every
+# tile height (4, 6, 8, 14), a chunk's rows (256, rounded to whole tiles) and more than one chunk
+TILE_ROWS = (128, 129, 135, 141, 142, 257, 300)
+
+
+@pytest.mark.parametrize("m", TILE_ROWS)
+def test_every_tile_matches_float64(m, tile, threads):
+    for k, n in ((1, 1), (130, 17), (257, 100), (64, 161), (300, 48)):  # K across the K block, N % 48, tails
+        if m > 200 and k * n > 20000:
+            continue
+        a, b_kn = rnd(m, k, seed=m + k), rnd(k, n, seed=n)
+        assert_close(gemm(a, pack(b_kn, False), n), a, b_kn, reference(a, b_kn))
+
+
+@pytest.mark.parametrize("act", [0, 1, 4])
+def test_every_tile_gives_the_few_row_kernels_bits(tile, act):
+    """Each large-M tile sums every element exactly as the few-row kernel does (gemm.h): a row of a
+    tall product equals that row computed alone, bit for bit, epilogue included."""
+    m, k, n = 143, 300, 117
+    a, b_kn, bias, c0 = rnd(m, k, seed=20), rnd(k, n, seed=21), rnd(n, seed=22), rnd(m, n, seed=23)
+    packed = pack(b_kn, False)
+    batch = gemm(a, packed, n, c0.copy(), alpha=0.7, bias=bias, beta=0.5, act=act)
+    for i in (0, 13, 142):
+        one = gemm(a[i:i + 1], packed, n, c0[i:i + 1].copy(), alpha=0.7, bias=bias, beta=0.5, act=act)
+        assert np.array_equal(one[0], batch[i]), f"row {i}"
+    want = reference(a, b_kn, alpha=0.7, bias=bias, beta=0.5, c0=c0, act=act)
+    np.testing.assert_allclose(batch, want, rtol=2e-5, atol=2e-5 * max(1.0, np.abs(want).max()))
+
+
+def test_tile_table_and_hooks():
+    names = [LIB.kiln_gemm_tile_name(t).decode() for t in range(LIB.kiln_gemm_tile_count())]
+    assert len(set(names)) == len(names) and LIB.kiln_gemm_tile_name(len(names)) is None
+    assert LIB.kiln_gemm_tile_isa(DEFAULT_TILE) == DEFAULT_ISA
+    for t in range(len(names)):
+        if LIB.kiln_gemm_tile_isa(t) != DEFAULT_ISA:
+            assert LIB.kiln_gemm_set_tile(t) == -2  # another kernel set's tile is refused
+    assert LIB.kiln_gemm_set_tile(-1) == -2 and LIB.kiln_gemm_tile() == DEFAULT_TILE
+
+
+@pytest.mark.skipif(GENERIC or os.environ.get("KILN_LIB") is not None, reason="the default build's tiles")
+def test_tile_forced_by_environment():
+    """KILN_GEMM_TILE picks a tile of the kernel set in use at load; an unknown or foreign name is ignored."""
+    code = "from tests.test_gemm_engine import LIB; print(LIB.kiln_gemm_tile_name(LIB.kiln_gemm_tile()).decode())"
+    ours = [name for isa_, _, name in TILES if isa_ == DEFAULT_ISA]
+    for name, want in ((ours[-1], ours[-1]), ("no-such-tile", LIB.kiln_gemm_tile_name(DEFAULT_TILE).decode())):
+        r = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, KILN_GEMM_TILE=name),
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and r.stdout.strip() == want, r.stderr[-2000:]
 
 
 def test_bad_arguments_are_refused():
