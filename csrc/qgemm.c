@@ -274,6 +274,16 @@ X86_512 static inline __m512 x_q5_16(const uint8_t *qs, uint32_t qh, int e) {
     v = e < 16 ? _mm512_and_si512(v, _mm512_set1_epi32(15)) : _mm512_srli_epi32(v, 4);
     return _mm512_cvtepi32_ps(_mm512_mask_or_epi32(v, (__mmask16)(qh >> e), v, _mm512_set1_epi32(16)));
 }
+/* Q4 blocks by table: the 16 values fma(code, d, m) of a block (the same fma as the panel's,
+ * so bitwise its values), then one permute per 16 codes; vpermps reads the index's low 4
+ * bits only, so a low nibble needs no mask */
+X86_512 static inline __m512 x_q4tab16(__m512 d, __m512 m) {
+    return _mm512_fmadd_ps(_mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), d, m);
+}
+X86_512 static inline __m512 x_q4lut16(const uint8_t *qs, int e, __m512 tab) {
+    __m512i v = x_u8x16(qs);
+    return _mm512_permutexvar_ps(e < 16 ? v : _mm512_srli_epi32(v, 4), tab);
+}
 X86_512 static inline __m512 x_bits16(const uint8_t *p, int s, int m) {
     return _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srl_epi32(x_u8x16(p), _mm_cvtsi32_si128(s)), _mm512_set1_epi32(m)));
 }
@@ -299,6 +309,8 @@ X86_512 static inline float x_hsum16(__m512 v) {
 #define VQ8S x_q8s_16
 #define VQ5 x_q5_16
 #define VHALFB x_half16
+#define VQ4TAB x_q4tab16
+#define VQ4LUT x_q4lut16
 #define VBITS x_bits16
 #define VHSUM x_hsum16
 #define DOT4X8 x_dot4x8_vnni

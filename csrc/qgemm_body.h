@@ -184,6 +184,10 @@ QTARGET static inline __attribute__((always_inline)) void QN(tile_exact_legacy)(
             else if (fmt == KILN_Q5_0) mv[j] = VMUL(dv[j], VSET1(-16.0f));
             if (fmt == KILN_Q5_0 || fmt == KILN_Q5_1) memcpy(&qh[j], blk + head - 4, 4);
             qs[j] = blk + head;
+#ifdef VQ4TAB
+            /* the block's 16 values fma(code, d, m) as a table, looked up by nibble */
+            if (fmt == KILN_Q4_0 || fmt == KILN_Q4_1) dv[j] = VQ4TAB(dv[j], mv[j]);
+#endif
         }
         for (int e = 0; e < 32; e += VW) {
             VF av[4];
@@ -192,7 +196,11 @@ QTARGET static inline __attribute__((always_inline)) void QN(tile_exact_legacy)(
                 VF x;
                 if (fmt == KILN_Q8_0 || i8) x = VMUL(VQ8S(qs[j] + e), dv[j]);
                 else if (fmt == KILN_Q5_0 || fmt == KILN_Q5_1) x = VDEQ(VQ5(qs[j], qh[j], e), dv[j], mv[j]);
+#ifdef VQ4TAB
+                else x = VQ4LUT(qs[j], e, dv[j]);
+#else
                 else x = VDEQ(e < 16 ? VQ4LO(qs[j] + e) : VQ4HI(qs[j] + e - 16), dv[j], mv[j]);
+#endif
                 for (int i = 0; i < mr; i++) acc[i][j] = VFMA(x, av[i], acc[i][j]);
             }
         }
@@ -408,6 +416,8 @@ const kiln_qkernels QN(kiln_qk) = {kiln_qmm_prepare_generic, QN(rows), QN(dequan
 #undef VQ8S
 #undef VQ5
 #undef VHALFB
+#undef VQ4TAB
+#undef VQ4LUT
 #undef VBITS
 #undef VHSUM
 #undef DOT4X8
