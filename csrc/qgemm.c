@@ -171,16 +171,22 @@ X86_256 static inline float x_hsum8(__m256 v) {
     return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
 }
 X86_256 static inline __m256 x_set2(float lo, float hi) { return _mm256_set_m128(_mm_set1_ps(hi), _mm_set1_ps(lo)); }
-X86_256 static inline __m256 x_cvtu8x8(const uint8_t *p) {
-    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)));
-}
-/* 8 weights from 8 bytes: low nibbles, high nibbles, signed Q8_0 codes; fp16 broadcast; Q5 codes */
-X86_256 static inline __m256i x_u8x8(const uint8_t *p) { return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)); }
-X86_256 static inline __m256 x_q4lo8(const uint8_t *p) { return _mm256_cvtepi32_ps(_mm256_and_si256(x_u8x8(p), _mm256_set1_epi32(15))); }
-X86_256 static inline __m256 x_q4hi8(const uint8_t *p) { return _mm256_cvtepi32_ps(_mm256_srli_epi32(x_u8x8(p), 4)); }
-X86_256 static inline __m256 x_q8s_8(const uint8_t *p) {
-    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
-}
+/* Weight codes to N fp32 lanes from N bytes, written once for both widths (N = 8: ymm,
+ * N = 16: zmm): x_u8xN widens the bytes, then the bytes as floats, low / high nibbles,
+ * signed Q8_0 codes, and (p[i] >> s) & m (the high bits of a K-quant code). */
+#define X_LOADERS(N, ATTR, VI, VFT, LD, U8, S8, AND, SRLI, SRL, SET1I, CVT) \
+    ATTR static inline VI x_u8x##N(const uint8_t *p) { return U8(LD(p)); } \
+    ATTR static inline VFT x_cvtu8x##N(const uint8_t *p) { return CVT(x_u8x##N(p)); } \
+    ATTR static inline VFT x_q4lo##N(const uint8_t *p) { return CVT(AND(x_u8x##N(p), SET1I(15))); } \
+    ATTR static inline VFT x_q4hi##N(const uint8_t *p) { return CVT(SRLI(x_u8x##N(p), 4)); } \
+    ATTR static inline VFT x_q8s_##N(const uint8_t *p) { return CVT(S8(LD(p))); } \
+    ATTR static inline VFT x_bits##N(const uint8_t *p, int s, int m) { \
+        return CVT(AND(SRL(x_u8x##N(p), _mm_cvtsi32_si128(s)), SET1I(m))); \
+    }
+#define X_LD8(p) _mm_loadl_epi64((const __m128i *)(p))
+#define X_LD16(p) _mm_loadu_si128((const __m128i *)(p))
+X_LOADERS(8, X86_256, __m256i, __m256, X_LD8, _mm256_cvtepu8_epi32, _mm256_cvtepi8_epi32, _mm256_and_si256,
+          _mm256_srli_epi32, _mm256_srl_epi32, _mm256_set1_epi32, _mm256_cvtepi32_ps)
 /* fp16 at p, converted and broadcast (vector ops: no scalar round trip) */
 X86_256 static inline __m256 x_half8(const uint8_t *p) {
     short h; memcpy(&h, p, 2);
@@ -190,9 +196,6 @@ X86_256 static inline __m256 x_q5_8(const uint8_t *qs, uint32_t qh, int e) {
     __m256i v = e < 16 ? _mm256_and_si256(x_u8x8(qs + e), _mm256_set1_epi32(15)) : _mm256_srli_epi32(x_u8x8(qs + e - 16), 4);
     __m256i bit = _mm256_srlv_epi32(_mm256_set1_epi32((int)(qh >> e)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
     return _mm256_cvtepi32_ps(_mm256_or_si256(v, _mm256_slli_epi32(_mm256_and_si256(bit, _mm256_set1_epi32(1)), 4)));
-}
-X86_256 static inline __m256 x_bits8(const uint8_t *p, int s, int m) {
-    return _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srl_epi32(x_u8x8(p), _mm_cvtsi32_si128(s)), _mm256_set1_epi32(m)));
 }
 /* 8 lanes, lane l = sum of w[4l..4l+3] * a[4l..4l+3]; u8 x s8 widened to 16 bits (no
  * saturation, unlike maddubs with weights up to 255). */
@@ -252,17 +255,10 @@ X86_256 static inline __m256i x_w32q8(const uint8_t *p) { return _mm256_xor_si25
 
 /* ---- AVX-512 (F, BW, VL) + VNNI ---- */
 #define X86_512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
+X_LOADERS(16, X86_512, __m512i, __m512, X_LD16, _mm512_cvtepu8_epi32, _mm512_cvtepi8_epi32, _mm512_and_si512,
+          _mm512_srli_epi32, _mm512_srl_epi32, _mm512_set1_epi32, _mm512_cvtepi32_ps)
 X86_512 static inline __m256 x_dot4x8_vnni(__m256i w, const int8_t *a) {
     return _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), w, _mm256_loadu_si256((const __m256i *)a)));
-}
-X86_512 static inline __m512 x_cvtu8x16(const uint8_t *p) {
-    return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p)));
-}
-X86_512 static inline __m512i x_u8x16(const uint8_t *p) { return _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p)); }
-X86_512 static inline __m512 x_q4lo16(const uint8_t *p) { return _mm512_cvtepi32_ps(_mm512_and_si512(x_u8x16(p), _mm512_set1_epi32(15))); }
-X86_512 static inline __m512 x_q4hi16(const uint8_t *p) { return _mm512_cvtepi32_ps(_mm512_srli_epi32(x_u8x16(p), 4)); }
-X86_512 static inline __m512 x_q8s_16(const uint8_t *p) {
-    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
 }
 X86_512 static inline __m512 x_half16(const uint8_t *p) {
     short h; memcpy(&h, p, 2);
@@ -283,9 +279,6 @@ X86_512 static inline __m512 x_q4tab16(__m512 d, __m512 m) {
 X86_512 static inline __m512 x_q4lut16(const uint8_t *qs, int e, __m512 tab) {
     __m512i v = x_u8x16(qs);
     return _mm512_permutexvar_ps(e < 16 ? v : _mm512_srli_epi32(v, 4), tab);
-}
-X86_512 static inline __m512 x_bits16(const uint8_t *p, int s, int m) {
-    return _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srl_epi32(x_u8x16(p), _mm_cvtsi32_si128(s)), _mm512_set1_epi32(m)));
 }
 X86_512 static inline float x_hsum16(__m512 v) {
     __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
