@@ -115,7 +115,11 @@ GI kiln_v8f g_dot4x8(kiln_v32u8 w, const int8_t *a) {
 
 #define QN(x) x##_generic
 #define QTARGET
+#if (defined(__x86_64__) || defined(__i386__)) && !defined(__AVX512F__)
+#define QWIDE 0   /* x86 without AVX-512 has 16 vector registers: 8 rows would spill */
+#else
 #define QWIDE 1
+#endif
 #define VW 8
 #define VF kiln_v8f
 #define VZERO g_set1(0.0f)
