@@ -14,6 +14,9 @@
 
 #include "quant.h"
 
+/* a prefetch into every cache level; it never faults, so it may look past the weights' end */
+#define QPREFETCH(p) __builtin_prefetch((const void *)(p), 0, 3)
+
 const kiln_qformat kiln_qformats[KILN_QFMT_COUNT] = {
     [KILN_Q8_0] = {KILN_QK, sizeof(kiln_block_q8_0), 0},
     [KILN_Q4_0] = {KILN_QK, sizeof(kiln_block_q4_0), 0},
@@ -22,6 +25,8 @@ const kiln_qformat kiln_qformats[KILN_QFMT_COUNT] = {
     [KILN_Q5_K] = {KILN_QK_K, sizeof(kiln_block_q5_K), 0},
     [KILN_Q6_K] = {KILN_QK_K, sizeof(kiln_block_q6_K), 0},
     [KILN_I8_ROW] = {1, 1, 4},
+    [KILN_Q5_0] = {KILN_QK, sizeof(kiln_block_q5_0), 0},
+    [KILN_Q5_1] = {KILN_QK, sizeof(kiln_block_q5_1), 0},
 };
 
 int64_t kiln_qrow_bytes(int fmt, int64_t K) {
@@ -76,7 +81,15 @@ GI kiln_v8f g_deq(kiln_v8f q, kiln_v8f d, kiln_v8f m) {
 GI kiln_v8u8 g_ld8(const uint8_t *p) { kiln_v8u8 v; memcpy(&v, p, 8); return v; }
 GI kiln_v8f g_q4lo(const uint8_t *p) { return __builtin_convertvector(g_ld8(p) & 15, kiln_v8f); }
 GI kiln_v8f g_q4hi(const uint8_t *p) { return __builtin_convertvector(g_ld8(p) >> 4, kiln_v8f); }
-GI kiln_v8f g_q8(const uint8_t *p) { return __builtin_convertvector(g_ld8(p) ^ 0x80, kiln_v8f); }
+typedef int8_t kiln_v8i8 __attribute__((vector_size(8)));
+GI kiln_v8f g_q8s(const uint8_t *p) { kiln_v8i8 v; memcpy(&v, p, 8); return __builtin_convertvector(v, kiln_v8f); }
+GI uint16_t g_ld16(const uint8_t *p) { uint16_t h; memcpy(&h, p, 2); return h; }
+/* Q5 codes e..e+7 of a block: nibble (low for e < 16, high after) + 16 * bit e+l of qh */
+GI kiln_v8f g_q5(const uint8_t *qs, uint32_t qh, int e) {
+    kiln_v8u8 v = e < 16 ? g_ld8(qs + e) & 15 : g_ld8(qs + e - 16) >> 4;
+    for (int l = 0; l < 8; l++) v[l] |= (uint8_t)(((qh >> (e + l)) & 1) << 4);
+    return __builtin_convertvector(v, kiln_v8f);
+}
 /* (p[i] >> s) & m for 8 bytes: the high bits of a K-quant code */
 GI kiln_v8f g_bits(const uint8_t *p, int s, int m) {
     return __builtin_convertvector((g_ld8(p) >> (uint8_t)s) & (uint8_t)m, kiln_v8f);
@@ -102,18 +115,26 @@ GI kiln_v8f g_dot4x8(kiln_v32u8 w, const int8_t *a) {
 
 #define QN(x) x##_generic
 #define QTARGET
+#if (defined(__x86_64__) || defined(__i386__)) && !defined(__AVX512F__)
+#define QWIDE 0   /* x86 without AVX-512 has 16 vector registers: 8 rows would spill */
+#else
+#define QWIDE 1
+#endif
 #define VW 8
 #define VF kiln_v8f
 #define VZERO g_set1(0.0f)
 #define VLD g_ld
 #define VST g_st
 #define VSET1 g_set1
+#define VMUL(a, b) ((a) * (b))
 #define VFMA(a, b, c) ((a) * (b) + (c))
 #define VDEQ g_deq
 #define VCVTU8 g_cvtu8
 #define VQ4LO g_q4lo
 #define VQ4HI g_q4hi
-#define VQ8 g_q8
+#define VQ8S g_q8s
+#define VQ5 g_q5
+#define VHALFB(p) VSET1(QN(half)(g_ld16(p)))
 #define VBITS g_bits
 #define VHSUM g_hsum
 #define F8 kiln_v8f
@@ -130,22 +151,6 @@ GI kiln_v8f g_dot4x8(kiln_v32u8 w, const int8_t *a) {
 #define W32Q4 g_w32q4
 #define W32Q8 g_w32q8
 #include "qgemm_body.h"
-#undef QN
-#undef QTARGET
-#undef VW
-#undef VF
-#undef VZERO
-#undef VLD
-#undef VST
-#undef VSET1
-#undef VFMA
-#undef VDEQ
-#undef VCVTU8
-#undef VQ4LO
-#undef VQ4HI
-#undef VQ8
-#undef VBITS
-#undef VHSUM
 #undef F8
 #undef F8ZERO
 #undef F8LD
@@ -170,18 +175,31 @@ X86_256 static inline float x_hsum8(__m256 v) {
     return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
 }
 X86_256 static inline __m256 x_set2(float lo, float hi) { return _mm256_set_m128(_mm_set1_ps(hi), _mm_set1_ps(lo)); }
-X86_256 static inline __m256 x_cvtu8x8(const uint8_t *p) {
-    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+/* Weight codes to N fp32 lanes from N bytes, written once for both widths (N = 8: ymm,
+ * N = 16: zmm): x_u8xN widens the bytes, then the bytes as floats, low / high nibbles,
+ * signed Q8_0 codes, and (p[i] >> s) & m (the high bits of a K-quant code). */
+#define X_LOADERS(N, ATTR, VI, VFT, LD, U8, S8, AND, SRLI, SRL, SET1I, CVT) \
+    ATTR static inline VI x_u8x##N(const uint8_t *p) { return U8(LD(p)); } \
+    ATTR static inline VFT x_cvtu8x##N(const uint8_t *p) { return CVT(x_u8x##N(p)); } \
+    ATTR static inline VFT x_q4lo##N(const uint8_t *p) { return CVT(AND(x_u8x##N(p), SET1I(15))); } \
+    ATTR static inline VFT x_q4hi##N(const uint8_t *p) { return CVT(SRLI(x_u8x##N(p), 4)); } \
+    ATTR static inline VFT x_q8s_##N(const uint8_t *p) { return CVT(S8(LD(p))); } \
+    ATTR static inline VFT x_bits##N(const uint8_t *p, int s, int m) { \
+        return CVT(AND(SRL(x_u8x##N(p), _mm_cvtsi32_si128(s)), SET1I(m))); \
+    }
+#define X_LD8(p) _mm_loadl_epi64((const __m128i *)(p))
+#define X_LD16(p) _mm_loadu_si128((const __m128i *)(p))
+X_LOADERS(8, X86_256, __m256i, __m256, X_LD8, _mm256_cvtepu8_epi32, _mm256_cvtepi8_epi32, _mm256_and_si256,
+          _mm256_srli_epi32, _mm256_srl_epi32, _mm256_set1_epi32, _mm256_cvtepi32_ps)
+/* fp16 at p, converted and broadcast (vector ops: no scalar round trip) */
+X86_256 static inline __m256 x_half8(const uint8_t *p) {
+    short h; memcpy(&h, p, 2);
+    return _mm256_cvtph_ps(_mm_set1_epi16(h));
 }
-/* 8 weights from 8 bytes: low nibbles, high nibbles, Q8_0 codes + 128 */
-X86_256 static inline __m256i x_u8x8(const uint8_t *p) { return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p)); }
-X86_256 static inline __m256 x_q4lo8(const uint8_t *p) { return _mm256_cvtepi32_ps(_mm256_and_si256(x_u8x8(p), _mm256_set1_epi32(15))); }
-X86_256 static inline __m256 x_q4hi8(const uint8_t *p) { return _mm256_cvtepi32_ps(_mm256_srli_epi32(x_u8x8(p), 4)); }
-X86_256 static inline __m256 x_q8_8(const uint8_t *p) {
-    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_xor_si128(_mm_loadl_epi64((const __m128i *)p), _mm_set1_epi8((char)0x80))));
-}
-X86_256 static inline __m256 x_bits8(const uint8_t *p, int s, int m) {
-    return _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srl_epi32(x_u8x8(p), _mm_cvtsi32_si128(s)), _mm256_set1_epi32(m)));
+X86_256 static inline __m256 x_q5_8(const uint8_t *qs, uint32_t qh, int e) {
+    __m256i v = e < 16 ? _mm256_and_si256(x_u8x8(qs + e), _mm256_set1_epi32(15)) : _mm256_srli_epi32(x_u8x8(qs + e - 16), 4);
+    __m256i bit = _mm256_srlv_epi32(_mm256_set1_epi32((int)(qh >> e)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    return _mm256_cvtepi32_ps(_mm256_or_si256(v, _mm256_slli_epi32(_mm256_and_si256(bit, _mm256_set1_epi32(1)), 4)));
 }
 /* 8 lanes, lane l = sum of w[4l..4l+3] * a[4l..4l+3]; u8 x s8 widened to 16 bits (no
  * saturation, unlike maddubs with weights up to 255). */
@@ -218,56 +236,53 @@ X86_256 static inline __m256i x_w32q8(const uint8_t *p) { return _mm256_xor_si25
 /* ---- AVX2 + FMA ---- */
 #define QN(x) x##_avx2
 #define QTARGET X86_256
+#define QWIDE 0   /* 16 ymm registers: 8 rows' accumulators and scales would spill */
 #define VW 8
 #define VF __m256
 #define VZERO _mm256_setzero_ps()
 #define VLD _mm256_loadu_ps
 #define VST _mm256_storeu_ps
 #define VSET1 _mm256_set1_ps
+#define VMUL _mm256_mul_ps
 #define VFMA _mm256_fmadd_ps
 #define VDEQ _mm256_fmadd_ps
 #define VCVTU8 x_cvtu8x8
 #define VQ4LO x_q4lo8
 #define VQ4HI x_q4hi8
-#define VQ8 x_q8_8
+#define VQ8S x_q8s_8
+#define VQ5 x_q5_8
+#define VHALFB x_half8
 #define VBITS x_bits8
 #define VHSUM x_hsum8
 #define DOT4X8 x_dot4x8_avx2
 #include "qgemm_body.h"
-#undef QN
-#undef QTARGET
-#undef VW
-#undef VF
-#undef VZERO
-#undef VLD
-#undef VST
-#undef VSET1
-#undef VFMA
-#undef VDEQ
-#undef VCVTU8
-#undef VQ4LO
-#undef VQ4HI
-#undef VQ8
-#undef VBITS
-#undef VHSUM
-#undef DOT4X8
 
 /* ---- AVX-512 (F, BW, VL) + VNNI ---- */
 #define X86_512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
+X_LOADERS(16, X86_512, __m512i, __m512, X_LD16, _mm512_cvtepu8_epi32, _mm512_cvtepi8_epi32, _mm512_and_si512,
+          _mm512_srli_epi32, _mm512_srl_epi32, _mm512_set1_epi32, _mm512_cvtepi32_ps)
 X86_512 static inline __m256 x_dot4x8_vnni(__m256i w, const int8_t *a) {
     return _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), w, _mm256_loadu_si256((const __m256i *)a)));
 }
-X86_512 static inline __m512 x_cvtu8x16(const uint8_t *p) {
-    return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p)));
+X86_512 static inline __m512 x_half16(const uint8_t *p) {
+    short h; memcpy(&h, p, 2);
+    return _mm512_cvtph_ps(_mm256_set1_epi16(h));
 }
-X86_512 static inline __m512i x_u8x16(const uint8_t *p) { return _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p)); }
-X86_512 static inline __m512 x_q4lo16(const uint8_t *p) { return _mm512_cvtepi32_ps(_mm512_and_si512(x_u8x16(p), _mm512_set1_epi32(15))); }
-X86_512 static inline __m512 x_q4hi16(const uint8_t *p) { return _mm512_cvtepi32_ps(_mm512_srli_epi32(x_u8x16(p), 4)); }
-X86_512 static inline __m512 x_q8_16(const uint8_t *p) {
-    return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_xor_si128(_mm_loadu_si128((const __m128i *)p), _mm_set1_epi8((char)0x80))));
+/* Q5 codes e..e+15 (e = 0 or 16): the nibbles, bit 4 set in the lanes whose qh bit is */
+X86_512 static inline __m512 x_q5_16(const uint8_t *qs, uint32_t qh, int e) {
+    __m512i v = x_u8x16(qs);
+    v = e < 16 ? _mm512_and_si512(v, _mm512_set1_epi32(15)) : _mm512_srli_epi32(v, 4);
+    return _mm512_cvtepi32_ps(_mm512_mask_or_epi32(v, (__mmask16)(qh >> e), v, _mm512_set1_epi32(16)));
 }
-X86_512 static inline __m512 x_bits16(const uint8_t *p, int s, int m) {
-    return _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srl_epi32(x_u8x16(p), _mm_cvtsi32_si128(s)), _mm512_set1_epi32(m)));
+/* Q4 blocks by table: the 16 values fma(code, d, m) of a block (the same fma as the panel's,
+ * so bitwise its values), then one permute per 16 codes; vpermps reads the index's low 4
+ * bits only, so a low nibble needs no mask */
+X86_512 static inline __m512 x_q4tab16(__m512 d, __m512 m) {
+    return _mm512_fmadd_ps(_mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), d, m);
+}
+X86_512 static inline __m512 x_q4lut16(const uint8_t *qs, int e, __m512 tab) {
+    __m512i v = x_u8x16(qs);
+    return _mm512_permutexvar_ps(e < 16 ? v : _mm512_srli_epi32(v, 4), tab);
 }
 X86_512 static inline float x_hsum16(__m512 v) {
     __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
@@ -275,18 +290,24 @@ X86_512 static inline float x_hsum16(__m512 v) {
 }
 #define QN(x) x##_avx512
 #define QTARGET X86_512
+#define QWIDE 1
 #define VW 16
 #define VF __m512
 #define VZERO _mm512_setzero_ps()
 #define VLD _mm512_loadu_ps
 #define VST _mm512_storeu_ps
 #define VSET1 _mm512_set1_ps
+#define VMUL _mm512_mul_ps
 #define VFMA _mm512_fmadd_ps
 #define VDEQ _mm512_fmadd_ps
 #define VCVTU8 x_cvtu8x16
 #define VQ4LO x_q4lo16
 #define VQ4HI x_q4hi16
-#define VQ8 x_q8_16
+#define VQ8S x_q8s_16
+#define VQ5 x_q5_16
+#define VHALFB x_half16
+#define VQ4TAB x_q4tab16
+#define VQ4LUT x_q4lut16
 #define VBITS x_bits16
 #define VHSUM x_hsum16
 #define DOT4X8 x_dot4x8_vnni

@@ -72,6 +72,16 @@ QTARGET static void QN(unpack)(int fmt, const uint8_t *restrict row, int64_t e0,
             QN(nibbles)(qs, 16, q);
             D[0] = D[1] = d; M[0] = M[1] = m;
         } break;
+    case KILN_Q5_0: case KILN_Q5_1: QBLOCKS {
+            const int head = fmt == KILN_Q5_0 ? 2 : 4;  /* d (, m), then qh, then the nibbles */
+            kiln_half hd; memcpy(&hd, blk, 2);
+            float d = QN(half)(hd), m = -16.0f * d;
+            if (fmt == KILN_Q5_1) { memcpy(&hd, blk + 2, 2); m = QN(half)(hd); }
+            uint32_t qh; memcpy(&qh, blk + head, 4);
+            QN(nibbles)(blk + head + 4, 16, q);
+            for (int i = 0; i < 32; i++) q[i] |= (uint8_t)(((qh >> i) & 1) << 4);
+            D[0] = D[1] = d; M[0] = M[1] = m;
+        } break;
     case KILN_Q4_K: case KILN_Q5_K: QBLOCKS {
             const kiln_block_q4_K *x4 = (const kiln_block_q4_K *)blk;
             const kiln_block_q5_K *x5 = (const kiln_block_q5_K *)blk;
@@ -143,36 +153,59 @@ QTARGET static inline __attribute__((always_inline)) void QN(tile_exact)(
     for (int i = 0; i < mr; i++) for (int j = 0; j < 4; j++) res[i * 4 + j] = VHSUM(acc[i][j]);
 }
 
-/* Exact mode for Q8_0 / Q4_0 / Q4_1 at M <= 4: blocks decode straight into registers,
- * with no unpacked panel. Same values (D, q, M as unpack gives them) and the same order
- * as tile_exact, so the results are bitwise those of the panel paths. */
+/* Exact mode for the 32-blocks (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1) and int8 rows at M <= 4:
+ * blocks decode straight into registers, with no unpacked panel, nrt weight rows at once
+ * (KILN_QMM_NR_WIDE for one A row: more row streams in flight for the GEMV), each row's
+ * block `ahead` bytes on (the next tile's) prefetched. Every weight value equals the panel's
+ * D*q + M rounded once (Q8_0 and int8 rows: (signed q) * d, the same rounding of the same
+ * real; Q4_0 / Q5_0: d*q - 8d / - 16d exact), and each output is summed in the same order as
+ * tile_exact, so the results are bitwise those of the panel paths. */
 QTARGET static inline __attribute__((always_inline)) void QN(tile_exact_legacy)(
-        const int mr, const int fmt, const float *a, int64_t lda, const uint8_t *const *w, int64_t K, float *res) {
-    const int bb = kiln_qformats[fmt].block_bytes;
-    VF acc[4][4];
-    for (int i = 0; i < mr; i++) for (int j = 0; j < 4; j++) acc[i][j] = VZERO;
+        const int mr, const int nrt, const int fmt, const float *a, int64_t lda, const uint8_t *const *w,
+        int64_t ahead, int64_t K, float *res) {
+    const int i8 = fmt == KILN_I8_ROW, bb = i8 ? 32 : kiln_qformats[fmt].block_bytes;
+    /* bytes before the codes: d; d, m; d, qh; d, m, qh */
+    const int head = fmt == KILN_Q4_1 ? 4 : fmt == KILN_Q5_0 ? 6 : fmt == KILN_Q5_1 ? 8 : 2;
+    VF acc[4][KILN_QMM_NR_WIDE], rs[KILN_QMM_NR_WIDE];
+    for (int j = 0; j < nrt; j++) {
+        for (int i = 0; i < mr; i++) acc[i][j] = VZERO;
+        if (i8) { float s; memcpy(&s, w[j], 4); rs[j] = VSET1(s); }
+    }
     for (int64_t b = 0; b < K / 32; b++) {
-        VF dv[4], mv[4]; const uint8_t *qs[4];
-        for (int j = 0; j < 4; j++) {
-            const uint8_t *blk = w[j] + b * bb;
-            kiln_half h; memcpy(&h, blk, 2);
-            float d = QN(half)(h), m;
-            if (fmt == KILN_Q4_1) { memcpy(&h, blk + 2, 2); m = QN(half)(h); qs[j] = blk + 4; }
-            else { m = (fmt == KILN_Q8_0 ? -128.0f : -8.0f) * d; qs[j] = blk + 2; }
-            dv[j] = VSET1(d); mv[j] = VSET1(m);
+        VF dv[KILN_QMM_NR_WIDE], mv[KILN_QMM_NR_WIDE]; const uint8_t *qs[KILN_QMM_NR_WIDE];
+        uint32_t qh[KILN_QMM_NR_WIDE];
+        for (int j = 0; j < nrt; j++) {
+            const uint8_t *blk = i8 ? w[j] + 4 + 32 * b : w[j] + b * bb;
+            QPREFETCH(blk + ahead);
+            if (i8) { dv[j] = rs[j]; qs[j] = blk; continue; }
+            dv[j] = VHALFB(blk);
+            if (fmt == KILN_Q4_1 || fmt == KILN_Q5_1) mv[j] = VHALFB(blk + 2);
+            else if (fmt == KILN_Q4_0) mv[j] = VMUL(dv[j], VSET1(-8.0f));
+            else if (fmt == KILN_Q5_0) mv[j] = VMUL(dv[j], VSET1(-16.0f));
+            if (fmt == KILN_Q5_0 || fmt == KILN_Q5_1) memcpy(&qh[j], blk + head - 4, 4);
+            qs[j] = blk + head;
+#ifdef VQ4TAB
+            /* the block's 16 values fma(code, d, m) as a table, looked up by nibble */
+            if (fmt == KILN_Q4_0 || fmt == KILN_Q4_1) dv[j] = VQ4TAB(dv[j], mv[j]);
+#endif
         }
         for (int e = 0; e < 32; e += VW) {
-            VF x[4];
-            for (int j = 0; j < 4; j++)
-                x[j] = VDEQ(fmt == KILN_Q8_0 ? VQ8(qs[j] + e) : e < 16 ? VQ4LO(qs[j] + e) : VQ4HI(qs[j] + e - 16),
-                            dv[j], mv[j]);
-            for (int i = 0; i < mr; i++) {
-                VF av = VLD(a + i * lda + 32 * b + e);
-                for (int j = 0; j < 4; j++) acc[i][j] = VFMA(x[j], av, acc[i][j]);
+            VF av[4];
+            for (int i = 0; i < mr; i++) av[i] = VLD(a + i * lda + 32 * b + e);
+            for (int j = 0; j < nrt; j++) {
+                VF x;
+                if (fmt == KILN_Q8_0 || i8) x = VMUL(VQ8S(qs[j] + e), dv[j]);
+                else if (fmt == KILN_Q5_0 || fmt == KILN_Q5_1) x = VDEQ(VQ5(qs[j], qh[j], e), dv[j], mv[j]);
+#ifdef VQ4TAB
+                else x = VQ4LUT(qs[j], e, dv[j]);
+#else
+                else x = VDEQ(e < 16 ? VQ4LO(qs[j] + e) : VQ4HI(qs[j] + e - 16), dv[j], mv[j]);
+#endif
+                for (int i = 0; i < mr; i++) acc[i][j] = VFMA(x, av[i], acc[i][j]);
             }
         }
     }
-    for (int i = 0; i < mr; i++) for (int j = 0; j < 4; j++) res[i * 4 + j] = VHSUM(acc[i][j]);
+    for (int i = 0; i < mr; i++) for (int j = 0; j < nrt; j++) res[i * nrt + j] = VHSUM(acc[i][j]);
 }
 
 /* Exact mode for Q4_K / Q5_K at M <= 4: the 4-5-bit codes are assembled in
@@ -192,7 +225,8 @@ QTARGET static inline __attribute__((always_inline)) VF QN(kcode)(const int fmt,
 }
 
 QTARGET static inline __attribute__((always_inline)) void QN(tile_exact_k)(
-        const int mr, const int fmt, const float *a, int64_t lda, const uint8_t *const *w, int64_t K, float *res) {
+        const int mr, const int fmt, const float *a, int64_t lda, const uint8_t *const *w, int64_t ahead, int64_t K,
+        float *res) {
     const int bb = kiln_qformats[fmt].block_bytes;
     VF acc[4][4];
     for (int i = 0; i < mr; i++) for (int j = 0; j < 4; j++) acc[i][j] = VZERO;
@@ -200,6 +234,7 @@ QTARGET static inline __attribute__((always_inline)) void QN(tile_exact_k)(
         const uint8_t *blk[4]; float D[4][16], Mv[4][16];
         for (int j = 0; j < 4; j++) {
             blk[j] = w[j] + b * bb;
+            for (int l = 0; l < bb; l += 64) QPREFETCH(blk[j] + ahead + l);
             const kiln_block_q4_K *x = (const kiln_block_q4_K *)blk[j];  /* Q5_K starts the same */
             float d = QN(half)(x->d), dmin = QN(half)(x->dmin);
             for (int sb = 0; sb < 8; sb++) {
@@ -222,13 +257,16 @@ QTARGET static inline __attribute__((always_inline)) void QN(tile_exact_k)(
 }
 
 #define QKQUANT(MR) do { switch (p->fmt) { \
-    case KILN_Q4_K: QN(tile_exact_k)(MR, KILN_Q4_K, a, p->lda, wr, K, res); break; \
-    default: QN(tile_exact_k)(MR, KILN_Q5_K, a, p->lda, wr, K, res); break; } } while (0)
+    case KILN_Q4_K: QN(tile_exact_k)(MR, KILN_Q4_K, a, p->lda, wr, ahead, K, res); break; \
+    default: QN(tile_exact_k)(MR, KILN_Q5_K, a, p->lda, wr, ahead, K, res); break; } } while (0)
 
-#define QLEGACY(MR) do { switch (p->fmt) { \
-    case KILN_Q8_0: QN(tile_exact_legacy)(MR, KILN_Q8_0, a, p->lda, wr, K, res); break; \
-    case KILN_Q4_0: QN(tile_exact_legacy)(MR, KILN_Q4_0, a, p->lda, wr, K, res); break; \
-    default: QN(tile_exact_legacy)(MR, KILN_Q4_1, a, p->lda, wr, K, res); break; } } while (0)
+#define QLEGACY(MR, NRT) do { switch (p->fmt) { \
+    case KILN_Q8_0: QN(tile_exact_legacy)(MR, NRT, KILN_Q8_0, a, p->lda, wr, ahead, K, res); break; \
+    case KILN_Q4_0: QN(tile_exact_legacy)(MR, NRT, KILN_Q4_0, a, p->lda, wr, ahead, K, res); break; \
+    case KILN_Q4_1: QN(tile_exact_legacy)(MR, NRT, KILN_Q4_1, a, p->lda, wr, ahead, K, res); break; \
+    case KILN_Q5_0: QN(tile_exact_legacy)(MR, NRT, KILN_Q5_0, a, p->lda, wr, ahead, K, res); break; \
+    case KILN_Q5_1: QN(tile_exact_legacy)(MR, NRT, KILN_Q5_1, a, p->lda, wr, ahead, K, res); break; \
+    default: QN(tile_exact_legacy)(MR, NRT, KILN_I8_ROW, a, p->lda, wr, ahead, K, res); break; } } while (0)
 
 /* ---- int8 mode: activations quantized per 32, integer dots over groups of 4 ---- */
 
@@ -273,7 +311,7 @@ QTARGET static inline __attribute__((always_inline)) void QN(tile_int8)(
     for (int i = 0; i < mr; i++) for (int j = 0; j < 4; j++) res[i * 4 + j] = F8HSUM(acc[i][j]);
 }
 
-#define QINT8(MR) do { switch (fused ? p->fmt : -1) { \
+#define QINT8(MR) do { switch (ifused ? p->fmt : -1) { \
     case KILN_Q8_0: QN(tile_int8)(MR, KILN_Q8_0, act, K, wr, D, Mo, res); break; \
     case KILN_Q4_0: QN(tile_int8)(MR, KILN_Q4_0, act, K, wr, D, Mo, res); break; \
     case KILN_Q4_1: QN(tile_int8)(MR, KILN_Q4_1, act, K, wr, D, Mo, res); break; \
@@ -287,20 +325,26 @@ QTARGET static void QN(rows)(const kiln_qmm_args *p, int64_t n0, int64_t n1, int
     uint8_t *panel = (uint8_t *)p->scratch + act_bytes + thread * ((kiln_qpanel_bytes(K) + 63) / 64 * 64);
     float *Dp = (float *)(panel + KILN_QMM_NR * K), *Mp = Dp + KILN_QMM_NR * (K / 16), *Xp = Mp + KILN_QMM_NR * (K / 16);
     const int fp32_panel = p->mode == KILN_QMODE_EXACT && M > 4;
-    /* legacy formats skip the unpacked panel: always in int8 mode, at M <= 4 in exact mode */
-    const int fused = (p->mode == KILN_QMODE_INT8 || M <= 4) &&
-                      (p->fmt == KILN_Q8_0 || p->fmt == KILN_Q4_0 || p->fmt == KILN_Q4_1);
+    const int legacy = p->fmt == KILN_Q8_0 || p->fmt == KILN_Q4_0 || p->fmt == KILN_Q4_1;
+    /* no unpacked panel: the 32-blocks and int8 rows at M <= 4 in exact mode (tile_exact_legacy),
+     * Q8_0 / Q4_0 / Q4_1 always in int8 mode */
+    const int xfused = p->mode == KILN_QMODE_EXACT && M <= 4 &&
+                       (legacy || p->fmt == KILN_Q5_0 || p->fmt == KILN_Q5_1 || p->fmt == KILN_I8_ROW);
+    const int ifused = p->mode == KILN_QMODE_INT8 && legacy;
     /* Q4_K / Q5_K at M <= 4 in exact mode decode their blocks in registers too (tile_exact_k);
      * Q6_K measured slower that way (its codes take two loads and a shift each) and keeps the panel */
     const int kfused = p->mode == KILN_QMODE_EXACT && M <= 4 && (p->fmt == KILN_Q4_K || p->fmt == KILN_Q5_K);
-    for (int64_t n = n0; n < n1; n += KILN_QMM_NR) {
-        const int nr = n1 - n < KILN_QMM_NR ? (int)(n1 - n) : KILN_QMM_NR;
-        const uint8_t *q[4], *wr[4]; const float *D[4], *Mo[4], *X[4];
+    for (int64_t n = n0; n < n1;) {
+        /* the GEMV takes KILN_QMM_NR_WIDE rows at once where the ISA has the registers for them */
+        const int step = xfused && M == 1 && QWIDE && n1 - n >= KILN_QMM_NR_WIDE ? KILN_QMM_NR_WIDE : KILN_QMM_NR;
+        const int nr = n1 - n < step ? (int)(n1 - n) : step;
+        const int64_t ahead = step * rowb;   /* the next tile's rows, prefetched */
+        const uint8_t *q[4], *wr[KILN_QMM_NR_WIDE]; const float *D[4], *Mo[4], *X[4];
+        for (int j = 0; j < step; j++) wr[j] = p->w + (n + (j < nr ? j : 0)) * rowb;
         for (int j = 0; j < 4; j++) {
             int jj = j < nr ? j : 0; /* a short last panel repeats its first row; results dropped */
             q[j] = panel + jj * K; D[j] = Dp + jj * (K / 16); Mo[j] = Mp + jj * (K / 16); X[j] = Xp + jj * K;
-            wr[j] = p->w + (n + jj) * rowb;
-            if (j < nr && !fused && !kfused) {
+            if (j < nr && !xfused && !ifused && !kfused) {
                 QN(unpack)(p->fmt, p->w + (n + j) * rowb, 0, K, panel + j * K, Dp + j * (K / 16), Mp + j * (K / 16));
                 if (fp32_panel)
                     for (int64_t k = 0; k < K; k += VW) VST(Xp + j * K + k, QX(q[j], D[j], Mo[j], k));
@@ -308,7 +352,7 @@ QTARGET static void QN(rows)(const kiln_qmm_args *p, int64_t n0, int64_t n1, int
         }
         for (int64_t m = 0; m < M; m += 4) {
             const int mr = M - m < 4 ? (int)(M - m) : 4;
-            float res[16];
+            float res[4 * KILN_QMM_NR_WIDE];
             if (p->mode == KILN_QMODE_INT8) {
                 const uint8_t *act = (const uint8_t *)p->scratch + m * kiln_qact_row_bytes(K);
                 switch (mr) {
@@ -320,11 +364,11 @@ QTARGET static void QN(rows)(const kiln_qmm_args *p, int64_t n0, int64_t n1, int
             } else {
                 const float *a = p->a + m * p->lda;
                 const float *const *xp = fp32_panel ? X : NULL;
-                if (fused) switch (mr) {
-                case 1: QLEGACY(1); break;
-                case 2: QLEGACY(2); break;
-                case 3: QLEGACY(3); break;
-                default: QLEGACY(4); break;
+                if (xfused) switch (mr) {
+                case 1: if (step == KILN_QMM_NR_WIDE) QLEGACY(1, KILN_QMM_NR_WIDE); else QLEGACY(1, 4); break;
+                case 2: QLEGACY(2, 4); break;
+                case 3: QLEGACY(3, 4); break;
+                default: QLEGACY(4, 4); break;
                 } else if (kfused) switch (mr) {
                 case 1: QKQUANT(1); break;
                 case 2: QKQUANT(2); break;
@@ -337,10 +381,12 @@ QTARGET static void QN(rows)(const kiln_qmm_args *p, int64_t n0, int64_t n1, int
                 default: QN(tile_exact)(4, a, p->lda, q, D, Mo, xp, K, res); break;
                 }
             }
+            const int rw = step == KILN_QMM_NR_WIDE ? KILN_QMM_NR_WIDE : 4;  /* res row width */
             for (int i = 0; i < mr; i++)
                 for (int j = 0; j < nr; j++)
-                    p->out[(m + i) * p->ldo + n + j] = res[i * 4 + j] + (p->bias ? p->bias[n + j] : 0.0f);
+                    p->out[(m + i) * p->ldo + n + j] = res[i * rw + j] + (p->bias ? p->bias[n + j] : 0.0f);
         }
+        n += nr;
     }
 }
 
@@ -352,3 +398,26 @@ const kiln_qkernels QN(kiln_qk) = {kiln_qmm_prepare_generic, QN(rows), QN(dequan
 #undef QINT8
 #undef QW_LO
 #undef QW_B0
+#undef QN
+#undef QTARGET
+#undef QWIDE
+#undef VW
+#undef VF
+#undef VZERO
+#undef VLD
+#undef VST
+#undef VSET1
+#undef VMUL
+#undef VFMA
+#undef VDEQ
+#undef VCVTU8
+#undef VQ4LO
+#undef VQ4HI
+#undef VQ8S
+#undef VQ5
+#undef VHALFB
+#undef VQ4TAB
+#undef VQ4LUT
+#undef VBITS
+#undef VHSUM
+#undef DOT4X8

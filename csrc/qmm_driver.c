@@ -2,7 +2,8 @@
  * once at load, the single-thread and threaded entry points and the embedding gather.
  *
  * The threaded driver splits N into chunks of whole KILN_QMM_NR-row panels (more chunks
- * than threads, taken dynamically) over Kiln's thread pool (pool.h).
+ * than threads, taken dynamically; an even number of panels for the GEMV, so its 8-row
+ * tiles fit) over Kiln's thread pool (pool.h).
  */
 #include <stdint.h>
 
@@ -109,6 +110,7 @@ int kiln_qmm_threaded(const kiln_qmm_args *p, int nthreads) {
     /* ~4 chunks per thread, each a whole number of panels */
     int64_t panels = (p->N + KILN_QMM_NR - 1) / KILN_QMM_NR, want = 4 * (int64_t)nthreads;
     int64_t per = (panels + want - 1) / want;
+    if (p->M == 1 && per % 2) per++;   /* whole KILN_QMM_NR_WIDE tiles for the GEMV */
     qmm_job job = {p, per * KILN_QMM_NR};
     qpool_parallel((p->N + job.rows_per_chunk - 1) / job.rows_per_chunk, nthreads, qmm_chunk, &job);
     return 0;

@@ -7,7 +7,7 @@
  *
  * Every format unpacks to one common form, per row: q (uint8, one per element) and,
  * per 16 elements, D and M (fp32) with value = D * q + M. Q8_0 stores q + 128 and
- * Q4_0 / Q6_K their unsigned codes, the bias going into M, so the int8 path always
+ * Q4_0 / Q5_0 / Q6_K their unsigned codes, the bias going into M, so the int8 path always
  * multiplies unsigned weights by signed activations (what vpdpbusd takes).
  */
 #ifndef KILN_QUANT_H
@@ -23,6 +23,10 @@ typedef uint16_t kiln_half; /* IEEE fp16 bits */
 typedef struct { kiln_half d; int8_t qs[KILN_QK]; } kiln_block_q8_0;
 typedef struct { kiln_half d; uint8_t qs[KILN_QK / 2]; } kiln_block_q4_0;
 typedef struct { kiln_half d, m; uint8_t qs[KILN_QK / 2]; } kiln_block_q4_1;
+/* Q5_0/Q5_1: the fifth bit of element i is bit i of the little-endian 32-bit qh; the low
+ * four bits are nibbles as in Q4_0 (low nibbles elements 0-15, high 16-31). */
+typedef struct { kiln_half d; uint8_t qh[4]; uint8_t qs[KILN_QK / 2]; } kiln_block_q5_0;
+typedef struct { kiln_half d, m; uint8_t qh[4]; uint8_t qs[KILN_QK / 2]; } kiln_block_q5_1;
 /* Q4_K/Q5_K: 8 sub-blocks of 32 with 6-bit scales and mins packed in 12 bytes. */
 typedef struct { kiln_half d, dmin; uint8_t scales[12]; uint8_t qs[KILN_QK_K / 2]; } kiln_block_q4_K;
 typedef struct { kiln_half d, dmin; uint8_t scales[12]; uint8_t qh[KILN_QK_K / 8]; uint8_t qs[KILN_QK_K / 2]; } kiln_block_q5_K;
@@ -32,13 +36,16 @@ typedef struct { uint8_t ql[KILN_QK_K / 2]; uint8_t qh[KILN_QK_K / 4]; int8_t sc
 _Static_assert(sizeof(kiln_block_q8_0) == 34, "block_q8_0 is 34 bytes");
 _Static_assert(sizeof(kiln_block_q4_0) == 18, "block_q4_0 is 18 bytes");
 _Static_assert(sizeof(kiln_block_q4_1) == 20, "block_q4_1 is 20 bytes");
+_Static_assert(sizeof(kiln_block_q5_0) == 22, "block_q5_0 is 22 bytes");
+_Static_assert(sizeof(kiln_block_q5_1) == 24, "block_q5_1 is 24 bytes");
 _Static_assert(sizeof(kiln_block_q4_K) == 144, "block_q4_K is 144 bytes");
 _Static_assert(sizeof(kiln_block_q5_K) == 176, "block_q5_K is 176 bytes");
 _Static_assert(sizeof(kiln_block_q6_K) == 210, "block_q6_K is 210 bytes");
 
-/* Format ids (stable: tests and, later, the params structs use them). I8_ROW: each row
- * is its fp32 scale then K int8 values. */
-enum { KILN_Q8_0 = 0, KILN_Q4_0, KILN_Q4_1, KILN_Q4_K, KILN_Q5_K, KILN_Q6_K, KILN_I8_ROW, KILN_QFMT_COUNT };
+/* Format ids (stable: tests and the params structs use them; new ones go at the end).
+ * I8_ROW: each row is its fp32 scale then K int8 values. */
+enum { KILN_Q8_0 = 0, KILN_Q4_0, KILN_Q4_1, KILN_Q4_K, KILN_Q5_K, KILN_Q6_K, KILN_I8_ROW, KILN_Q5_0, KILN_Q5_1,
+       KILN_QFMT_COUNT };
 
 /* Activation modes: EXACT keeps fp32 activations (weights dequantized on the fly);
  * INT8 quantizes each 32-activation group to int8 (scale max|a|/127) and dots integers. */
@@ -70,6 +77,7 @@ typedef struct {
 } kiln_qmm_args;
 
 #define KILN_QMM_NR 4   /* weight rows per panel (a chunk is a multiple of this) */
+#define KILN_QMM_NR_WIDE 8  /* weight rows per GEMV tile (M = 1) where the ISA has the registers */
 
 int64_t kiln_qrow_bytes(int fmt, int64_t K);
 int64_t kiln_qmm_scratch_bytes(int fmt, int mode, int64_t M, int64_t K, int nthreads);

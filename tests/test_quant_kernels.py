@@ -28,6 +28,9 @@ from tests.shared_fixtures import FIXTURES_DIR
 FIXTURES = str(FIXTURES_DIR)
 MS = [1, 2, 3, 4, 7, 16, 33, 64, 100]  # 1-4: the register-decode (GEMV / small-M) tiles
 GENERIC = os.environ.get("KILN_FORCE_GENERIC") == "1"
+# block formats gguf's Python quantizer writes (the others come from the fixtures)
+GGUF_WRITES = {"q4_1": gguf.GGMLQuantizationType.Q4_1, "q5_0": gguf.GGMLQuantizationType.Q5_0,
+               "q5_1": gguf.GGMLQuantizationType.Q5_1}
 
 
 def _smollm_path():
@@ -66,9 +69,11 @@ def sources(fmt):
             if _gguf_tensors(smol)[name][0] == fmt:
                 out.append((f"smollm2:{name}",) + _rows_of(smol, name, n)[1:])
     st = storage.get(fmt)
+    w = np.random.default_rng(7).standard_normal((29, 512)).astype(np.float32)
     if st.quantize is not None:
-        w = np.random.default_rng(7).standard_normal((29, 512)).astype(np.float32)
         out.append((f"kiln-quantized {fmt}", st.quantize(w), 29, 512))
+    elif fmt in GGUF_WRITES:  # no llama.cpp-made fixture holds Q5_0 / Q5_1: gguf's own quantizer
+        out.append((f"gguf-quantized {fmt}", gguf.quants.quantize(w, GGUF_WRITES[fmt]), 29, 512))
     assert out, f"no test weights for {fmt}"
     return out
 

@@ -15,7 +15,7 @@ from ..core import storage
 from ..errors import BackendError, KilnError
 
 # C format ids (csrc/quant.h enum), by storage-table name.
-FORMATS = {"q8_0": 0, "q4_0": 1, "q4_1": 2, "q4_k": 3, "q5_k": 4, "q6_k": 5, "i8_row": 6}
+FORMATS = {"q8_0": 0, "q4_0": 1, "q4_1": 2, "q4_k": 3, "q5_k": 4, "q6_k": 5, "i8_row": 6, "q5_0": 7, "q5_1": 8}
 MODES = {"exact": 0, "int8": 1}
 ISAS = {"generic": 0, "avx2": 1, "avx512": 2}
 

@@ -2,14 +2,16 @@
 
 One table (``STORAGE``) describes every storage type Kiln knows: plain f32/f16/bf16,
 int8 with one fp32 scale per output row, and the GGUF block formats Q8_0, Q4_0, Q4_1,
-Q4_K, Q5_K, Q6_K. A row gives the name, the GGUF type id (``gguf.GGMLQuantizationType``),
+Q5_0, Q5_1, Q4_K, Q5_K, Q6_K. A row gives the name, the GGUF type id (``gguf.GGMLQuantizationType``),
 the block size along the last (contiguous) axis, the bytes per block, the bytes each row
 carries besides its blocks, a numpy ``dequantize`` (bytes -> float32) and, where Kiln
 produces the type itself, a numpy ``quantize`` (float32 -> bytes). Byte sizes always come
 from here (``nbytes``).
 
 Block layouts follow ggml (``ggml-common.h``: block_q8_0, block_q4_0, block_q4_1,
-block_q4_K, block_q5_K, block_q6_K; QK_K = 256) and are the bytes a GGUF file stores.
+block_q5_0 (fp16 d, 32-bit qh of fifth bits, 16 bytes of nibbles; value d * (q - 16)),
+block_q5_1 (fp16 d and m, qh, nibbles; value d * q + m), block_q4_K, block_q5_K,
+block_q6_K; QK_K = 256) and are the bytes a GGUF file stores.
 Every block type also has ``decode`` (bytes -> q, D, M with value = D * q + M, D and M one
 per 16 elements; q signed where the format's codes are): the form the C kernels in
 csrc/quant.h unpack to, except that C keeps codes unsigned (Q8_0 as q + 128, Q4_0 and Q6_K
@@ -145,6 +147,24 @@ def _decode_q4_1(b):
     d = np.repeat(_half(b[:, :2]), 2, axis=1)
     m = np.repeat(_half(b[:, 2:4]), 2, axis=1)
     return _nibbles(b[:, 4:], 16).astype(np.int16), d, m
+
+
+def _q5_codes(qh: np.ndarray, qs: np.ndarray) -> np.ndarray:
+    """The 32 five-bit codes of Q5_0/Q5_1 blocks: nibbles as Q4_0 (low: elements 0-15, high:
+    16-31) plus 16 times bit i of the little-endian 32-bit ``qh`` for element i."""
+    bits = np.ascontiguousarray(qh).view("<u4") >> np.arange(32, dtype=np.uint32)   # [n, 32]
+    return (_nibbles(qs, 16).astype(np.uint32) | ((bits & 1) << 4)).astype(np.int16)
+
+
+def _decode_q5_0(b):
+    d = np.repeat(_half(b[:, :2]), 2, axis=1)
+    return _q5_codes(b[:, 2:6], b[:, 6:]) - 16, d, np.zeros_like(d)
+
+
+def _decode_q5_1(b):
+    d = np.repeat(_half(b[:, :2]), 2, axis=1)
+    m = np.repeat(_half(b[:, 2:4]), 2, axis=1)
+    return _q5_codes(b[:, 4:8], b[:, 8:]), d, m
 
 
 def _k_scales(sc: np.ndarray):
@@ -379,4 +399,6 @@ STORAGE: Dict[str, StorageType] = {st.name: st for st in [
     StorageType("q5_k", 13, QK_K, 176, 0, _dequant_blocks("q5_k"), None, _decode_q5_k),
     StorageType("q6_k", 14, QK_K, 210, 0, _dequant_blocks("q6_k"), None, _decode_q6_k),
     StorageType("f32_p16", None, 1, 4, 0, _unpack_p16, _pack_p16),
+    StorageType("q5_0", 6, 32, 22, 0, _dequant_blocks("q5_0"), None, _decode_q5_0),
+    StorageType("q5_1", 7, 32, 24, 0, _dequant_blocks("q5_1"), None, _decode_q5_1),
 ]}

@@ -25,7 +25,7 @@ MODES = ("exact", "int8")
 
 # -- C facts, in one place (they move to the C backend's registry) ------------------------
 # Format ids of csrc/quant.h (the kernels' enum); storage types the C kernels read.
-C_FORMATS = {"q8_0": 0, "q4_0": 1, "q4_1": 2, "q4_k": 3, "q5_k": 4, "q6_k": 5, "i8_row": 6}
+C_FORMATS = {"q8_0": 0, "q4_0": 1, "q4_1": 2, "q4_k": 3, "q5_k": 4, "q6_k": 5, "i8_row": 6, "q5_0": 7, "q5_1": 8}
 # Scratch is sized for this many threads (csrc/qmatmul_op.c uses at most as many).
 QMM_MAX_THREADS = 64
 QMM_NR = 4  # weight rows per panel (KILN_QMM_NR)

@@ -27,8 +27,9 @@ def _vtype(value: Any):
 
 
 def rewrite_gguf(src: str | Path, dst: str | Path, metadata: Optional[Mapping[str, Any]] = None,
-                 tensors: Optional[Mapping[str, Any]] = None) -> None:
-    """Copy `src` to `dst`, replacing/adding/dropping (DROP) metadata keys and tensors (float32 arrays)."""
+                 tensors: Optional[Mapping[str, Any]] = None, quantize: Optional[Mapping[str, Any]] = None) -> None:
+    """Copy `src` to `dst`, replacing/adding/dropping (DROP) metadata keys and tensors (float32 arrays);
+    `quantize` maps F32 tensor names to a gguf.GGMLQuantizationType they are re-encoded in (gguf's quantizer)."""
     import gguf
     from gguf import GGUFValueType as T
 
@@ -58,7 +59,10 @@ def rewrite_gguf(src: str | Path, dst: str | Path, metadata: Optional[Mapping[st
         if t.name in tensors:
             continue
         shape = tuple(int(d) for d in reversed(t.shape.tolist()))
-        if t.tensor_type == gguf.GGMLQuantizationType.F32:
+        if t.tensor_type == gguf.GGMLQuantizationType.F32 and t.name in (quantize or {}):
+            q = gguf.quants.quantize(np.array(t.data, dtype=np.float32).reshape(shape), quantize[t.name])
+            w.add_tensor(t.name, q, raw_dtype=quantize[t.name])
+        elif t.tensor_type == gguf.GGMLQuantizationType.F32:
             w.add_tensor(t.name, np.array(t.data, dtype=np.float32).reshape(shape))
         else:
             w.add_tensor(t.name, np.array(t.data), raw_dtype=t.tensor_type)

@@ -79,3 +79,24 @@ def test_tied_embedding_table_stays_in_blocks_for_both_uses(tmp_path):
     vocab = f32.config.vocab_size
     assert not [n for n, t in nat.session.graph.tensors.items()
                 if t.kind == "const" and t.storage == "plain" and vocab in tuple(t.shape)]
+
+
+@pytest.mark.parametrize("qtype", ["Q5_0", "Q5_1"])
+def test_q5_blocks_load_natively(tmp_path, qtype):
+    """Q5_0 / Q5_1 (most of a llama.cpp Q4_K_M SmolLM2; no fixture holds them): the F32 fixture's
+    matrices re-encoded by gguf's quantizer stay in their blocks and give the dequantized model's logits."""
+    import gguf
+    from tests.fuzz.gguf_edit import rewrite_gguf
+    src = [p for p in FIXTURES if "F32" in p][0]
+    t = gguf.GGMLQuantizationType[qtype]
+    names = {x.name: t for x in gguf.GGUFReader(src).tensors if len(x.shape) == 2}
+    path = tmp_path / f"tiny-llama-{qtype}.gguf"
+    rewrite_gguf(src, path, quantize=names)
+    nat = load_model(path, max_len=32, cache=False, compile_cache=False)
+    f32 = load_model(path, max_len=32, cache=False, dtype="f32", compile_cache=False)
+    stored = {x.storage for x in nat.session.graph.tensors.values() if x.storage != "plain"}
+    assert stored == {qtype.lower()}
+    hist = nat.session.graph.op_histogram()
+    assert hist.get("qmatmul", 0) + hist.get("qembedding", 0) == len(names) and "dequantize" not in hist
+    a, b = nat.session(IDS)[0], f32.session(IDS)[0]
+    assert np.abs(a - b).max() <= 1e-5 * np.abs(b).max()
