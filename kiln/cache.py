@@ -5,7 +5,7 @@
       hashes.json            source hashes memoized by (path, size, mtime, inode)
 
 The key is a SHA-256 over the source's content hash (the file's bytes, or every file of a folder),
-Kiln's version, the compile options and the CPU features the kernels were built for, so a changed
+Kiln's version and a stamp of its installed code (`code_stamp`), the compile options and the CPU features the kernels were built for, so a changed
 source, another Kiln or other options never hit an old entry. Entries are written to a temporary
 file in the same directory and renamed into place (`os.replace` is atomic on one filesystem): two
 first runs at once both finish with a whole entry, and a run killed mid-write leaves only a temp
@@ -112,9 +112,24 @@ def cpu_features() -> str:
     return " ".join(parts)
 
 
+def code_stamp(root: Optional[Path] = None) -> str:
+    """A digest of Kiln's own code as installed: every module and kernel library of the package by
+    relative name, size and mtime (stat only, ~1 ms). The version string alone does not change while
+    Kiln is worked on (an editable install, a git pull): without this, an entry compiled by older code
+    would be served after the code that compiles (passes, kernels, loaders) changed. ``root``: another
+    package folder (tests)."""
+    root = Path(__file__).resolve().parent if root is None else Path(root)
+    h = hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".so") and "__pycache__" not in p.parts):
+        st = f.stat()
+        h.update(f"{f.relative_to(root)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
 def entry_key(source_digest: str, version: str, options: Mapping[str, object], cpu: str) -> str:
-    blob = json.dumps({"source": source_digest, "kiln": version, "options": dict(options), "cpu": cpu},
-                      sort_keys=True)
+    """The entry's name: changes with the source, Kiln's version and code (code_stamp), the options and the CPU."""
+    blob = json.dumps({"source": source_digest, "kiln": version, "code": code_stamp(), "options": dict(options),
+                       "cpu": cpu}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 

@@ -291,10 +291,11 @@ def _transformers_tokenizer(gf: GGUFFile, kind: Optional[str]) -> Any:
         raise KilnError(f"{gf.path}: cannot build a {kind!r} tokenizer from the GGUF metadata: {e}") from e
 
 
-def load_gguf(path: str | os.PathLike, *, native: bool = False):
+def load_gguf(path: str | os.PathLike, *, native: bool = False, torch_weights: bool = False):
     """The file as HFParts (fp32 transformers model, tokenizer, generation config). With
     ``native`` returns (parts, stored): the weights with a quantized kernel stay in their
-    blocks (gguf_quant.StoredWeight) and the model holds uninitialized placeholders for them."""
+    blocks (gguf_quant.StoredWeight) and the model holds uninitialized placeholders for them,
+    or (``torch_weights``, for comparisons with transformers) their fp32 dequantization."""
     import transformers as tf
     gf = read_gguf(path)
     checked(gf)
@@ -302,9 +303,12 @@ def load_gguf(path: str | os.PathLike, *, native: bool = False):
     if native:
         from .gguf_quant import placeholders, stored_weights
         stored = stored_weights(gf)
-        state = hf_state_dict(gf, skip=frozenset(stored))
-        state.update(placeholders(stored))
-        model = build_model(gf, state)
+        if torch_weights:
+            model = build_model(gf)
+        else:
+            state = hf_state_dict(gf, skip=frozenset(stored))
+            state.update(placeholders(stored))
+            model = build_model(gf, state)
     else:
         model = build_model(gf)
     md = gf.metadata

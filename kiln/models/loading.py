@@ -177,9 +177,10 @@ def compile_language_model(spec: Union[str, os.PathLike], *, executor: Optional[
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     with library_warnings_hidden():
-        # keep_torch compares against the torch model, which must then hold real fp32 weights
-        parts, name, stored = load_parts_stored(spec, say,
-                                                native=dtype == "native" and not quantize and not keep_torch)
+        # keep_torch compares against the torch model, which must then hold real fp32 weights; Kiln still
+        # compiles what was asked for (the compile cache keys it by the same options either way)
+        parts, name, stored = load_parts_stored(spec, say, native=dtype == "native" and not quantize,
+                                                torch_weights=keep_torch)
     timings["load"] = time.perf_counter() - t0
     model = parts.model
     limit = context_length(model.config)
@@ -286,9 +287,10 @@ def load_parts(spec: Union[str, os.PathLike], say: Progress) -> tuple[HFParts, s
     return parts, name
 
 
-def load_parts_stored(spec: Union[str, os.PathLike], say: Progress, *, native: bool):
+def load_parts_stored(spec: Union[str, os.PathLike], say: Progress, *, native: bool, torch_weights: bool = False):
     """load_parts, plus (``native``, a GGUF) the weights kept in their blocks: (parts, name, stored);
-    stored is None otherwise (kiln/models/gguf_quant.py)."""
+    stored is None otherwise (kiln/models/gguf_quant.py). ``torch_weights``: the transformers model
+    holds real fp32 weights even where Kiln keeps the blocks (comparisons against transformers)."""
     path, name = resolve_source(spec, say)
     if path.is_dir():
         from .hf import load_hf_folder
@@ -297,7 +299,7 @@ def load_parts_stored(spec: Union[str, os.PathLike], say: Progress, *, native: b
     from .gguf import load_gguf
     if native:
         say(f"reading {path.name} (quantized weights stay in their blocks)")
-        parts, stored = load_gguf(path, native=True)
+        parts, stored = load_gguf(path, native=True, torch_weights=torch_weights)
         return parts, name, stored
     say(f"reading {path.name} (dequantizing to fp32)")
     return load_gguf(path), name, None

@@ -95,6 +95,34 @@ def test_other_kiln_version_misses(cache_dir, executor, monkeypatch):
     assert lm.provenance["kiln_version"] == "99.0" and len(list(cache.entries())) == 2
 
 
+def test_changed_kiln_code_misses(cache_dir, executor, monkeypatch):
+    """Same version string, other code (an editable install after a pull): a new entry, not the old one."""
+    load(executor=executor)
+    monkeypatch.setattr(cache, "code_stamp", lambda root=None: "other code")
+    messages: list = []
+    load(messages, executor=executor)
+    assert any("saving to the compile cache" in m for m in messages) and len(list(cache.entries())) == 2
+
+
+def test_code_stamp_sees_edits(tmp_path):
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "a.py").write_text("x = 1\n")
+    (pkg / "sub" / "_k.so").write_bytes(b"elf")
+    (pkg / "notes.txt").write_text("ignored")
+    first = cache.code_stamp(pkg)
+    assert cache.code_stamp(pkg) == first
+    (pkg / "notes.txt").write_text("still ignored")
+    assert cache.code_stamp(pkg) == first
+    (pkg / "a.py").write_text("x = 22\n")
+    second = cache.code_stamp(pkg)
+    assert second != first
+    st = (pkg / "sub" / "_k.so").stat()
+    os.utime(pkg / "sub" / "_k.so", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert cache.code_stamp(pkg) != second
+    assert cache.code_stamp() == cache.code_stamp()  # the installed package itself
+
+
 def test_stale_entry_is_reported_and_rebuilt(cache_dir, executor):
     load(executor=executor)
     (entry,) = cache.entries()

@@ -35,6 +35,24 @@ def test_tied_embedding_stays_in_blocks_and_matches_fp32(tied_gguf):
     assert np.abs(a - b).max() <= 1e-5 * np.abs(b).max()
 
 
+def test_compare_with_torch_keeps_the_native_weights(tied_gguf, tmp_path, monkeypatch):
+    """keep_torch (``kiln generate --compare-torch``) needs a transformers model with real weights; it
+    used to compile Kiln's model in fp32 as well and store that under the native options' cache key,
+    so every later run of the file got the fp32 model from the cache."""
+    monkeypatch.setenv("KILN_CACHE_DIR", str(tmp_path / "cache"))
+    cmp = load_model(tied_gguf, max_len=32, keep_torch=True)
+    hist = cmp.cached_session.graph.op_histogram()
+    assert "qembedding" in hist and "qmatmul" in hist
+    import torch
+    with torch.no_grad():
+        ref = cmp.torch_model(torch.from_numpy(IDS)).logits.numpy()
+    assert np.abs(ref).max() > 0  # real weights, not the placeholders
+    got = cmp.decoder().prefill(IDS[0].tolist())  # the last position's logits
+    assert np.abs(got - ref[0, -1]).max() <= 1e-4 * np.abs(ref).max()
+    again = load_model(tied_gguf, max_len=32)  # from the compile cache
+    assert again.cached_session.graph.op_histogram() == hist
+
+
 def test_stored_weight_without_a_constant_is_an_error():
     from kiln.ir.graph import Graph
     w = StoredWeight(np.zeros((4, 34), np.uint8), "q8_0", (4, 32))
