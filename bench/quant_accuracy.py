@@ -20,7 +20,10 @@ over the first ``--tokens`` tokens of the text (one prefill, logits at every pos
 int8 ablations (``--formats``): ``int8`` is the default (each row's scale chosen for least
 rounding error, the tied LM head quantized too); ``int8-keep-head`` the same with the tied
 head / embedding in fp32; ``int8-max`` scales max|row| / 127 with the head quantized;
-``int8-max-head`` the old default (max-abs scales, tied head fp32). kiln/core/quantize_int8.py.
+``int8-max-head`` the old default (max-abs scales, tied head fp32); ``int8-cal`` activation-aware
+scales (each weight's error weighed by its input channels' mean square, measured on a calibration
+text that is not the evaluation text: the first 512 tokens of the GNU GPL version 3,
+``/usr/share/common-licenses/GPL-3`` from Debian's base-files). kiln/core/quantize_int8.py.
 
 The text: the Jargon File 4.4.7's appendix "The Meaning of 'Hack'" (public domain, as its
 copyright notice states), from the Debian package ``jargon-text``
@@ -53,7 +56,16 @@ PROMPTS = ["What is the capital of France?", "Name three primary colors.", "What
 FORMATS = ("native", "int8", "q8_0", "q4_0", "q4_k")
 # int8 ablations: --formats name -> QuantizeConfig keywords (kiln/passes/quantize.py)
 INT8_VARIANTS = {"int8-keep-head": {"keep_tied": True}, "int8-max": {"scales": "max", "keep_tied": False},
-                 "int8-max-head": {"scales": "max", "keep_tied": True}}
+                 "int8-max-head": {"scales": "max", "keep_tied": True}, "int8-cal": {}}
+CALIBRATION_TEXT = Path("/usr/share/common-licenses/GPL-3")
+
+
+def calibration_feeds(tokenizer, tokens: int = 512) -> tuple:
+    """One feed of the calibration text's first ``tokens`` token ids (see the module doc)."""
+    if not CALIBRATION_TEXT.is_file():
+        raise SystemExit(f"quant_accuracy: {CALIBRATION_TEXT} (the int8-cal calibration text) is missing")
+    ids = tokenizer(" ".join(CALIBRATION_TEXT.read_text().split()), add_special_tokens=False)["input_ids"][:tokens]
+    return ({"input_ids": np.asarray([ids], np.int64)},)
 MODES = ("exact", "int8")
 
 
@@ -104,7 +116,7 @@ def load(model: str, max_len: int, **kw):
     return load_model(model, max_len=max_len, last_only=False, cache=False, compile_cache=False, **kw)
 
 
-def rows(model: str, formats, modes):
+def rows(model: str, formats, modes, tokenizer=None):
     """(label, load_model keywords) per row; the GGUF's own blocks only for a quantized GGUF."""
     for fmt in formats:
         for mode in modes:
@@ -113,7 +125,8 @@ def rows(model: str, formats, modes):
                     yield f"file's own blocks, {mode}", {"act": mode}
             elif fmt in INT8_VARIANTS:
                 from kiln.passes.quantize import QuantizeConfig
-                cfg = QuantizeConfig("int8", mode, **INT8_VARIANTS[fmt])
+                extra = {"calibration": calibration_feeds(tokenizer)} if fmt == "int8-cal" else {}
+                cfg = QuantizeConfig("int8", mode, **INT8_VARIANTS[fmt], **extra)
                 yield f"{fmt} (ablation), {mode}", {"dtype": "f32", "quantize": cfg, "act": mode}
             else:
                 yield f"--quantize {fmt}, {mode}", {"dtype": "f32", "quantize": fmt, "act": mode}
@@ -187,8 +200,9 @@ def main(argv=None) -> int:
             f"| fp32 | f32 | 0 | 0 | 1.000 | 0 | {ppl0:.3f} | 0 | " + " | ".join(ref_answers) + " |"]
     lines = list(head)
     print("\n".join(head), flush=True)
+    tokenizer = ref.tokenizer
     del ref
-    for label, kw in rows(args.model, args.formats.split(","), args.modes.split(",")):
+    for label, kw in rows(args.model, args.formats.split(","), args.modes.split(","), tokenizer):
         lm = load(args.model, args.tokens + 32, **kw)
         lg = all_logits(lm, ids)
         err = np.abs(lg - base) / scale

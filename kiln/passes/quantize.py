@@ -36,12 +36,16 @@ class QuantizeConfig:
     mode ("exact" or "int8"); keep: weight names left in fp32; keep_tied: leave a weight that
     an embedding also reads (a tied LM head) in fp32 (None: the format's default, ``tied_default``);
     scales: how int8 per-channel rows choose their scale, "mse" (least rounding error, default)
-    or "max" (max|row| / 127; the ablation), kiln/core/quantize_int8.py."""
+    or "max" (max|row| / 127; the ablation), kiln/core/quantize_int8.py; calibration: input
+    feeds (Session-style mappings) on which the graph is run to weigh each int8 weight's error
+    by its input channels' mean square (activation-aware, kiln/passes/quantize_calibration.py);
+    None: every channel counts alike."""
     fmt: str
     mode: str = "exact"
     keep: frozenset = field(default_factory=frozenset)
     keep_tied: Optional[bool] = None
     scales: str = "mse"
+    calibration: Optional[tuple] = field(default=None, compare=False)
 
     def __post_init__(self):
         st = FORMATS.get(self.fmt, self.fmt)
@@ -89,6 +93,10 @@ def _eligible_matmul(graph: Graph, node, w: str, block: int) -> bool:
 def quantize_weights(graph: Graph, cfg: QuantizeConfig) -> int:
     """The quantize stage; returns the number of weights quantized. Mutates ``graph``."""
     st = storage.get(cfg.storage)
+    energy = {}
+    if cfg.calibration is not None and st.name == "i8_row" and cfg.scales == "mse":
+        from .quantize_calibration import input_energy
+        energy = input_energy(graph, list(cfg.calibration))
     done = 0
     for w, t in list(graph.tensors.items()):
         if t.kind != CONST or t.storage != PLAIN or t.dtype != "float32" or w in cfg.keep:
@@ -108,7 +116,8 @@ def quantize_weights(graph: Graph, cfg: QuantizeConfig) -> int:
         value = np.asarray(graph.constants[w], np.float32)
         rows = value if transposed[0] else value.T
         rows = np.ascontiguousarray(rows)
-        raw = quantize_i8_row(rows, cfg.scales) if st.name == "i8_row" else st.quantize(rows)
+        h = energy.get(w) if cfg.scales == "mse" else None
+        raw = quantize_i8_row(rows, cfg.scales, h) if st.name == "i8_row" else st.quantize(rows)
         qname = graph.fresh(f"{w}.{st.name}")
         graph.add_stored_const(qname, raw, rows.shape, st.name)
         for n in users:

@@ -168,3 +168,43 @@ def test_save_load_keeps_the_searched_bytes(tmp_path):
         assert t.graph.tensors[name].storage == "i8_row"
         assert bytes(np.asarray(t.graph.constants[name])) == bytes(s.graph.constants[name])
     np.testing.assert_array_equal(t(ids.numpy())[0], s(ids.numpy())[0])
+
+
+def test_channel_weights_weigh_the_error_and_never_lose_to_max_abs():
+    w = _weights(32, 64, seed=4)
+    h = np.ones(64)
+    h[[3, 40]] = 1e4                                   # two loud input channels
+    d = I8.dequantize(quantize_i8_row(w, "mse", h), w.shape).astype(np.float64)
+    d_plain = I8.dequantize(quantize_i8_row(w, "mse"), w.shape).astype(np.float64)
+    d_max = I8.dequantize(quantize_i8_row(w, "max"), w.shape).astype(np.float64)
+
+    def werr(dq):
+        return (((w - dq) ** 2) * h).sum(axis=1)
+    assert (werr(d) <= werr(d_max)).all() and werr(d).sum() < werr(d_plain).sum()
+    np.testing.assert_array_equal(quantize_i8_row(w, "mse", np.ones(64)), quantize_i8_row(w, "mse"))
+    with pytest.raises(KilnError, match="channel weights"):
+        quantize_i8_row(w, "mse", -h)
+
+
+def test_calibration_measures_each_weights_input_energy():
+    from kiln.frontend.torch import export
+    from kiln.passes.quantize_calibration import input_energy
+    m = _tied_model()
+    ids = torch.tensor([[1, 7, 79, 3, 3, 50]])
+    from kiln.passes.pipeline import optimize
+    g = optimize(export(m, (ids,)), stages=["canonicalize", "absorb", "fold"])   # the graph the stage sees
+    energy = input_energy(g, [{g.inputs[0]: ids.numpy()}])
+    h = m.emb(ids)[0].detach().numpy().astype(np.float64)
+    hidden = torch.relu(m.up(m.emb(ids)))[0].detach().numpy().astype(np.float64)
+    want = {"up": (h ** 2).mean(0), "down": (hidden ** 2).mean(0)}
+    assert len(energy) == 3, list(energy)              # up, down and the tied head's matmul
+    head_in = (h + m.down(torch.relu(m.up(m.emb(ids))))[0].detach().numpy()) ** 2
+    for name, v in energy.items():
+        which = "up" if "up" in name else "down" if "down" in name else "head"
+        np.testing.assert_allclose(v, want[which] if which != "head" else head_in.mean(0), rtol=1e-4, err_msg=name)
+    # the calibrated compile runs and matches the model
+    s = kiln.compile(m, (ids,), quantize=QuantizeConfig("int8", calibration=({g.inputs[0]: ids.numpy()},)))
+    ref = m(ids).detach().numpy()
+    assert np.abs(s(ids.numpy())[0] - ref).max() <= 0.02 * np.abs(ref).max()
+    with pytest.raises(KilnError, match="no calibration"):
+        input_energy(g, [])
