@@ -177,7 +177,9 @@ def main(argv=None) -> int:
     p.add_argument("--random", default=None, help="FAMILY[:LAYERS],...: int8 variants on random-weight models")
     args = p.parse_args(argv)
     if args.random:
-        lines = random_table(args.random, args.tokens, [f for f in args.formats.split(",") if f.startswith("int8")])
+        # (int8-cal is left out: random token ids are no calibration text)
+        lines = random_table(args.random, args.tokens,
+                             [f for f in args.formats.split(",") if f.startswith("int8") and f != "int8-cal"])
         if args.markdown:
             Path(args.markdown).write_text("\n".join(lines) + "\n")
         return 0
