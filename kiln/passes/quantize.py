@@ -4,7 +4,9 @@
   only eligible matmuls read becomes a stored constant (kiln/core/storage.py) read through
   ``dequantize``; the matmul then reads ``dequantize(Wq)`` with ``transpose_b`` (a [K, N]
   weight is stored transposed, as rows of K). Runtime weights, weights other ops also read,
-  and K that is not whole blocks are left alone (their fp32 path is unchanged).
+  and K that is not whole blocks are left alone (their fp32 path is unchanged). int8
+  per-channel rows get least-error scales (kiln/core/quantize_int8.py), activation-aware
+  with calibration feeds (kiln/passes/quantize_calibration.py).
 * ``FUSE`` (the "fuse-quant" stage, always on): ``matmul(x, dequantize(W), transpose_b)
   [+ bias]`` → ``qmatmul`` and ``embedding(dequantize(W), ids)`` → ``qembedding``, so the
   kernels read the blocks and no fp32 copy of the weight exists. A graph loaded from a GGUF
