@@ -12,7 +12,6 @@ and reports the speed each keeps.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -20,10 +19,7 @@ import time
 import numpy as np
 
 from . import machine
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+from .output import log, write_json
 
 
 def kiln_model(key: str, max_len: int):
@@ -162,9 +158,7 @@ def main(argv=None) -> int:
     if args.busy:
         print()
         print(busy_table(results))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"bandwidth_gbps": bw, "threads": threads, "results": results}, f, indent=1)
+    write_json(args.json, {"bandwidth_gbps": bw, "threads": threads, "results": results})
     return 0
 
 

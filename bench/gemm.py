@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import json
 import sys
 
 import numpy as np
 
 from . import machine
+from .output import log, write_json
 
 SHAPES = {  # name: (K, N) of one projection
     "smollm2-up": (576, 1536),
@@ -33,10 +33,6 @@ SHAPES = {  # name: (K, N) of one projection
     "smollm2-head": (576, 49152),   # a vocabulary-sized N (the tied LM head)
 }
 DEFAULT_SHAPES = "smollm2-up,gpt2-qkv,qwen3-up,qwen3-down"
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def engine():
@@ -126,9 +122,7 @@ def main(argv=None):
         ap.error(f"unknown shapes {unknown}; known: {', '.join(SHAPES)}")
     res = run([int(x) for x in args.m.split(",")], shapes, args.threads, args.reps)
     print(table(res))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=1)
+    write_json(args.json, res)
 
 
 if __name__ == "__main__":

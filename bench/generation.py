@@ -39,16 +39,14 @@ from typing import Optional
 
 import numpy as np
 
+from .output import log
+
 GGUF_TYPES = {"f32": "F32", "q8_0": "Q8_0", "q4_0": "Q4_0", "q4_1": "Q4_1", "q4_k_m": "Q4_K_M"}
 FORMATS = ("f32", "q8_0", "q4_0", "q4_1", "q4_k_m", "int8")
 MODES = ("exact", "int8")
 PEERS = ("kiln", "transformers", "llama.cpp")
 REPO = Path(__file__).resolve().parents[1]
 LOCAL_LLAMA = REPO / "build" / "llamacpp" / "bin"   # where `make bench` builds llama-bench/llama-quantize
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def find_tool(name: str, given: Optional[str]) -> Optional[str]:

@@ -16,7 +16,6 @@ Refuses to run without a CUDA GPU (the interpreter is for correctness, not speed
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -24,9 +23,7 @@ import subprocess
 import sys
 import time
 
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+from .output import log, write_json
 
 
 def environment() -> dict:
@@ -223,9 +220,7 @@ def main(argv=None) -> int:
                    "decode_tok_s": {k: row for k in COLUMNS}}
         rows.append(row)
     print(markdown(env, rows))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"environment": env, "results": rows}, f, indent=2)
+    write_json(args.json, {"environment": env, "results": rows}, indent=2)
     return 0
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import statistics
 import sys
 import time
@@ -32,16 +31,14 @@ from kiln.core import storage
 from kiln.backends import clib
 from kiln.backends import qmm as Q
 
+from .output import log, write_json
+
 LAYERS = 30
 # (label, K, N, matmuls of this shape per layer; 0 = once per model)
 SHAPES = [("attn q,o", 576, 576, 2), ("attn k,v", 576, 192, 2), ("ffn gate,up", 576, 1536, 2),
           ("ffn down", 1536, 576, 1), ("lm head", 576, 49152, 0)]
 FORMATS = ["f32", "q8_0", "q4_0", "q4_1", "i8_row", "q4_k", "q5_k", "q6_k"]
 FIXTURES = "/work/shared/fixtures/*.gguf"
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def _block_pool(fmt: str, rng) -> np.ndarray:
@@ -188,9 +185,7 @@ def main(argv=None) -> int:
     rows, overhead = measure(threads_list, args.reps)
     text = report(rows, threads_list, overhead)
     print(text)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"rows": rows, "overhead_us": overhead}, f, indent=1)
+    write_json(args.json, {"rows": rows, "overhead_us": overhead})
     return 0
 
 

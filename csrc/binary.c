@@ -201,14 +201,13 @@ typedef struct {
 
 static void where_range(void *p, int64_t lo, int64_t hi, int thread) {
     (void)thread;
-    const where_ctx *k = (const where_ctx *)p;
-    const kiln_call *c = k->c;
-    const kiln_bcast *bcp = k->bc;
-    const kiln_tensor *C = &c->in[0], *A = &c->in[1], *B = &c->in[2], *O = &c->out;
+    const where_ctx k = *(const where_ctx *)p;
+    const kiln_bcast *bcp = k.bc;
+    const kiln_tensor *C = &k.c->in[0], *A = &k.c->in[1], *B = &k.c->in[2], *O = &k.c->out;
     int64_t n = bcp->shape[bcp->nd - 1];
     int64_t sc = bcp->st[1][bcp->nd - 1], sa = bcp->st[2][bcp->nd - 1], sb = bcp->st[3][bcp->nd - 1];
-    int same = k->same;
-    int64_t esz = k->esz;
+    const int same = k.same;
+    const int64_t esz = k.esz;
     for (int64_t r = lo; r < hi; r++) {
         int64_t off[KILN_BC_MAX];
         kiln_bcast_row(bcp, r, off);

@@ -7,28 +7,21 @@
     _Pragma("omp simd") for (int64_t i = 0; i < n; i++) o[i] = kiln_act_apply(ACT, g[i]) * u[i];
 
 typedef struct {
-    const float *G;
-    const float *U;
-    const kiln_tensor *O;
-    int64_t n;
-    int64_t stride;
+    const float *G, *U;   /* rows of gate and up, `stride` floats apart */
+    float *O;
+    int64_t n, stride;
     int act;
 } gated_ctx;
 
 static void gated_range(void *p, int64_t begin, int64_t end, int thread) {
     (void)thread;
-    const gated_ctx *k = (const gated_ctx *)p;
-    const float *G = k->G;
-    const float *U = k->U;
-    const kiln_tensor *O = k->O;
-    int64_t n = k->n;
-    int64_t stride = k->stride;
-    int act = k->act;
+    const gated_ctx k = *(const gated_ctx *)p;
+    const int64_t n = k.n;
     for (int64_t r = begin; r < end; r++) {
-        const float *g = G + r * stride, *u = U + r * stride;
-        float *o = (float *)O->data + r * n;
+        const float *g = k.G + r * k.stride, *u = k.U + r * k.stride;
+        float *o = k.O + r * n;
         /* the activation is fixed per call: one vectorized loop per kind */
-        switch (act) {
+        switch (k.act) {
         case KILN_ACT_RELU: GATED_ROW(KILN_ACT_RELU) break;
         case KILN_ACT_GELU: GATED_ROW(KILN_ACT_GELU) break;
         case KILN_ACT_GELU_TANH: GATED_ROW(KILN_ACT_GELU_TANH) break;
@@ -60,35 +53,25 @@ int kiln_k_gated_act(const kiln_call *c) {
     int64_t stride = packed ? 2 * n : n;
     const float *G = (const float *)c->in[0].data;
     const float *U = packed ? G + n : (const float *)c->in[1].data;
-    gated_ctx gated_k = {G, U, O, n, stride, act};
+    gated_ctx gated_k = {G, U, (float *)O->data, n, stride, act};
     kiln_par_for(rows, rows * n, gated_range, &gated_k);
     return KILN_OK;
 }
 
 typedef struct {
-    const kiln_call *c;
-    const kiln_tensor *X;
-    const float *cs;
-    const float *sn;
-    int64_t S;
-    int64_t D;
-    int64_t h;
+    const float *x, *cs, *sn;
+    float *out;
+    int64_t S, D, h;
 } rope_ctx;
 
 static void rope_range(void *p, int64_t begin, int64_t end, int thread) {
     (void)thread;
-    const rope_ctx *k = (const rope_ctx *)p;
-    const kiln_call *c = k->c;
-    const kiln_tensor *X = k->X;
-    const float *cs = k->cs;
-    const float *sn = k->sn;
-    int64_t S = k->S;
-    int64_t D = k->D;
-    int64_t h = k->h;
+    const rope_ctx k = *(const rope_ctx *)p;
+    const int64_t D = k.D, h = k.h;
     for (int64_t r = begin; r < end; r++) {
-        const float *x = (const float *)X->data + r * D;
-        float *o = (float *)c->out.data + r * D;
-        const float *cr = cs + (r % S) * D, *sr = sn + (r % S) * D;
+        const float *x = k.x + r * D;
+        float *o = k.out + r * D;
+        const float *cr = k.cs + (r % k.S) * D, *sr = k.sn + (r % k.S) * D;
         /* in place (out == x) is safe: each pair (i, i + h) is read before either is written */
 #pragma omp simd
         for (int64_t i = 0; i < h; i++) {
@@ -114,7 +97,7 @@ int kiln_k_rope(const kiln_call *c) {
     if (S * D == 0 || kiln_numel(X) == 0) return KILN_OK;
     int64_t rows = kiln_numel(X) / D;
     const float *cs = (const float *)c->in[1].data, *sn = (const float *)c->in[2].data;
-    rope_ctx rope_k = {c, X, cs, sn, S, D, h};
+    rope_ctx rope_k = {(const float *)X->data, cs, sn, (float *)c->out.data, S, D, h};
     kiln_par_for(rows, rows * D, rope_range, &rope_k);
     return KILN_OK;
 }

@@ -23,28 +23,23 @@ static int check_indices(const kiln_tensor *I, int64_t n) {
     return KILN_OK;
 }
 
+/* Both gathers: the table x (n rows along the axis; gather: its element strides xst,
+ * esz bytes each; take: rows of `inner` bytes), the indices I, the output O. */
 typedef struct {
     const char *src;
     char *dst;
-    const kiln_tensor *I;
-    int64_t nidx;
-    int64_t n;
-    int64_t inner;
-} take_ctx;
+    const kiln_tensor *X, *I, *O;
+    int ax;
+    int64_t n, nidx, inner, esz;
+    const int64_t *xst;
+} gather_ctx;
 
 static void take_range(void *p, int64_t begin, int64_t end, int thread) {
     (void)thread;
-    const take_ctx *k = (const take_ctx *)p;
-    const char *src = k->src;
-    char *dst = k->dst;
-    const kiln_tensor *I = k->I;
-    int64_t nidx = k->nidx;
-    int64_t n = k->n;
-    int64_t inner = k->inner;
+    const gather_ctx k = *(const gather_ctx *)p;
     for (int64_t t = begin; t < end; t++) {
-        int64_t o = t / nidx, j = t % nidx;
-        int64_t v = fix_index(load_index(I, j), n);
-        memcpy(dst + t * inner, src + (o * n + v) * inner, (size_t)inner);
+        int64_t o = t / k.nidx, v = fix_index(load_index(k.I, t % k.nidx), k.n);
+        memcpy(k.dst + t * k.inner, k.src + (o * k.n + v) * k.inner, (size_t)k.inner);
     }
 }
 
@@ -62,10 +57,8 @@ static int take(const kiln_tensor *X, const kiln_tensor *I, const kiln_tensor *O
     int64_t nidx = kiln_numel(I);
     int rc = check_indices(I, n);
     if (rc != KILN_OK) return rc;
-    const char *src = (const char *)X->data;
-    char *dst = (char *)O->data;
     int64_t tasks = outer * nidx;
-    take_ctx take_k = {src, dst, I, nidx, n, inner};
+    gather_ctx take_k = {(const char *)X->data, (char *)O->data, X, I, O, ax, n, nidx, inner, 1, NULL};
     kiln_par_for(tasks, tasks * inner / 4, take_range, &take_k);
     return KILN_OK;
 }
@@ -104,43 +97,20 @@ int kiln_k_index_select(const kiln_call *c) {
     return take(&c->in[0], &c->in[1], &c->out, (int)ax);
 }
 
-typedef struct {
-    const char *src;
-    char *dst;
-    const kiln_tensor *X;
-    const kiln_tensor *I;
-    const kiln_tensor *O;
-    int nd;
-    int ax;
-    int64_t n;
-    const int64_t *xst;
-    int64_t esz;
-} gath_ctx;
-
 static void gath_range(void *p, int64_t begin, int64_t end, int thread) {
     (void)thread;
-    const gath_ctx *k = (const gath_ctx *)p;
-    const char *src = k->src;
-    char *dst = k->dst;
-    const kiln_tensor *X = k->X;
-    const kiln_tensor *I = k->I;
-    const kiln_tensor *O = k->O;
-    int nd = k->nd;
-    int ax = k->ax;
-    int64_t n = k->n;
-    const int64_t *xst = k->xst;
-    int64_t esz = k->esz;
+    const gather_ctx k = *(const gather_ctx *)p;
     for (int64_t e = begin; e < end; e++) {
         int64_t r = e, off = 0;
-        for (int d = nd - 1; d >= 0; d--) {
-            int64_t i = r % O->shape[d];
-            r /= O->shape[d];
-            if (d == ax) continue;
-            if (X->shape[d] == 1) i = 0;          /* numpy broadcasts x's size-1 dims */
-            off += i * xst[d];
+        for (int d = k.O->ndim - 1; d >= 0; d--) {
+            int64_t i = r % k.O->shape[d];
+            r /= k.O->shape[d];
+            if (d == k.ax) continue;
+            if (k.X->shape[d] == 1) i = 0;          /* numpy broadcasts x's size-1 dims */
+            off += i * k.xst[d];
         }
-        int64_t v = fix_index(load_index(I, e), n);
-        memcpy(dst + e * esz, src + (off + v * xst[ax]) * esz, (size_t)esz);
+        int64_t v = fix_index(load_index(k.I, e), k.n);
+        memcpy(k.dst + e * k.esz, k.src + (off + v * k.xst[k.ax]) * k.esz, (size_t)k.esz);
     }
 }
 
@@ -163,13 +133,8 @@ int kiln_k_gather(const kiln_call *c) {
     if (rc != KILN_OK) return rc;
     int64_t esz = kiln_itemsize(X->dtype);
     int64_t xst[KILN_MAX_DIMS];
-    for (int d = nd - 1, run = 1; d >= 0; d--) {
-        xst[d] = run;
-        run *= X->shape[d];
-    }
-    const char *src = (const char *)X->data;
-    char *dst = (char *)O->data;
-    gath_ctx gath_k = {src, dst, X, I, O, nd, ax, n, xst, esz};
+    kiln_strides(X, xst);
+    gather_ctx gath_k = {(const char *)X->data, (char *)O->data, X, I, O, ax, n, 0, 0, esz, xst};
     kiln_par_for(total, total, gath_range, &gath_k);
     return KILN_OK;
 }

@@ -90,6 +90,15 @@ static inline int64_t kiln_prod(const int64_t *shape, int lo, int hi) {
     return n;
 }
 
+/* Element strides of `t` laid out contiguously (row-major) into st[0..ndim). */
+static inline void kiln_strides(const kiln_tensor *t, int64_t *st) {
+    int64_t run = 1;
+    for (int d = t->ndim - 1; d >= 0; d--) {
+        st[d] = run;
+        run *= t->shape[d];
+    }
+}
+
 /* Load any dtype element as double / int64 (slow mixed-dtype paths only). */
 static inline double kiln_load_f64(const void *p, int dtype, int64_t i) {
     switch (dtype) {

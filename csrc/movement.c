@@ -4,22 +4,17 @@
 #include "par.h"
 
 typedef struct {
-    void *dst;
-    const void *src;
-    int64_t nbytes;
-    int64_t chunk;
+    char *dst;
+    const char *src;
+    int64_t nbytes, chunk;
 } memcpy_ctx;
 
 static void memcpy_range(void *p, int64_t lo, int64_t hi, int thread) {
     (void)thread;
-    const memcpy_ctx *k = (const memcpy_ctx *)p;
-    void *dst = k->dst;
-    const void *src = k->src;
-    int64_t nbytes = k->nbytes;
-    int64_t chunk = k->chunk;
+    const memcpy_ctx k = *(const memcpy_ctx *)p;
     for (int64_t t = lo; t < hi; t++) {
-        int64_t off = t * chunk, n = nbytes - off < chunk ? nbytes - off : chunk;
-        memcpy((char *)dst + off, (const char *)src + off, (size_t)n);
+        int64_t off = t * k.chunk, n = k.nbytes - off < k.chunk ? k.nbytes - off : k.chunk;
+        memcpy(k.dst + off, k.src + off, (size_t)n);
     }
 }
 
@@ -27,7 +22,7 @@ static void par_memcpy(void *dst, const void *src, int64_t nbytes) {
     if (dst == src || nbytes <= 0) return;
     const int64_t chunk = 1 << 20;
     int64_t tasks = (nbytes + chunk - 1) / chunk;
-    memcpy_ctx memcpy_k = {dst, src, nbytes, chunk};
+    memcpy_ctx memcpy_k = {(char *)dst, (const char *)src, nbytes, chunk};
     kiln_par_for(tasks, tasks * KILN_PAR_MIN, memcpy_range, &memcpy_k);
 }
 
@@ -68,35 +63,27 @@ static inline void strided_row(char *dst, const char *src, int64_t n, int64_t s,
 }
 
 typedef struct {
-    const kiln_bcast *bcp;
-    const kiln_tensor *out;
-    const kiln_tensor *in;
-    int64_t esz;
-    int64_t n;
-    int64_t s;
+    const kiln_bcast *bc;
+    char *out;
+    const char *in;
+    int64_t esz, n, s;
 } bcopy_ctx;
 
 static void bcopy_range(void *p, int64_t lo, int64_t hi, int thread) {
     (void)thread;
-    const bcopy_ctx *k = (const bcopy_ctx *)p;
-    const kiln_bcast *bcp = k->bcp;
-    const kiln_tensor *out = k->out;
-    const kiln_tensor *in = k->in;
-    int64_t esz = k->esz;
-    int64_t n = k->n;
-    int64_t s = k->s;
+    const bcopy_ctx k = *(const bcopy_ctx *)p;
     for (int64_t r = lo; r < hi; r++) {
         int64_t off[KILN_BC_MAX];
-        kiln_bcast_row(bcp, r, off);
-        char *d = (char *)out->data + off[0] * esz;
-        const char *p = (const char *)in->data + off[1] * esz;
-        if (s == 1) memcpy(d, p, (size_t)(n * esz));
-        else if (esz == 4) {
+        kiln_bcast_row(k.bc, r, off);
+        char *d = k.out + off[0] * k.esz;
+        const char *src = k.in + off[1] * k.esz;
+        if (k.s == 1) memcpy(d, src, (size_t)(k.n * k.esz));
+        else if (k.esz == 4) {
             uint32_t v;
-            memcpy(&v, p, 4);
-            for (int64_t i = 0; i < n; i++) ((uint32_t *)d)[i] = v;
+            memcpy(&v, src, 4);
+            for (int64_t i = 0; i < k.n; i++) ((uint32_t *)d)[i] = v;
         } else
-            for (int64_t i = 0; i < n; i++) memcpy(d + i * esz, p, (size_t)esz);
+            for (int64_t i = 0; i < k.n; i++) memcpy(d + i * k.esz, src, (size_t)k.esz);
     }
 }
 
@@ -110,7 +97,7 @@ int kiln_broadcast_copy(const kiln_tensor *out, const kiln_tensor *in) {
     int64_t esz = kiln_itemsize(out->dtype);
     int64_t n = bc.shape[bc.nd - 1], rows = kiln_prod(bc.shape, 0, bc.nd - 1);
     int64_t s = bc.st[1][bc.nd - 1];
-    bcopy_ctx bcopy_k = {&bc, out, in, esz, n, s};
+    bcopy_ctx bcopy_k = {&bc, (char *)out->data, (const char *)in->data, esz, n, s};
     kiln_par_for(rows, rows * n, bcopy_range, &bcopy_k);
     return KILN_OK;
 }
@@ -120,95 +107,58 @@ int kiln_k_expand(const kiln_call *c) {
     return kiln_broadcast_copy(&c->out, &c->in[0]);
 }
 
+/* Permute's two loops over the coalesced output dims shp[0..m) (source strides st). */
 typedef struct {
     const char *src;
     char *dst;
-    const int64_t *shp;
-    const int64_t *st;
-    int m;
-    int jd;
-    int64_t esz;
-    int64_t T;
-    int64_t J;
-    int64_t sj;
-    int64_t inner;
-    int64_t s_in;
-    int64_t tiles_i;
-    int64_t tiles_j;
-} tile_ctx;
+    const int64_t *shp, *st;
+    int m, jd;                      /* tiled: jd is the out dim whose source is contiguous */
+    int64_t esz, inner, s_in;       /* the last dim: its size and source stride */
+    int64_t T, J, sj, tiles_i, tiles_j;
+} permute_ctx;
 
+/* Tiles of T x T over (dim jd, the last dim), so reads and writes both stay in cache. */
 static void tile_range(void *p, int64_t lo, int64_t hi, int thread) {
     (void)thread;
-    const tile_ctx *k = (const tile_ctx *)p;
-    const char *src = k->src;
-    char *dst = k->dst;
-    const int64_t *shp = k->shp;
-    const int64_t *st = k->st;
-    int m = k->m;
-    int jd = k->jd;
-    int64_t esz = k->esz;
-    int64_t T = k->T;
-    int64_t J = k->J;
-    int64_t sj = k->sj;
-    int64_t inner = k->inner;
-    int64_t s_in = k->s_in;
-    int64_t tiles_i = k->tiles_i;
-    int64_t tiles_j = k->tiles_j;
+    const permute_ctx k = *(const permute_ctx *)p;
     for (int64_t t = lo; t < hi; t++) {
-        int64_t ti = t % tiles_i, tj = (t / tiles_i) % tiles_j, o = t / (tiles_i * tiles_j);
+        int64_t ti = t % k.tiles_i, tj = (t / k.tiles_i) % k.tiles_j, o = t / (k.tiles_i * k.tiles_j);
         /* decompose o over the dims other than jd and m-1 */
         int64_t so = 0, dof = 0, r = o;
-        for (int d = m - 2; d >= 0; d--) {
-            if (d == jd) continue;
-            int64_t i = r % shp[d];
-            r /= shp[d];
-            so += i * st[d];
-            dof += i * kiln_prod(shp, d + 1, m);
+        for (int d = k.m - 2; d >= 0; d--) {
+            if (d == k.jd) continue;
+            int64_t i = r % k.shp[d];
+            r /= k.shp[d];
+            so += i * k.st[d];
+            dof += i * kiln_prod(k.shp, d + 1, k.m);
         }
-        int64_t j0 = tj * T, j1 = j0 + T < J ? j0 + T : J, i0 = ti * T, i1 = i0 + T < inner ? i0 + T : inner;
-        if (esz == 4) {
-            const uint32_t *s4 = (const uint32_t *)src + so;
-            uint32_t *d4 = (uint32_t *)dst + dof;
+        int64_t j0 = tj * k.T, j1 = j0 + k.T < k.J ? j0 + k.T : k.J;
+        int64_t i0 = ti * k.T, i1 = i0 + k.T < k.inner ? i0 + k.T : k.inner;
+        if (k.esz == 4) {
+            const uint32_t *s4 = (const uint32_t *)k.src + so;
+            uint32_t *d4 = (uint32_t *)k.dst + dof;
             for (int64_t j = j0; j < j1; j++)
-                for (int64_t i = i0; i < i1; i++) d4[j * sj + i] = s4[j + i * s_in];
+                for (int64_t i = i0; i < i1; i++) d4[j * k.sj + i] = s4[j + i * k.s_in];
         } else {
-            const uint64_t *s8 = (const uint64_t *)src + so;
-            uint64_t *d8 = (uint64_t *)dst + dof;
+            const uint64_t *s8 = (const uint64_t *)k.src + so;
+            uint64_t *d8 = (uint64_t *)k.dst + dof;
             for (int64_t j = j0; j < j1; j++)
-                for (int64_t i = i0; i < i1; i++) d8[j * sj + i] = s8[j + i * s_in];
+                for (int64_t i = i0; i < i1; i++) d8[j * k.sj + i] = s8[j + i * k.s_in];
         }
     }
 }
 
-typedef struct {
-    const char *src;
-    char *dst;
-    const int64_t *shp;
-    const int64_t *st;
-    int m;
-    int64_t esz;
-    int64_t inner;
-    int64_t s_in;
-} strided_ctx;
-
+/* One output row (the last dim) per index, read with the source stride s_in. */
 static void strided_range(void *p, int64_t lo, int64_t hi, int thread) {
     (void)thread;
-    const strided_ctx *k = (const strided_ctx *)p;
-    const char *src = k->src;
-    char *dst = k->dst;
-    const int64_t *shp = k->shp;
-    const int64_t *st = k->st;
-    int m = k->m;
-    int64_t esz = k->esz;
-    int64_t inner = k->inner;
-    int64_t s_in = k->s_in;
+    const permute_ctx k = *(const permute_ctx *)p;
     for (int64_t r = lo; r < hi; r++) {
         int64_t so = 0, q = r;
-        for (int d = m - 2; d >= 0 && q; d--) {
-            so += (q % shp[d]) * st[d];
-            q /= shp[d];
+        for (int d = k.m - 2; d >= 0 && q; d--) {
+            so += (q % k.shp[d]) * k.st[d];
+            q /= k.shp[d];
         }
-        strided_row(dst + r * inner * esz, src + so * esz, inner, s_in, esz);
+        strided_row(k.dst + r * k.inner * k.esz, k.src + so * k.esz, k.inner, k.s_in, k.esz);
     }
 }
 
@@ -228,10 +178,7 @@ int kiln_k_permute(const kiln_call *c) {
     int64_t esz = kiln_itemsize(X->dtype);
     if (kiln_numel(O) == 0) return KILN_OK;
     int64_t xst[KILN_MAX_DIMS];
-    for (int d = nd - 1, run = 1; d >= 0; d--) {
-        xst[d] = run;
-        run *= X->shape[d];
-    }
+    kiln_strides(X, xst);
     /* out dim d reads input dim perm[d]; drop size-1 dims and merge runs contiguous in both */
     int m = 0;
     int64_t shp[KILN_MAX_DIMS], st[KILN_MAX_DIMS];
@@ -266,12 +213,12 @@ int kiln_k_permute(const kiln_call *c) {
         int64_t outer = kiln_prod(shp, 0, m - 1) / J;          /* every other dim */
         int64_t tiles_j = (J + T - 1) / T, tiles_i = (inner + T - 1) / T;
         int64_t tasks = outer * tiles_j * tiles_i;
-        tile_ctx tile_k = {src, dst, shp, st, m, jd, esz, T, J, sj, inner, s_in, tiles_i, tiles_j};
+        permute_ctx tile_k = {src, dst, shp, st, m, jd, esz, inner, s_in, T, J, sj, tiles_i, tiles_j};
         kiln_par_for(tasks, kiln_numel(O), tile_range, &tile_k);
         return KILN_OK;
     }
     int64_t rows = kiln_prod(shp, 0, m - 1);
-    strided_ctx strided_k = {src, dst, shp, st, m, esz, inner, s_in};
+    permute_ctx strided_k = {src, dst, shp, st, m, -1, esz, inner, s_in, 0, 0, 0, 0, 0};
     kiln_par_for(rows, rows * inner, strided_range, &strided_k);
     return KILN_OK;
 }

@@ -6,30 +6,23 @@
 #include "par.h"
 
 typedef struct {
-    const kiln_call *c;
-    const kiln_tensor *X;
+    const float *x, *w, *b;   /* w, b: NULL when absent */
+    float *y;
     int64_t D;
     int layer;
     float eps;
-    const float *w;
-    const float *b;
 } norm_ctx;
 
 static void norm_range(void *p, int64_t lo, int64_t hi, int thread) {
     (void)thread;
-    const norm_ctx *k = (const norm_ctx *)p;
-    const kiln_call *c = k->c;
-    const kiln_tensor *X = k->X;
-    int64_t D = k->D;
-    int layer = k->layer;
-    float eps = k->eps;
-    const float *w = k->w;
-    const float *b = k->b;
+    const norm_ctx k = *(const norm_ctx *)p;
+    const int64_t D = k.D;
+    const float *w = k.w, *b = k.b;
     for (int64_t r = lo; r < hi; r++) {
-        const float *x = (const float *)X->data + r * D;
-        float *y = (float *)c->out.data + r * D;
+        const float *x = k.x + r * D;
+        float *y = k.y + r * D;
         double mean = 0, ss = 0;
-        if (layer) {
+        if (k.layer) {
 #pragma omp simd reduction(+ : mean)
             for (int64_t i = 0; i < D; i++) mean += x[i];
             mean /= (double)D;
@@ -48,7 +41,7 @@ static void norm_range(void *p, int64_t lo, int64_t hi, int thread) {
 #pragma omp simd reduction(+ : ss)
             for (int64_t i = 0; i < D; i++) ss += (double)x[i] * x[i];
         }
-        float rstd = (float)(1.0 / sqrt(ss / (double)D + (double)eps));
+        float rstd = (float)(1.0 / sqrt(ss / (double)D + (double)k.eps));
         float mf = (float)mean;
         if (w && b) {
 #pragma omp simd
@@ -75,7 +68,7 @@ static int norm(const kiln_call *c, int layer, float eps) {
     int64_t rows = kiln_numel(X) / D;
     const float *w = c->n_in > 1 ? (const float *)c->in[1].data : NULL;
     const float *b = (layer && c->n_in > 2) ? (const float *)c->in[2].data : NULL;
-    norm_ctx norm_k = {c, X, D, layer, eps, w, b};
+    norm_ctx norm_k = {(const float *)X->data, w, b, (float *)c->out.data, D, layer, eps};
     kiln_par_for(rows, rows * D, norm_range, &norm_k);
     return KILN_OK;
 }

@@ -15,28 +15,29 @@ enum { R_SUM, R_MEAN, R_MAX };
 
 static int64_t ld(const kiln_tensor *t, int64_t i) { return kiln_load_i64(t->data, t->dtype, i); }
 
+/* One step of an integer reduction (sums wrap, as numpy's int64 does) and its mean over R. */
+static inline int64_t acc_i64(int kind, int64_t acc, int64_t v) {
+    return kind == R_MAX ? (v > acc ? v : acc) : (int64_t)((uint64_t)acc + (uint64_t)v);
+}
+static inline int64_t mean_i64(int64_t acc, int64_t R) { return kiln_f2i64(R ? (double)acc / (double)R : NAN); }
+
+/* [outer, R, inner] after coalescing: inner == 1 reduces rows, else columns in chunks of CH. */
 typedef struct {
-    const kiln_tensor *X;
-    const kiln_tensor *O;
-    int isf;
-    int kind;
-    int64_t R;
-} rowred_ctx;
+    const kiln_tensor *X, *O;
+    int isf, kind;
+    int64_t R, inner, per, CH;
+} reduce_ctx;
 
 static void rowred_range(void *p, int64_t begin, int64_t end, int thread) {
     (void)thread;
-    const rowred_ctx *k = (const rowred_ctx *)p;
-    const kiln_tensor *X = k->X;
-    const kiln_tensor *O = k->O;
-    int isf = k->isf;
-    int kind = k->kind;
-    int64_t R = k->R;
+    const reduce_ctx k = *(const reduce_ctx *)p;
+    const int64_t R = k.R;
     for (int64_t o = begin; o < end; o++) {
         int64_t base = o * R;
-        if (isf) {
-            const float *x = (const float *)X->data + base;
-            float *y = (float *)O->data;
-            if (kind == R_MAX) {
+        if (k.isf) {
+            const float *x = (const float *)k.X->data + base;
+            float *y = (float *)k.O->data;
+            if (k.kind == R_MAX) {
                 float mx = -INFINITY;
                 int nan = 0;
                 for (int64_t r = 0; r < R; r++) {
@@ -48,46 +49,26 @@ static void rowred_range(void *p, int64_t begin, int64_t end, int thread) {
                 double s = 0;
 #pragma omp simd reduction(+ : s)
                 for (int64_t r = 0; r < R; r++) s += x[r];
-                y[o] = (float)(kind == R_MEAN ? s / (double)R : s);
+                y[o] = (float)(k.kind == R_MEAN ? s / (double)R : s);
             }
         } else {
-            int64_t *y = (int64_t *)O->data;
-            int64_t acc = kind == R_MAX ? INT64_MIN : 0;
-            for (int64_t r = 0; r < R; r++) {
-                int64_t v = ld(X, base + r);
-                acc = kind == R_MAX ? (v > acc ? v : acc) : (int64_t)((uint64_t)acc + (uint64_t)v);
-            }
-            y[o] = kind == R_MEAN ? kiln_f2i64(R ? (double)acc / (double)R : NAN) : acc;
+            int64_t acc = k.kind == R_MAX ? INT64_MIN : 0;
+            for (int64_t r = 0; r < R; r++) acc = acc_i64(k.kind, acc, ld(k.X, base + r));
+            ((int64_t *)k.O->data)[o] = k.kind == R_MEAN ? mean_i64(acc, R) : acc;
         }
     }
 }
 
-typedef struct {
-    const kiln_tensor *X;
-    const kiln_tensor *O;
-    int kind;
-    int64_t R;
-    int64_t inner;
-    int64_t per;
-    int64_t CH;
-} colred_ctx;
-
 static void colred_range(void *p, int64_t begin, int64_t end, int thread) {
     (void)thread;
-    const colred_ctx *k = (const colred_ctx *)p;
-    const kiln_tensor *X = k->X;
-    const kiln_tensor *O = k->O;
-    int kind = k->kind;
-    int64_t R = k->R;
-    int64_t inner = k->inner;
-    int64_t per = k->per;
-    int64_t CH = k->CH;
+    const reduce_ctx k = *(const reduce_ctx *)p;
+    const int64_t R = k.R, inner = k.inner;
     for (int64_t t = begin; t < end; t++) {
-        int64_t o = t / per, lo = (t % per) * CH, n = inner - lo < CH ? inner - lo : CH;
+        int64_t o = t / k.per, lo = (t % k.per) * k.CH, n = inner - lo < k.CH ? inner - lo : k.CH;
         double acc[256];
-        const float *x = (const float *)X->data + o * R * inner + lo;
-        float *y = (float *)O->data + o * inner + lo;
-        if (kind == R_MAX) {
+        const float *x = (const float *)k.X->data + o * R * inner + lo;
+        float *y = (float *)k.O->data + o * inner + lo;
+        if (k.kind == R_MAX) {
             for (int64_t i = 0; i < n; i++) acc[i] = -INFINITY;
             for (int64_t r = 0; r < R; r++) {
                 const float *xr = x + r * inner;
@@ -102,10 +83,22 @@ static void colred_range(void *p, int64_t begin, int64_t end, int thread) {
 #pragma omp simd
                 for (int64_t i = 0; i < n; i++) acc[i] += xr[i];
             }
-            double div = kind == R_MEAN ? (double)R : 1.0;
+            double div = k.kind == R_MEAN ? (double)R : 1.0;
             for (int64_t i = 0; i < n; i++) y[i] = (float)(acc[i] / div);
         }
     }
+}
+
+/* The general path's odometer: advance the input coords idx over sz[0..m) by one element
+ * and return the output offset oi moved along (ost: output strides, 0 on reduced runs). */
+static inline int64_t odometer_step(int m, const int64_t *sz, const int64_t *ost, int64_t *idx, int64_t oi) {
+    for (int d = m - 1; d >= 0; d--) {
+        oi += ost[d];
+        if (++idx[d] < sz[d]) break;
+        oi -= ost[d] * sz[d];
+        idx[d] = 0;
+    }
+    return oi;
 }
 
 static int reduce(const kiln_call *c, int kind, int64_t mask) {
@@ -149,36 +142,32 @@ static int reduce(const kiln_call *c, int kind, int64_t mask) {
             else outer *= sz[d];
         }
         if (nin == 0) R = 0;
-        int64_t tasks = outer * inner;
         if (inner == 1) {
-            rowred_ctx rowred_k = {X, O, isf, kind, R};
+            reduce_ctx rowred_k = {X, O, isf, kind, R, 1, 1, 1};
             kiln_par_for(outer, nin, rowred_range, &rowred_k);
             return KILN_OK;
         }
         /* [outer, R, inner]: accumulate whole rows of `inner` (vectorized over inner) */
-        (void)tasks;
         if (isf) {
             const int64_t CH = 256;
             int64_t per = (inner + CH - 1) / CH;
-            colred_ctx colred_k = {X, O, kind, R, inner, per, CH};
+            reduce_ctx colred_k = {X, O, isf, kind, R, inner, per, CH};
             kiln_par_for(outer * per, nin, colred_range, &colred_k);
         } else {
             int64_t *y = (int64_t *)O->data;
             for (int64_t o = 0; o < outer; o++)
                 for (int64_t i = 0; i < inner; i++) {
                     int64_t acc = kind == R_MAX ? INT64_MIN : 0;
-                    for (int64_t r = 0; r < R; r++) {
-                        int64_t v = ld(X, (o * R + r) * inner + i);
-                        acc = kind == R_MAX ? (v > acc ? v : acc) : (int64_t)((uint64_t)acc + (uint64_t)v);
-                    }
-                    y[o * inner + i] = kind == R_MEAN ? kiln_f2i64(R ? (double)acc / (double)R : NAN) : acc;
+                    for (int64_t r = 0; r < R; r++) acc = acc_i64(kind, acc, ld(X, (o * R + r) * inner + i));
+                    y[o * inner + i] = kind == R_MEAN ? mean_i64(acc, R) : acc;
                 }
         }
         return KILN_OK;
     }
     /* general: odometer over the input, output index from the kept coords (single thread) */
     int64_t ost[KILN_MAX_DIMS], idx[KILN_MAX_DIMS] = {0};
-    for (int d = m - 1, run = 1; d >= 0; d--) {
+    int64_t run = 1;   /* (an int would overflow past 2^31 kept elements) */
+    for (int d = m - 1; d >= 0; d--) {
         ost[d] = red[d] ? 0 : run;
         if (!red[d]) run *= sz[d];
     }
@@ -191,12 +180,7 @@ static int reduce(const kiln_call *c, int kind, int64_t mask) {
             float v = x[e];
             if (kind == R_MAX) y[oi] = (v > y[oi] || v != v) ? v : y[oi];
             else y[oi] += v;
-            for (int d = m - 1; d >= 0; d--) {
-                oi += ost[d];
-                if (++idx[d] < sz[d]) break;
-                oi -= ost[d] * sz[d];
-                idx[d] = 0;
-            }
+            oi = odometer_step(m, sz, ost, idx, oi);
         }
         if (kind == R_MEAN)
             for (int64_t i = 0; i < nout; i++) y[i] = (float)((double)y[i] / (double)cnt);
@@ -205,17 +189,11 @@ static int reduce(const kiln_call *c, int kind, int64_t mask) {
         for (int64_t i = 0; i < nout; i++) y[i] = kind == R_MAX ? INT64_MIN : 0;
         int64_t oi = 0;
         for (int64_t e = 0; e < nin; e++) {
-            int64_t v = ld(X, e);
-            y[oi] = kind == R_MAX ? (v > y[oi] ? v : y[oi]) : (int64_t)((uint64_t)y[oi] + (uint64_t)v);
-            for (int d = m - 1; d >= 0; d--) {
-                oi += ost[d];
-                if (++idx[d] < sz[d]) break;
-                oi -= ost[d] * sz[d];
-                idx[d] = 0;
-            }
+            y[oi] = acc_i64(kind, y[oi], ld(X, e));
+            oi = odometer_step(m, sz, ost, idx, oi);
         }
         if (kind == R_MEAN)
-            for (int64_t i = 0; i < nout; i++) y[i] = kiln_f2i64((double)y[i] / (double)cnt);
+            for (int64_t i = 0; i < nout; i++) y[i] = mean_i64(y[i], cnt);
     }
     return KILN_OK;
 }

@@ -147,11 +147,8 @@ int kiln_broadcasts(const kiln_tensor *in, const kiln_tensor *out) {
 void kiln_bcast_init(kiln_bcast *bc, const kiln_tensor *out, const kiln_tensor *const *ins, int n_in) {
     int nd = out->ndim, nops = n_in + 1;
     int64_t shape[KILN_MAX_DIMS], st[KILN_BC_MAX][KILN_MAX_DIMS];
-    for (int d = nd - 1, run = 1; d >= 0; d--) {  /* out: contiguous */
-        st[0][d] = run;
-        run *= out->shape[d];
-        shape[d] = out->shape[d];
-    }
+    kiln_strides(out, st[0]);   /* out: contiguous */
+    for (int d = 0; d < nd; d++) shape[d] = out->shape[d];
     for (int k = 0; k < n_in; k++) {
         const kiln_tensor *t = ins[k];
         int64_t run = 1;

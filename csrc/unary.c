@@ -87,7 +87,14 @@ CAST_FN(b_f32, uint8_t, float, v ? 1.0f : 0.0f)
 CAST_FN(b_i64, uint8_t, int64_t, v ? 1 : 0)
 CAST_FN(b_i32, uint8_t, int32_t, v ? 1 : 0)
 
-#define PAIR(a, b) ((a) * 8 + (b))
+/* [from][to]; NULL: the same dtype (a copy) or a pair without a fast path. */
+#define N_DTYPES (KILN_BOOL + 1)
+static const kiln_range_fn CASTS[N_DTYPES][N_DTYPES] = {
+    [KILN_FLOAT32] = {[KILN_INT64] = f32_i64, [KILN_INT32] = f32_i32, [KILN_BOOL] = f32_b},
+    [KILN_INT64] = {[KILN_FLOAT32] = i64_f32, [KILN_INT32] = i64_i32, [KILN_BOOL] = i64_b},
+    [KILN_INT32] = {[KILN_FLOAT32] = i32_f32, [KILN_INT64] = i32_i64, [KILN_BOOL] = i32_b},
+    [KILN_BOOL] = {[KILN_FLOAT32] = b_f32, [KILN_INT64] = b_i64, [KILN_INT32] = b_i32},
+};
 
 int kiln_k_cast(const kiln_call *c) {
     KILN_REQUIRE(c->n_in == 1, KILN_ERR_BAD_CALL);
@@ -98,21 +105,8 @@ int kiln_k_cast(const kiln_call *c) {
         if (c->out.data != c->in[0].data) memmove(c->out.data, c->in[0].data, (size_t)(n * kiln_itemsize(di)));
         return KILN_OK;
     }
-    kiln_range_fn f = NULL;
-    switch (PAIR(di, dout)) {
-    case PAIR(KILN_FLOAT32, KILN_INT64): f = f32_i64; break;
-    case PAIR(KILN_FLOAT32, KILN_INT32): f = f32_i32; break;
-    case PAIR(KILN_FLOAT32, KILN_BOOL): f = f32_b; break;
-    case PAIR(KILN_INT64, KILN_FLOAT32): f = i64_f32; break;
-    case PAIR(KILN_INT64, KILN_INT32): f = i64_i32; break;
-    case PAIR(KILN_INT64, KILN_BOOL): f = i64_b; break;
-    case PAIR(KILN_INT32, KILN_FLOAT32): f = i32_f32; break;
-    case PAIR(KILN_INT32, KILN_INT64): f = i32_i64; break;
-    case PAIR(KILN_INT32, KILN_BOOL): f = i32_b; break;
-    case PAIR(KILN_BOOL, KILN_FLOAT32): f = b_f32; break;
-    case PAIR(KILN_BOOL, KILN_INT64): f = b_i64; break;
-    case PAIR(KILN_BOOL, KILN_INT32): f = b_i32; break;
-    default:
+    kiln_range_fn f = di >= 0 && di < N_DTYPES && dout >= 0 && dout < N_DTYPES ? CASTS[di][dout] : NULL;
+    if (!f) {
         for (int64_t i = 0; i < n; i++) kiln_store_f64(c->out.data, dout, i, kiln_load_f64(c->in[0].data, di, i));
         return KILN_OK;
     }

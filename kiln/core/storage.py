@@ -36,6 +36,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import KilnError
+from . import buffers
 
 QK_K = 256
 _F16 = np.dtype("<f2")
@@ -311,17 +312,44 @@ def _p16_dims(shape) -> Tuple[int, int]:
     return int(shape[0]), int(shape[1])
 
 
+def pack_f32_p16(parts: Sequence[np.ndarray]) -> np.ndarray:
+    """float32 [N_i, K] parts, stacked along N (a merged QKV or gate/up weight) -> uint8
+    [sum N_i, 4K]: the bytes of the panel layout (csrc/gemm.h) of their concatenation, written
+    straight from the parts into one new buffer (kiln/core/buffers.py): no concatenated copy."""
+    parts = [np.asarray(p, np.float32) for p in parts]
+    if not parts:
+        raise KilnError("storage f32_p16: nothing to pack")
+    k = _p16_dims(parts[0].shape)[1]
+    for p in parts:
+        if _p16_dims(p.shape)[1] != k:
+            raise KilnError(f"storage f32_p16: parts of {k} and {p.shape[1]} columns do not stack")
+    starts = np.cumsum([0] + [p.shape[0] for p in parts])
+    n = int(starts[-1])
+    full = n // _P16 * _P16
+    out = buffers.fresh(4 * n * k).view(np.float32)
+    panels = out[:full * k].reshape(full // _P16, k, _P16)
+
+    def rows(a, b):   # rows [a, b) of the stacked weight: a view unless they straddle parts
+        pieces = [p[max(a, s) - s:min(b, e) - s] for p, s, e in zip(parts, starts, starts[1:]) if s < b and a < e]
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+
+    # Each part's whole panels are written through a transposed view of the output, so the
+    # copy reads the weight's rows contiguously (reading a transposed view of the input ran
+    # at half the speed); a panel that straddles two parts is gathered first (16 rows).
+    for p, s, e in zip(parts, starts, starts[1:]):
+        a, b = -(-int(s) // _P16) * _P16, min(int(e), full) // _P16 * _P16
+        if a < b:
+            panels[a // _P16:b // _P16].transpose(0, 2, 1)[...] = p[a - s:b - s].reshape(-1, _P16, k)
+    for q in sorted({int(s) // _P16 for s in starts[1:-1] if s % _P16 and s < full}):
+        panels[q].T[...] = rows(q * _P16, (q + 1) * _P16)
+    if full < n:
+        out[full * k:] = rows(full, n).T.reshape(-1)                    # [k, N % 16]
+    return out.view(np.uint8).reshape(n, 4 * k)
+
+
 def _pack_p16(x):
     """float32 [N, K] -> uint8 [N, 4K]: the bytes of the panel layout (csrc/gemm.h)."""
-    x = np.asarray(x, np.float32)
-    n, k = _p16_dims(x.shape)
-    full = n // _P16 * _P16
-    out = np.empty(n * k, np.float32)
-    # Written through a transposed view of the output, so numpy's copy reads the weight's rows
-    # contiguously (a copy out of a transposed view of the input ran at half the speed).
-    out[:full * k].reshape(full // _P16, k, _P16).transpose(0, 2, 1)[...] = x[:full].reshape(full // _P16, _P16, k)
-    out[full * k:] = x[full:].T.reshape(-1)                            # [k, N % 16]
-    return out.view(np.uint8).reshape(n, 4 * k)
+    return pack_f32_p16([x])
 
 
 def _unpack_p16(raw, shape):

@@ -1,7 +1,10 @@
 """Parallel matmuls that read the same input (Q/K/V, gate/up) become one wider matmul.
 
-One pass over the activations instead of several; the wider weight is packed
-once at compile time. Each original output becomes a slice of the merged one.
+One pass over the activations instead of several. Each original output becomes a slice
+of the merged one. The wider weight is a ``concat`` of the constant parts, not a new
+constant: pack-weights packs it straight from its parts (one copy of the weights, not a
+concatenated one and then a packed one; kiln/passes/pack.py), and where packing is off
+the cleanup stage's constant folding makes the plain concatenation.
 """
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ import collections
 
 import numpy as np
 
-from ..ir.graph import CONST, Graph
+from ..ir.graph import CONST, PLAIN, Graph
 from .engine import dead_code_elimination
 
 
@@ -19,19 +22,20 @@ def merge_parallel_matmuls(graph: Graph) -> int:
         if node.op != "matmul" or not node.attrs.transpose_b:
             continue
         w = graph.tensors[node.inputs[1]]
-        if w.kind != CONST or len(w.shape) != 2:
+        if w.kind != CONST or w.storage != PLAIN or len(w.shape) != 2:   # (a packed B is already merged or final)
             continue
         if len(node.inputs) == 3 and graph.tensors[node.inputs[2]].kind != CONST:
             continue
-        key = (node.inputs[0], node.attrs, len(node.inputs), w.shape[1])
+        key = (node.inputs[0], node.attrs, len(node.inputs), w.shape[1], w.dtype)
         groups[key].append(node)
     merged = 0
-    for (x, attrs, n_in, _k), nodes in groups.items():
+    for (x, attrs, n_in, _k, _dtype), nodes in groups.items():
         if len(nodes) < 2:
             continue
         index = min(graph.nodes.index(n) for n in nodes)
-        weights = [graph.constants[n.inputs[1]] for n in nodes]
-        w = graph.add_const(graph.fresh("merged_weight"), np.concatenate(weights, axis=0))
+        weights = [n.inputs[1] for n in nodes]
+        w = graph.add_node("concat", weights, {"axis": 0}, name="merged_weight", source=nodes[0].source, index=index)
+        index += 1
         ins = [x, w]
         if n_in == 3:
             biases = [graph.constants[n.inputs[2]].reshape(-1) for n in nodes]
@@ -41,7 +45,7 @@ def merge_parallel_matmuls(graph: Graph) -> int:
         axis = len(graph.tensors[out].shape) - 1
         start = 0
         for n, wt in zip(nodes, weights):
-            end = start + wt.shape[0]
+            end = start + int(graph.tensors[wt].shape[0])
             piece = graph.add_node("slice", [out], {"axis": axis, "start": start, "end": end, "step": 1},
                                    name=f"{n.output}_part", source=n.source, index=index)
             index += 1

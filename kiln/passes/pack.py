@@ -8,7 +8,9 @@ and not a graph output. A [K, N] weight (``transpose_b`` off, e.g. GPT-2's Conv1
 from its transpose and its matmuls switch ``transpose_b`` on: the packed form is always
 the logical [N, K]. A table an embedding also reads (tied to the LM head)
 is packed too, and the embedding gathers its rows from the panels (one copy, not two); a
-weight any other op reads stays plain.
+weight any other op reads stays plain. A merged weight (merge-matmuls' ``concat`` of its
+constant parts along N) is packed straight from the parts into one new buffer, so the
+weights are copied once at compile time (storage.pack_f32_p16; new pages: core/buffers.py).
 
 The packed bytes are what a saved model file stores (memory-mapped like any stored weight);
 the C kernel reads them for every M, nothing packs per call. The numpy reference unpacks.
@@ -35,10 +37,14 @@ def enabled() -> bool:
     return os.environ.get("KILN_PACK_WEIGHTS", "1").strip() not in ("0", "false", "no", "off")
 
 
-def _packable(graph: Graph, w: str) -> bool:
+def _plain_weight(graph: Graph, w: str) -> bool:
     t = graph.tensors[w]
-    if (t.kind != CONST or t.storage != PLAIN or t.dtype != "float32" or len(t.shape) != 2 or w in graph.outputs
-            or 0 in t.shape):
+    return (t.kind == CONST and t.storage == PLAIN and t.dtype == "float32" and len(t.shape) == 2
+            and w not in graph.outputs and 0 not in t.shape)
+
+
+def _packable(graph: Graph, w: str) -> bool:
+    if not _plain_weight(graph, w):
         return False
     users = graph.users(w)
     mms = [n for n in users if n.op == "matmul" and n.inputs[1] == w and w not in (n.inputs[0], *n.inputs[2:])]
@@ -49,31 +55,54 @@ def _packable(graph: Graph, w: str) -> bool:
     return len({n.attrs.transpose_b for n in mms} | ({True} if embeds else set())) == 1
 
 
+def _stacked(graph: Graph, node) -> bool:
+    """A merged weight (merge-matmuls): a concat along N of plain fp32 weights that only
+    transposed-B matmuls read, as B. Packed from its parts."""
+    w = node.output
+    if node.op != "concat" or node.attrs.axis != 0 or w in graph.outputs:
+        return False
+    if not all(_plain_weight(graph, p) for p in node.inputs):
+        return False
+    users = graph.users(w)
+    return bool(users) and all(n.op == "matmul" and n.attrs.transpose_b and n.inputs[1] == w
+                               and w not in (n.inputs[0], *n.inputs[2:]) for n in users)
+
+
 def pack_weights(graph: Graph) -> int:
     """The "pack-weights" stage; returns the number of weights packed. Mutates ``graph``."""
     if not enabled():
         return 0
-    st = storage.get(PACKED)
-    done = 0
-    for w in [name for name, t in graph.tensors.items() if t.kind == CONST]:
-        if not _packable(graph, w):
-            continue
-        users = graph.users(w)
-        value = np.asarray(graph.constants[w], np.float32)
-        transposed = next(n.attrs.transpose_b for n in users if n.op == "matmul")
-        rows = value if transposed else value.T   # [N, K]
-        name = graph.fresh(f"{w}.{PACKED}")
-        graph.add_stored_const(name, st.quantize(np.ascontiguousarray(rows)), rows.shape, PACKED)
-        for n in users:
-            if n.op == "embedding":
-                graph.set_inputs(n, [name, n.inputs[1]])
-            else:
-                graph.replace_node(n, dataclasses.replace(n, inputs=[n.inputs[0], name] + list(n.inputs[2:]),
-                                                          attrs=dataclasses.replace(n.attrs, transpose_b=True)))
-        del graph.tensors[w]
-        del graph.constants[w]
-        done += 1
-    return done
+    weights = [name for name, t in graph.tensors.items() if t.kind == CONST and _packable(graph, name)]
+    stacks = [n for n in graph.nodes if _stacked(graph, n)]
+    for w in weights:
+        transposed = next(n.attrs.transpose_b for n in graph.users(w) if n.op == "matmul")
+        value = graph.constants[w]
+        _use_packed(graph, w, [value if transposed else np.asarray(value).T])   # parts are [N, K]
+        _drop_const(graph, w)
+    for node in stacks:
+        _use_packed(graph, node.output, [graph.constants[p] for p in node.inputs])
+        graph.remove_node(node)
+        for p in dict.fromkeys(node.inputs):
+            if not graph.is_used(p):
+                _drop_const(graph, p)
+    return len(weights) + len(stacks)
+
+
+def _use_packed(graph: Graph, w: str, parts) -> None:
+    """Every reader of ``w`` reads the f32_p16 packing of its [N, K] ``parts`` (stacked) instead."""
+    raw = storage.pack_f32_p16(parts)
+    name = graph.add_stored_const(graph.fresh(f"{w}.{PACKED}"), raw, (raw.shape[0], raw.shape[1] // 4), PACKED)
+    for n in graph.users(w):
+        if n.op == "embedding":
+            graph.set_inputs(n, [name, n.inputs[1]])
+        else:
+            graph.replace_node(n, dataclasses.replace(n, inputs=[n.inputs[0], name] + list(n.inputs[2:]),
+                                                      attrs=dataclasses.replace(n.attrs, transpose_b=True)))
+
+
+def _drop_const(graph: Graph, w: str) -> None:
+    del graph.tensors[w]
+    del graph.constants[w]
 
 
 def unpack_weights(graph: Graph) -> int:
@@ -88,8 +117,7 @@ def unpack_weights(graph: Graph) -> int:
         name = graph.add_const(graph.fresh(w.removesuffix(f".{PACKED}")), value)
         for n in users:
             graph.set_inputs(n, [name if i == w else i for i in n.inputs])
-        del graph.tensors[w]
-        del graph.constants[w]
+        _drop_const(graph, w)
         done += 1
     return done
 

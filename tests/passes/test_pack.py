@@ -231,3 +231,89 @@ def test_generic_build_passes_the_same_cases():
                         "-k", "every_m_bucket or epilogues or same_at_every_m"],
                        env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+
+
+# -- merged weights: packed straight from their parts ------------------------------------------
+PART_ROWS = [(16, 32), (5, 11), (20, 7, 30), (3, 20, 40, 1), (33, 2, 7), (2048 // 64, 1024 // 64, 17)]
+
+
+@pytest.mark.parametrize("rows", PART_ROWS, ids=["-".join(map(str, r)) for r in PART_ROWS])
+@pytest.mark.parametrize("k", [1, 24])
+def test_parts_pack_as_their_concatenation(rows, k):
+    """Panels that straddle two parts, whole panels inside one and the N % 16 tail alike."""
+    parts = [rnd(n, k, seed=n + 7 * i) for i, n in enumerate(rows)]
+    whole = np.concatenate(parts)
+    raw = storage.pack_f32_p16(parts)
+    np.testing.assert_array_equal(raw, ST.quantize(whole))
+    np.testing.assert_array_equal(ST.dequantize(raw, whole.shape), whole)
+    assert raw.flags.writeable and raw.shape == (whole.shape[0], 4 * k)
+
+
+def test_pack_of_parts_refuses_bad_input():
+    with pytest.raises(kiln.KilnError, match="nothing to pack"):
+        storage.pack_f32_p16([])
+    with pytest.raises(kiln.KilnError, match="do not stack"):
+        storage.pack_f32_p16([rnd(4, 3), rnd(4, 5)])
+
+
+def test_a_fresh_buffer_is_writable_at_every_size():
+    from kiln.core import buffers
+    for n in (0, 7, 4 << 20, (4 << 20) + 3):
+        b = buffers.fresh(n)
+        assert b.dtype == np.uint8 and b.shape == (n,) and b.flags.writeable
+        b[:] = 1
+        assert int(b.sum()) == n
+
+
+def _three_projections(rows=(20, 7, 30), k=24, bias=False):
+    g = Graph()
+    x = g.add_input("x", (3, k), "float32")
+    outs = []
+    for i, n in enumerate(rows):
+        ins = [x, g.add_const(f"w{i}", rnd(n, k, seed=i))]
+        if bias:
+            ins.append(g.add_const(f"b{i}", rnd(n, seed=10 + i)))
+        outs.append(g.add_node("matmul", ins, {"transpose_b": True, "beta": 1.0 if bias else 0.0}))
+    g.outputs = outs
+    return g
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_merged_weights_are_packed_from_their_parts(bias):
+    from kiln.passes import optimize
+    g = _three_projections(bias=bias)
+    x = rnd(3, 24, seed=5)
+    want = kiln.Session(g, executor="reference").run({"x": x})
+    merged = optimize(g, stages=["merge-matmuls"])
+    assert [n.op for n in merged.nodes].count("concat") == 1   # the stacked weight, not a new constant
+    packed = optimize(g, stages=["merge-matmuls", "pack-weights", "cleanup"])
+    assert "concat" not in [n.op for n in packed.nodes]
+    consts = {n: t.storage for n, t in packed.tensors.items() if t.kind == "const"}
+    assert sorted(consts.values()) == ["f32_p16"] + ["plain"] * bias   # the parts are gone
+    w = next(n for n, s in consts.items() if s == "f32_p16")
+    np.testing.assert_array_equal(ST.dequantize(packed.constants[w], (57, 24)),
+                                  np.concatenate([g.constants[f"w{i}"] for i in range(3)]))
+    for graph in (merged, packed):
+        for ex in EXECUTORS:
+            got = kiln.Session(graph, executor=ex).run({"x": x})
+            for a, b in zip(got, want):
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=ex)
+
+
+def test_unpacked_merged_weights_are_folded_by_cleanup(monkeypatch):
+    from kiln.passes import optimize
+    monkeypatch.setenv("KILN_PACK_WEIGHTS", "0")
+    g = _three_projections()
+    out = optimize(g, stages=["merge-matmuls", "pack-weights", "cleanup"])
+    assert "concat" not in [n.op for n in out.nodes]
+    consts = [n for n, t in out.tensors.items() if t.kind == "const"]
+    assert len(consts) == 1 and out.tensors[consts[0]].storage == "plain"
+    np.testing.assert_array_equal(out.constants[consts[0]], np.concatenate([g.constants[f"w{i}"] for i in range(3)]))
+
+
+def test_a_part_another_op_reads_stays():
+    from kiln.passes import optimize
+    g = _three_projections()
+    g.outputs.append(g.add_node("add", ["w0", "w0"]))
+    out = optimize(g, stages=["merge-matmuls", "pack-weights"])
+    assert "w0" in out.constants and "w1" not in out.constants and "w2" not in out.constants

@@ -9,7 +9,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from . import mathfn, runtime
+from . import index, mathfn, runtime
 from .registry import register
 from ...ops.elementwise import BINARY_REFS
 
@@ -61,33 +61,19 @@ def _unary(x, y, n, OP: tl.constexpr, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _offset(idx, meta, row: tl.constexpr, RANK: tl.constexpr):
-    """Element offset of flat output index `idx` in the operand whose strides are meta row `row`
-    (row 0 holds the output shape)."""
-    off = tl.zeros_like(idx)
-    rem = idx
-    for i in tl.static_range(RANK):
-        d = RANK - 1 - i
-        size = tl.load(meta + d)
-        off += (rem % size) * tl.load(meta + row * 8 + d)
-        rem = rem // size
-    return off
-
-
-@triton.jit
 def _nary(a, b, c, y, meta, n, OP: tl.constexpr, RANK: tl.constexpr, IS_FLOAT: tl.constexpr,
           BLOCK: tl.constexpr):
     idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m = idx < n
     ty = y.dtype.element_ty
     if OP == 7:  # where(cond=a, b, c)
-        cond = tl.load(a + _offset(idx, meta, 1, RANK), mask=m, other=0) != 0
-        vb = tl.load(b + _offset(idx, meta, 2, RANK), mask=m, other=0).to(ty)
-        vc = tl.load(c + _offset(idx, meta, 3, RANK), mask=m, other=0).to(ty)
+        cond = tl.load(a + index.offset(idx, meta, 0, 1, RANK), mask=m, other=0) != 0
+        vb = tl.load(b + index.offset(idx, meta, 0, 2, RANK), mask=m, other=0).to(ty)
+        vc = tl.load(c + index.offset(idx, meta, 0, 3, RANK), mask=m, other=0).to(ty)
         r = tl.where(cond, vb, vc)
     else:
-        va = tl.load(a + _offset(idx, meta, 1, RANK), mask=m, other=1).to(ty)
-        vb = tl.load(b + _offset(idx, meta, 2, RANK), mask=m, other=1).to(ty)
+        va = tl.load(a + index.offset(idx, meta, 0, 1, RANK), mask=m, other=1).to(ty)
+        vb = tl.load(b + index.offset(idx, meta, 0, 2, RANK), mask=m, other=1).to(ty)
         if OP == 0:
             r = va + vb
         elif OP == 1:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from . import mathfn, runtime
+from . import index, mathfn, runtime
 from .registry import register
 
 
@@ -24,18 +24,10 @@ def _matmul(a, b, bias, c, meta, M, N, K, s_am, s_ak, s_bk, s_bn, s_cm, s_cn, al
     nb = tl.cdiv(N, BLOCK_N)
     pm, pn = pid // nb, pid % nb
     # batch offsets; meta rows: batch shape, A, B and bias batch strides (elements)
-    rem = tl.program_id(1).to(tl.int64)
-    a_off = rem * 0
-    b_off = rem * 0
-    c_off = rem * 0
-    for i in tl.static_range(BATCH_RANK):
-        d = BATCH_RANK - 1 - i
-        size = tl.load(meta + d)
-        k = rem % size
-        a_off += k * tl.load(meta + 8 + d)
-        b_off += k * tl.load(meta + 16 + d)
-        c_off += k * tl.load(meta + 24 + d)
-        rem = rem // size
+    batch = tl.program_id(1).to(tl.int64)
+    a_off = index.offset(batch, meta, 0, 1, BATCH_RANK)
+    b_off = index.offset(batch, meta, 0, 2, BATCH_RANK)
+    c_off = index.offset(batch, meta, 0, 3, BATCH_RANK)
     rm = pm * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pn * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from . import runtime
+from . import index, runtime
 from .registry import register
 from ...ops.shape import reshape_target  # noqa: F401  (documents where reshape's shape comes from)
 
@@ -22,16 +22,8 @@ def _strided_copy(x, y, meta, n, x_base, y_base, RANK: tl.constexpr, BLOCK: tl.c
     # meta rows: shape, source strides, destination strides (elements)
     idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m = idx < n
-    xo = x_base + idx * 0
-    yo = y_base + idx * 0
-    rem = idx
-    for i in tl.static_range(RANK):
-        d = RANK - 1 - i
-        size = tl.load(meta + d)
-        c = rem % size
-        xo += c * tl.load(meta + 8 + d)
-        yo += c * tl.load(meta + 16 + d)
-        rem = rem // size
+    xo = x_base + index.offset(idx, meta, 0, 1, RANK)
+    yo = y_base + index.offset(idx, meta, 0, 2, RANK)
     tl.store(y + yo, tl.load(x + xo, mask=m), mask=m)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from . import runtime
+from . import index, runtime
 from .registry import register
 
 
@@ -12,13 +12,7 @@ from .registry import register
 def _reduce(x, y, meta, n_red, scale, OP: tl.constexpr, KR: tl.constexpr, RR: tl.constexpr,
             IS_FLOAT: tl.constexpr, BLOCK: tl.constexpr):
     # One program per output element. meta rows: kept shape, kept strides, reduced shape, reduced strides.
-    rem = tl.program_id(0).to(tl.int64)
-    base = rem * 0
-    for i in tl.static_range(KR):
-        d = KR - 1 - i
-        size = tl.load(meta + d)
-        base += (rem % size) * tl.load(meta + 8 + d)
-        rem = rem // size
+    base = index.offset(tl.program_id(0).to(tl.int64), meta, 0, 1, KR)
     ty = y.dtype.element_ty
     if OP == 2:
         if IS_FLOAT:
@@ -31,13 +25,7 @@ def _reduce(x, y, meta, n_red, scale, OP: tl.constexpr, KR: tl.constexpr, RR: tl
     for start in range(0, n_red, BLOCK):
         r = start + tl.arange(0, BLOCK).to(tl.int64)
         m = r < n_red
-        off = base + r * 0
-        rr = r
-        for i in tl.static_range(RR):
-            d = RR - 1 - i
-            size = tl.load(meta + 16 + d)
-            off += (rr % size) * tl.load(meta + 24 + d)
-            rr = rr // size
+        off = base + index.offset(r, meta, 2, 3, RR)
         if OP == 2:
             v = tl.load(x + off, mask=m, other=lowest)
             acc = tl.maximum(acc, v.to(ty), propagate_nan=tl.PropagateNan.ALL)
