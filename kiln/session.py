@@ -214,6 +214,8 @@ def compile(module, example_args: Sequence, *, dynamic_shapes=None, executor: Op
     "convert", one "stage:NAME" per optimization stage, and "total" (milliseconds).
     ``quantize`` ("int8", "q8_0", "q4_0", "q4_k") stores the constant matmul weights in that
     format, run by the quantized matmul; ``act`` its activation mode ("exact": fp32, "int8").
+    A ``kiln.passes.quantize.QuantizeConfig`` there sets the finer choices (fp32 layers, int8
+    scales, its own activation mode).
     ``prepare(graph)`` is called on the exported graph before optimization (the GGUF loader
     swaps placeholder weights for the file's blocks there).
     """
@@ -231,8 +233,8 @@ def compile(module, example_args: Sequence, *, dynamic_shapes=None, executor: Op
         from .passes.pipeline import optimize as run_passes
         log: list = []
         from .passes.quantize import QuantizeConfig
-        cfg = QuantizeConfig(quantize, act) if quantize else None
-        graph = run_passes(graph, stages=passes, log=log, quantize_cfg=cfg, qmode=act)
+        cfg = quantize if isinstance(quantize, QuantizeConfig) else QuantizeConfig(quantize, act) if quantize else None
+        graph = run_passes(graph, stages=passes, log=log, quantize_cfg=cfg, qmode=cfg.mode if cfg else act)
         ms.update({f"stage:{e.name}": e.ms for e in log})
     from .passes.executable import check_executable
     if executor != "reference":   # the numpy reference evaluates every op; the others need kernels

@@ -65,6 +65,23 @@ def test_perplexity_formula():
     assert quant_accuracy.perplexity(sure, ids) == pytest.approx(1.0)
 
 
+def test_kl_divergence_formula():
+    base = np.log(np.array([[0.5, 0.25, 0.25], [0.1, 0.1, 0.8]]))
+    assert quant_accuracy.kl_divergence(base + 3.0, base) == pytest.approx(0.0, abs=1e-12)  # shift-invariant
+    other = np.log(np.array([[0.25, 0.25, 0.5], [0.1, 0.1, 0.8]]))
+    want = (0.5 * np.log(2) + 0.25 * np.log(0.5)) / 2                     # the first row's KL, averaged
+    assert quant_accuracy.kl_divergence(other, base) == pytest.approx(want)
+
+
+def test_int8_ablation_rows_carry_their_config():
+    from kiln.passes.quantize import QuantizeConfig
+    got = dict(quant_accuracy.rows("x.gguf", ["int8", "int8-max-head"], ["exact"]))
+    assert got["--quantize int8, exact"] == {"dtype": "f32", "quantize": "int8", "act": "exact"}
+    cfg = got["int8-max-head (ablation), exact"]["quantize"]
+    assert cfg == QuantizeConfig("int8", "exact", scales="max", keep_tied=True) and cfg.tied_kept
+    assert not QuantizeConfig("int8").tied_kept and QuantizeConfig("q8_0").tied_kept
+
+
 def test_default_text_is_prose():
     if not quant_accuracy.JARGON.is_file():
         pytest.skip("jargon-text is not installed")

@@ -4,7 +4,9 @@
   only eligible matmuls read becomes a stored constant (kiln/core/storage.py) read through
   ``dequantize``; the matmul then reads ``dequantize(Wq)`` with ``transpose_b`` (a [K, N]
   weight is stored transposed, as rows of K). Runtime weights, weights other ops also read,
-  and K that is not whole blocks are left alone (their fp32 path is unchanged).
+  and K that is not whole blocks are left alone (their fp32 path is unchanged). int8
+  per-channel rows get least-error scales (kiln/core/quantize_int8.py), activation-aware
+  with calibration feeds (kiln/passes/quantize_calibration.py).
 * ``FUSE`` (the "fuse-quant" stage, always on): ``matmul(x, dequantize(W), transpose_b)
   [+ bias]`` → ``qmatmul`` and ``embedding(dequantize(W), ids)`` → ``qembedding``, so the
   kernels read the blocks and no fp32 copy of the weight exists. A graph loaded from a GGUF
@@ -19,6 +21,7 @@ from typing import Optional
 import numpy as np
 
 from ..core import storage
+from ..core.quantize_int8 import METHODS as INT8_SCALES, quantize_i8_row
 from ..errors import KilnError
 from ..ir.graph import CONST, PLAIN, Graph
 from ..ops.quant import C_FORMATS, MODES
@@ -33,11 +36,18 @@ FORMATS = {"int8": "i8_row", "q8_0": "q8_0", "q4_0": "q4_0", "q4_k": "q4_k"}
 class QuantizeConfig:
     """fmt: a FORMATS key (or a storage name with a kernel); mode: the qmatmul activation
     mode ("exact" or "int8"); keep: weight names left in fp32; keep_tied: leave a weight that
-    an embedding also reads (a tied LM head) in fp32."""
+    an embedding also reads (a tied LM head) in fp32 (None: the format's default, ``tied_default``);
+    scales: how int8 per-channel rows choose their scale, "mse" (least rounding error, default)
+    or "max" (max|row| / 127; the ablation), kiln/core/quantize_int8.py; calibration: input
+    feeds (Session-style mappings) on which the graph is run to weigh each int8 weight's error
+    by its input channels' mean square (activation-aware, kiln/passes/quantize_calibration.py);
+    None: every channel counts alike."""
     fmt: str
     mode: str = "exact"
     keep: frozenset = field(default_factory=frozenset)
-    keep_tied: bool = True
+    keep_tied: Optional[bool] = None
+    scales: str = "mse"
+    calibration: Optional[tuple] = field(default=None, compare=False)
 
     def __post_init__(self):
         st = FORMATS.get(self.fmt, self.fmt)
@@ -45,10 +55,23 @@ class QuantizeConfig:
             raise KilnError(f"quantize: format {self.fmt!r} is not one of {', '.join(FORMATS)}")
         if self.mode not in MODES:
             raise KilnError(f"quantize: mode {self.mode!r} is not one of {', '.join(MODES)}")
+        if self.scales not in INT8_SCALES:
+            raise KilnError(f"quantize: scales {self.scales!r} is not one of {', '.join(INT8_SCALES)}")
 
     @property
     def storage(self) -> str:
         return FORMATS.get(self.fmt, self.fmt)
+
+    @property
+    def tied_kept(self) -> bool:
+        """Whether a tied LM head / embedding table stays fp32: ``keep_tied``, else the format's
+        default (quantized for int8: measured in docs/DESIGN.md "Quantization accuracy", and an
+        fp32 head would be most of int8 decode's bytes; fp32 for the block formats, unmeasured)."""
+        return self.storage not in TIED_QUANTIZED if self.keep_tied is None else self.keep_tied
+
+
+# storage types whose tied LM head / embedding is quantized by default
+TIED_QUANTIZED = frozenset({"i8_row"})
 
 
 def _eligible_matmul(graph: Graph, node, w: str, block: int) -> bool:
@@ -72,6 +95,10 @@ def _eligible_matmul(graph: Graph, node, w: str, block: int) -> bool:
 def quantize_weights(graph: Graph, cfg: QuantizeConfig) -> int:
     """The quantize stage; returns the number of weights quantized. Mutates ``graph``."""
     st = storage.get(cfg.storage)
+    energy = {}
+    if cfg.calibration is not None and st.name == "i8_row" and cfg.scales == "mse":
+        from .quantize_calibration import input_energy
+        energy = input_energy(graph, list(cfg.calibration))
     done = 0
     for w, t in list(graph.tensors.items()):
         if t.kind != CONST or t.storage != PLAIN or t.dtype != "float32" or w in cfg.keep:
@@ -80,7 +107,7 @@ def quantize_weights(graph: Graph, cfg: QuantizeConfig) -> int:
         if not users or w in graph.outputs:
             continue
         embeds = [n for n in users if n.op == "embedding" and n.inputs[0] == w and n.inputs[1] != w]
-        if embeds and (cfg.keep_tied or len(t.shape) != 2 or t.shape[1] % st.block_size):
+        if embeds and (cfg.tied_kept or len(t.shape) != 2 or t.shape[1] % st.block_size):
             continue  # a (tied) embedding table stays fp32 unless asked
         mms = [n for n in users if n not in embeds]
         if not all(_eligible_matmul(graph, n, w, st.block_size) for n in mms):
@@ -90,7 +117,9 @@ def quantize_weights(graph: Graph, cfg: QuantizeConfig) -> int:
             continue
         value = np.asarray(graph.constants[w], np.float32)
         rows = value if transposed[0] else value.T
-        raw = st.quantize(np.ascontiguousarray(rows))
+        rows = np.ascontiguousarray(rows)
+        h = energy.get(w) if cfg.scales == "mse" else None
+        raw = quantize_i8_row(rows, cfg.scales, h) if st.name == "i8_row" else st.quantize(rows)
         qname = graph.fresh(f"{w}.{st.name}")
         graph.add_stored_const(qname, raw, rows.shape, st.name)
         for n in users:
