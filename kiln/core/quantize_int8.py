@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..config import num_threads
 from ..errors import KilnError
 
 METHODS = ("mse", "max")
 # c = max|row| * c / 127: 0.50 .. 1.00 in steps of 0.02 (26 candidates). Rows of LLM weights
 # choose c in 0.6 .. 0.95 almost always; below 0.5 the clipped outliers dominate the error.
 CLIP_GRID = np.round(np.arange(0.50, 1.0001, 0.02), 4).astype(np.float32)
-_CHUNK = 1 << 22  # elements per block of rows searched at once (bounds the temporaries)
+_CHUNK = 1 << 20  # elements per block of rows searched at once (bounds the temporaries; blocks run in threads)
 
 
 def _codes(rows: np.ndarray, scale: np.ndarray) -> np.ndarray:
@@ -52,9 +53,17 @@ def _mse_block(rows: np.ndarray, h=None) -> tuple[np.ndarray, np.ndarray]:
     s_max = (amax / np.float32(127)).astype(np.float32)
     h32 = None if h is None else h.astype(np.float32)
 
-    def err32(s):  # the float32 scan
-        d = rows - _codes(rows, s) * s
-        return np.einsum("ij,ij->i", d * h32 if h32 is not None else d, d)
+    buf = np.empty_like(rows)
+    positive = amax > 0
+
+    def err32(s):  # the float32 scan, in one scratch array (as _codes, then w - s q)
+        safe = np.where(positive, s, np.float32(1))
+        np.divide(rows, safe, out=buf)
+        np.rint(buf, out=buf)
+        np.clip(buf, -127, 127, out=buf)
+        np.multiply(buf, np.where(positive, s, np.float32(0)), out=buf)
+        np.subtract(rows, buf, out=buf)
+        return np.einsum("ij,ij->i", buf * h32 if h32 is not None else buf, buf)
     best_s = s_max.copy()
     best_e = err32(s_max)
     for c in CLIP_GRID[:-1]:
@@ -95,8 +104,18 @@ def mse_search(rows: np.ndarray, channel_weights=None) -> tuple[np.ndarray, np.n
     scale = np.empty((rows.shape[0], 1), np.float32)
     codes = np.empty(rows.shape, np.int8)
     step = max(1, _CHUNK // max(1, rows.shape[1]))
-    for i in range(0, rows.shape[0], step):
+
+    def block(i: int) -> None:
         scale[i:i + step], codes[i:i + step] = _mse_block(rows[i:i + step], h)
+    starts = range(0, rows.shape[0], step)
+    threads = min(num_threads(), len(starts))
+    if threads > 1:  # numpy's loops release the GIL: row blocks search in parallel
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(block, starts))
+    else:
+        for i in starts:
+            block(i)
     return scale, codes
 
 
