@@ -56,6 +56,28 @@ static inline __attribute__((always_inline)) void kt_epi(const int MR, const int
 }
 
 
+/* acc[i][j] += sum over k < kc of A[i * a_i + k * a_k] * (16 floats at B + j * b_j + k * b_k): the
+ * one inner loop of every tile, direct (A rows lda apart, B panels) or packed (A as [kc][MR], B as
+ * [kc][NP * 16]). With TAIL the single panel's loads are masked to bw floats. The strides are
+ * constants or loop invariants at each (always inlined) call. */
+static inline __attribute__((always_inline)) void kt_accumulate(const int MR, const int NP, const int TAIL,
+                                                                const float *A, int64_t a_i, int64_t a_k,
+                                                                const float *B, int64_t b_j, int64_t b_k,
+                                                                int64_t bw, int64_t kc,
+                                                                kt_v acc[KT_MRMAX][KT_NPMAX]) {
+    for (int64_t k = 0; k < kc; k++) {
+        kt_v b[KT_NPMAX];
+#pragma GCC unroll 16
+        for (int j = 0; j < NP; j++) b[j] = TAIL ? kt_load_n(B + k * b_k, (int)bw) : kt_load(B + j * b_j + k * b_k);
+#pragma GCC unroll 16
+        for (int i = 0; i < MR; i++) {
+            kt_v a = kt_bcast(A[i * a_i + k * a_k]);
+#pragma GCC unroll 16
+            for (int j = 0; j < NP; j++) acc[i][j] = kt_fma(a, b[j], acc[i][j]);
+        }
+    }
+}
+
 /* TAIL (a constant at each call): the tile is the last, narrower panel (NP = 1), whose rows
  * are w = N % 16 floats apart (gemm.h); its loads are masked to w. */
 static inline __attribute__((always_inline)) void kt_tile(const int MR, const int NP, const int TAIL,
@@ -70,17 +92,7 @@ static inline __attribute__((always_inline)) void kt_tile(const int MR, const in
     for (int i = 0; i < MR; i++)
 #pragma GCC unroll 16
         for (int j = 0; j < NP; j++) acc[i][j] = kt_zero();
-    for (int64_t k = 0; k < kc; k++) {
-        kt_v b[KT_NPMAX];
-#pragma GCC unroll 16
-        for (int j = 0; j < NP; j++) b[j] = TAIL ? kt_load_n(B + k * bw, (int)bw) : kt_load(B + j * ps + k * KILN_GEMM_NR);
-#pragma GCC unroll 16
-        for (int i = 0; i < MR; i++) {
-            kt_v a = kt_bcast(A[i * lda + k]);
-#pragma GCC unroll 16
-            for (int j = 0; j < NP; j++) acc[i][j] = kt_fma(a, b[j], acc[i][j]);
-        }
-    }
+    kt_accumulate(MR, NP, TAIL, A, lda, 1, B, ps, TAIL ? bw : KILN_GEMM_NR, bw, kc, acc);
     kt_epi(MR, NP, acc, g, m, p, first, last, MR, NP);
 }
 
@@ -101,17 +113,7 @@ static inline __attribute__((always_inline)) void kt_ptile(const int MR, const i
                 __builtin_prefetch(g->C + (m + i) * g->ldc + (p + j) * KILN_GEMM_NR, 1, 3);
         }
     }
-    for (int64_t k = 0; k < kc; k++) {
-        kt_v b[KT_NPMAX];
-#pragma GCC unroll 16
-        for (int j = 0; j < NP; j++) b[j] = kt_load(bp + (k * NP + j) * KILN_GEMM_NR);
-#pragma GCC unroll 16
-        for (int i = 0; i < MR; i++) {
-            kt_v a = kt_bcast(ap[k * MR + i]);
-#pragma GCC unroll 16
-            for (int j = 0; j < NP; j++) acc[i][j] = kt_fma(a, b[j], acc[i][j]);
-        }
-    }
+    kt_accumulate(MR, NP, 0, ap, 1, MR, bp, KILN_GEMM_NR, NP * KILN_GEMM_NR, KILN_GEMM_NR, kc, acc);
     kt_epi(MR, NP, acc, g, m, p, first, last, rows, nps);
 }
 
