@@ -1,13 +1,16 @@
 """Decode speed with the KV cache: Kiln vs transformers `generate` (its own cache), same weights.
 
     python -m bench.decode [--models smollm2,qwen3-28L] [--new-tokens 64] [--rounds 3] [--busy 1]
+                           [--dtype f32|native]
 
 For each model, in one process and interleaved rounds: prefill time of a fixed prompt and
 decode tokens/s excluding prefill (Kiln: the steps after the first token; transformers:
 generate(n) minus generate(1)). fp32 decode reads every weight once per token, so the floor
 is weight bytes ÷ read bandwidth, measured in the same run; decode is reported as a
 fraction of that bound. --busy N repeats the rounds beside N busy loops (bench/busy.py)
-and reports the speed each keeps.
+and reports the speed each keeps. ``--dtype``: SmolLM2's weights in fp32 (default: the same
+weights transformers runs) or ``native`` (the shipped file's own Q4_1 blocks; the bound is then
+the blocks' bytes ÷ bandwidth).
 """
 from __future__ import annotations
 
@@ -22,15 +25,16 @@ from . import machine
 from .output import log, write_json
 
 
-def kiln_model(key: str, max_len: int):
+def kiln_model(key: str, max_len: int, dtype: str = "f32"):
     """(LanguageModel-like decoder factory, torch model, weight bytes per token, label)."""
     from kiln.models import load_model, zoo
     from kiln.models.decoders import CachedDecoder
     from kiln.models.hf import compile_causal_lm
     from kiln.models.loading import kv_cache_session
     if key == "smollm2":
-        lm = load_model("default", keep_torch=True, max_len=max_len)
-        session, model, label = lm.cached_session, lm.torch_model, "SmolLM2-135M-Instruct (real weights)"
+        lm = load_model("default", keep_torch=True, max_len=max_len, dtype=dtype)
+        session, model = lm.cached_session, lm.torch_model
+        label = "SmolLM2-135M-Instruct (real weights" + (", the file's Q4_1 blocks)" if dtype == "native" else ")")
     else:
         family, layers = key.split("-")[0], int(key.split("-")[1].rstrip("L"))
         model = zoo.causal_lm(family, layers)
@@ -62,10 +66,10 @@ def hf_generate(model, prompt, n):
 
 
 def measure(key: str, new_tokens: int, prompt_tokens: int, rounds: int, max_len: int, threads: int,
-            busy: int = 0) -> dict:
+            busy: int = 0, dtype: str = "f32") -> dict:
     import torch
     torch.set_num_threads(threads)
-    make, model, weight_bytes, label = kiln_model(key, max_len)
+    make, model, weight_bytes, label = kiln_model(key, max_len, dtype)
     vocab = model.config.vocab_size
     prompt = np.random.default_rng(0).integers(0, vocab, prompt_tokens).tolist()
     kiln_run(make, prompt, 4)  # warm-up: plans for the prompt length and for one token
@@ -141,6 +145,8 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--max-len", type=int, default=512)
     p.add_argument("--json", default=None)
+    p.add_argument("--dtype", choices=("f32", "native"), default="f32",
+                   help="SmolLM2's weights: fp32 (default) or the shipped file's Q4_1 blocks")
     p.add_argument("--busy", type=int, default=0, metavar="N",
                    help="also time beside N busy loops (nice-0 CPU-bound processes) and report the speed kept")
     args = p.parse_args(argv)
@@ -152,7 +158,7 @@ def main(argv=None) -> int:
     for key in args.models.split(","):
         log(f"{key}: compiling and warming up ...")
         results.append(measure(key, args.new_tokens, args.prompt_tokens, args.rounds, args.max_len, threads,
-                               busy=args.busy))
+                               busy=args.busy, dtype=args.dtype))
     bw = max(bw, machine.read_bandwidth(threads=threads)["gbps"])
     print(table(results, bw))
     if args.busy:
