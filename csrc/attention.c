@@ -37,35 +37,17 @@ typedef struct {
     float scale;
 } attn_args;
 
-static inline float dot(const float *a, const float *b, int64_t n) {
-    float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-    for (int64_t i = 0; i < n; i++) s += a[i] * b[i];
-    return s;
-}
-
 /* scores for keys [j0, j1) of one query row; masked keys get -inf */
 static void scores(const attn_args *a, const float *q, const float *k, int64_t moff, int64_t j0, int64_t j1,
                    float *s) {
     int64_t D = a->D, j = j0;
     /* four keys at a time: independent FMA chains sharing each load of q */
     for (; j + 4 <= j1; j += 4) {
-        const float *k0 = k + j * D, *k1 = k0 + D, *k2 = k1 + D, *k3 = k2 + D;
-        float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
-#pragma omp simd reduction(+ : s0, s1, s2, s3)
-        for (int64_t d = 0; d < D; d++) {
-            float qd = q[d];
-            s0 += qd * k0[d];
-            s1 += qd * k1[d];
-            s2 += qd * k2[d];
-            s3 += qd * k3[d];
-        }
-        s[j - j0] = s0 * a->scale;
-        s[j - j0 + 1] = s1 * a->scale;
-        s[j - j0 + 2] = s2 * a->scale;
-        s[j - j0 + 3] = s3 * a->scale;
+        float d4[4];
+        kiln_dot4(q, k + j * D, D, D, d4);
+        for (int t = 0; t < 4; t++) s[j - j0 + t] = d4[t] * a->scale;
     }
-    for (; j < j1; j++) s[j - j0] = dot(q, k + j * D, D) * a->scale;
+    for (; j < j1; j++) s[j - j0] = kiln_dot(q, k + j * D, D) * a->scale;
     if (a->mask) {
         if (a->mask_bool) {
             const uint8_t *m = (const uint8_t *)a->mask + moff;

@@ -36,12 +36,15 @@ static inline void skinny_t_task(int64_t M, int64_t N, int64_t K, int64_t ldb, f
     for (int64_t m = 0; m < M; m++) {
         const float *a = A + m * K;
         float *c = C + m * N;
-        int64_t n = n0;
         /* eight B rows at a time: eight weight streams in flight (memory-level
-         * parallelism bounds GEMV), eight FMA chains share each load of a */
-        for (; n + 8 <= n1; n += 8) {
-            const float *b0 = B + n * ldb, *b1 = b0 + ldb, *b2 = b1 + ldb, *b3 = b2 + ldb;
-            const float *b4 = b3 + ldb, *b5 = b4 + ldb, *b6 = b5 + ldb, *b7 = b6 + ldb;
+         * parallelism bounds GEMV), eight FMA chains share each load of a. A last group of
+         * r < 8 rows repeats its last row in the spare streams (read from cache, not stored). */
+        for (int64_t n = n0; n < n1; n += 8) {
+            const int r = n1 - n < 8 ? (int)(n1 - n) : 8;
+#define ROW(q) (B + (n + ((q) < r ? (q) : r - 1)) * ldb)
+            const float *b0 = ROW(0), *b1 = ROW(1), *b2 = ROW(2), *b3 = ROW(3);
+            const float *b4 = ROW(4), *b5 = ROW(5), *b6 = ROW(6), *b7 = ROW(7);
+#undef ROW
             float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f, s4 = 0.0f, s5 = 0.0f, s6 = 0.0f, s7 = 0.0f;
 #pragma omp simd reduction(+ : s0, s1, s2, s3, s4, s5, s6, s7)
             for (int64_t k = 0; k < K; k++) {
@@ -56,30 +59,8 @@ static inline void skinny_t_task(int64_t M, int64_t N, int64_t K, int64_t ldb, f
                 s7 += ak * b7[k];
             }
             float s[8] = {s0, s1, s2, s3, s4, s5, s6, s7};
-            for (int q = 0; q < 8; q++)
+            for (int q = 0; q < r; q++)
                 c[n + q] = alpha * s[q] + (beta != 0.0f ? beta * c[n + q] : 0.0f);
-        }
-        for (; n + 4 <= n1; n += 4) {
-            const float *b0 = B + n * ldb, *b1 = b0 + ldb, *b2 = b1 + ldb, *b3 = b2 + ldb;
-            float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
-#pragma omp simd reduction(+ : s0, s1, s2, s3)
-            for (int64_t k = 0; k < K; k++) {
-                float ak = a[k];
-                s0 += ak * b0[k];
-                s1 += ak * b1[k];
-                s2 += ak * b2[k];
-                s3 += ak * b3[k];
-            }
-            float s[4] = {s0, s1, s2, s3};
-            for (int q = 0; q < 4; q++)
-                c[n + q] = alpha * s[q] + (beta != 0.0f ? beta * c[n + q] : 0.0f);
-        }
-        for (; n < n1; n++) {
-            const float *b = B + n * ldb;
-            float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-            for (int64_t k = 0; k < K; k++) s += a[k] * b[k];
-            c[n] = alpha * s + (beta != 0.0f ? beta * c[n] : 0.0f);
         }
     }
 }

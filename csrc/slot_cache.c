@@ -78,34 +78,15 @@ static void slot_heads(const slot_attn *a, int64_t h0, int64_t nh, int64_t t) {
     for (int64_t d = 0; d < nh * Dv; d++) acc[d] = 0.0f;
     for (int64_t j0 = 0; j0 < n; j0 += SLOT_TILE) {
         int64_t nt = n - j0 < SLOT_TILE ? n - j0 : SLOT_TILE, j = 0;
-        for (; j + 4 <= nt; j += 4) {
-            const float *k0 = k + (j0 + j) * D, *k1 = k0 + D, *k2 = k1 + D, *k3 = k2 + D;
+        for (; j + 4 <= nt; j += 4)
             for (int64_t g = 0; g < nh; g++) {
-                const float *qg = q[g];
-                float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
-#pragma omp simd reduction(+ : s0, s1, s2, s3)
-                for (int64_t d = 0; d < D; d++) {
-                    float qd = qg[d];
-                    s0 += qd * k0[d];
-                    s1 += qd * k1[d];
-                    s2 += qd * k2[d];
-                    s3 += qd * k3[d];
-                }
-                s[g][j] = s0 * a->scale;
-                s[g][j + 1] = s1 * a->scale;
-                s[g][j + 2] = s2 * a->scale;
-                s[g][j + 3] = s3 * a->scale;
+                float d4[4];
+                kiln_dot4(q[g], k + (j0 + j) * D, D, D, d4);
+                for (int t = 0; t < 4; t++) s[g][j + t] = d4[t] * a->scale;
             }
-        }
         for (; j < nt; j++) {
             const float *kj = k + (j0 + j) * D;
-            for (int64_t g = 0; g < nh; g++) {
-                const float *qg = q[g];
-                float dot = 0.0f;
-#pragma omp simd reduction(+ : dot)
-                for (int64_t d = 0; d < D; d++) dot += qg[d] * kj[d];
-                s[g][j] = dot * a->scale;
-            }
+            for (int64_t g = 0; g < nh; g++) s[g][j] = kiln_dot(q[g], kj, D) * a->scale;
         }
         for (int64_t g = 0; g < nh; g++) {
             float mt = -INFINITY, *sg = s[g], *ag = acc + g * Dv;

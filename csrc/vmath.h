@@ -132,4 +132,29 @@ static inline void kiln_act_span(float *y, int64_t n, int act) {
 #undef KILN_ACT_LOOP
 }
 
+/* q . k over n floats (one vectorized sum). */
+static inline float kiln_dot(const float *q, const float *k, int64_t n) {
+    float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+    for (int64_t i = 0; i < n; i++) s += q[i] * k[i];
+    return s;
+}
+
+/* out[j] = q . k_j for four keys k_j = k + j * ld: four FMA chains share each load of q.
+ * Its sums may round differently from kiln_dot's; the attention kernels pick one of the two
+ * by key position alone, so a key's score does not depend on the batch or the split. */
+static inline void kiln_dot4(const float *q, const float *k, int64_t ld, int64_t n, float out[4]) {
+    const float *k0 = k, *k1 = k0 + ld, *k2 = k1 + ld, *k3 = k2 + ld;
+    float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+    for (int64_t i = 0; i < n; i++) {
+        float qi = q[i];
+        s0 += qi * k0[i];
+        s1 += qi * k1[i];
+        s2 += qi * k2[i];
+        s3 += qi * k3[i];
+    }
+    out[0] = s0; out[1] = s1; out[2] = s2; out[3] = s3;
+}
+
 #endif
