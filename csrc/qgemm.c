@@ -71,6 +71,11 @@ GI void g_st(float *p, kiln_v8f v) { memcpy(p, &v, 32); }
 GI kiln_v8f g_cvtu8(const uint8_t *p) { kiln_v8u8 v; memcpy(&v, p, 8); return __builtin_convertvector(v, kiln_v8f); }
 GI float g_hsum(kiln_v8f v) { return ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7])); }
 GI kiln_v8f g_set1(float x) { return (kiln_v8f){x, x, x, x, x, x, x, x}; }
+typedef float kiln_v4f __attribute__((vector_size(16)));
+GI kiln_v8f g_bcast4(const float *p) {
+    kiln_v4f v; memcpy(&v, p, 16);
+    return __builtin_shufflevector(v, v, 0, 1, 2, 3, 0, 1, 2, 3);
+}
 GI kiln_v8f g_set2(float lo, float hi) { return (kiln_v8f){lo, lo, lo, lo, hi, hi, hi, hi}; }
 /* D*q + M rounded once without an FMA: D*q (24 x 8 bits) is exact in double. */
 typedef double kiln_v8d __attribute__((vector_size(64)));
@@ -122,6 +127,11 @@ GI kiln_v8f g_dot4x8(kiln_v32u8 w, const int8_t *a) {
 #endif
 #define VW 8
 #define VF kiln_v8f
+#define QOUT_RG 2     /* outer-product tile: vectors of 2 rows x 4 k, 1 x QOUT_R weight rows */
+#define QOUT_VMAX 1
+#define QOUT_RMAX 12
+#define QOUT_R(v) (QWIDE ? 12 : 6)
+#define VBCAST4 g_bcast4
 #define VZERO g_set1(0.0f)
 #define VLD g_ld
 #define VST g_st
@@ -233,11 +243,33 @@ X86_256 static inline __m256i x_w32q8(const uint8_t *p) { return _mm256_xor_si25
 #define F8FMA _mm256_fmadd_ps
 #define F8HSUM x_hsum8
 
+/* The outer-product tile's write-out (qgemm_outer.h red4) in registers, per 128-bit lane
+ * (one activation row): a_r = (c0, c1, c2, c3) of panel rows r = 0..3 ->
+ * ((c0 + c2) + (c1 + c3)) of each, + bias, stored as 4 outputs of that row. */
+#define X_RED4(N, ATTR, VFT, LD, ADD, UNLO, UNHI, SHUF, ST)                                                    \
+    ATTR static inline void x_red4_##N(const float *c, int64_t ldc, const float *bias, float *o, int64_t ldo, \
+                                       int rows) {                                                           \
+        VFT a0 = LD(c), a1 = LD(c + ldc), a2 = LD(c + 2 * ldc), a3 = LD(c + 3 * ldc);                        \
+        VFT s01 = ADD(UNLO(a0, a1), UNHI(a0, a1)), s23 = ADD(UNLO(a2, a3), UNHI(a2, a3));                    \
+        float t[N];                                                                                          \
+        ST(t, ADD(SHUF(s01, s23, 0x44), SHUF(s01, s23, 0xEE)));                                              \
+        const __m128 b = bias ? _mm_loadu_ps(bias) : _mm_setzero_ps();                                       \
+        for (int i = 0; i < rows; i++) _mm_storeu_ps(o + i * ldo, _mm_add_ps(_mm_loadu_ps(t + 4 * i), b));    \
+    }
+X_RED4(8, X86_256, __m256, _mm256_loadu_ps, _mm256_add_ps, _mm256_unpacklo_ps, _mm256_unpackhi_ps,
+       _mm256_shuffle_ps, _mm256_storeu_ps)
+
 /* ---- AVX2 + FMA ---- */
 #define QN(x) x##_avx2
 #define QTARGET X86_256
 #define QWIDE 0   /* 16 ymm registers: 8 rows' accumulators and scales would spill */
 #define VW 8
+#define QOUT_RG 2     /* outer-product tile: 12 accumulators (12 x 1 or 6 x 2 vectors of 2 rows x 4 k) */
+#define QOUT_VMAX 2
+#define QOUT_RMAX 12
+#define QOUT_R(v) ((v) == 1 ? 12 : 6)
+#define VBCAST4(p) _mm256_broadcast_ps((const __m128 *)(p))
+#define QOUT_RED4 x_red4_8
 #define VF __m256
 #define VZERO _mm256_setzero_ps()
 #define VLD _mm256_loadu_ps
@@ -288,10 +320,18 @@ X86_512 static inline float x_hsum16(__m512 v) {
     __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
     return x_hsum8(_mm256_add_ps(_mm512_castps512_ps256(v), hi));
 }
+X_RED4(16, X86_512, __m512, _mm512_loadu_ps, _mm512_add_ps, _mm512_unpacklo_ps, _mm512_unpackhi_ps,
+       _mm512_shuffle_ps, _mm512_storeu_ps)
 #define QN(x) x##_avx512
 #define QTARGET X86_512
 #define QWIDE 1
 #define VW 16
+#define QOUT_RG 4     /* outer-product tile: 24 accumulators (24 x 1 ... 6 x 4 vectors of 4 rows x 4 k) */
+#define QOUT_VMAX 4
+#define QOUT_RMAX 24
+#define QOUT_R(v) ((v) == 1 ? 24 : (v) == 2 ? 12 : (v) == 3 ? 8 : 6)
+#define VBCAST4(p) _mm512_broadcast_f32x4(_mm_loadu_ps(p))
+#define QOUT_RED4 x_red4_16
 #define VF __m512
 #define VZERO _mm512_setzero_ps()
 #define VLD _mm512_loadu_ps
@@ -314,6 +354,6 @@ X86_512 static inline float x_hsum16(__m512 v) {
 #include "qgemm_body.h"
 #else
 /* not x86: the table's SIMD rows are the portable kernels (kiln_qmm_set_isa refuses them) */
-const kiln_qkernels kiln_qk_avx2 = {kiln_qmm_prepare_generic, rows_generic, dequant_row_generic};
-const kiln_qkernels kiln_qk_avx512 = {kiln_qmm_prepare_generic, rows_generic, dequant_row_generic};
+const kiln_qkernels kiln_qk_avx2 = {prepare_generic, rows_generic, dequant_row_generic};
+const kiln_qkernels kiln_qk_avx512 = {prepare_generic, rows_generic, dequant_row_generic};
 #endif

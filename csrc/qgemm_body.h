@@ -268,6 +268,8 @@ QTARGET static inline __attribute__((always_inline)) void QN(tile_exact_k)(
     case KILN_Q5_1: QN(tile_exact_legacy)(MR, NRT, KILN_Q5_1, a, p->lda, wr, ahead, K, res); break; \
     default: QN(tile_exact_legacy)(MR, NRT, KILN_I8_ROW, a, p->lda, wr, ahead, K, res); break; } } while (0)
 
+#include "qgemm_outer.h"
+
 /* ---- int8 mode: activations quantized per 32, integer dots over groups of 4 ---- */
 
 /* fused < 0: weights from the unpacked panel (q, D, M); else q holds raw row pointers of
@@ -320,6 +322,10 @@ QTARGET static inline __attribute__((always_inline)) void QN(tile_int8)(
 /* ---- the row-range driver ---- */
 
 QTARGET static void QN(rows)(const kiln_qmm_args *p, int64_t n0, int64_t n1, int thread) {
+    if (kiln_qmm_outer(p)) {
+        QN(rows_outer)(p, n0, n1, thread);
+        return;
+    }
     const int64_t K = p->K, rowb = kiln_qrow_bytes(p->fmt, K), M = p->M;
     const int64_t act_bytes = p->mode == KILN_QMODE_INT8 ? (M * kiln_qact_row_bytes(K) + 63) / 64 * 64 : 0;
     uint8_t *panel = (uint8_t *)p->scratch + act_bytes + thread * ((kiln_qpanel_bytes(K) + 63) / 64 * 64);
@@ -390,7 +396,7 @@ QTARGET static void QN(rows)(const kiln_qmm_args *p, int64_t n0, int64_t n1, int
     }
 }
 
-const kiln_qkernels QN(kiln_qk) = {kiln_qmm_prepare_generic, QN(rows), QN(dequant_row)};
+const kiln_qkernels QN(kiln_qk) = {QN(prepare), QN(rows), QN(dequant_row)};
 
 #undef QX
 #undef QLEGACY
@@ -420,4 +426,10 @@ const kiln_qkernels QN(kiln_qk) = {kiln_qmm_prepare_generic, QN(rows), QN(dequan
 #undef VQ4LUT
 #undef VBITS
 #undef VHSUM
+#undef QOUT_VMAX
+#undef QOUT_RED4
+#undef QOUT_RG
+#undef VBCAST4
+#undef QOUT_RMAX
+#undef QOUT_R
 #undef DOT4X8

@@ -45,6 +45,8 @@ __attribute__((constructor)) static void qmm_pick_isa(void) {
 
 int64_t kiln_qmm_scratch_bytes(int fmt, int mode, int64_t M, int64_t K, int nthreads) {
     if (kiln_qrow_bytes(fmt, K) < 0 || K % KILN_QK || M < 0 || nthreads < 1) return -1;
+    if (mode == KILN_QMODE_EXACT && M >= KILN_QMM_OUTER_MIN_M)
+        return kiln_qouter_shared_bytes(M, K) + nthreads * kiln_qouter_thread_bytes(M);
     int64_t act = mode == KILN_QMODE_INT8 ? (M * kiln_qact_row_bytes(K) + 63) / 64 * 64 : 0;
     return act + nthreads * ((kiln_qpanel_bytes(K) + 63) / 64 * 64);
 }
@@ -62,7 +64,7 @@ int kiln_qmm_check(const kiln_qmm_args *p) {
 }
 
 void kiln_qmm_prepare(const kiln_qmm_args *p, int64_t m0, int64_t m1) {
-    if (p->mode == KILN_QMODE_INT8) qk->prepare(p, m0, m1);
+    if (p->mode == KILN_QMODE_INT8 || kiln_qmm_outer(p)) qk->prepare(p, m0, m1);
 }
 
 void kiln_qmm_rows(const kiln_qmm_args *p, int64_t n0, int64_t n1, int thread) { qk->rows(p, n0, n1, thread); }
@@ -95,10 +97,11 @@ static void qmm_chunk(void *ctx, int64_t c, int thread) {
     kiln_qmm_rows(j->p, n0, n1 < j->p->N ? n1 : j->p->N, thread);
 }
 
+/* chunk c: rows [16c, 16c + 16) (whole A^T vectors of any ISA for the outer-product path) */
 static void qprep_chunk(void *ctx, int64_t c, int thread) {
     (void)thread;
     const kiln_qmm_args *p = ctx;
-    kiln_qmm_prepare(p, c, c + 1);
+    kiln_qmm_prepare(p, 16 * c, 16 * c + 16 < p->M ? 16 * c + 16 : p->M);
 }
 
 /* nthreads workers, each with its own panel in scratch (size it for nthreads). */
@@ -106,12 +109,14 @@ int kiln_qmm_threaded(const kiln_qmm_args *p, int nthreads) {
     int rc = kiln_qmm_check(p);
     if (rc || !p->M || !p->N) return rc;
     if (nthreads < 1) return -3;
-    if (p->mode == KILN_QMODE_INT8) qpool_parallel(p->M, p->M >= 8 ? nthreads : 1, qprep_chunk, (void *)p);
+    if (p->mode == KILN_QMODE_INT8 || kiln_qmm_outer(p))
+        qpool_parallel((p->M + 15) / 16, p->M >= 8 ? nthreads : 1, qprep_chunk, (void *)p);
     /* ~4 chunks per thread, each a whole number of panels */
-    int64_t panels = (p->N + KILN_QMM_NR - 1) / KILN_QMM_NR, want = 4 * (int64_t)nthreads;
+    const int64_t nr = kiln_qmm_outer(p) ? KILN_QMM_OUTER_P : KILN_QMM_NR;
+    int64_t panels = (p->N + nr - 1) / nr, want = 4 * (int64_t)nthreads;
     int64_t per = (panels + want - 1) / want;
     if (p->M == 1 && per % 2) per++;   /* whole KILN_QMM_NR_WIDE tiles for the GEMV */
-    qmm_job job = {p, per * KILN_QMM_NR};
+    qmm_job job = {p, per * nr};
     qpool_parallel((p->N + job.rows_per_chunk - 1) / job.rows_per_chunk, nthreads, qmm_chunk, &job);
     return 0;
 }

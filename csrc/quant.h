@@ -100,6 +100,28 @@ typedef struct {
 
 extern const kiln_qkernels kiln_qk_generic, kiln_qk_avx2, kiln_qk_avx512;
 
+/* Exact mode from this many rows (prefill) runs the outer-product path (qgemm_outer.h), whose
+ * outputs sum in another order than the M <= 8 paths'. 8: the serving runner batches up to
+ * SKINNY_MAX_M = 8 decode rows per call and needs each row bitwise equal to its one-row
+ * product (kiln/serve/runner.py), which the M <= 8 paths give. */
+#define KILN_QMM_OUTER_MIN_M 9
+#define KILN_QMM_OUTER_P 24     /* weight rows per dequantized panel (a chunk is a multiple of this) */
+#define KILN_QMM_OUTER_KC 256   /* K block of the panel: one K-quant super-block, 24 KB of fp32 */
+
+static inline int kiln_qmm_outer(const kiln_qmm_args *p) {
+    return p->mode == KILN_QMODE_EXACT && p->M >= KILN_QMM_OUTER_MIN_M;
+}
+/* Its scratch: shared, the rearranged activations (rows padded to 16); per thread, the panel
+ * and the parked accumulators (KILN_QMM_OUTER_P x 4 k phases x padded M). All multiples of 64
+ * bytes. */
+static inline int64_t kiln_qouter_mpad(int64_t M) { return (M + 15) / 16 * 16; }
+static inline int64_t kiln_qouter_shared_bytes(int64_t M, int64_t K) { return kiln_qouter_mpad(M) * K * 4; }
+static inline int64_t kiln_qouter_thread_bytes(int64_t M) {
+    return (int64_t)KILN_QMM_OUTER_P * (KILN_QMM_OUTER_KC + 4 * kiln_qouter_mpad(M)) * 4;
+}
+
+void kiln_qmm_prepare_generic(const kiln_qmm_args *p, int64_t m0, int64_t m1);
+
 /* Layout of the shared int8-activation scratch, per A row of K: K int8, then K/32 fp32
  * group scales, then K/4 fp32 lane sums (scale * sum of 4 int8). */
 static inline int64_t kiln_qact_row_bytes(int64_t K) { return K + K / 32 * 4 + K / 4 * 4; }

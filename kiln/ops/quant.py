@@ -29,12 +29,17 @@ C_FORMATS = {"q8_0": 0, "q4_0": 1, "q4_1": 2, "q4_k": 3, "q5_k": 4, "q6_k": 5, "
 # Scratch is sized for this many threads (csrc/qmatmul_op.c uses at most as many).
 QMM_MAX_THREADS = 64
 QMM_NR = 4  # weight rows per panel (KILN_QMM_NR)
+# exact mode from this many rows: the outer-product path (KILN_QMM_OUTER_MIN_M, _P, _KC)
+QMM_OUTER_MIN_M, QMM_OUTER_P, QMM_OUTER_KC = 9, 24, 256
 
 
 def qmm_scratch_bytes(mode: str, m: int, k: int, threads: int = QMM_MAX_THREADS) -> int:
     """Mirror of kiln_qmm_scratch_bytes (csrc/qmm_driver.c, csrc/quant.h)."""
     def up(x):
         return (x + 63) // 64 * 64
+    if mode == "exact" and m >= QMM_OUTER_MIN_M:
+        mpad = (m + 15) // 16 * 16
+        return mpad * k * 4 + threads * QMM_OUTER_P * (QMM_OUTER_KC + 4 * mpad) * 4
     act = up(m * (k + k // 32 * 4 + k // 4 * 4)) if mode == "int8" else 0
     return act + threads * up(QMM_NR * (k + k // 16 * 8 + k * 4))
 
