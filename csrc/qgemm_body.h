@@ -4,7 +4,8 @@
  *
  * Every output element is one vector accumulator (lanes along K) summed over K in order,
  * then reduced by a fixed sequence: the result does not depend on M, on how N is split,
- * or on which M path ran, so row i of an M-row product equals the 1-row product bitwise.
+ * or on which M path ran, so row i of an M-row product equals the 1-row product bitwise
+ * (exact mode up to KILN_QMM_OUTER_MIN_M - 1 rows; from there qgemm_outer.h, its own order).
  */
 
 /* ---- unpack: any format -> q (uint8), D and M per 16 elements (value = D*q + M) ---- */

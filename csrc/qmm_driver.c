@@ -3,7 +3,9 @@
  *
  * The threaded driver splits N into chunks of whole KILN_QMM_NR-row panels (more chunks
  * than threads, taken dynamically; an even number of panels for the GEMV, so its 8-row
- * tiles fit) over Kiln's thread pool (pool.h).
+ * tiles fit; KILN_QMM_OUTER_P-row panels for the outer-product path) over Kiln's thread
+ * pool (pool.h), after the activations are prepared (int8 rows, or the outer-product
+ * path's rearrangement) in chunks of 16 rows.
  */
 #include <stdint.h>
 
