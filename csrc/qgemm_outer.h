@@ -145,36 +145,43 @@ QTARGET static void QN(outer_block)(const float *xp, const float *at, int64_t K,
     }
 }
 
-/* Weight rows [n0, n1) of the product, in panels of KILN_QMM_OUTER_P rows. */
+/* Weight rows [n0, n1) of the product, in panels of KILN_QMM_OUTER_P rows; per panel the
+ * activation rows in blocks of KILN_QMM_OUTER_MB (the parked accumulators, and so the
+ * per-thread scratch, stay bounded for long prompts; a block re-dequantizes the panel). */
 QTARGET static void QN(rows_outer)(const kiln_qmm_args *p, int64_t n0, int64_t n1, int thread) {
     const int64_t K = p->K, M = p->M, rowb = kiln_qrow_bytes(p->fmt, K);
-    const int64_t nvec = (M + QOUT_RG - 1) / QOUT_RG, ldacc = nvec * VW;
     const float *at = (const float *)p->scratch;
     float *xp = (float *)((uint8_t *)p->scratch + kiln_qouter_shared_bytes(M, K) +
                           thread * kiln_qouter_thread_bytes(M));
     float *acc_buf = xp + KILN_QMM_OUTER_P * KILN_QMM_OUTER_KC;
     for (int64_t n = n0; n < n1; n += KILN_QMM_OUTER_P) {
         const int nr = n1 - n < KILN_QMM_OUTER_P ? (int)(n1 - n) : KILN_QMM_OUTER_P;
-        for (int64_t k0 = 0; k0 < K; k0 += KILN_QMM_OUTER_KC) {
-            const int64_t kc = K - k0 < KILN_QMM_OUTER_KC ? K - k0 : KILN_QMM_OUTER_KC;
-            for (int r = 0; r < nr; r++) QN(deq_span)(p->fmt, p->w + (n + r) * rowb, k0, kc, xp + r * KILN_QMM_OUTER_KC);
-            /* a short last panel: its missing rows are zeros (their results are dropped) */
-            for (int r = nr; r < KILN_QMM_OUTER_P; r++) memset(xp + r * KILN_QMM_OUTER_KC, 0, (size_t)kc * 4);
-            QN(outer_block)(xp, at + k0 * QOUT_RG, K, nvec, kc, acc_buf, ldacc, k0 == 0);
-        }
-        /* the four k phases of each output, summed in a fixed order */
-        for (int64_t g = 0; g < nvec; g++) {
-            const int rows = M - g * QOUT_RG < QOUT_RG ? (int)(M - g * QOUT_RG) : QOUT_RG;
-            float *o = p->out + g * QOUT_RG * p->ldo + n;
-            const float *c = acc_buf + g * VW;
-            int r = 0;
-            for (; r + 4 <= nr; r += 4)
-                QOUT_RED4(c + r * ldacc, ldacc, p->bias ? p->bias + n + r : NULL, o + r, p->ldo, rows);
-            for (; r < nr; r++)
-                for (int i = 0; i < rows; i++) {
-                    const float *x = c + r * ldacc + 4 * i;
-                    o[i * p->ldo + r] = ((x[0] + x[2]) + (x[1] + x[3])) + (p->bias ? p->bias[n + r] : 0.0f);
-                }
+        for (int64_t mb = 0; mb < M; mb += KILN_QMM_OUTER_MB) {
+            const int64_t mrows = M - mb < KILN_QMM_OUTER_MB ? M - mb : KILN_QMM_OUTER_MB;
+            const int64_t nvec = (mrows + QOUT_RG - 1) / QOUT_RG, ldacc = nvec * VW;
+            const float *atb = at + mb / QOUT_RG * K * QOUT_RG;  /* mb: whole vectors */
+            for (int64_t k0 = 0; k0 < K; k0 += KILN_QMM_OUTER_KC) {
+                const int64_t kc = K - k0 < KILN_QMM_OUTER_KC ? K - k0 : KILN_QMM_OUTER_KC;
+                for (int r = 0; r < nr; r++)
+                    QN(deq_span)(p->fmt, p->w + (n + r) * rowb, k0, kc, xp + r * KILN_QMM_OUTER_KC);
+                /* a short last panel: its missing rows are zeros (their results are dropped) */
+                for (int r = nr; r < KILN_QMM_OUTER_P; r++) memset(xp + r * KILN_QMM_OUTER_KC, 0, (size_t)kc * 4);
+                QN(outer_block)(xp, atb + k0 * QOUT_RG, K, nvec, kc, acc_buf, ldacc, k0 == 0);
+            }
+            /* the four k phases of each output, summed in a fixed order */
+            for (int64_t g = 0; g < nvec; g++) {
+                const int rows = mrows - g * QOUT_RG < QOUT_RG ? (int)(mrows - g * QOUT_RG) : QOUT_RG;
+                float *o = p->out + (mb + g * QOUT_RG) * p->ldo + n;
+                const float *c = acc_buf + g * VW;
+                int r = 0;
+                for (; r + 4 <= nr; r += 4)
+                    QOUT_RED4(c + r * ldacc, ldacc, p->bias ? p->bias + n + r : NULL, o + r, p->ldo, rows);
+                for (; r < nr; r++)
+                    for (int i = 0; i < rows; i++) {
+                        const float *x = c + r * ldacc + 4 * i;
+                        o[i * p->ldo + r] = ((x[0] + x[2]) + (x[1] + x[3])) + (p->bias ? p->bias[n + r] : 0.0f);
+                    }
+            }
         }
     }
 }

@@ -107,17 +107,19 @@ extern const kiln_qkernels kiln_qk_generic, kiln_qk_avx2, kiln_qk_avx512;
 #define KILN_QMM_OUTER_MIN_M 9
 #define KILN_QMM_OUTER_P 24     /* weight rows per dequantized panel (a chunk is a multiple of this) */
 #define KILN_QMM_OUTER_KC 256   /* K block of the panel: one K-quant super-block, 24 KB of fp32 */
+#define KILN_QMM_OUTER_MB 128   /* activation rows per pass over a panel (a multiple of 16) */
 
 static inline int kiln_qmm_outer(const kiln_qmm_args *p) {
     return p->mode == KILN_QMODE_EXACT && p->M >= KILN_QMM_OUTER_MIN_M;
 }
 /* Its scratch: shared, the rearranged activations (rows padded to 16); per thread, the panel
- * and the parked accumulators (KILN_QMM_OUTER_P x 4 k phases x padded M). All multiples of 64
- * bytes. */
+ * and the parked accumulators (KILN_QMM_OUTER_P x 4 k phases x padded rows of one block).
+ * All multiples of 64 bytes. */
 static inline int64_t kiln_qouter_mpad(int64_t M) { return (M + 15) / 16 * 16; }
 static inline int64_t kiln_qouter_shared_bytes(int64_t M, int64_t K) { return kiln_qouter_mpad(M) * K * 4; }
 static inline int64_t kiln_qouter_thread_bytes(int64_t M) {
-    return (int64_t)KILN_QMM_OUTER_P * (KILN_QMM_OUTER_KC + 4 * kiln_qouter_mpad(M)) * 4;
+    const int64_t rows = kiln_qouter_mpad(M) < KILN_QMM_OUTER_MB ? kiln_qouter_mpad(M) : KILN_QMM_OUTER_MB;
+    return (int64_t)KILN_QMM_OUTER_P * (KILN_QMM_OUTER_KC + 4 * rows) * 4;
 }
 
 void kiln_qmm_prepare_generic(const kiln_qmm_args *p, int64_t m0, int64_t m1);

@@ -29,8 +29,8 @@ C_FORMATS = {"q8_0": 0, "q4_0": 1, "q4_1": 2, "q4_k": 3, "q5_k": 4, "q6_k": 5, "
 # Scratch is sized for this many threads (csrc/qmatmul_op.c uses at most as many).
 QMM_MAX_THREADS = 64
 QMM_NR = 4  # weight rows per panel (KILN_QMM_NR)
-# exact mode from this many rows: the outer-product path (KILN_QMM_OUTER_MIN_M, _P, _KC)
-QMM_OUTER_MIN_M, QMM_OUTER_P, QMM_OUTER_KC = 9, 24, 256
+# exact mode from this many rows: the outer-product path (KILN_QMM_OUTER_MIN_M, _P, _KC, _MB)
+QMM_OUTER_MIN_M, QMM_OUTER_P, QMM_OUTER_KC, QMM_OUTER_MB = 9, 24, 256, 128
 
 
 def qmm_scratch_bytes(mode: str, m: int, k: int, threads: int = QMM_MAX_THREADS) -> int:
@@ -39,7 +39,7 @@ def qmm_scratch_bytes(mode: str, m: int, k: int, threads: int = QMM_MAX_THREADS)
         return (x + 63) // 64 * 64
     if mode == "exact" and m >= QMM_OUTER_MIN_M:
         mpad = (m + 15) // 16 * 16
-        return mpad * k * 4 + threads * QMM_OUTER_P * (QMM_OUTER_KC + 4 * mpad) * 4
+        return mpad * k * 4 + threads * QMM_OUTER_P * (QMM_OUTER_KC + 4 * min(mpad, QMM_OUTER_MB)) * 4
     act = up(m * (k + k // 32 * 4 + k // 4 * 4)) if mode == "int8" else 0
     return act + threads * up(QMM_NR * (k + k // 16 * 8 + k * 4))
 
