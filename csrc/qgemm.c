@@ -49,7 +49,8 @@ void kiln_qmm_prepare_generic(const kiln_qmm_args *p, int64_t m0, int64_t m1) {
             const int finite = probe == 0.0f;
             const float inv = finite && amax > 0.0f ? 127.0f / amax : 0.0f;
             sa[g] = finite ? amax / 127.0f : NAN;
-            for (int i = 0; i < 32; i++) aq[32 * g + i] = (int8_t)nearbyintf(a[32 * g + i] * inv);
+            /* (a NaN or inf times 0 is NaN, whose conversion to int8 is undefined: codes 0 there) */
+            for (int i = 0; i < 32; i++) aq[32 * g + i] = finite ? (int8_t)nearbyintf(a[32 * g + i] * inv) : 0;
             for (int l = 0; l < 8; l++) {
                 const int8_t *v = aq + 32 * g + 4 * l;
                 s4[8 * g + l] = sa[g] * (float)(v[0] + v[1] + v[2] + v[3]);
