@@ -273,14 +273,17 @@ static int gemv_packed(int64_t M, int64_t N, int64_t K, const float *A, const fl
                        const float *bias, float beta, int act) {
     int64_t bytes = 4 * N * K, panels = (N + KILN_GEMM_NR - 1) / KILN_GEMM_NR;
     int threads = kiln_pool_in_parallel() ? 1 : kiln_pool_threads();
-    gemv_ctx x = {M, N, K, 0, 1, act == KILN_ACT_NONE ? 1 : 8, A, B, bias, C, alpha, beta, act, 0};
-    x.units = (panels + x.align - 1) / x.align;
+    gemv_ctx x = {M, N, K, 0, 1, 8, A, B, bias, C, alpha, beta, act, 0};
     if (threads > 1 && bytes >= GEMV_SERIAL_BYTES) {
         int64_t by_size = (bytes + GEMV_CHUNK_BYTES - 1) / GEMV_CHUNK_BYTES;
         x.chunks = (int64_t)threads * GEMV_CHUNKS_PER_THREAD;
         x.chunks = by_size > x.chunks ? by_size : x.chunks;
-        x.chunks = x.chunks < x.units ? x.chunks : x.units;
+        /* whole groups of 8 panels (the kernel's eight weight streams) where there are enough of
+         * them, single panels where groups would leave a thread idle (a 576 x 576 weight: 36) */
+        if (act == KILN_ACT_NONE && panels < 8 * x.chunks) x.align = 1;
     }
+    x.units = (panels + x.align - 1) / x.align;
+    x.chunks = x.chunks < x.units ? x.chunks : x.units;
     if (x.chunks > 1) kiln_pool_parallel(x.chunks, gemv_chunk, &x);
     else gemv_chunk(&x, 0, 0);
     return x.rc == 0 ? KILN_OK : KILN_ERR_PARAM;
