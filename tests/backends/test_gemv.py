@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import ctypes
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from kiln.backends import cabi, clib
+from tests.conftest import rerun_on_generic_build
 from tests.test_gemm_engine import GENERIC, LIB, assert_close, gemm, pack, reference, rnd
 
 LIB.kiln_matmul_set_gemv_split.argtypes = [ctypes.c_int]
@@ -111,7 +110,4 @@ def test_read_probe_sums_every_float_once(n, threads_restored):
 
 @pytest.mark.skipif(GENERIC or os.environ.get("KILN_LIB") is not None, reason="already the generic/custom build")
 def test_generic_build_passes_the_same_cases():
-    env = dict(os.environ, KILN_FORCE_GENERIC="1")
-    r = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", __file__,
-                        "-k", "not generic_build"], env=env, capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    rerun_on_generic_build(__file__)
