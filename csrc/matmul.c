@@ -271,6 +271,7 @@ void kiln_matmul_set_gemv_split(int on) { gemv_split = on != 0; }
 
 static int gemv_packed(int64_t M, int64_t N, int64_t K, const float *A, const float *B, float *C, float alpha,
                        const float *bias, float beta, int act) {
+    if (M == 0 || N == 0) return KILN_OK;
     int64_t bytes = 4 * N * K, panels = (N + KILN_GEMM_NR - 1) / KILN_GEMM_NR;
     int threads = kiln_pool_in_parallel() ? 1 : kiln_pool_threads();
     gemv_ctx x = {M, N, K, 0, 1, 8, A, B, bias, C, alpha, beta, act, 0};

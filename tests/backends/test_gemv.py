@@ -98,6 +98,17 @@ def test_each_row_of_a_decode_batch_is_its_own_product(threads_restored):
             assert np.array_equal(op_matmul(a[i:i + 1], packed, n)[0], batch[i]), f"threads {t}, row {i}"
 
 
+@pytest.mark.parametrize("m,k,n", [(0, 5, 40), (1, 5, 0), (2, 0, 40)])
+def test_empty_decode_products(m, k, n, threads_restored):
+    """No rows, no columns, or K = 0 (the epilogue of a zero sum: bias + beta * C)."""
+    a, b, c0 = rnd(m, k, seed=7), rnd(n, k, seed=8), rnd(m, n, seed=9)
+    packed = np.concatenate([pack(b, True), np.zeros(1, np.float32)])  # never a NULL buffer
+    for t in (1, 2):
+        LIB.kiln_pool_set_threads(t)
+        got = op_matmul(a, packed, n, c0.copy(), beta=0.5)
+        assert got.shape == (m, n) and np.array_equal(got, (0.5 * c0.astype(np.float64)).astype(np.float32))
+
+
 @pytest.mark.parametrize("n", [1, 100, (1 << 18) + 3, 3 << 20])
 def test_read_probe_sums_every_float_once(n, threads_restored):
     """The bandwidth probe reads every element once, whatever the chunking and threads."""
