@@ -244,7 +244,7 @@ static int is_column_bias(const kiln_tensor *t, int64_t n) {
 #define GEMV_MAX_M 4                  /* the generic kernel set's few-row tile (all of them: >= 4) */
 #define GEMV_CHUNKS_PER_THREAD 4
 #define GEMV_CHUNK_BYTES (512 << 10)  /* ~20 us of streaming: a late thread's last chunk is short */
-#define GEMV_SERIAL_BYTES (64 << 10)  /* below this one thread streams it faster than two meet */
+#define GEMV_SERIAL_BYTES (64 << 10)  /* ~2 us of streaming: not worth a handoff to the pool */
 
 typedef struct {
     int64_t M, N, K, units, chunks, align;
