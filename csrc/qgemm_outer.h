@@ -16,9 +16,10 @@
  */
 
 /* out[k], k < ne (ne whole blocks, <= KILN_QK_K) = one weight row's elements e0.. dequantized.
- * The 32-blocks and int8 rows decode straight to fp32 with tile_exact_legacy's values (no
- * unpacked q/D/M round trip: at 16 prompt rows the dequantization is a third of the time);
- * the K-quants go through the unpacked form. Every value is the format's own. */
+ * Every format decodes straight from its blocks to fp32 (no unpacked q/D/M round trip: at 16
+ * prompt rows the dequantization was a third of the time), Q4 nibbles on AVX-512 through a
+ * per-block table of its 16 values (one permute per 16 values). Every value is the format's
+ * own, D * q + M rounded once. */
 QTARGET static inline __attribute__((always_inline)) void QN(deq_blocks)(const int fmt, const uint8_t *row, int64_t e0,
                                                                        int64_t ne, float *out) {
     if (fmt == KILN_I8_ROW) {
@@ -42,8 +43,40 @@ QTARGET static inline __attribute__((always_inline)) void QN(deq_blocks)(const i
             VF x;
             if (fmt == KILN_Q8_0) x = VMUL(VQ8S(qs + e), dv);
             else if (fmt == KILN_Q5_0 || fmt == KILN_Q5_1) x = VDEQ(VQ5(qs, qh, e), dv, mv);
+#ifdef VQ4TAB
+            else x = VQ4LUT(qs, e, VQ4TAB(dv, mv));  /* the table's entries are these FMAs' results */
+#else
             else x = VDEQ(e < 16 ? VQ4LO(qs + e) : VQ4HI(qs + e - 16), dv, mv);
+#endif
             VST(out + e, x);
+        }
+    }
+}
+
+/* Q4_K / Q5_K the same way, per super-block: the scales and mins of its sub-blocks decoded
+ * once, the codes assembled in registers from the block's bytes (exact in float), each value
+ * fma(code, D, M) with the D and M of the unpacked form (QN(unpack)), so bitwise its values.
+ * Q6_K keeps the unpacked form: assembled in registers (two loads, shifts and masks per code)
+ * it measured slower than the SWAR unpack. */
+QTARGET static inline __attribute__((always_inline)) void QN(deq_kblocks)(const int fmt, const uint8_t *row, int64_t e0,
+                                                                        int64_t ne, float *out) {
+    const int bb = kiln_qformats[fmt].block_bytes;
+    for (const uint8_t *blk = row + e0 / KILN_QK_K * bb, *end = blk + ne / KILN_QK_K * bb; blk < end;
+         blk += bb, out += KILN_QK_K) {
+        const kiln_block_q4_K *x = (const kiln_block_q4_K *)blk;  /* Q5_K starts the same */
+        const float d = QN(half)(x->d), dmin = QN(half)(x->dmin);
+        for (int sb = 0; sb < 8; sb++) {
+            int sc, mn; QN(k_scale)(x->scales, sb, &sc, &mn);
+            const VF dv = VSET1(d * (float)sc), mv = VSET1(-(dmin * (float)mn));
+#ifdef VQ4TAB
+            if (fmt == KILN_Q4_K) {  /* sub-block sb: nibble sb % 2 of qs[32(sb / 2) + l] */
+                const VF tab = VQ4TAB(dv, mv);
+                for (int l = 0; l < 32; l += VW)
+                    VST(out + 32 * sb + l, VQ4LUT(x->qs + 32 * (sb / 2) + l, 16 * (sb % 2), tab));
+                continue;
+            }
+#endif
+            for (int l = 0; l < 32; l += VW) VST(out + 32 * sb + l, VDEQ(QN(kcode)(fmt, blk, 32 * sb + l), dv, mv));
         }
     }
 }
@@ -56,6 +89,8 @@ QTARGET static void QN(deq_span)(int fmt, const uint8_t *row, int64_t e0, int64_
     case KILN_Q5_0: QN(deq_blocks)(KILN_Q5_0, row, e0, ne, out); return;
     case KILN_Q5_1: QN(deq_blocks)(KILN_Q5_1, row, e0, ne, out); return;
     case KILN_I8_ROW: QN(deq_blocks)(KILN_I8_ROW, row, e0, ne, out); return;
+    case KILN_Q4_K: QN(deq_kblocks)(KILN_Q4_K, row, e0, ne, out); return;
+    case KILN_Q5_K: QN(deq_kblocks)(KILN_Q5_K, row, e0, ne, out); return;
     }
     uint8_t q[KILN_QK_K]; float D[KILN_QK_K / 16], M[KILN_QK_K / 16];
     QN(unpack)(fmt, row, e0, ne, q, D, M);
