@@ -57,6 +57,26 @@ void kiln_qmm_prepare_generic(const kiln_qmm_args *p, int64_t m0, int64_t m1) {
             }
         }
     }
+    if (p->M < KILN_QMM_OUTER_MIN_M) return;
+    /* the int8 outer path's layout (quant.h), rows [m0, m1) and, at the end, the padding rows */
+    const int64_t gb = kiln_qi8t_group_bytes(K), end = m1 == p->M ? kiln_qouter_mpad(p->M) : m1;
+    uint8_t *t = (uint8_t *)p->scratch + kiln_qi8t_offset(p->M, K);
+    for (int64_t m = m0; m < end; m++) {
+        uint8_t *grp = t + m / 16 * gb;
+        const int i = (int)(m % 16);
+        float *sv = (float *)(grp + K * 16), *rv = sv + K / 32 * 16;
+        const int8_t *aq = (const int8_t *)((uint8_t *)p->scratch + m * rb);
+        const float *sa = (const float *)((uint8_t *)p->scratch + m * rb + K);
+        for (int64_t kq = 0; kq < K / 4; kq++)
+            if (m < p->M) memcpy(grp + kq * 64 + 4 * i, aq + 4 * kq, 4);
+            else memset(grp + kq * 64 + 4 * i, 0, 4);
+        for (int64_t g = 0; g < K / 32; g++) sv[g * 16 + i] = m < p->M ? sa[g] : 0.0f;
+        for (int64_t h = 0; h < K / 16; h++) {
+            int s = 0;
+            if (m < p->M) for (int e = 0; e < 16; e++) s += aq[16 * h + e];
+            rv[h * 16 + i] = m < p->M ? sa[h / 2] * (float)s : 0.0f;
+        }
+    }
 }
 
 /* ---- generic C: GCC/Clang vector extensions, 8 lanes (internal helpers: the AVX
@@ -352,6 +372,10 @@ X_RED4(16, X86_512, __m512, _mm512_loadu_ps, _mm512_add_ps, _mm512_unpacklo_ps, 
 #define VBITS x_bits16
 #define VHSUM x_hsum16
 #define DOT4X8 x_dot4x8_vnni
+#define QI8OUTER 1    /* int8 mode's outer-product tile (vpdpbusd): R weight rows x V vectors of 16 rows */
+#define QI8_VMAX 4
+#define QI8_RMAX 12
+#define QI8_R(v) ((v) == 1 ? 12 : (v) == 2 ? 6 : (v) == 3 ? 4 : 3)
 #include "qgemm_body.h"
 #else
 /* not x86: the table's SIMD rows are the portable kernels (kiln_qmm_set_isa refuses them) */

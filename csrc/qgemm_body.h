@@ -270,6 +270,9 @@ QTARGET static inline __attribute__((always_inline)) void QN(tile_exact_k)(
     default: QN(tile_exact_legacy)(MR, NRT, KILN_I8_ROW, a, p->lda, wr, ahead, K, res); break; } } while (0)
 
 #include "qgemm_outer.h"
+#ifdef QI8OUTER
+#include "qgemm_outer_i8.h"
+#endif
 
 /* ---- int8 mode: activations quantized per 32, integer dots over groups of 4 ---- */
 
@@ -327,9 +330,20 @@ QTARGET static void QN(rows)(const kiln_qmm_args *p, int64_t n0, int64_t n1, int
         QN(rows_outer)(p, n0, n1, thread);
         return;
     }
+#ifdef QI8OUTER
+    if (kiln_qmm_i8outer(p)) {
+        QN(rows_i8outer)(p, n0, n1, thread);
+        return;
+    }
+#endif
     const int64_t K = p->K, rowb = kiln_qrow_bytes(p->fmt, K), M = p->M;
-    const int64_t act_bytes = p->mode == KILN_QMODE_INT8 ? (M * kiln_qact_row_bytes(K) + 63) / 64 * 64 : 0;
-    uint8_t *panel = (uint8_t *)p->scratch + act_bytes + thread * ((kiln_qpanel_bytes(K) + 63) / 64 * 64);
+    int64_t act_bytes = p->mode == KILN_QMODE_INT8 ? kiln_qi8t_offset(M, K) : 0;
+    int64_t tstride = (kiln_qpanel_bytes(K) + 63) / 64 * 64;
+    if (kiln_qmm_i8outer(p)) {  /* the scratch is laid out for the int8 outer path (quant.h) */
+        act_bytes += kiln_qi8t_bytes(M, K);
+        if (kiln_qi8outer_thread_bytes(M) > tstride) tstride = kiln_qi8outer_thread_bytes(M);
+    }
+    uint8_t *panel = (uint8_t *)p->scratch + act_bytes + thread * tstride;
     float *Dp = (float *)(panel + KILN_QMM_NR * K), *Mp = Dp + KILN_QMM_NR * (K / 16), *Xp = Mp + KILN_QMM_NR * (K / 16);
     const int fp32_panel = p->mode == KILN_QMODE_EXACT && M > 4;
     const int legacy = p->fmt == KILN_Q8_0 || p->fmt == KILN_Q4_0 || p->fmt == KILN_Q4_1;
@@ -433,4 +447,8 @@ const kiln_qkernels QN(kiln_qk) = {QN(prepare), QN(rows), QN(dequant_row)};
 #undef VBCAST4
 #undef QOUT_RMAX
 #undef QOUT_R
+#undef QI8OUTER
+#undef QI8_VMAX
+#undef QI8_RMAX
+#undef QI8_R
 #undef DOT4X8

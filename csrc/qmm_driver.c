@@ -49,8 +49,12 @@ int64_t kiln_qmm_scratch_bytes(int fmt, int mode, int64_t M, int64_t K, int nthr
     if (kiln_qrow_bytes(fmt, K) < 0 || K % KILN_QK || M < 0 || nthreads < 1) return -1;
     if (mode == KILN_QMODE_EXACT && M >= KILN_QMM_OUTER_MIN_M)
         return kiln_qouter_shared_bytes(M, K) + nthreads * kiln_qouter_thread_bytes(M);
-    int64_t act = mode == KILN_QMODE_INT8 ? (M * kiln_qact_row_bytes(K) + 63) / 64 * 64 : 0;
-    return act + nthreads * ((kiln_qpanel_bytes(K) + 63) / 64 * 64);
+    int64_t act = mode == KILN_QMODE_INT8 ? kiln_qi8t_offset(M, K) : 0, panel = (kiln_qpanel_bytes(K) + 63) / 64 * 64;
+    if (mode == KILN_QMODE_INT8 && M >= KILN_QMM_OUTER_MIN_M) {
+        act += kiln_qi8t_bytes(M, K);
+        if (kiln_qi8outer_thread_bytes(M) > panel) panel = kiln_qi8outer_thread_bytes(M);
+    }
+    return act + nthreads * panel;
 }
 
 /* 0 when the call is well formed, else a negative code naming the first problem:
@@ -114,7 +118,7 @@ int kiln_qmm_threaded(const kiln_qmm_args *p, int nthreads) {
     if (p->mode == KILN_QMODE_INT8 || kiln_qmm_outer(p))
         qpool_parallel((p->M + 15) / 16, p->M >= 8 ? nthreads : 1, qprep_chunk, (void *)p);
     /* ~4 chunks per thread, each a whole number of panels */
-    const int64_t nr = kiln_qmm_outer(p) ? KILN_QMM_OUTER_P : KILN_QMM_NR;
+    const int64_t nr = kiln_qmm_outer(p) || kiln_qmm_i8outer(p) ? KILN_QMM_OUTER_P : KILN_QMM_NR;
     int64_t panels = (p->N + nr - 1) / nr, want = 4 * (int64_t)nthreads;
     int64_t per = (panels + want - 1) / want;
     if (p->M == 1 && per % 2) per++;   /* whole KILN_QMM_NR_WIDE tiles for the GEMV */

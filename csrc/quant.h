@@ -131,4 +131,22 @@ static inline int64_t kiln_qact_row_bytes(int64_t K) { return K + K / 32 * 4 + K
  * their fp32 dequantization for the large-M path. */
 static inline int64_t kiln_qpanel_bytes(int64_t K) { return KILN_QMM_NR * (K + K / 16 * 8 + K * 4); }
 
+/* int8 mode from KILN_QMM_OUTER_MIN_M rows (prefill): on AVX-512 VNNI an outer-product tile
+ * (qgemm_outer_i8.h) over the activations' codes rearranged per 16 rows (below); the other
+ * ISAs keep the 4 x 4 tile. The scratch and the N chunks are the same on every ISA. */
+static inline int kiln_qmm_i8outer(const kiln_qmm_args *p) {
+    return p->mode == KILN_QMODE_INT8 && p->M >= KILN_QMM_OUTER_MIN_M;
+}
+/* Per group of 16 A rows (rows past M zero): K/4 vectors of 16 rows x 4 codes (64 bytes),
+ * then per 32 of K the 16 rows' scales, then per 16 of K the 16 rows' scale * sum of codes. */
+static inline int64_t kiln_qi8t_group_bytes(int64_t K) { return K * 16 + K / 32 * 64 + K / 16 * 64; }
+static inline int64_t kiln_qi8t_offset(int64_t M, int64_t K) { return (M * kiln_qact_row_bytes(K) + 63) / 64 * 64; }
+static inline int64_t kiln_qi8t_bytes(int64_t M, int64_t K) { return kiln_qouter_mpad(M) / 16 * kiln_qi8t_group_bytes(K); }
+/* Per thread: KILN_QMM_OUTER_P rows of a K block's codes, D and M per 16, and the parked
+ * accumulators (16 rows a vector, at most KILN_QMM_OUTER_MB rows). */
+static inline int64_t kiln_qi8outer_thread_bytes(int64_t M) {
+    const int64_t rows = kiln_qouter_mpad(M) < KILN_QMM_OUTER_MB ? kiln_qouter_mpad(M) : KILN_QMM_OUTER_MB;
+    return (int64_t)KILN_QMM_OUTER_P * (KILN_QMM_OUTER_KC + KILN_QMM_OUTER_KC / 16 * 8 + 4 * rows);
+}
+
 #endif
