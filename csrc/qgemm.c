@@ -57,26 +57,6 @@ void kiln_qmm_prepare_generic(const kiln_qmm_args *p, int64_t m0, int64_t m1) {
             }
         }
     }
-    if (p->M < KILN_QMM_OUTER_MIN_M) return;
-    /* the int8 outer path's layout (quant.h), rows [m0, m1) and, at the end, the padding rows */
-    const int64_t gb = kiln_qi8t_group_bytes(K), end = m1 == p->M ? kiln_qouter_mpad(p->M) : m1;
-    uint8_t *t = (uint8_t *)p->scratch + kiln_qi8t_offset(p->M, K);
-    for (int64_t m = m0; m < end; m++) {
-        uint8_t *grp = t + m / 16 * gb;
-        const int i = (int)(m % 16);
-        float *sv = (float *)(grp + K * 16), *rv = sv + K / 32 * 16;
-        const int8_t *aq = (const int8_t *)((uint8_t *)p->scratch + m * rb);
-        const float *sa = (const float *)((uint8_t *)p->scratch + m * rb + K);
-        for (int64_t kq = 0; kq < K / 4; kq++)
-            if (m < p->M) memcpy(grp + kq * 64 + 4 * i, aq + 4 * kq, 4);
-            else memset(grp + kq * 64 + 4 * i, 0, 4);
-        for (int64_t g = 0; g < K / 32; g++) sv[g * 16 + i] = m < p->M ? sa[g] : 0.0f;
-        for (int64_t h = 0; h < K / 16; h++) {
-            int s = 0;
-            if (m < p->M) for (int e = 0; e < 16; e++) s += aq[16 * h + e];
-            rv[h * 16 + i] = m < p->M ? sa[h / 2] * (float)s : 0.0f;
-        }
-    }
 }
 
 /* ---- generic C: GCC/Clang vector extensions, 8 lanes (internal helpers: the AVX
@@ -343,7 +323,47 @@ X86_512 static inline float x_hsum16(__m512 v) {
 }
 X_RED4(16, X86_512, __m512, _mm512_loadu_ps, _mm512_add_ps, _mm512_unpacklo_ps, _mm512_unpackhi_ps,
        _mm512_shuffle_ps, _mm512_storeu_ps)
+/* int8 mode's prepare for the VNNI outer path (M >= 9): codes, scales and sums straight into
+ * its layout (quant.h kiln_qi8t_*), rows [m0, m1) and at the end the padding rows; the codes
+ * and scales are kiln_qmm_prepare_generic's (the same max, 127 / max, product and
+ * round-to-nearest-even; a non-finite group: codes 0, scale NaN). */
+X86_512 static void x_prepare_i8t(const kiln_qmm_args *p, int64_t m0, int64_t m1) {
+    const int64_t K = p->K, gb = kiln_qi8t_group_bytes(K), end = m1 == p->M ? kiln_qouter_mpad(p->M) : m1;
+    uint8_t *t = (uint8_t *)p->scratch + kiln_qi8t_offset(p->M, K);
+    const __m512 zero = _mm512_setzero_ps();
+    for (int64_t m = m0; m < end; m++) {
+        uint8_t *grp = t + m / 16 * gb;
+        const int i = (int)(m % 16);
+        float *sv = (float *)(grp + K * 16), *rv = sv + K / 32 * 16, *rv32 = rv + K / 16 * 16;
+        const float *a = p->a + m * p->lda;
+        for (int64_t g = 0; g < K / 32; g++) {
+            float s = 0.0f;
+            int32_t w[8] = {0};
+            int s0 = 0, s1 = 0;
+            if (m < p->M) {
+                const __m512 x0 = _mm512_loadu_ps(a + 32 * g), x1 = _mm512_loadu_ps(a + 32 * g + 16);
+                if (_mm512_cmp_ps_mask(_mm512_mul_ps(x0, zero), _mm512_mul_ps(x1, zero), _CMP_UNORD_Q)) s = NAN;
+                else {
+                    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)));
+                    const __m512 inv = _mm512_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
+                    s = amax / 127.0f;
+                    const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(x0, inv)), q1 = _mm512_cvtps_epi32(_mm512_mul_ps(x1, inv));
+                    _mm_storeu_si128((__m128i *)w, _mm512_cvtepi32_epi8(q0));
+                    _mm_storeu_si128((__m128i *)(w + 4), _mm512_cvtepi32_epi8(q1));
+                    s0 = _mm512_reduce_add_epi32(q0);
+                    s1 = _mm512_reduce_add_epi32(q1);
+                }
+            }
+            for (int l = 0; l < 8; l++) memcpy(grp + (8 * g + l) * 64 + 4 * i, w + l, 4);
+            sv[g * 16 + i] = s;
+            rv[2 * g * 16 + i] = s * (float)s0;
+            rv[(2 * g + 1) * 16 + i] = s * (float)s1;
+            rv32[g * 16 + i] = s * (float)(s0 + s1);
+        }
+    }
+}
 #define QN(x) x##_avx512
+#define QI8PREP x_prepare_i8t
 #define QTARGET X86_512
 #define QWIDE 1
 #define VW 16

@@ -451,4 +451,5 @@ const kiln_qkernels QN(kiln_qk) = {QN(prepare), QN(rows), QN(dequant_row)};
 #undef QI8_VMAX
 #undef QI8_RMAX
 #undef QI8_R
+#undef QI8PREP
 #undef DOT4X8

@@ -223,6 +223,9 @@ QTARGET static void QN(rows_outer)(const kiln_qmm_args *p, int64_t n0, int64_t n
 
 /* The kernel table's prepare: int8 activations, or A^T for the outer-product path. */
 QTARGET static void QN(prepare)(const kiln_qmm_args *p, int64_t m0, int64_t m1) {
+#ifdef QI8OUTER
+    if (kiln_qmm_i8outer(p)) { QI8PREP(p, m0, m1); return; }
+#endif
     if (p->mode == KILN_QMODE_INT8) kiln_qmm_prepare_generic(p, m0, m1);
     else if (kiln_qmm_outer(p)) QN(transpose_a)(p, m0, m1, (float *)p->scratch);
 }

@@ -138,8 +138,9 @@ static inline int kiln_qmm_i8outer(const kiln_qmm_args *p) {
     return p->mode == KILN_QMODE_INT8 && p->M >= KILN_QMM_OUTER_MIN_M;
 }
 /* Per group of 16 A rows (rows past M zero): K/4 vectors of 16 rows x 4 codes (64 bytes),
- * then per 32 of K the 16 rows' scales, then per 16 of K the 16 rows' scale * sum of codes. */
-static inline int64_t kiln_qi8t_group_bytes(int64_t K) { return K * 16 + K / 32 * 64 + K / 16 * 64; }
+ * then per 32 of K the 16 rows' scales, then per 16 of K the 16 rows' scale * sum of codes,
+ * then the same per 32 of K. */
+static inline int64_t kiln_qi8t_group_bytes(int64_t K) { return K * 16 + K / 32 * 128 + K / 16 * 64; }
 static inline int64_t kiln_qi8t_offset(int64_t M, int64_t K) { return (M * kiln_qact_row_bytes(K) + 63) / 64 * 64; }
 static inline int64_t kiln_qi8t_bytes(int64_t M, int64_t K) { return kiln_qouter_mpad(M) / 16 * kiln_qi8t_group_bytes(K); }
 /* Per thread: KILN_QMM_OUTER_P rows of a K block's codes, D and M per 16, and the parked

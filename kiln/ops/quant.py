@@ -44,7 +44,7 @@ def qmm_scratch_bytes(mode: str, m: int, k: int, threads: int = QMM_MAX_THREADS)
     panel = up(QMM_NR * (k + k // 16 * 8 + k * 4))
     if mode == "int8" and m >= QMM_OUTER_MIN_M:  # the int8 outer path's codes per 16 rows
         mpad = (m + 15) // 16 * 16
-        act += mpad // 16 * (k * 16 + k // 32 * 64 + k // 16 * 64)
+        act += mpad // 16 * (k * 16 + k // 32 * 128 + k // 16 * 64)
         panel = max(panel, QMM_OUTER_P * (QMM_OUTER_KC + QMM_OUTER_KC // 16 * 8 + 4 * min(mpad, QMM_OUTER_MB)))
     return act + threads * panel
 
