@@ -3,18 +3,19 @@
  * mask broadcast to [B, Hq, Sq, Sk], grouped-query K/V (query head h reads K/V
  * head h / group, no copies). A row whose every key is masked yields zeros.
  *
- * Two kernels, one row of queries per task, parallel over B * Hq * Sq rows:
+ * Prefill (at least KILN_ATTN_BLOCKED_MIN_SQ queries) runs blocks of queries on the GEMM
+ * microkernels (the blocked kernel below). Otherwise (decode, or no room for a block of
+ * scores) two row kernels, one row of queries per task, parallel over B * Hq * Sq rows:
  *  - standard: all Sk scores of the row in scratch, exact softmax, then P @ V;
  *  - flash: keys in tiles of KILN_FLASH_BLOCK with an online softmax (running
  *    max and sum, accumulator rescaled per tile); scratch is one tile + one
  *    output row per thread, independent of Sk.
- * Scratch (planner-provided) per thread is max(Sk, FLASH_BLOCK + Dv + 2) floats,
- * the formula in kiln/ops/attention.py.
+ * Scratch (planner-provided) per thread is max(Sk, FLASH_BLOCK + Dv + 2) floats, or a
+ * block of scores for the blocked kernel: the formula in kiln/backends/c/kernels.py.
  */
 #include <math.h>
-#ifdef _OPENMP
-#endif
 
+#include "gemm.h"
 #include "kiln.h"
 #include "par.h"
 #include "vmath.h"
@@ -219,55 +220,81 @@ int kiln_k_attention(const kiln_call *c) {
     return run_rows(&a, c);
 }
 
-/* Blocked attention for many queries (prefill): tasks are (head, block of KILN_ATTN_BLOCK_ROWS
- * query rows), parallel over threads; each computes the scores for the keys its block can
- * see with one single-threaded sgemm, the softmax in place, and P @ V with a second sgemm.
+/* Blocked attention for many queries (prefill), on Kiln's GEMM microkernels (kiln_gemm_plain):
+ * tasks are (head, block of at most KILN_ATTN_BLOCK_ROWS query rows), parallel over threads.
+ * Per block the scores are computed transposed, S^T = K Q^T (one row per key, one column per
+ * query, Q^T copied once per block), so the softmax runs down the columns with 16 queries per
+ * vector; then O = P V reads P through S^T's columns, and each output row is divided by its
+ * sum. K and V are read in place: the heads of a GQA group share them, nothing is copied.
  * Causal blocks stop at the last key their last row sees, so the upper triangle is mostly
  * skipped. Scratch: one block of scores per thread, BR x Sk floats (the formula in
- * kiln/ops/attention.py). Returns 0 if it does not apply (no BLAS, few queries, too little
- * scratch, forced row kernels). */
+ * kiln/backends/c/kernels.py). Returns 0 if it does not apply (few queries, a head wider than
+ * KILN_ATTN_MAX_D, too little scratch, forced row kernels). */
+#define KILN_ATTN_MAX_D 256
 static int blocked_enabled = 1;
+static _Thread_local float q_t[KILN_ATTN_MAX_D * KILN_ATTN_BLOCK_ROWS] __attribute__((aligned(64)));
 
-/* One query block of one head: scores by sgemm, softmax in place, then P @ V by sgemm. */
+/* Masked scores of S^T (n keys x ld columns, the first nr queries from i0) to -inf. */
+static void mask_block(const attn_args *a, int64_t b, int64_t h, int64_t i0, int64_t nr, int64_t n, float *S,
+                       int64_t ld) {
+    for (int64_t j = 0; j < n; j++) {
+        float *s = S + j * ld;
+        if (a->causal) /* query i sees key j when j < offset + i + 1 */
+            for (int64_t c = 0; c < nr && c < j - a->offset - i0; c++) s[c] = -INFINITY;
+        if (!a->mask) continue;
+        int64_t moff = b * a->ms[0] + h * a->ms[1] + i0 * a->ms[2] + j * a->ms[3];
+        if (a->mask_bool) {
+            const uint8_t *m = (const uint8_t *)a->mask + moff;
+            for (int64_t c = 0; c < nr; c++)
+                if (!m[c * a->ms[2]]) s[c] = -INFINITY;
+        } else {
+            const float *m = (const float *)a->mask + moff;
+            for (int64_t c = 0; c < nr; c++) s[c] += m[c * a->ms[2]];
+        }
+    }
+}
+
+/* One query block of one head: S^T = scale K Q^T, column softmax, O = P V / sum. */
 static void block_rows(const attn_args *a, int64_t b, int64_t h, int64_t i0, int64_t nr, float *S) {
-    int64_t hk = h / a->group;
-    const float *q = a->q + ((b * a->Hq + h) * a->Sq + i0) * a->D;
-    const float *k = a->k + (b * a->Hkv + hk) * a->Sk * a->D;
+    int64_t hk = h / a->group, D = a->D, ld = (nr + 15) / 16 * 16; /* S^T's row: whole vectors */
+    const float *q = a->q + ((b * a->Hq + h) * a->Sq + i0) * D;
+    const float *k = a->k + (b * a->Hkv + hk) * a->Sk * D;
     const float *v = a->v + (b * a->Hkv + hk) * a->Sk * a->Dv;
     float *o = a->out + ((b * a->Hq + h) * a->Sq + i0) * a->Dv;
-    int64_t n = visible(a, i0 + nr - 1);   /* keys the block's last row sees */
+    int64_t n = visible(a, i0 + nr - 1); /* keys the block's last row sees */
     if (n <= 0) {
         memset(o, 0, (size_t)(nr * a->Dv) * sizeof(float));
         return;
     }
-    kiln_blas_sgemm(KILN_CBLAS_ROW_MAJOR, KILN_CBLAS_NO_TRANS, KILN_CBLAS_TRANS, (int)nr, (int)n, (int)a->D, a->scale,
-                    q, (int)a->D, k, (int)a->D, 0.0f, S, (int)n);
-    for (int64_t r = 0; r < nr; r++) {
-        int64_t i = i0 + r, lim = visible(a, i);
-        float *s = S + r * n;
-        if (a->mask) {
-            int64_t moff = b * a->ms[0] + h * a->ms[1] + i * a->ms[2];
-            if (a->mask_bool) {
-                const uint8_t *m = (const uint8_t *)a->mask + moff;
-                for (int64_t j = 0; j < lim; j++)
-                    if (!m[j * a->ms[3]]) s[j] = -INFINITY;
-            } else {
-                const float *m = (const float *)a->mask + moff;
-                for (int64_t j = 0; j < lim; j++) s[j] += m[j * a->ms[3]];
-            }
-        }
-        float mx = max_of(s, lim);
-        if (mx == -INFINITY) { /* every key masked: the row's output is zero */
-            for (int64_t j = 0; j < n; j++) s[j] = 0.0f;
-            continue;
-        }
-        float inv = 1.0f / exp_shifted(s, lim, mx);
+    for (int64_t d = 0; d < D; d++) /* padded queries are zeros: their scores are never used */
+        for (int64_t c = 0; c < ld; c++) q_t[d * ld + c] = c < nr ? q[c * D + d] : 0.0f;
+    kiln_gemm_plain(&(kiln_gemm_plain_args){.M = n, .N = ld, .K = D, .a_i = D, .a_k = 1, .ldb = ld, .ldc = ld,
+                                            .A = k, .B = q_t, .C = S, .alpha = a->scale});
+    mask_block(a, b, h, i0, nr, n, S, ld);
+    float mx[KILN_ATTN_BLOCK_ROWS], sum[KILN_ATTN_BLOCK_ROWS];
+    for (int64_t c = 0; c < ld; c++) mx[c] = -INFINITY, sum[c] = 0.0f;
+    for (int64_t j = 0; j < n; j++) {
+        const float *s = S + j * ld;
 #pragma omp simd
-        for (int64_t j = 0; j < lim; j++) s[j] *= inv;
-        for (int64_t j = lim; j < n; j++) s[j] = 0.0f;
+        for (int64_t c = 0; c < ld; c++) mx[c] = s[c] > mx[c] ? s[c] : mx[c];
     }
-    kiln_blas_sgemm(KILN_CBLAS_ROW_MAJOR, KILN_CBLAS_NO_TRANS, KILN_CBLAS_NO_TRANS, (int)nr, (int)a->Dv, (int)n, 1.0f,
-                    S, (int)n, v, (int)a->Dv, 0.0f, o, (int)a->Dv);
+    for (int64_t c = 0; c < ld; c++) mx[c] = mx[c] == -INFINITY ? 0.0f : mx[c]; /* every key masked: P = 0 */
+    for (int64_t j = 0; j < n; j++) {
+        float *s = S + j * ld;
+#pragma omp simd
+        for (int64_t c = 0; c < ld; c++) {
+            float e = kiln_exp(s[c] - mx[c]);
+            s[c] = e;
+            sum[c] += e;
+        }
+    }
+    kiln_gemm_plain(&(kiln_gemm_plain_args){.M = nr, .N = a->Dv, .K = n, .a_i = 1, .a_k = ld, .ldb = a->Dv,
+                                            .ldc = a->Dv, .A = S, .B = v, .C = o, .alpha = 1.0f});
+    for (int64_t r = 0; r < nr; r++) { /* a row with every key masked has sum 0 and output 0 */
+        float inv = sum[r] > 0.0f ? 1.0f / sum[r] : 0.0f, *orow = o + r * a->Dv;
+#pragma omp simd
+        for (int64_t d = 0; d < a->Dv; d++) orow[d] *= inv;
+    }
 }
 
 typedef struct {
@@ -288,15 +315,16 @@ static void blocked_range(void *p, int64_t begin, int64_t end, int slot) {
 }
 
 static int run_blocked(const attn_args *a, const kiln_call *c) {
-    int64_t BR = KILN_ATTN_BLOCK_ROWS < a->Sq ? KILN_ATTN_BLOCK_ROWS : a->Sq;
-    if (!blocked_enabled || flash_min_sk >= 0 || !kiln_blas_sgemm || a->Sq < KILN_ATTN_BLOCKED_MIN_SQ) return 0;
-    if (a->Sk >= (1LL << 31) || a->D >= (1LL << 31) || a->Dv >= (1LL << 31)) return 0;
+    if (!blocked_enabled || flash_min_sk >= 0 || a->Sq < KILN_ATTN_BLOCKED_MIN_SQ || a->D > KILN_ATTN_MAX_D) return 0;
+    /* scratch per thread: BR x Sk floats, BR = min(Sq, KILN_ATTN_BLOCK_ROWS) (the planner's rule); a
+     * block of QB rows needs n x ceil16(QB) <= Sk x BR, so QB is BR rounded down to whole vectors */
+    int64_t BR = KILN_ATTN_BLOCK_ROWS < a->Sq ? KILN_ATTN_BLOCK_ROWS : a->Sq, QB = BR / 16 * 16;
     int64_t per = BR * a->Sk;   /* floats of scores per thread */
     int64_t avail = c->scratch.data ? c->scratch.nbytes / (4 * per) : 0;
     if (avail < 1) return 0;
-    int64_t nblocks = (a->Sq + BR - 1) / BR, tasks = a->B * a->Hq * nblocks;
+    int64_t nblocks = (a->Sq + QB - 1) / QB, tasks = a->B * a->Hq * nblocks;
     /* Causal blocks further down see more keys: small dynamic chunks even them out. */
-    blocked_ctx k = {a, (float *)c->scratch.data, per, nblocks, BR};
+    blocked_ctx k = {a, (float *)c->scratch.data, per, nblocks, QB};
     kiln_par_slots(tasks, tasks * per, avail, blocked_range, &k);
     return 1;
 }

@@ -27,13 +27,14 @@ static int64_t pc_max = 32;
 typedef struct {
     kiln_gemm_block_fn block; /* the few-row kernels (rows <= mr) */
     int mr;
+    kiln_gemm_plain_fn plain;
 } isa_t;
 
 static const isa_t ISA_TABLE[] = {
-    [KILN_GEMM_ISA_GENERIC] = {kiln_gemm_block_generic, 4},
+    [KILN_GEMM_ISA_GENERIC] = {kiln_gemm_block_generic, 4, kiln_gemm_plain_generic},
 #ifdef KILN_GEMM_X86
-    [KILN_GEMM_ISA_AVX2] = {kiln_gemm_block_avx2, 6},
-    [KILN_GEMM_ISA_AVX512] = {kiln_gemm_block_avx512, 6},
+    [KILN_GEMM_ISA_AVX2] = {kiln_gemm_block_avx2, 6, kiln_gemm_plain_avx2},
+    [KILN_GEMM_ISA_AVX512] = {kiln_gemm_block_avx512, 6, kiln_gemm_plain_avx512},
 #endif
 };
 
@@ -135,6 +136,10 @@ static _Thread_local float tls_a[KILN_GEMM_PACK_ROWS * KILN_GEMM_KC] __attribute
 static _Thread_local float tls_b[KILN_GEMM_KC * 8 * KILN_GEMM_NR] __attribute__((aligned(64)));
 float *kiln_gemm_tls_a(void) { return tls_a; }
 float *kiln_gemm_tls_b(void) { return tls_b; }
+
+void kiln_gemm_plain(const kiln_gemm_plain_args *r) {
+    if (r->M > 0 && r->N > 0) ISA_TABLE[isa_now].plain(r);
+}
 
 int64_t kiln_gemm_scratch_bytes(int64_t M, int64_t N, int64_t K, int threads) {
     (void)M, (void)N, (void)K, (void)threads;
