@@ -118,17 +118,23 @@ static inline __attribute__((always_inline)) void kt_ptile(const int MR, const i
     kt_epi(MR, NP, acc, g, m, p, first, last, rows, nps);
 }
 
-/* Rows [m0, m1) x K block [k0, k0 + kc) of A into tiles of mr rows, tile t at
- * dst + t * mr * kc as [kc][mr]; the last tile's missing rows are zeros. */
-static void kt_pack_a(const kiln_gemm_args *g, int64_t m0, int64_t m1, int64_t k0, int64_t kc, int mr, float *dst) {
-    for (int64_t r = m0; r < m1; r += mr, dst += mr * kc) {
-        for (int i = 0; i < mr; i++) {
-            if (r + i < m1) {
-                const float *a = g->A + (r + i) * g->lda + k0;
-                for (int64_t k = 0; k < kc; k++) dst[k * mr + i] = a[k];
-            } else {
-                for (int64_t k = 0; k < kc; k++) dst[k * mr + i] = 0.0f;
-            }
+/* Rows [m0, m1) x K block [k0, k0 + kc) of A into tiles of MR rows, tile t at
+ * dst + t * MR * kc as [kc][MR]; the last tile's missing rows are zeros. k outer, rows inner,
+ * so the stores run contiguously: the row-outer loop's strided stores cost ~10 % of the whole
+ * large-M GEMM (timed beside OpenBLAS, bench/gemm.py). */
+static inline __attribute__((always_inline)) void kt_pack_a(const int MR, const kiln_gemm_args *g, int64_t m0,
+                                                            int64_t m1, int64_t k0, int64_t kc, float *dst) {
+    const int64_t lda = g->lda;
+    for (int64_t r = m0; r < m1; r += MR, dst += MR * kc) {
+        const float *a = g->A + r * lda + k0;
+        const int rows = m1 - r < MR ? (int)(m1 - r) : MR;
+        if (rows == MR) {
+            for (int64_t k = 0; k < kc; k++)
+#pragma GCC unroll 16
+                for (int i = 0; i < MR; i++) dst[k * MR + i] = a[i * lda + k];
+        } else {
+            for (int64_t k = 0; k < kc; k++)
+                for (int i = 0; i < MR; i++) dst[k * MR + i] = i < rows ? a[i * lda + k] : 0.0f;
         }
     }
 }
