@@ -85,19 +85,24 @@ def table(res) -> str:
     return "\n".join(out)
 
 
+def _models(text: str) -> list:
+    names = [m for m in text.split(",") if m]
+    unknown = [m for m in names if m not in MODELS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown models {unknown}; known: {', '.join(MODELS)}")
+    return names
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seq", default="1024,2048", help="sequence lengths, comma-separated")
-    ap.add_argument("--models", default="gpt2,qwen3", help=f"from {', '.join(MODELS)}")
+    ap.add_argument("--seq", type=lambda t: [int(x) for x in t.split(",")], default=[1024, 2048],
+                    help="sequence lengths, comma-separated (default 1024,2048)")
+    ap.add_argument("--models", type=_models, default=list(MODELS), help=f"from {', '.join(MODELS)}")
     ap.add_argument("--threads", type=int, default=0, help="0: KILN_NUM_THREADS / all usable cores")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    models = [m for m in args.models.split(",") if m]
-    unknown = [m for m in models if m not in MODELS]
-    if unknown:
-        ap.error(f"unknown models {unknown}; known: {', '.join(MODELS)}")
-    res = run([int(x) for x in args.seq.split(",")], models, args.threads, args.reps)
+    res = run(args.seq, args.models, args.threads, args.reps)
     print(table(res))
     write_json(args.json, res)
 
