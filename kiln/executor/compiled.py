@@ -5,7 +5,9 @@ as slot + byte offset + shape + dtype, scratch, packed params) and fills the
 slots array with the pointers that never change (arena, weights, state). Every
 (slot, offset, nbytes) is checked against its buffer here, in Python, so nothing
 unchecked reaches C. A run only binds the inputs' and freshly allocated outputs'
-pointers and calls ``clib.run_calls`` once: no Python between ops.
+pointers and calls ``clib.run_calls`` once: no Python between ops. Large outputs
+reuse a buffer the caller has let go of (``OutputRecycler``), so a run does not fault
+in fresh pages inside its kernels.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import numpy as np
 
 from ..backends import cabi, clib
 from ..backends.c import BACKEND as C
+from ..core.buffers import OutputRecycler
 from ..core.dtypes import ITEMSIZE, np_dtype
 from ..errors import BackendError, ValidationError
 from ..ir.graph import Graph
@@ -51,7 +54,8 @@ class CompiledExecutor:
         self._outputs = [(i, tuple(int(d) for d in g.tensors[s.name].shape), np_dtype(g.tensors[s.name].dtype))
                          for i, s in enumerate(plan.slots) if s.kind == SlotKind.OUTPUT]
         self._build_calls()
-        self._lock = threading.Lock()  # the arena and slots array are shared by every run
+        self._lock = threading.Lock()  # the arena, slots array and output buffers are shared by every run
+        self._out_buffers = OutputRecycler()
         self.last_profile = None
 
     def _build_calls(self) -> None:
@@ -113,9 +117,9 @@ class CompiledExecutor:
     def run(self, feeds: Mapping[str, np.ndarray], profile: bool = False) -> list[np.ndarray]:
         # The feeds' sizes are the one check we must make: C trusts every byte count.
         arrays = [(i, feed_array(feeds, name, dtype, nbytes)) for i, name, dtype, nbytes in self._inputs]
-        outs = [np.empty(shape, dtype) for _, shape, dtype in self._outputs]
         prof = (ctypes.c_int64 * max(self._n, 1))() if profile else None
         with self._lock:
+            outs = [self._out_buffers.array(i, shape, dtype) for i, shape, dtype in self._outputs]
             for i, a in arrays:
                 self._slots[i] = a.ctypes.data
             for (i, _, _), o in zip(self._outputs, outs):

@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from ..core.buffers import OutputRecycler
 from ..core.dtypes import np_dtype
 from ..errors import BackendError, FeedError, KilnError, ValidationError
 from ..ir.graph import Graph
@@ -171,6 +172,7 @@ class PlannedExecutor:
         self.fallbacks: dict[str, str] = {}  # node output -> why its C kernel was skipped
         self.last_profile: Optional[Profile] = None
         self._lock = threading.Lock()
+        self._out_buffers = OutputRecycler()  # large outputs the caller let go of (kiln/core/buffers.py)
 
     def _spec(self, name: str) -> Spec:
         p = self.plan.placements[name]
@@ -187,7 +189,7 @@ class PlannedExecutor:
             slots[i] = as_bytes(feed_array(feeds, name, dtype, nbytes))
         outs = {}
         for i, shape, dtype in self._outputs:
-            outs[i] = np.empty(shape, dtype)
+            outs[i] = self._out_buffers.array(i, shape, dtype)
             slots[i] = as_bytes(outs[i])
 
         def view(spec: Spec) -> np.ndarray:
