@@ -232,6 +232,64 @@ static int is_column_bias(const kiln_tensor *t, int64_t n) {
     return t->ndim >= 1 && t->shape[t->ndim - 1] == n;
 }
 
+/* Decode against a packed weight (rows <= GEMV_MAX_M): bound by streaming the weight once, so
+ * the split is over panels only, for bandwidth: at least GEMV_CHUNKS_PER_THREAD chunks per
+ * thread and none over GEMV_CHUNK_BYTES of weight, taken dynamically, so both threads stream
+ * until the end (the engine's compute-sized chunks left a 576 x 576 weight on one thread and
+ * an LM head's last 7 MB chunk on one). Panels p0.. of a packed B are themselves a packed B
+ * (gemm.h), so each chunk is one kiln_gemm_packed call on its panels, run inline on its
+ * thread: the engine's own kernel, so every element gets the same float operations as in
+ * any other split or M (gemm.h). With a fused activation, chunks start at multiples of 8
+ * panels, as the engine's do, so the activation sees the same spans. */
+#define GEMV_MAX_M 4                  /* the generic kernel set's few-row tile (all of them: >= 4) */
+#define GEMV_CHUNKS_PER_THREAD 4
+#define GEMV_CHUNK_BYTES (512 << 10)  /* ~20 us of streaming: a late thread's last chunk is short */
+#define GEMV_SERIAL_BYTES (64 << 10)  /* ~2 us of streaming: not worth a handoff to the pool */
+
+typedef struct {
+    int64_t M, N, K, units, chunks, align;
+    const float *A, *B, *bias;
+    float *C;
+    float alpha, beta;
+    int act, rc;
+} gemv_ctx;
+
+static void gemv_chunk(void *p, int64_t chunk, int thread) {
+    (void)thread;
+    gemv_ctx *x = (gemv_ctx *)p;
+    int64_t p0 = chunk * x->units / x->chunks * x->align, p1 = (chunk + 1) * x->units / x->chunks * x->align;
+    int64_t c0 = p0 * KILN_GEMM_NR, c1 = p1 * KILN_GEMM_NR < x->N ? p1 * KILN_GEMM_NR : x->N;
+    if (c1 <= c0) return;
+    int rc = kiln_gemm_packed(x->M, c1 - c0, x->K, x->A, x->K, x->B + c0 * x->K, x->C + c0, x->N, x->alpha,
+                              x->bias ? x->bias + c0 : NULL, x->beta, x->act, NULL, 0);
+    if (rc != 0) __atomic_store_n(&x->rc, rc, __ATOMIC_RELAXED); /* not after matmul_packed's checks */
+}
+
+/* Test and benchmark hook (ablation): 0 sends decode to kiln_gemm_packed's own split. */
+static int gemv_split = 1;
+void kiln_matmul_set_gemv_split(int on) { gemv_split = on != 0; }
+
+static int gemv_packed(int64_t M, int64_t N, int64_t K, const float *A, const float *B, float *C, float alpha,
+                       const float *bias, float beta, int act) {
+    if (M == 0 || N == 0) return KILN_OK;
+    int64_t bytes = 4 * N * K, panels = (N + KILN_GEMM_NR - 1) / KILN_GEMM_NR;
+    int threads = kiln_pool_in_parallel() ? 1 : kiln_pool_threads();
+    gemv_ctx x = {M, N, K, 0, 1, 8, A, B, bias, C, alpha, beta, act, 0};
+    if (threads > 1 && bytes >= GEMV_SERIAL_BYTES) {
+        int64_t by_size = (bytes + GEMV_CHUNK_BYTES - 1) / GEMV_CHUNK_BYTES;
+        x.chunks = (int64_t)threads * GEMV_CHUNKS_PER_THREAD;
+        x.chunks = by_size > x.chunks ? by_size : x.chunks;
+        /* whole groups of 8 panels (the kernel's eight weight streams) where there are enough of
+         * them, single panels where groups would leave a thread idle (a 576 x 576 weight: 36) */
+        if (act == KILN_ACT_NONE && panels < 8 * x.chunks) x.align = 1;
+    }
+    x.units = (panels + x.align - 1) / x.align;
+    x.chunks = x.chunks < x.units ? x.chunks : x.units;
+    if (x.chunks > 1) kiln_pool_parallel(x.chunks, gemv_chunk, &x);
+    else gemv_chunk(&x, 0, 0);
+    return x.rc == 0 ? KILN_OK : KILN_ERR_PARAM;
+}
+
 /* B packed (gemm.h layout, logical [N, K], transposed-B semantics): one GEMM over every row of A. */
 static int matmul_packed(const kiln_call *c, const kiln_matmul_params *p) {
     const kiln_tensor *A = &c->in[0], *B = &c->in[1], *O = &c->out;
@@ -253,6 +311,9 @@ static int matmul_packed(const kiln_call *c, const kiln_matmul_params *p) {
             beta = p->beta;
         }
     }
+    if (rows <= GEMV_MAX_M && gemv_split)
+        return gemv_packed(rows, N, K, (const float *)A->data, (const float *)B->data, (float *)O->data, p->alpha,
+                           bias, beta, (int)p->act);
     int rc = kiln_gemm_packed(rows, N, K, (const float *)A->data, K, (const float *)B->data, (float *)O->data, N,
                               p->alpha, bias, beta, (int)p->act, NULL, 0);
     return rc == 0 ? KILN_OK : KILN_ERR_PARAM;

@@ -38,6 +38,9 @@ void kiln_pool_parallel(int64_t n_chunks, kiln_pool_fn fn, void *ctx);
 int kiln_pool_region(kiln_pool_fn fn, void *ctx);
 /* 1 inside a chunk run by kiln_pool_parallel (on any thread), else 0. */
 int kiln_pool_in_parallel(void);
+/* The sum of x[0..n), every pool thread streaming 1 MiB chunks (csrc/probe.c): the
+ * benchmarks' read-bandwidth probe, timed by the caller. */
+double kiln_read_probe(const float *x, int64_t n);
 
 #ifdef __cplusplus
 }

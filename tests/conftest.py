@@ -50,3 +50,14 @@ def fn_module(fn, **params):
             return self.fn(self, *xs)
 
     return Fn()
+
+
+def rerun_on_generic_build(test_file: str) -> None:
+    """Re-run ``test_file`` (less its own generic-build test) against the portable build
+    (KILN_FORCE_GENERIC=1) in a subprocess; fails with its output if any case fails."""
+    import subprocess
+    import sys
+    env = dict(os.environ, KILN_FORCE_GENERIC="1")
+    r = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", test_file,
+                        "-k", "not generic_build"], env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
