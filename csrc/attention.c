@@ -3,18 +3,19 @@
  * mask broadcast to [B, Hq, Sq, Sk], grouped-query K/V (query head h reads K/V
  * head h / group, no copies). A row whose every key is masked yields zeros.
  *
- * Two kernels, one row of queries per task, parallel over B * Hq * Sq rows:
+ * Prefill (at least KILN_ATTN_BLOCKED_MIN_SQ queries) runs blocks of queries on the GEMM
+ * microkernels (attention_blocked.c). Otherwise (decode, or no room for a block of
+ * scores) two row kernels, one row of queries per task, parallel over B * Hq * Sq rows:
  *  - standard: all Sk scores of the row in scratch, exact softmax, then P @ V;
  *  - flash: keys in tiles of KILN_FLASH_BLOCK with an online softmax (running
  *    max and sum, accumulator rescaled per tile); scratch is one tile + one
  *    output row per thread, independent of Sk.
- * Scratch (planner-provided) per thread is max(Sk, FLASH_BLOCK + Dv + 2) floats,
- * the formula in kiln/ops/attention.py.
+ * Scratch (planner-provided) per thread is max(Sk, FLASH_BLOCK + Dv + 2) floats, or a
+ * block of scores for the blocked kernel: the formula in kiln/backends/c/kernels.py.
  */
 #include <math.h>
-#ifdef _OPENMP
-#endif
 
+#include "attention.h"
 #include "kiln.h"
 #include "par.h"
 #include "vmath.h"
@@ -23,19 +24,6 @@
 #define KILN_STACK_DV 1024       /* largest head size the no-scratch fallback handles */
 
 static int64_t flash_min_sk = -1;
-
-typedef struct {
-    const float *q, *k, *v;
-    float *out;
-    const void *mask;
-    int mask_bool;
-    int64_t ms[4];  /* mask strides over [B, Hq, Sq, Sk] (0 = broadcast) */
-    int64_t B, Hq, Hkv, Sq, Sk, D, Dv, group;
-    int64_t kv_len;   /* keys [0, kv_len) are valid (Sk, or the cache's filled prefix) */
-    int64_t offset;   /* causal: query i sits at position offset + i */
-    int causal;
-    float scale;
-} attn_args;
 
 /* scores for keys [j0, j1) of one query row; masked keys get -inf */
 static void scores(const attn_args *a, const float *q, const float *k, int64_t moff, int64_t j0, int64_t j1,
@@ -79,11 +67,6 @@ static inline float exp_shifted(float *s, int64_t n, float shift) {
     return sum;
 }
 
-/* number of leading keys query row i may attend to */
-static inline int64_t visible(const attn_args *a, int64_t i) {
-    int64_t last = a->offset + i + 1;
-    return a->causal && last < a->kv_len ? last : a->kv_len;
-}
 
 /* Query row i of head h, batch b: its q, its KV head's k and v, its output row, the keys it
  * sees and its mask offset. */
@@ -219,90 +202,6 @@ int kiln_k_attention(const kiln_call *c) {
     return run_rows(&a, c);
 }
 
-/* Blocked attention for many queries (prefill): tasks are (head, block of KILN_ATTN_BLOCK_ROWS
- * query rows), parallel over threads; each computes the scores for the keys its block can
- * see with one single-threaded sgemm, the softmax in place, and P @ V with a second sgemm.
- * Causal blocks stop at the last key their last row sees, so the upper triangle is mostly
- * skipped. Scratch: one block of scores per thread, BR x Sk floats (the formula in
- * kiln/ops/attention.py). Returns 0 if it does not apply (no BLAS, few queries, too little
- * scratch, forced row kernels). */
-static int blocked_enabled = 1;
-
-/* One query block of one head: scores by sgemm, softmax in place, then P @ V by sgemm. */
-static void block_rows(const attn_args *a, int64_t b, int64_t h, int64_t i0, int64_t nr, float *S) {
-    int64_t hk = h / a->group;
-    const float *q = a->q + ((b * a->Hq + h) * a->Sq + i0) * a->D;
-    const float *k = a->k + (b * a->Hkv + hk) * a->Sk * a->D;
-    const float *v = a->v + (b * a->Hkv + hk) * a->Sk * a->Dv;
-    float *o = a->out + ((b * a->Hq + h) * a->Sq + i0) * a->Dv;
-    int64_t n = visible(a, i0 + nr - 1);   /* keys the block's last row sees */
-    if (n <= 0) {
-        memset(o, 0, (size_t)(nr * a->Dv) * sizeof(float));
-        return;
-    }
-    kiln_blas_sgemm(KILN_CBLAS_ROW_MAJOR, KILN_CBLAS_NO_TRANS, KILN_CBLAS_TRANS, (int)nr, (int)n, (int)a->D, a->scale,
-                    q, (int)a->D, k, (int)a->D, 0.0f, S, (int)n);
-    for (int64_t r = 0; r < nr; r++) {
-        int64_t i = i0 + r, lim = visible(a, i);
-        float *s = S + r * n;
-        if (a->mask) {
-            int64_t moff = b * a->ms[0] + h * a->ms[1] + i * a->ms[2];
-            if (a->mask_bool) {
-                const uint8_t *m = (const uint8_t *)a->mask + moff;
-                for (int64_t j = 0; j < lim; j++)
-                    if (!m[j * a->ms[3]]) s[j] = -INFINITY;
-            } else {
-                const float *m = (const float *)a->mask + moff;
-                for (int64_t j = 0; j < lim; j++) s[j] += m[j * a->ms[3]];
-            }
-        }
-        float mx = max_of(s, lim);
-        if (mx == -INFINITY) { /* every key masked: the row's output is zero */
-            for (int64_t j = 0; j < n; j++) s[j] = 0.0f;
-            continue;
-        }
-        float inv = 1.0f / exp_shifted(s, lim, mx);
-#pragma omp simd
-        for (int64_t j = 0; j < lim; j++) s[j] *= inv;
-        for (int64_t j = lim; j < n; j++) s[j] = 0.0f;
-    }
-    kiln_blas_sgemm(KILN_CBLAS_ROW_MAJOR, KILN_CBLAS_NO_TRANS, KILN_CBLAS_NO_TRANS, (int)nr, (int)a->Dv, (int)n, 1.0f,
-                    S, (int)n, v, (int)a->Dv, 0.0f, o, (int)a->Dv);
-}
-
-typedef struct {
-    const attn_args *a;
-    float *scratch;
-    int64_t per, nblocks, BR;
-} blocked_ctx;
-
-static void blocked_range(void *p, int64_t begin, int64_t end, int slot) {
-    const blocked_ctx *k = (const blocked_ctx *)p;
-    const attn_args *a = k->a;
-    float *S = k->scratch + slot * k->per;
-    for (int64_t t = begin; t < end; t++) {
-        int64_t blk = t % k->nblocks, bh = t / k->nblocks;
-        int64_t i0 = blk * k->BR, nr = a->Sq - i0 < k->BR ? a->Sq - i0 : k->BR;
-        block_rows(a, bh / a->Hq, bh % a->Hq, i0, nr, S);
-    }
-}
-
-static int run_blocked(const attn_args *a, const kiln_call *c) {
-    int64_t BR = KILN_ATTN_BLOCK_ROWS < a->Sq ? KILN_ATTN_BLOCK_ROWS : a->Sq;
-    if (!blocked_enabled || flash_min_sk >= 0 || !kiln_blas_sgemm || a->Sq < KILN_ATTN_BLOCKED_MIN_SQ) return 0;
-    if (a->Sk >= (1LL << 31) || a->D >= (1LL << 31) || a->Dv >= (1LL << 31)) return 0;
-    int64_t per = BR * a->Sk;   /* floats of scores per thread */
-    int64_t avail = c->scratch.data ? c->scratch.nbytes / (4 * per) : 0;
-    if (avail < 1) return 0;
-    int64_t nblocks = (a->Sq + BR - 1) / BR, tasks = a->B * a->Hq * nblocks;
-    /* Causal blocks further down see more keys: small dynamic chunks even them out. */
-    blocked_ctx k = {a, (float *)c->scratch.data, per, nblocks, BR};
-    kiln_par_slots(tasks, tasks * per, avail, blocked_range, &k);
-    return 1;
-}
-
-/* Test hook: 0 forces the row kernels even where the blocked one applies. */
-void kiln_set_attention_blocked(int on) { blocked_enabled = on; }
 
 typedef struct {
     const attn_args *a;
@@ -328,7 +227,7 @@ static int run_rows(const attn_args *pa, const kiln_call *c) {
     attn_args a = *pa;
     int64_t rows = a.B * a.Hq * a.Sq;
     if (rows == 0 || a.Dv == 0) return KILN_OK;
-    if (run_blocked(&a, c)) return KILN_OK;
+    if (flash_min_sk < 0 && kiln_attention_blocked(&a, c)) return KILN_OK;
     int flash = flash_min_sk >= 0 ? a.kv_len >= flash_min_sk : a.kv_len >= KILN_FLASH_MIN_SK;
     int64_t per = a.Sk > KILN_FLASH_BLOCK + a.Dv + 2 ? a.Sk : KILN_FLASH_BLOCK + a.Dv + 2;
     int64_t avail = c->scratch.data ? c->scratch.nbytes / (4 * per) : 0;

@@ -72,6 +72,20 @@ int kiln_gemm_tile_isa(int tile);
 int kiln_gemm_tile(void);
 int kiln_gemm_set_tile(int tile);
 
+/* C = alpha * A @ B on plain (unpacked) operands, for attention (csrc/attention.c): element
+ * (i, k) of A at A[i * a_i + k * a_k] (rows or columns contiguous), B row-major [K, N] (row
+ * stride ldb), C [M, N] (row stride ldc) overwritten. The same register tiles as the packed
+ * product (the few-row tile of the kernel set in use), but each element is one FMA chain over
+ * all of K: no KC blocking, so no batch-invariance promise. On the calling thread; the caller
+ * checks the arguments. */
+typedef struct {
+    int64_t M, N, K, a_i, a_k, ldb, ldc;
+    const float *A, *B;
+    float *C;
+    float alpha;
+} kiln_gemm_plain_args;
+void kiln_gemm_plain(const kiln_gemm_plain_args *r);
+
 /* -- internal: what each ISA file provides ------------------------------------------ */
 typedef struct {
     int64_t M, N, K, lda, ldc;
@@ -85,12 +99,16 @@ typedef struct {
 typedef void (*kiln_gemm_block_fn)(const kiln_gemm_args *g, int64_t m0, int64_t m1, int64_t p0, int64_t p1);
 #define KILN_GEMM_BLOCK(name) void name(const kiln_gemm_args *g, int64_t m0, int64_t m1, int64_t p0, int64_t p1)
 KILN_GEMM_BLOCK(kiln_gemm_block_generic);
+typedef void (*kiln_gemm_plain_fn)(const kiln_gemm_plain_args *r);
+void kiln_gemm_plain_generic(const kiln_gemm_plain_args *r);
 KILN_GEMM_BLOCK(kiln_gemm_large_generic_4x16);
 #if defined(__x86_64__) || defined(__i386__)
 #define KILN_GEMM_X86 1
 KILN_GEMM_BLOCK(kiln_gemm_block_avx2);
+void kiln_gemm_plain_avx2(const kiln_gemm_plain_args *r);
 KILN_GEMM_BLOCK(kiln_gemm_large_avx2_6x16);
 KILN_GEMM_BLOCK(kiln_gemm_block_avx512);
+void kiln_gemm_plain_avx512(const kiln_gemm_plain_args *r);
 KILN_GEMM_BLOCK(kiln_gemm_large_avx512_6x64);
 KILN_GEMM_BLOCK(kiln_gemm_large_avx512_8x48);
 KILN_GEMM_BLOCK(kiln_gemm_large_avx512_14x32);

@@ -42,6 +42,7 @@ static inline kt_v kt_fma(kt_v a, kt_v b, kt_v c) {
 #define KT_NP 1
 #define KT_NP1 4
 #define KT_BLOCK kiln_gemm_block_avx2
+#define KT_PLAIN kiln_gemm_plain_avx2
 #include "gemm_tile.h"
 
 #define KT_LMR 6

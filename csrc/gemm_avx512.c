@@ -26,6 +26,7 @@ static inline kt_v kt_fma(kt_v a, kt_v b, kt_v c) { return _mm512_fmadd_ps(a, b,
 #define KT_NP 4
 #define KT_NP1 8
 #define KT_BLOCK kiln_gemm_block_avx512
+#define KT_PLAIN kiln_gemm_plain_avx512
 #include "gemm_tile.h"
 
 /* Large-M tiles (gemm_tile_large.h). 6 x 64 was tuned on AMD Zen; the taller ones (fewer B

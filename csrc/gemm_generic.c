@@ -32,6 +32,7 @@ static inline kt_v kt_bcast(float x) { return (kt_v){0} + x; }
 #define KT_NP 1
 #define KT_NP1 1
 #define KT_BLOCK kiln_gemm_block_generic
+#define KT_PLAIN kiln_gemm_plain_generic
 #include "gemm_tile.h"
 
 #define KT_LMR 4

@@ -5,7 +5,8 @@
  *   kt_fma(a, b, c) = a * b + c,
  * the register blocking KT_MR (rows, <= 8), KT_NP (panels per tile, rows > 1) and KT_NP1
  * (panels per tile for a single row: more independent FMA chains and weight streams for
- * the bandwidth-bound GEMV), and KT_BLOCK, the name of the exported block function.
+ * the bandwidth-bound GEMV), KT_BLOCK, the name of the exported block function, and KT_PLAIN,
+ * that of its kiln_gemm_plain (unpacked operands, for attention).
  *
  * A tile is MR rows x NP panels over one KC block of K. Its accumulators start at zero;
  * its epilogue folds them into C (see gemm.h for the exact order, which no blocking
@@ -117,17 +118,23 @@ static inline __attribute__((always_inline)) void kt_ptile(const int MR, const i
     kt_epi(MR, NP, acc, g, m, p, first, last, rows, nps);
 }
 
-/* Rows [m0, m1) x K block [k0, k0 + kc) of A into tiles of mr rows, tile t at
- * dst + t * mr * kc as [kc][mr]; the last tile's missing rows are zeros. */
-static void kt_pack_a(const kiln_gemm_args *g, int64_t m0, int64_t m1, int64_t k0, int64_t kc, int mr, float *dst) {
-    for (int64_t r = m0; r < m1; r += mr, dst += mr * kc) {
-        for (int i = 0; i < mr; i++) {
-            if (r + i < m1) {
-                const float *a = g->A + (r + i) * g->lda + k0;
-                for (int64_t k = 0; k < kc; k++) dst[k * mr + i] = a[k];
-            } else {
-                for (int64_t k = 0; k < kc; k++) dst[k * mr + i] = 0.0f;
-            }
+/* Rows [m0, m1) x K block [k0, k0 + kc) of A into tiles of MR rows, tile t at
+ * dst + t * MR * kc as [kc][MR]; the last tile's missing rows are zeros. k outer, rows inner,
+ * so the stores run contiguously: the row-outer loop's strided stores cost ~10 % of the whole
+ * large-M GEMM (timed beside OpenBLAS, bench/gemm.py). */
+static inline __attribute__((always_inline)) void kt_pack_a(const int MR, const kiln_gemm_args *g, int64_t m0,
+                                                            int64_t m1, int64_t k0, int64_t kc, float *dst) {
+    const int64_t lda = g->lda;
+    for (int64_t r = m0; r < m1; r += MR, dst += MR * kc) {
+        const float *a = g->A + r * lda + k0;
+        const int rows = m1 - r < MR ? (int)(m1 - r) : MR;
+        if (rows == MR) {
+            for (int64_t k = 0; k < kc; k++)
+#pragma GCC unroll 16
+                for (int i = 0; i < MR; i++) dst[k * MR + i] = a[i * lda + k];
+        } else {
+            for (int64_t k = 0; k < kc; k++)
+                for (int i = 0; i < MR; i++) dst[k * MR + i] = i < rows ? a[i * lda + k] : 0.0f;
         }
     }
 }
@@ -195,6 +202,40 @@ static void kt_dispatch(int mr, int np, const kiln_gemm_args *g, int64_t m, int6
 static void kt_tail(int mr, const kiln_gemm_args *g, int64_t m, int64_t p, int64_t k0, int64_t kc, int first,
                     int last) {
     switch (mr) { KT_T(1) KT_T(2) KT_T(3) KT_T(4) KT_T(5) KT_T(6) KT_T(7) KT_T(8) }
+}
+
+/* kiln_gemm_plain (gemm.h): MR rows x NP panels at row m, column n0, all of K in one chain;
+ * TAIL: one panel of bw < 16 columns, loaded and stored masked. */
+static inline __attribute__((always_inline)) void kt_plain_tile(const int MR, const int NP, const int TAIL,
+                                                                const kiln_gemm_plain_args *r, int64_t m, int64_t n0,
+                                                                int bw) {
+    kt_v acc[KT_MRMAX][KT_NPMAX];
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; i++)
+#pragma GCC unroll 16
+        for (int j = 0; j < NP; j++) acc[i][j] = kt_zero();
+    kt_accumulate(MR, NP, TAIL, r->A + m * r->a_i, r->a_i, r->a_k, r->B + n0, KILN_GEMM_NR, r->ldb, bw, r->K, acc);
+    const kt_v alpha = kt_bcast(r->alpha), zero = kt_zero();
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; i++)
+#pragma GCC unroll 16
+        for (int j = 0; j < NP; j++)
+            kt_store_n(r->C + (m + i) * r->ldc + n0 + j * KILN_GEMM_NR, kt_fma(alpha, acc[i][j], zero), TAIL ? bw : KILN_GEMM_NR);
+}
+
+/* MR rows at m across all of N: groups of KT_NP panels, then single panels, then the tail. */
+static inline __attribute__((always_inline)) void kt_plain_rows(const int MR, const kiln_gemm_plain_args *r, int64_t m) {
+    const int64_t full = r->N / KILN_GEMM_NR;
+    int64_t p = 0;
+    for (; p + KT_NP <= full; p += KT_NP) kt_plain_tile(MR, KT_NP, 0, r, m, p * KILN_GEMM_NR, KILN_GEMM_NR);
+    for (; p < full; p++) kt_plain_tile(MR, 1, 0, r, m, p * KILN_GEMM_NR, KILN_GEMM_NR);
+    if (r->N % KILN_GEMM_NR) kt_plain_tile(MR, 1, 1, r, m, full * KILN_GEMM_NR, (int)(r->N % KILN_GEMM_NR));
+}
+
+void KT_PLAIN(const kiln_gemm_plain_args *r) {
+    int64_t m = 0;
+    for (; m + KT_MR <= r->M; m += KT_MR) kt_plain_rows(KT_MR, r, m);
+    for (; m < r->M; m++) kt_plain_rows(1, r, m);
 }
 
 /* Rows [m0, m1) x panels [p0, p1), all of K. One row block: each panel group runs through

@@ -18,7 +18,7 @@ void KT_LBLOCK(const kiln_gemm_args *g, int64_t m0, int64_t m1, int64_t p0, int6
         for (int64_t kb = 0; kb < nkb; kb++) {
             int64_t k0 = kb * KILN_GEMM_KC, kc = K - k0 < KILN_GEMM_KC ? K - k0 : KILN_GEMM_KC;
             int first = kb == 0, last = kb == nkb - 1;
-            kt_pack_a(g, r0, r1, k0, kc, KT_LMR, apack);
+            kt_pack_a(KT_LMR, g, r0, r1, k0, kc, apack);
             for (int64_t p = p0; p < p1; p += KT_LNP) {
                 int np = p1 - p < KT_LNP ? (int)(p1 - p) : KT_LNP;
                 kt_pack_b(g, p, np, KT_LNP, k0, kc, bpack);

@@ -275,6 +275,30 @@ def test_every_tile_gives_the_few_row_kernels_bits(tile, act):
     np.testing.assert_allclose(batch, want, rtol=2e-5, atol=2e-5 * max(1.0, np.abs(want).max()))
 
 
+@pytest.mark.parametrize("m", [1030, 2049])
+def test_every_tile_at_large_m_is_row_exact_on_any_thread_count(m, tile):
+    """Prefill-sized M: several row chunks (256 rows) and panel chunks (the L2 budget, csrc/gemm.c)
+    with K across partial K blocks and an N % 16 tail; every row equals, bit for bit, that row
+    computed alone, on 1 and 2 threads, and the product matches float64."""
+    k, n = 300, 805
+    a, b_kn, bias, c0 = rnd(m, k, seed=30), rnd(k, n, seed=31), rnd(n, seed=32), rnd(m, n, seed=33)
+    packed = pack(b_kn, False)
+    saved = LIB.kiln_pool_threads()
+    try:
+        results = []
+        for t in (1, 2):
+            LIB.kiln_pool_set_threads(t)
+            results.append(gemm(a, packed, n, c0.copy(), alpha=0.7, bias=bias, beta=0.5, act=1))
+        assert np.array_equal(results[0], results[1])
+        for i in (0, 255, 256, 777, m - 1):
+            one = gemm(a[i:i + 1], packed, n, c0[i:i + 1].copy(), alpha=0.7, bias=bias, beta=0.5, act=1)
+            assert np.array_equal(one[0], results[0][i]), f"row {i}"
+    finally:
+        LIB.kiln_pool_set_threads(saved)
+    want = reference(a, b_kn, alpha=0.7, bias=bias, beta=0.5, c0=c0, act=1)
+    np.testing.assert_allclose(results[0], want, rtol=2e-5, atol=2e-5 * max(1.0, np.abs(want).max()))
+
+
 def test_tile_table_and_hooks():
     names = [LIB.kiln_gemm_tile_name(t).decode() for t in range(LIB.kiln_gemm_tile_count())]
     assert len(set(names)) == len(names) and LIB.kiln_gemm_tile_name(len(names)) is None

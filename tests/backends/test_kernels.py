@@ -335,7 +335,14 @@ add(_full_f)
 add(attn(1, 4, 2, 130, 130, 32, causal=True, tag="blocked"),
     attn(2, 3, 3, 40, 64, 16, mask=((2, 1, 40, 64), "float"), causal=True, tag="blocked"),
     attn(1, 2, 2, 64, 33, 8, mask=((64, 33), "bool"), tag="blocked"),         # Sq > Sk
-    attn(1, 2, 1, 33, 300, 16, dv=24, scale=0.2, causal=True, tag="blocked"))
+    attn(1, 2, 1, 33, 300, 16, dv=24, scale=0.2, causal=True, tag="blocked"),
+    # on the GEMM microkernels: a Qwen3 head (GQA 2:1, 128 wide) and a GPT-2 one across query
+    # blocks and row/column tile edges; odd widths (partial vectors of Q^T, V and O); a head wider
+    # than the blocked kernel takes (KILN_ATTN_MAX_D: the row kernels run)
+    attn(1, 4, 2, 200, 200, 128, causal=True, tag="blocked-qwen3"),
+    attn(1, 2, 2, 161, 161, 64, causal=True, tag="blocked-gpt2"),
+    attn(1, 2, 1, 70, 45, 20, dv=37, mask=((1, 1, 70, 45), "float"), tag="blocked-odd"),
+    attn(1, 1, 1, 40, 40, 264, causal=True, tag="blocked-wide-head"))
 _full_b = attn(1, 2, 2, 40, 50, 8, mask=((40, 50), "bool"), tag="blocked-fully-masked-row")
 _full_b.inputs[3][5, :] = False
 add(_full_b)
