@@ -238,40 +238,26 @@ void KT_PLAIN(const kiln_gemm_plain_args *r) {
     for (; m < r->M; m++) kt_plain_rows(1, r, m);
 }
 
-/* Rows [m0, m1) x panels [p0, p1), all of K. One row block: each panel group runs through
- * K before the next (weights streamed once, in order). More rows: K blocks outermost, so
- * a KC x (KT_NP panels) slice of B stays in L1 while every row block of the chunk uses it. */
+/* Rows [m0, m1) x panels [p0, p1), all of K: each group of panels runs through every K
+ * block before the next group, and each KC x (group) slice of B, while in L1, serves every
+ * row tile of the chunk. So every panel's weights stream from memory once, in address order,
+ * and the chunk's C tiles stay in L1 across their K blocks. (K blocks outermost, the order
+ * before, jumped between panels K * 64 bytes apart for every new block; on the vocabulary
+ * heads at 8-127 rows it measured 8-17 % slower, and no better on layer shapes.) */
 void KT_BLOCK(const kiln_gemm_args *g, int64_t m0, int64_t m1, int64_t p0, int64_t p1) {
     const int64_t K = g->K, nkb = K > 0 ? (K + KILN_GEMM_KC - 1) / KILN_GEMM_KC : 1;
     /* full panels [p0, pf); the narrower last panel, if this chunk has it, runs on its own */
     const int64_t full = g->N / KILN_GEMM_NR, pf = p1 < full ? p1 : full, tail = p1 > full;
-    if (m1 - m0 <= KT_MR) {
-        int mr = (int)(m1 - m0), step = mr == 1 ? KT_NP1 : KT_NP;
-        for (int64_t p = p0; p < pf; p += step) {
-            int np = pf - p < step ? (int)(pf - p) : step;
-            for (int64_t kb = 0; kb < nkb; kb++) {
-                int64_t k0 = kb * KILN_GEMM_KC, kc = K - k0 < KILN_GEMM_KC ? K - k0 : KILN_GEMM_KC;
-                kt_dispatch(mr, np, g, m0, p, k0, kc, kb == 0, kb == nkb - 1);
-            }
-        }
-        for (int64_t kb = 0; tail && kb < nkb; kb++) {
+    const int step = m1 - m0 == 1 ? KT_NP1 : KT_NP;
+    for (int64_t p = p0, np; p < pf + tail; p += np) {
+        np = p >= pf ? 1 : pf - p < step ? pf - p : step; /* p = pf: the narrow last panel */
+        for (int64_t kb = 0; kb < nkb; kb++) {
             int64_t k0 = kb * KILN_GEMM_KC, kc = K - k0 < KILN_GEMM_KC ? K - k0 : KILN_GEMM_KC;
-            kt_tail(mr, g, m0, full, k0, kc, kb == 0, kb == nkb - 1);
-        }
-        return;
-    }
-    for (int64_t kb = 0; kb < nkb; kb++) {
-        int64_t k0 = kb * KILN_GEMM_KC, kc = K - k0 < KILN_GEMM_KC ? K - k0 : KILN_GEMM_KC;
-        for (int64_t p = p0; p < pf; p += KT_NP) {
-            int np = pf - p < KT_NP ? (int)(pf - p) : KT_NP;
             for (int64_t m = m0; m < m1; m += KT_MR) {
                 int mr = m1 - m < KT_MR ? (int)(m1 - m) : KT_MR;
-                kt_dispatch(mr, np, g, m, p, k0, kc, kb == 0, kb == nkb - 1);
+                if (p >= pf) kt_tail(mr, g, m, full, k0, kc, kb == 0, kb == nkb - 1);
+                else kt_dispatch(mr, (int)np, g, m, p, k0, kc, kb == 0, kb == nkb - 1);
             }
-        }
-        for (int64_t m = m0; tail && m < m1; m += KT_MR) {
-            int mr = m1 - m < KT_MR ? (int)(m1 - m) : KT_MR;
-            kt_tail(mr, g, m, full, k0, kc, kb == 0, kb == nkb - 1);
         }
     }
 }
