@@ -100,7 +100,11 @@ static void init(void) {
     atomic_store(&P.want, n < MAX_THREADS ? n : MAX_THREADS);
     if (atomic_load(&P.spin_us) < 0) {
         const char *env = getenv("KILN_POOL_SPIN_US");
-        int us = env && atoi(env) >= 0 ? atoi(env) : 50;
+        /* 20 us: fp32 SmolLM2 decode (~200 pool jobs a token, a few us apart) kept 0.66x of its
+         * speed beside one busy process, against 0.54x at 50 us, where the spinning worker
+         * took a core from the busy loop and the caller between every job; quiet it lost 2.6 %
+         * (docs/DESIGN.md, "One thread pool") */
+        int us = env && atoi(env) >= 0 ? atoi(env) : 20;
         int unset = -1;
         atomic_compare_exchange_strong(&P.spin_us, &unset, us);  /* kiln_pool_set_spin_us wins */
     }

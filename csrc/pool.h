@@ -25,7 +25,7 @@ typedef void (*kiln_pool_fn)(void *ctx, int64_t chunk, int thread);
  * which are started again, n - 1 of them, by the next call that needs them. */
 void kiln_pool_set_threads(int n);
 int kiln_pool_threads(void);
-/* Spin time of an idle worker before it sleeps, in microseconds (default 50,
+/* Spin time of an idle worker before it sleeps, in microseconds (default 20,
  * KILN_POOL_SPIN_US). 0: sleep at once. */
 void kiln_pool_set_spin_us(int us);
 void kiln_pool_parallel(int64_t n_chunks, kiln_pool_fn fn, void *ctx);
