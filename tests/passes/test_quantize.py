@@ -16,7 +16,7 @@ EXECUTORS = [name for name, spec in ALL_EXECUTORS.items() if spec.memory == HOST
 from kiln.ir.graph import Graph
 from kiln.ir.validate import validate
 from kiln.ops import registry
-from kiln.passes.pipeline import optimize
+from kiln.passes.pipeline import STAGE_NAMES, optimize
 from kiln.passes.quantize import QuantizeConfig, quantize_weights
 
 FORMATS = ["int8", "q8_0", "q4_0", "q4_k"]
@@ -172,3 +172,51 @@ def test_dequantize_left_over_runs_on_every_executor():
     for ex in EXECUTORS:
         out = kiln.Session(g, executor=ex)(np.zeros((2, 64), np.float32))[0]
         np.testing.assert_array_equal(out, want, err_msg=ex)
+
+
+class _Parallel(torch.nn.Module):
+    """Three projections of one input (Q/K/V-like); with ``mixed`` the third is kept fp32 by the
+    config, so only two share a storage type."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.q, self.k, self.v = (torch.nn.Linear(256, n, bias=b) for n, b in ((96, True), (32, True), (64, True)))
+
+    def forward(self, x):
+        return self.q(x).sum(-1, keepdim=True) * self.k(x)[..., :8].sum(-1, keepdim=True) + self.v(x)[..., :1]
+
+
+@pytest.mark.parametrize("fmt", ["q4_0", "int8"])
+@pytest.mark.parametrize("rows", [1, 5, 16])
+def test_quantized_parallel_matmuls_merge_into_one_with_the_parts_bytes(fmt, rows):
+    m = _Parallel().eval()
+    x = torch.randn(rows, 256)
+    merged = kiln.compile(m, (x,), quantize=fmt)
+    parts = kiln.compile(m, (x,), quantize=fmt, passes=[s for s in STAGE_NAMES if s != "merge-matmuls"])
+    assert merged.graph.op_histogram().get("qmatmul") == 1
+    assert parts.graph.op_histogram().get("qmatmul") == 3
+    (w,) = [n.inputs[1] for n in merged.graph.nodes if n.op == "qmatmul"]
+    raw = {n.inputs[1]: parts.graph.constants[n.inputs[1]] for n in parts.graph.nodes if n.op == "qmatmul"}
+    # the merged weight is the three parts' bytes, rows in graph order (q, k, v)
+    want = np.concatenate([raw[n.inputs[1]] for n in parts.graph.nodes if n.op == "qmatmul"])
+    np.testing.assert_array_equal(merged.graph.constants[w], want)
+    assert merged.graph.param_bytes() == parts.graph.param_bytes()
+    np.testing.assert_allclose(merged(x.numpy())[0], parts(x.numpy())[0], rtol=1e-5, atol=1e-5)
+
+
+def test_quantized_matmuls_of_different_storage_do_not_merge():
+    g = Graph()
+    g.add_input("x", (4, 64), "float32")
+    rng = np.random.default_rng(0)
+    outs = []
+    for i, fmt in enumerate(["q8_0", "q4_0", "q8_0"]):
+        w = rng.standard_normal((32, 64)).astype(np.float32)
+        g.add_stored_const(f"w{i}", storage.get(fmt).quantize(w), (32, 64), fmt)
+        outs.append(g.add_node("qmatmul", ["x", f"w{i}"], {"storage": fmt}))
+    g.outputs = [g.add_node("add", [g.add_node("add", outs[:2]), outs[2]])]
+    from kiln.passes.merge import merge_parallel_matmuls
+    assert merge_parallel_matmuls(g) == 1   # the two q8_0 ones
+    hist = g.op_histogram()
+    assert hist["qmatmul"] == 2 and hist["slice"] == 2
+    validate(g)
