@@ -59,6 +59,7 @@ class Session:
         self.meta = dict(meta or {})
         self._executors: collections.OrderedDict[tuple, object] = collections.OrderedDict()
         self.last_profile: Optional[dict] = None
+        self._feed_memo: dict = {}   # index ranges per binding (feeds.check_feeds)
         # State (a KV cache) belongs to the session: every per-binding plan reads and writes
         # these same arrays, so a prefill plan and a decode plan continue one sequence. On a
         # device the first executor uploads them into this dict (they live on the device).
@@ -92,7 +93,7 @@ class Session:
         loaded model maps has changed since ``kiln.load``, BackendError from a kernel."""
         if self._source is not None:
             self._source.check()
-        arrays, binding = check_feeds(self.graph, feeds)
+        arrays, binding = check_feeds(self.graph, feeds, self._feed_memo)
         if self.graph.kv_cache is not None:  # shapes are checked generically; cache positions here
             self.graph.kv_cache.check_positions(arrays)
         if not self.state:

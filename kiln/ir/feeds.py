@@ -1,7 +1,7 @@
 """Check run() feeds against the graph's inputs and bind its symbolic dims."""
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Optional
 
 import numpy as np
 
@@ -15,8 +15,13 @@ from .graph import Graph
 _ACCEPT = {"float32": ("f",), "int64": ("i", "u"), "int32": ("i", "u"), "bool": ("b",)}
 
 
-def check_feeds(graph: Graph, feeds: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+def check_feeds(graph: Graph, feeds: Mapping[str, np.ndarray],
+                memo: Optional[dict] = None) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """Return (contiguous arrays in the graph's dtypes, symbol binding) or raise FeedError.
+
+    ``memo``: a dict the caller keeps for one graph that no longer changes (a session's),
+    holding the index ranges per binding: finding them walks every reader of the integer
+    inputs (a decoder's position feeds ~60 nodes), ~0.15 ms of a 5 ms quantized decode step.
 
     Every check that can fail runs before any copy: names, dtypes, shapes and the symbol
     binding and ranges are read from the feeds' metadata, so a huge broadcast view of the
@@ -64,7 +69,7 @@ def check_feeds(graph: Graph, feeds: Mapping[str, np.ndarray]) -> tuple[dict[str
                                     f"got {list(given[name].shape)}")
     _check_ranges(graph, binding)
     arrays = {name: _convert(name, given[name], graph.tensors[name].dtype) for name in graph.inputs}
-    _check_indices(graph, arrays, binding)
+    _check_indices(graph, arrays, binding, memo)
     return arrays, binding
 
 
@@ -156,8 +161,20 @@ def index_ranges(graph: Graph, binding: Mapping[str, int]) -> dict[str, tuple[in
     return out
 
 
-def _check_indices(graph: Graph, arrays: Mapping[str, np.ndarray], binding: Mapping[str, int]) -> None:
-    for name, (lo, hi, what) in index_ranges(graph, binding).items():
+_MEMO_MAX = 1024   # bindings remembered per graph (one per prompt length, at most)
+
+
+def _check_indices(graph: Graph, arrays: Mapping[str, np.ndarray], binding: Mapping[str, int],
+                   memo: Optional[dict] = None) -> None:
+    key = tuple(sorted(binding.items()))
+    ranges = memo.get(key) if memo is not None else None
+    if ranges is None:
+        ranges = index_ranges(graph, binding)
+        if memo is not None:
+            if len(memo) >= _MEMO_MAX:
+                memo.clear()
+            memo[key] = ranges
+    for name, (lo, hi, what) in ranges.items():
         a = arrays[name]
         if a.size and (int(a.min()) < lo or int(a.max()) >= hi):
             raise FeedError(f"input {name!r}: values {int(a.min())}..{int(a.max())} outside the valid range "

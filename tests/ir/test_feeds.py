@@ -43,6 +43,24 @@ def test_index_ranges_follow_the_graph():
         check_feeds(g, {"idx": np.array([0, 7, 1]), "x": np.zeros((7, 2), np.float32)})
 
 
+def test_remembered_index_ranges_still_refuse_and_follow_the_binding():
+    g = Graph()
+    idx = g.add_input("idx", (3,), "int64")
+    x = g.add_input("x", (Sym.var("s0"), 2), "float32")
+    g.outputs = [g.add_node("index_select", [x, idx], {"axis": 0})]
+    memo = {}
+    check_feeds(g, {"idx": np.array([0, 6, -7]), "x": np.zeros((7, 2), np.float32)}, memo)
+    assert list(memo) == [(("s0", 7),)]
+    with pytest.raises(FeedError, match=r"outside the valid range \[-7, 7\)"):   # from the memo
+        check_feeds(g, {"idx": np.array([0, 7, 1]), "x": np.zeros((7, 2), np.float32)}, memo)
+    with pytest.raises(FeedError, match=r"outside the valid range \[-3, 3\)"):   # another binding
+        check_feeds(g, {"idx": np.array([0, 6, 1]), "x": np.zeros((3, 2), np.float32)}, memo)
+    sess = kiln.Session(embed_graph(), executor="compiled")
+    sess.run({"ids": np.array([[0, 10, 5, 1]])})
+    with pytest.raises(FeedError, match=r"outside the valid range \[0, 11\)"):
+        sess.run({"ids": np.array([[0, 11, 5, 1]])})
+
+
 def test_a_huge_broadcast_view_of_the_wrong_shape_is_refused_without_copying():
     sess = kiln.Session(embed_graph(), executor="compiled")
     view = np.broadcast_to(np.zeros(1, np.int64), (1, 10**9))   # 8 GB if it were copied
