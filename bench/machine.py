@@ -174,6 +174,8 @@ def read_bandwidth(nbytes: int = 1 << 30, reps: int = 7, threads: int = 2) -> di
       taken dynamically, four vector accumulators: the rate the GEMV can hope for;
     * ``kiln_stream_4k``: the same over a buffer on ordinary 4 KiB pages, as packed weights
       are allocated (kiln/core/buffers.py); numpy's buffer asks for transparent huge pages;
+    * ``kiln_stream_ahead<L>`` (and ``kiln_stream_4k_ahead16``): the probe with a software
+      prefetch L lines ahead, as the decode GEMV prefetches its weights (csrc/gemm_tile.h);
     * ``kiln_sum``: Kiln's ``sum`` op over rows (accumulates in double: may be compute-bound);
     * ``numpy_1thread``: numpy's sum; ``numpy_<threads>threads``: numpy's sum over ``threads``
       contiguous parts on Python threads (numpy drops the GIL in reductions).
@@ -198,6 +200,8 @@ def read_bandwidth(nbytes: int = 1 << 30, reps: int = 7, threads: int = 2) -> di
         lib = clib.lib()
         lib.kiln_read_probe.restype = ctypes.c_double
         lib.kiln_read_probe.argtypes = [ctypes.c_void_p, ctypes.c_int64]
+        lib.kiln_read_probe_ahead.restype = ctypes.c_double
+        lib.kiln_read_probe_ahead.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64]
     except Exception as e:  # noqa: BLE001 - an older library without the probe: numpy still measures
         res["kiln_error"] = f"{type(e).__name__}: {str(e)[:200]}"
     if lib is not None:
@@ -205,11 +209,15 @@ def read_bandwidth(nbytes: int = 1 << 30, reps: int = 7, threads: int = 2) -> di
         small = buffers.fresh(nbytes).view(np.float32)
         small[:] = 1.0
         record("kiln_stream_4k", small.nbytes, lambda: lib.kiln_read_probe(small.ctypes.data, small.size))
+        record("kiln_stream_4k_ahead16", small.nbytes, lambda: lib.kiln_read_probe_ahead(small.ctypes.data, small.size, 16))
         del small
     a = np.ones((rows, n // rows), np.float32)
     flat = a.reshape(-1)
     if lib is not None:
         record("kiln_stream", a.nbytes, lambda: lib.kiln_read_probe(flat.ctypes.data, flat.size))
+        for lines in (16, 64):
+            record(f"kiln_stream_ahead{lines}", a.nbytes,
+                   lambda lines=lines: lib.kiln_read_probe_ahead(flat.ctypes.data, flat.size, lines))
         out = np.empty((rows,), np.float32)
         record("kiln_sum", a.nbytes, lambda: clib.run_op("sum", [a], {"axes": (1,), "keepdim": False}, out))
     record("numpy_1thread", a.nbytes, lambda: flat.sum())

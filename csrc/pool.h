@@ -41,6 +41,7 @@ int kiln_pool_in_parallel(void);
 /* The sum of x[0..n), every pool thread streaming 1 MiB chunks (csrc/probe.c): the
  * benchmarks' read-bandwidth probe, timed by the caller. */
 double kiln_read_probe(const float *x, int64_t n);
+double kiln_read_probe_ahead(const float *x, int64_t n, int64_t lines);
 
 #ifdef __cplusplus
 }

@@ -22,6 +22,8 @@ LIB.kiln_matmul_set_gemv_split.argtypes = [ctypes.c_int]
 LIB.kiln_matmul_set_gemv_split.restype = None
 LIB.kiln_read_probe.argtypes = [ctypes.c_void_p, ctypes.c_int64]
 LIB.kiln_read_probe.restype = ctypes.c_double
+LIB.kiln_read_probe_ahead.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64]
+LIB.kiln_read_probe_ahead.restype = ctypes.c_double
 
 
 def op_matmul(a, packed, n, c0=None, *, alpha=1.0, bias=None, beta=0.0, act=0):
@@ -116,7 +118,10 @@ def test_read_probe_sums_every_float_once(n, threads_restored):
     for t in (1, 2, 3):
         LIB.kiln_pool_set_threads(t)
         assert LIB.kiln_read_probe(x.ctypes.data, n) == float(x.astype(np.float64).sum())
+        for lines in (1, 16, 64):   # the prefetching probe reads the same floats
+            assert LIB.kiln_read_probe_ahead(x.ctypes.data, n, lines) == float(x.astype(np.float64).sum())
     assert LIB.kiln_read_probe(None, 5) == 0.0 and LIB.kiln_read_probe(x.ctypes.data, 0) == 0.0
+    assert LIB.kiln_read_probe_ahead(x.ctypes.data, n, -1) == 0.0
 
 
 @pytest.mark.skipif(GENERIC or os.environ.get("KILN_LIB") is not None, reason="already the generic/custom build")
