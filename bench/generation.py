@@ -18,7 +18,10 @@ this CPU from the llama-cpp-python source package into build/llamacpp/bin, else 
 files, same threads; it is skipped with a message when absent or when it fails (a SIGILL means
 a binary built for another CPU).
 
-Method: prefill tok/s = n / (time of one prefill of n tokens into an empty KV cache); decode tok/s
+Order: format by format, Kiln's modes then llama.cpp on the same file, then transformers.
+Method: prefill tok/s = n / (time of a prefill of n tokens into an empty KV cache), each round's
+sample the mean of back-to-back prefills filling >= 0.2 s (one 16-token prefill lasts ~20 ms,
+where one hiccup of the shared machine moved a single-call sample by half); decode tok/s
 = tokens / time of single-token steps after a 16-token prefill; median of --rounds rounds after a
 warm-up (llama-bench: its mean of -r repetitions, random tokens, the same lengths). Timings are
 only meaningful on a quiet machine. Writes generation.json and generation.md into --out.
@@ -126,18 +129,28 @@ def prompt(n: int, vocab: int) -> list[int]:
     return np.random.default_rng(n).integers(100, vocab, n).tolist()
 
 
+SAMPLE_SECONDS = 0.2
+
+
+def per_call(fn, min_seconds: float = SAMPLE_SECONDS) -> float:
+    """Seconds per call of ``fn``: the mean over back-to-back calls filling ``min_seconds``."""
+    calls, t0 = 0, time.perf_counter()
+    while True:
+        fn()
+        calls += 1
+        elapsed = time.perf_counter() - t0
+        if elapsed >= min_seconds:
+            return elapsed / calls
+
+
 def kiln_speed(lm, prefill, new_tokens, rounds) -> dict:
     vocab = int(lm.cached_session.graph.tensors[lm.cached_session.graph.outputs[0]].shape[-1])
     out = {"prefill_tok_s": {}}
     dec = lm.decoder()  # one decoder holds the KV cache; each prefill starts it at position 0
     for n in prefill:
         ids = prompt(n, vocab)
-        times = []
-        for r in range(rounds + 1):  # the first is the warm-up (plans this length)
-            t0 = time.perf_counter()
-            dec.prefill(ids)
-            if r:
-                times.append(time.perf_counter() - t0)
+        dec.prefill(ids)  # warm-up (plans this length)
+        times = [per_call(lambda: dec.prefill(ids)) for _ in range(rounds)]
         out["prefill_tok_s"][n] = n / median(times)
     rates = []
     for r in range(rounds + 1):
@@ -165,12 +178,8 @@ def transformers_row(prefill, new_tokens, rounds, threads) -> dict:
     with torch.inference_mode(), library_warnings_hidden():
         for n in prefill:
             ids = torch.tensor([prompt(n, vocab)])
-            times = []
-            for r in range(rounds + 1):
-                t0 = time.perf_counter()
-                model(input_ids=ids, use_cache=True)
-                if r:
-                    times.append(time.perf_counter() - t0)
+            model(input_ids=ids, use_cache=True)  # warm-up
+            times = [per_call(lambda: model(input_ids=ids, use_cache=True)) for _ in range(rounds)]
             out["prefill_tok_s"][n] = n / median(times)
         rates = []
         for r in range(rounds + 1):
@@ -247,18 +256,25 @@ def run(args: argparse.Namespace, *, prefix: str = "") -> int:
     os.environ["KILN_NUM_THREADS"] = str(threads)
     files = gguf_files(formats, find_tool("llama-quantize", args.llama_quantize))
     max_len = max(prefill + [16 + new_tokens + 2]) + 8
-    rows: list[dict] = []
-    if "kiln" in peers:
-        rows += kiln_rows(files, formats, modes, prefill, new_tokens, rounds, max_len)
-    if "transformers" in peers:
-        log("transformers: fp32")
-        rows.append(transformers_row(prefill, new_tokens, rounds, threads))
+    exe = None
     if "llama.cpp" in peers:
         exe = find_tool("llama-bench", args.llama_bench)
         if exe is None:
             log("skipping llama.cpp: no llama-bench on PATH, in build/llamacpp/bin (`make bench`) or --llama-bench")
-        else:
-            rows += llama_rows(exe, files, prefill, new_tokens, rounds, threads)
+    # format by format, Kiln then llama.cpp on the same file right after it: on a shared
+    # machine whose speed drifts over the run, a pair minutes apart compares better than
+    # all of Kiln followed by all of llama.cpp (the table keeps that grouping)
+    kiln, llama = [], []
+    for fmt in formats:
+        if "kiln" in peers:
+            kiln += kiln_rows(files, [fmt], modes, prefill, new_tokens, rounds, max_len)
+        if exe is not None and fmt in files:
+            llama += llama_rows(exe, {fmt: files[fmt]}, prefill, new_tokens, rounds, threads)
+    rows: list[dict] = kiln
+    if "transformers" in peers:
+        log("transformers: fp32")
+        rows.append(transformers_row(prefill, new_tokens, rounds, threads))
+    rows += llama
     from bench import machine
     info = {"threads": threads, "new_tokens": new_tokens, "rounds": rounds,
             "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": machine.cpu().get("model", "")}

@@ -1,9 +1,11 @@
 """bench/generation.py and bench/quant_accuracy.py: the parts that run without timing anything
-(llama-bench's JSON read back, the table, a missing quantizer skipped, the perplexity formula)."""
+(llama-bench's JSON read back, the table, a missing quantizer skipped, the perplexity formula,
+the prefill sampler's averaging)."""
 from __future__ import annotations
 
 import json
 import stat
+import time
 
 import numpy as np
 import pytest
@@ -95,3 +97,11 @@ def test_a_tool_killed_by_a_signal_says_so(tmp_path):
     assert generation.failure(done).startswith("killed by SIGILL (built for another CPU?")
     done = subprocess.run(["sh", "-c", "echo bad model >&2; exit 3"], capture_output=True, text=True)
     assert generation.failure(done) == "bad model"
+
+
+def test_per_call_averages_back_to_back_calls_over_the_sample_time():
+    calls = []
+    t = generation.per_call(lambda: calls.append(time.sleep(0.01)), min_seconds=0.05)
+    assert len(calls) >= 5 and 0.009 <= t <= 0.05
+    one = []
+    assert generation.per_call(lambda: one.append(time.sleep(0.02)), min_seconds=0.0) >= 0.02 and len(one) == 1
