@@ -11,7 +11,7 @@ a row of a block format (or of int8 per-channel) is whole blocks with its own sc
 wider weight is the parts' bytes one after another, made here (one copy of the quantized
 bytes; the parts, memory-mapped from the model file, are dropped). Measured on SmolLM2's
 Q4_0 file: 7 → 4 quantized matmuls a layer, the small K/V projections no longer each
-running alone on the pool (docs/DESIGN.md, "Quantized matmuls merged").
+running alone on the pool (docs/DESIGN.md, "Quantized matmuls merge").
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import collections
 
 import numpy as np
 
+from ..core import buffers
 from ..ir.graph import CONST, PLAIN, Graph
 from .engine import dead_code_elimination
 
@@ -46,7 +47,9 @@ def merge_parallel_matmuls(graph: Graph) -> int:
         weights = [n.inputs[1] for n in nodes]
         if op == "qmatmul":
             rows = sum(int(graph.tensors[wt].shape[0]) for wt in weights)
-            raw = np.concatenate([graph.constants[wt] for wt in weights])
+            parts = [graph.constants[wt] for wt in weights]
+            raw = buffers.fresh(sum(a.nbytes for a in parts)).reshape(-1, parts[0].shape[-1])
+            np.concatenate(parts, out=raw)   # (into ordinary pages: written once, like a packed weight)
             w = graph.add_stored_const(graph.fresh("merged_weight"), raw, (rows, k), stored)
         else:
             w = graph.add_node("concat", weights, {"axis": 0}, name="merged_weight", source=nodes[0].source,
