@@ -23,6 +23,7 @@ from .output import log, write_json
 MODELS = {  # name: (query heads, K/V heads, head size, hidden size)
     "gpt2": (12, 12, 64, 768),
     "qwen3": (16, 8, 128, 1024),
+    "smollm2": (9, 3, 64, 576),
 }
 
 

@@ -60,7 +60,7 @@ static inline float exp_shifted(float *s, int64_t n, float shift) {
     float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
     for (int64_t j = 0; j < n; j++) {
-        float e = kiln_exp(s[j] - shift);
+        float e = kiln_exp_ftz(s[j] - shift);
         s[j] = e;
         sum += e;
     }
@@ -120,7 +120,7 @@ static void row_flash(const attn_args *a, int64_t b, int64_t h, int64_t i, float
         float mt = max_of(s, nt);
         if (mt == -INFINITY) continue;
         if (mt > m) {
-            float corr = m == -INFINITY ? 0.0f : kiln_exp(m - mt);
+            float corr = m == -INFINITY ? 0.0f : kiln_exp_ftz(m - mt);
             l *= corr;
 #pragma omp simd
             for (int64_t d = 0; d < a->Dv; d++) acc[d] *= corr;

@@ -18,17 +18,24 @@
 #include "vmath.h"
 
 #define KILN_ATTN_MAX_D 256
+#define ATTN_SUB 64  /* queries per GEMM call: a multiple of 16 (S^T's vectors) */
 static int blocked_enabled = 1;
 static _Thread_local float q_t[KILN_ATTN_MAX_D * KILN_ATTN_BLOCK_ROWS] __attribute__((aligned(64)));
 
-/* Masked scores of S^T (n keys x ld columns, the first nr queries from i0) to -inf. */
+/* Columns of S^T row j (key j) that causal masking hides: the first ones, queries c with
+ * offset + i0 + c < j (0 when not causal). */
+static inline int64_t hidden_cols(const attn_args *a, int64_t i0, int64_t nr, int64_t j) {
+    int64_t h = a->causal ? j - a->offset - i0 : 0;
+    return h < 0 ? 0 : h > nr ? nr : h;
+}
+
+/* The explicit mask on S^T (n keys x ld columns, the first nr queries from i0): -inf where a
+ * bool mask is false, added where it is float. Causal masking is not written here: the
+ * softmax skips each row's hidden columns (hidden_cols). */
 static void mask_block(const attn_args *a, int64_t b, int64_t h, int64_t i0, int64_t nr, int64_t n, float *S,
                        int64_t ld) {
     for (int64_t j = 0; j < n; j++) {
         float *s = S + j * ld;
-        if (a->causal) /* query i sees key j when j < offset + i + 1 */
-            for (int64_t c = 0; c < nr && c < j - a->offset - i0; c++) s[c] = -INFINITY;
-        if (!a->mask) continue;
         int64_t moff = b * a->ms[0] + h * a->ms[1] + i0 * a->ms[2] + j * a->ms[3];
         if (a->mask_bool) {
             const uint8_t *m = (const uint8_t *)a->mask + moff;
@@ -42,7 +49,7 @@ static void mask_block(const attn_args *a, int64_t b, int64_t h, int64_t i0, int
 }
 
 /* One query block of one head: S^T = scale K Q^T, column softmax, O = P V / sum. */
-static void block_rows(const attn_args *a, int64_t b, int64_t h, int64_t i0, int64_t nr, float *S) {
+KILN_WIDE_LOOPS static void block_rows(const attn_args *a, int64_t b, int64_t h, int64_t i0, int64_t nr, float *S) {
     int64_t hk = h / a->group, D = a->D, ld = (nr + 15) / 16 * 16; /* S^T's row: whole vectors */
     const float *q = a->q + ((b * a->Hq + h) * a->Sq + i0) * D;
     const float *k = a->k + (b * a->Hkv + hk) * a->Sk * D;
@@ -53,30 +60,60 @@ static void block_rows(const attn_args *a, int64_t b, int64_t h, int64_t i0, int
         memset(o, 0, (size_t)(nr * a->Dv) * sizeof(float));
         return;
     }
-    for (int64_t d = 0; d < D; d++) /* padded queries are zeros: their scores are never used */
-        for (int64_t c = 0; c < ld; c++) q_t[d * ld + c] = c < nr ? q[c * D + d] : 0.0f;
-    kiln_gemm_plain(&(kiln_gemm_plain_args){.M = n, .N = ld, .K = D, .a_i = D, .a_k = 1, .ldb = ld, .ldc = ld,
-                                            .A = k, .B = q_t, .C = S, .alpha = a->scale});
-    mask_block(a, b, h, i0, nr, n, S, ld);
+    /* Q^T, in 16 x 16 tiles (a scalar copy down Q's columns was a tenth of the kernel);
+     * padded queries are zeros: their scores are never used */
+    for (int64_t c0 = 0; c0 < ld; c0 += 16)
+        for (int64_t d0 = 0; d0 < D; d0 += 16)
+            for (int64_t c = c0; c < c0 + 16; c++) {
+                const int64_t dn = D - d0 < 16 ? D - d0 : 16;
+                if (c < nr)
+                    for (int64_t d = d0; d < d0 + dn; d++) q_t[d * ld + c] = q[c * D + d];
+                else
+                    for (int64_t d = d0; d < d0 + dn; d++) q_t[d * ld + c] = 0.0f;
+            }
+    /* per 64 queries (the plain tile's width), only the keys they see: a causal block skips
+     * most of its upper triangle (scores never computed are hidden, and never read) */
+    int64_t nk[(KILN_ATTN_BLOCK_ROWS + ATTN_SUB - 1) / ATTN_SUB];
+    for (int64_t c0 = 0; c0 < ld; c0 += ATTN_SUB) {
+        const int64_t c1 = c0 + ATTN_SUB < ld ? c0 + ATTN_SUB : ld;
+        const int64_t last = (c1 < nr ? c1 : nr) - 1, vis = visible(a, i0 + last);
+        nk[c0 / ATTN_SUB] = vis < n ? vis : n;
+        if (nk[c0 / ATTN_SUB] > 0)
+            kiln_gemm_plain(&(kiln_gemm_plain_args){.M = nk[c0 / ATTN_SUB], .N = c1 - c0, .K = D, .a_i = D, .a_k = 1,
+                                                    .ldb = ld, .ldc = ld, .A = k, .B = q_t + c0, .C = S + c0,
+                                                    .alpha = a->scale});
+    }
+    if (a->mask) mask_block(a, b, h, i0, nr, n, S, ld);
     float mx[KILN_ATTN_BLOCK_ROWS], sum[KILN_ATTN_BLOCK_ROWS];
     for (int64_t c = 0; c < ld; c++) mx[c] = -INFINITY, sum[c] = 0.0f;
     for (int64_t j = 0; j < n; j++) {
         const float *s = S + j * ld;
 #pragma omp simd
-        for (int64_t c = 0; c < ld; c++) mx[c] = s[c] > mx[c] ? s[c] : mx[c];
+        for (int64_t c = hidden_cols(a, i0, nr, j); c < ld; c++) mx[c] = s[c] > mx[c] ? s[c] : mx[c];
     }
     for (int64_t c = 0; c < ld; c++) mx[c] = mx[c] == -INFINITY ? 0.0f : mx[c]; /* every key masked: P = 0 */
     for (int64_t j = 0; j < n; j++) {
         float *s = S + j * ld;
+        const int64_t c0 = hidden_cols(a, i0, nr, j);  /* hidden: weight 0, no exp */
+        for (int64_t c = 0; c < c0; c++) s[c] = 0.0f;
 #pragma omp simd
-        for (int64_t c = 0; c < ld; c++) {
-            float e = kiln_exp(s[c] - mx[c]);
+        for (int64_t c = c0; c < ld; c++) {
+            float e = kiln_exp_ftz(s[c] - mx[c]);
             s[c] = e;
             sum[c] += e;
         }
     }
-    kiln_gemm_plain(&(kiln_gemm_plain_args){.M = nr, .N = a->Dv, .K = n, .a_i = 1, .a_k = ld, .ldb = a->Dv,
-                                            .ldc = a->Dv, .A = S, .B = v, .C = o, .alpha = 1.0f});
+    /* O = P V per 64 queries over the keys they see: the weights past them are zeros, so the
+     * shorter sums are the same floats */
+    for (int64_t c0 = 0; c0 < nr; c0 += ATTN_SUB) {
+        const int64_t c1 = c0 + ATTN_SUB < nr ? c0 + ATTN_SUB : nr, kk = nk[c0 / ATTN_SUB];
+        if (kk > 0)
+            kiln_gemm_plain(&(kiln_gemm_plain_args){.M = c1 - c0, .N = a->Dv, .K = kk, .a_i = 1, .a_k = ld,
+                                                    .ldb = a->Dv, .ldc = a->Dv, .A = S + c0, .B = v,
+                                                    .C = o + c0 * a->Dv, .alpha = 1.0f});
+        else
+            memset(o + c0 * a->Dv, 0, (size_t)((c1 - c0) * a->Dv) * sizeof(float));
+    }
     for (int64_t r = 0; r < nr; r++) { /* a row with every key masked has sum 0 and output 0 */
         float inv = sum[r] > 0.0f ? 1.0f / sum[r] : 0.0f, *orow = o + r * a->Dv;
 #pragma omp simd

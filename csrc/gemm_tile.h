@@ -250,7 +250,12 @@ static inline __attribute__((always_inline)) void kt_plain_rows(const int MR, co
 void KT_PLAIN(const kiln_gemm_plain_args *r) {
     int64_t m = 0;
     for (; m + KT_MR <= r->M; m += KT_MR) kt_plain_rows(KT_MR, r, m);
-    for (; m < r->M; m++) kt_plain_rows(1, r, m);
+    /* the last rows in one tile of their own height: one row at a time, each B row's loads
+     * fed a single FMA chain, and attention's 64-row blocks spent a fifth of their time there */
+    const int rem = (int)(r->M - m);
+#define KT_PLAIN_REM(R) if ((R) < KT_MR && rem == (R)) kt_plain_rows((R) < KT_MR ? (R) : 1, r, m);
+    KT_PLAIN_REM(1) KT_PLAIN_REM(2) KT_PLAIN_REM(3) KT_PLAIN_REM(4) KT_PLAIN_REM(5) KT_PLAIN_REM(6) KT_PLAIN_REM(7)
+#undef KT_PLAIN_REM
 }
 
 /* Rows [m0, m1) x panels [p0, p1), all of K: each group of panels runs through every K

@@ -92,14 +92,14 @@ static void slot_heads(const slot_attn *a, int64_t h0, int64_t nh, int64_t t) {
             float mt = -INFINITY, *sg = s[g], *ag = acc + g * Dv;
             for (j = 0; j < nt; j++) mt = sg[j] > mt ? sg[j] : mt;
             if (mt > m[g]) {
-                float corr = m[g] == -INFINITY ? 0.0f : kiln_exp(m[g] - mt);
+                float corr = m[g] == -INFINITY ? 0.0f : kiln_exp_ftz(m[g] - mt);
                 l[g] *= corr;
                 for (int64_t d = 0; d < Dv; d++) ag[d] *= corr;
                 m[g] = mt;
             }
             float ls = 0.0f;
             for (j = 0; j < nt; j++) {
-                sg[j] = kiln_exp(sg[j] - m[g]);
+                sg[j] = kiln_exp_ftz(sg[j] - m[g]);
                 ls += sg[j];
             }
             l[g] += ls;

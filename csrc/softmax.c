@@ -17,14 +17,14 @@ static void softmax_row(float *y, const float *x, int64_t L, int logsm) {
     double s = 0;
     if (logsm) {
 #pragma omp simd reduction(+ : s)
-        for (int64_t i = 0; i < L; i++) s += kiln_exp(x[i] - mx);
+        for (int64_t i = 0; i < L; i++) s += kiln_exp_ftz(x[i] - mx);
         float ls = (float)log(s);
 #pragma omp simd
         for (int64_t i = 0; i < L; i++) y[i] = (x[i] - mx) - ls;
     } else {
 #pragma omp simd reduction(+ : s)
         for (int64_t i = 0; i < L; i++) {
-            float e = kiln_exp(x[i] - mx);
+            float e = kiln_exp_ftz(x[i] - mx);
             y[i] = e;
             s += e;
         }
@@ -45,7 +45,7 @@ static void softmax_cols(float *y, const float *x, int64_t L, int64_t inner, int
     for (int64_t l = 0; l < L; l++) {
 #pragma omp simd
         for (int64_t i = 0; i < n; i++) {
-            float e = kiln_exp(x[l * inner + i] - mx[i]);
+            float e = kiln_exp_ftz(x[l * inner + i] - mx[i]);
             if (!logsm) y[l * inner + i] = e;
             s[i] += e;
         }

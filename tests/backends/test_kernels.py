@@ -186,6 +186,9 @@ for op in ("softmax", "log_softmax"):
     x = rnd(4, 9)
     x[1, 2:] = -np.inf
     add(Case(op, [x], {"axis": 1}, tag="neg-inf"))
+    # weights below e^-86 of the row's largest are flushed to 0 (csrc/vmath.h kiln_exp_ftz)
+    add(Case(op, [rnd(3, 40, lo=-300, hi=300)], {"axis": 1}, tag="wide-spread"),
+        Case(op, [rnd(40, 3, lo=-300, hi=300)], {"axis": 0}, tag="wide-spread"))
 for n_par in (1, 2, 3):
     for shp in [(5, 33), (1, 1), (300, 257), (2, 3, 64)]:
         d = shp[-1]
@@ -342,7 +345,12 @@ add(attn(1, 4, 2, 130, 130, 32, causal=True, tag="blocked"),
     attn(1, 4, 2, 200, 200, 128, causal=True, tag="blocked-qwen3"),
     attn(1, 2, 2, 161, 161, 64, causal=True, tag="blocked-gpt2"),
     attn(1, 2, 1, 70, 45, 20, dv=37, mask=((1, 1, 70, 45), "float"), tag="blocked-odd"),
-    attn(1, 1, 1, 40, 40, 264, causal=True, tag="blocked-wide-head"))
+    attn(1, 1, 1, 40, 40, 264, causal=True, tag="blocked-wide-head"),
+    # per 64 queries only the keys they see: blocks of 128, a partial last sub-block, a causal
+    # offset (Sk > Sq) with a bool mask besides, and scores far apart (weights flushed to 0)
+    attn(1, 3, 1, 300, 300, 64, causal=True, tag="blocked-sub"),
+    attn(1, 2, 2, 100, 250, 32, mask=((1, 1, 100, 250), "bool"), causal=True, tag="blocked-sub"),
+    attn(1, 2, 2, 150, 150, 16, scale=60.0, causal=True, tag="blocked-wide-spread"))
 _full_b = attn(1, 2, 2, 40, 50, 8, mask=((40, 50), "bool"), tag="blocked-fully-masked-row")
 _full_b.inputs[3][5, :] = False
 add(_full_b)
