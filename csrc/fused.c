@@ -13,7 +13,7 @@ typedef struct {
     int act;
 } gated_ctx;
 
-static void gated_range(void *p, int64_t begin, int64_t end, int thread) {
+KILN_WIDE_LOOPS static void gated_range(void *p, int64_t begin, int64_t end, int thread) {
     (void)thread;
     const gated_ctx k = *(const gated_ctx *)p;
     const int64_t n = k.n;

@@ -32,7 +32,7 @@
 
 /* The activation over a finished tile, kept out of line: inlined into every tile shape it
  * would multiply the code size for no speed (it runs once per tile, not per k). */
-static __attribute__((noinline)) void kt_act(float *c, int64_t ldc, int rows, int64_t w, int act) {
+KILN_WIDE_LOOPS static __attribute__((noinline)) void kt_act(float *c, int64_t ldc, int rows, int64_t w, int act) {
     for (int i = 0; i < rows; i++) kiln_act_span(c + i * ldc, w, act);
 }
 

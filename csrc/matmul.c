@@ -203,7 +203,7 @@ typedef struct {
     int act;
 } epi_ctx;
 
-static void epi_range(void *p, int64_t begin, int64_t end, int thread) {
+KILN_WIDE_LOOPS static void epi_range(void *p, int64_t begin, int64_t end, int thread) {
     (void)thread;
     const epi_ctx *k = (const epi_ctx *)p;
     for (int64_t r = begin; r < end; r++) kiln_act_span(k->o + r * k->n, k->n, k->act);

@@ -12,7 +12,7 @@ typedef struct {
 
 /* Ranges of elements over the pool; tiny tensors stay on the caller. */
 #define UNARY_KERNEL(name, EXPR)                                                    \
-    static void name##_range(void *p, int64_t lo, int64_t hi, int thread) {         \
+    KILN_WIDE_LOOPS static void name##_range(void *p, int64_t lo, int64_t hi, int thread) { \
         (void)thread;                                                               \
         const unary_ctx *u = (const unary_ctx *)p;                                  \
         float *y = (float *)u->y;                                                   \
@@ -53,7 +53,7 @@ UNARY_KERNEL(cos, cosf(v))
 
 float kiln_expf_scalar(float x) { return kiln_exp(x); }
 
-void kiln_vexp(float *y, const float *x, int64_t n) {
+KILN_WIDE_LOOPS void kiln_vexp(float *y, const float *x, int64_t n) {
 #pragma omp simd
     for (int64_t i = 0; i < n; i++) y[i] = kiln_exp(x[i]);
 }
