@@ -1,6 +1,6 @@
 """Causal prefill attention on Kiln's GEMM microkernels vs the GEMM's own rate, same run.
 
-    python -m bench.attention [--seq 1024,2048] [--models gpt2,qwen3] [--threads N] [--reps 5] [--json out.json]
+    python -m bench.attention [--seq 1024,2048] [--models gpt2,qwen3,smollm2] [--threads N] [--reps 5] [--json out.json]
 
 For each (model's head shape, seq): GFLOP/s of the `attention` op (csrc/attention.c) counting
 only the visible (causal) query-key pairs, 2·Hq·(D + Dv)·S(S+1)/2 FLOPs, of
