@@ -343,7 +343,7 @@ QTARGET static void QN(rows)(const kiln_qmm_args *p, int64_t n0, int64_t n1, int
         act_bytes += kiln_qi8t_bytes(M, K);
         if (kiln_qi8outer_thread_bytes(M) > tstride) tstride = kiln_qi8outer_thread_bytes(M);
     }
-    uint8_t *panel = (uint8_t *)p->scratch + act_bytes + thread * tstride;
+    uint8_t *panel = (uint8_t *)p->scratch + kiln_qthread_offset(act_bytes, tstride, thread);
     float *Dp = (float *)(panel + KILN_QMM_NR * K), *Mp = Dp + KILN_QMM_NR * (K / 16), *Xp = Mp + KILN_QMM_NR * (K / 16);
     const int fp32_panel = p->mode == KILN_QMODE_EXACT && M > 4;
     const int legacy = p->fmt == KILN_Q8_0 || p->fmt == KILN_Q4_0 || p->fmt == KILN_Q4_1;

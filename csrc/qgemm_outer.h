@@ -186,8 +186,8 @@ QTARGET static void QN(outer_block)(const float *xp, const float *at, int64_t K,
 QTARGET static void QN(rows_outer)(const kiln_qmm_args *p, int64_t n0, int64_t n1, int thread) {
     const int64_t K = p->K, M = p->M, rowb = kiln_qrow_bytes(p->fmt, K);
     const float *at = (const float *)p->scratch;
-    float *xp = (float *)((uint8_t *)p->scratch + kiln_qouter_shared_bytes(M, K) +
-                          thread * kiln_qouter_thread_bytes(M));
+    float *xp = (float *)((uint8_t *)p->scratch +
+                          kiln_qthread_offset(kiln_qouter_shared_bytes(M, K), kiln_qouter_thread_bytes(M), thread));
     float *acc_buf = xp + KILN_QMM_OUTER_P * KILN_QMM_OUTER_KC;
     for (int64_t n = n0; n < n1; n += KILN_QMM_OUTER_P) {
         const int nr = n1 - n < KILN_QMM_OUTER_P ? (int)(n1 - n) : KILN_QMM_OUTER_P;

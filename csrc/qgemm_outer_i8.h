@@ -68,7 +68,7 @@ QTARGET static void QN(rows_i8outer)(const kiln_qmm_args *p, int64_t n0, int64_t
     int64_t tb = (kiln_qpanel_bytes(K) + 63) / 64 * 64;
     if (kiln_qi8outer_thread_bytes(M) > tb) tb = kiln_qi8outer_thread_bytes(M);
     const uint8_t *t = (const uint8_t *)p->scratch + kiln_qi8t_offset(M, K);
-    uint8_t *qp = (uint8_t *)p->scratch + act + thread * tb;
+    uint8_t *qp = (uint8_t *)p->scratch + kiln_qthread_offset(act, tb, thread);
     float *Dp = (float *)(qp + KILN_QMM_OUTER_P * KILN_QMM_OUTER_KC), *Mp = Dp + KILN_QMM_OUTER_P * (KILN_QMM_OUTER_KC / 16);
     float *acc_buf = Mp + KILN_QMM_OUTER_P * (KILN_QMM_OUTER_KC / 16);
     for (int64_t n = n0; n < n1; n += KILN_QMM_OUTER_P) {

@@ -48,13 +48,13 @@ __attribute__((constructor)) static void qmm_pick_isa(void) {
 int64_t kiln_qmm_scratch_bytes(int fmt, int mode, int64_t M, int64_t K, int nthreads) {
     if (kiln_qrow_bytes(fmt, K) < 0 || K % KILN_QK || M < 0 || nthreads < 1) return -1;
     if (mode == KILN_QMODE_EXACT && M >= KILN_QMM_OUTER_MIN_M)
-        return kiln_qouter_shared_bytes(M, K) + nthreads * kiln_qouter_thread_bytes(M);
+        return kiln_qthread_offset(kiln_qouter_shared_bytes(M, K), kiln_qouter_thread_bytes(M), nthreads);
     int64_t act = mode == KILN_QMODE_INT8 ? kiln_qi8t_offset(M, K) : 0, panel = (kiln_qpanel_bytes(K) + 63) / 64 * 64;
     if (mode == KILN_QMODE_INT8 && M >= KILN_QMM_OUTER_MIN_M) {
         act += kiln_qi8t_bytes(M, K);
         if (kiln_qi8outer_thread_bytes(M) > panel) panel = kiln_qi8outer_thread_bytes(M);
     }
-    return act + nthreads * panel;
+    return kiln_qthread_offset(act, panel, nthreads);
 }
 
 /* 0 when the call is well formed, else a negative code naming the first problem:

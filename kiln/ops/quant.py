@@ -37,16 +37,20 @@ def qmm_scratch_bytes(mode: str, m: int, k: int, threads: int = QMM_MAX_THREADS)
     """Mirror of kiln_qmm_scratch_bytes (csrc/qmm_driver.c, csrc/quant.h)."""
     def up(x):
         return (x + 63) // 64 * 64
+
+    def per_thread(shared, each):  # kiln_qthread_offset: each thread's region a page apart
+        page = lambda x: (x + 4095) // 4096 * 4096  # noqa: E731
+        return page(shared) + 4096 + threads * (page(each) + 4096)
     if mode == "exact" and m >= QMM_OUTER_MIN_M:
         mpad = (m + 15) // 16 * 16
-        return mpad * k * 4 + threads * QMM_OUTER_P * (QMM_OUTER_KC + 4 * min(mpad, QMM_OUTER_MB)) * 4
+        return per_thread(mpad * k * 4, QMM_OUTER_P * (QMM_OUTER_KC + 4 * min(mpad, QMM_OUTER_MB)) * 4)
     act = up(m * (k + k // 32 * 4 + k // 4 * 4)) if mode == "int8" else 0
     panel = up(QMM_NR * (k + k // 16 * 8 + k * 4))
     if mode == "int8" and m >= QMM_OUTER_MIN_M:  # the int8 outer path's codes per 16 rows
         mpad = (m + 15) // 16 * 16
         act += mpad // 16 * (k * 16 + k // 32 * 128 + k // 16 * 64)
         panel = max(panel, QMM_OUTER_P * (QMM_OUTER_KC + QMM_OUTER_KC // 16 * 8 + 4 * min(mpad, QMM_OUTER_MB)))
-    return act + threads * panel
+    return per_thread(act, panel)
 
 
 @dataclass(frozen=True)
