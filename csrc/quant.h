@@ -124,10 +124,10 @@ static inline int64_t kiln_qouter_thread_bytes(int64_t M) {
 
 /* Per-thread scratch follows the shared part, each thread's region starting a page past the
  * previous one's last page, so no 4 KiB page holds two threads' bytes. With the regions back
- * to back, the hardware prefetcher of a thread writing the end of its panel pulled the next
- * thread's first lines over, and each pass wrote them back: the exact outer-product path at
- * 16 rows ran at 226 GFLOP/s on 2 threads against 272 for two separate single-thread calls
- * (SmolLM2's Q4_0 prefill of 16 tokens +7-10 %). */
+ * to back the exact outer-product path at 16 rows ran at 226 GFLOP/s on 2 threads, against
+ * 272-286 for two single-thread calls on their own buffers, or with 8 KiB between the regions
+ * (most likely the hardware prefetchers, which work within a page, pulling the neighbour's
+ * lines across while it writes them). SmolLM2's Q4_0 prefill of 16-64 tokens: +13-18 %. */
 static inline int64_t kiln_qpage_up(int64_t b) { return (b + 4095) / 4096 * 4096; }
 static inline int64_t kiln_qthread_offset(int64_t shared, int64_t per_thread, int64_t thread) {
     return kiln_qpage_up(shared) + 4096 + thread * (kiln_qpage_up(per_thread) + 4096);

