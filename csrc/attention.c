@@ -214,7 +214,7 @@ static void rows_range(void *p, int64_t begin, int64_t end, int slot) {
     const rows_ctx *k = (const rows_ctx *)p;
     const attn_args *a = k->a;
     float stack_buf[KILN_FLASH_BLOCK + KILN_STACK_DV + 2];
-    float *buf = k->flash == 2 ? stack_buf : k->scratch + slot * k->per;
+    float *buf = k->flash == 2 ? stack_buf : k->scratch + slot * attn_slot_floats(k->per);
     for (int64_t r = begin; r < end; r++) {
         int64_t i = r % a->Sq, bh = r / a->Sq;
         if (k->flash) row_flash(a, bh / a->Hq, bh % a->Hq, i, buf);
@@ -230,7 +230,7 @@ static int run_rows(const attn_args *pa, const kiln_call *c) {
     if (flash_min_sk < 0 && kiln_attention_blocked(&a, c)) return KILN_OK;
     int flash = flash_min_sk >= 0 ? a.kv_len >= flash_min_sk : a.kv_len >= KILN_FLASH_MIN_SK;
     int64_t per = a.Sk > KILN_FLASH_BLOCK + a.Dv + 2 ? a.Sk : KILN_FLASH_BLOCK + a.Dv + 2;
-    int64_t avail = c->scratch.data ? c->scratch.nbytes / (4 * per) : 0;
+    int64_t avail = c->scratch.data ? c->scratch.nbytes / (4 * attn_slot_floats(per)) : 0;
     int64_t work = rows * a.kv_len * (a.D + a.Dv) < (1 << 15) ? 0 : KILN_PAR_MIN;
     if (avail < 1) {
         /* no (or too little) scratch: flash with a stack tile, if the row fits */

@@ -24,6 +24,12 @@ static inline int64_t visible(const attn_args *a, int64_t i) {
     return a->causal && last < a->kv_len ? last : a->kv_len;
 }
 
+/* Floats from one thread's scratch slot to the next for `per` floats of use: whole pages and
+ * one more, so no 4 KiB page holds two threads' scores (as csrc/quant.h kiln_qthread_offset:
+ * back to back, a decode row's 1-8 KiB slots shared cache lines between threads). The
+ * planner's formula (kiln/backends/c/kernels.py attention_scratch) matches. */
+static inline int64_t attn_slot_floats(int64_t per) { return (per + 1023) / 1024 * 1024 + 1024; }
+
 /* Runs every query row of `a` with the blocked prefill kernel; 0 if it does not apply (few
  * queries, a head too wide, too little scratch, turned off by kiln_set_attention_blocked). */
 int kiln_attention_blocked(const attn_args *a, const kiln_call *c);

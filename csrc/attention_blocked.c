@@ -130,7 +130,7 @@ typedef struct {
 static void blocked_range(void *p, int64_t begin, int64_t end, int slot) {
     const blocked_ctx *k = (const blocked_ctx *)p;
     const attn_args *a = k->a;
-    float *S = k->scratch + slot * k->per;
+    float *S = k->scratch + slot * attn_slot_floats(k->per);
     for (int64_t t = begin; t < end; t++) {
         int64_t blk = t % k->nblocks, bh = t / k->nblocks;
         int64_t i0 = blk * k->BR, nr = a->Sq - i0 < k->BR ? a->Sq - i0 : k->BR;
@@ -144,7 +144,7 @@ int kiln_attention_blocked(const attn_args *a, const kiln_call *c) {
      * block of QB rows needs n x ceil16(QB) <= Sk x BR, so QB is BR rounded down to whole vectors */
     int64_t BR = KILN_ATTN_BLOCK_ROWS < a->Sq ? KILN_ATTN_BLOCK_ROWS : a->Sq, QB = BR / 16 * 16;
     int64_t per = BR * a->Sk;   /* floats of scores per thread */
-    int64_t avail = c->scratch.data ? c->scratch.nbytes / (4 * per) : 0;
+    int64_t avail = c->scratch.data ? c->scratch.nbytes / (4 * attn_slot_floats(per)) : 0;
     if (avail < 1) return 0;
     int64_t nblocks = (a->Sq + QB - 1) / QB, tasks = a->B * a->Hq * nblocks;
     /* Causal blocks further down see more keys: small dynamic chunks even them out. */

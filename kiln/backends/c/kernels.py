@@ -42,7 +42,8 @@ def attention_scratch(sq: int, sk: int, dv: int) -> int:
     per_thread = max(sk, FLASH_BLOCK + dv + 2)
     if sq >= BLOCKED_MIN_SQ and sk <= BLOCKED_MAX_SK:
         per_thread = max(per_thread, min(sq, BLOCK_ROWS) * sk)
-    return 4 * per_thread * config.num_threads()
+    slot = (per_thread + 1023) // 1024 * 1024 + 1024  # attn_slot_floats (csrc/attention.h): slots a page apart
+    return 4 * slot * config.num_threads()
 
 
 def _attention_scratch(in_shapes, out_shape, a) -> int:
