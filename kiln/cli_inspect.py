@@ -128,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
         from .models.loading import load_parts_stored
         from .models.hf import logits_module
         parts, label, stored = load_parts_stored(args.model, lambda msg: print(f"  {msg}", file=sys.stderr),
-                                                 native=args.dtype == "native" and not args.quantize)
+                                                 native=args.dtype == "native" and not args.quantize,
+                                                 quantize=args.quantize)
         module = logits_module(parts.model, last_only=False)
         if str(args.model).endswith(".gguf") or args.model == "default":
             _say_dequantized(parts.source, stored, out)

@@ -64,7 +64,8 @@ def read_gguf(path: str | os.PathLike) -> GGUFFile:
     try:
         reader = GGUFReader(p)
     except Exception as e:  # the reader raises ValueError / struct errors / IndexError on junk
-        raise FileFormatError(f"{str(p)!r} is not a readable GGUF file: {e}") from e
+        raise FileFormatError(f"{str(p)!r} is not a readable GGUF file ({p.stat().st_size:,} bytes; truncated or "
+                              f"damaged?): {e}") from e
     metadata = {name: _field_value(f) for name, f in reader.fields.items() if not name.startswith("GGUF.")}
     arch = metadata.get("general.architecture")
     if not isinstance(arch, str):

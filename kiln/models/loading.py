@@ -92,6 +92,12 @@ def load_model(spec: Union[str, os.PathLike] = "default", *, executor: Optional[
         if keep_torch:
             raise KilnError(f"{str(spec)!r} is a compiled Kiln file and holds no PyTorch model to compare with; "
                             f"pass the source model (default, an HF folder or a .gguf) instead")
+        asked = [f"{k} {v}" for k, v in (("--dtype", dtype), ("--quantize", quantize), ("--act", act))
+                 if v not in ("native", None, "exact")]
+        if asked:
+            raise KilnError(f"{str(spec)!r} is a compiled Kiln file: its weights and activation mode were fixed "
+                            f"when it was compiled, so {', '.join(asked)} cannot apply; pass them to "
+                            f"`kiln compile` (or `kiln generate`) with the source model")
         say(f"loading {spec}")
         lm = load_model_file(spec, executor=executor, backend=backend, use_cache=cache, max_len=max_len)
         lm.timings["load"] = time.perf_counter() - t0
@@ -180,7 +186,7 @@ def compile_language_model(spec: Union[str, os.PathLike], *, executor: Optional[
         # keep_torch compares against the torch model, which must then hold real fp32 weights; Kiln still
         # compiles what was asked for (the compile cache keys it by the same options either way)
         parts, name, stored = load_parts_stored(spec, say, native=dtype == "native" and not quantize,
-                                                torch_weights=keep_torch)
+                                                torch_weights=keep_torch, quantize=quantize)
     timings["load"] = time.perf_counter() - t0
     model = parts.model
     limit = context_length(model.config)
@@ -199,6 +205,7 @@ def compile_language_model(spec: Union[str, os.PathLike], *, executor: Optional[
         if quantize:
             quant["quantize"] = quantize
         compiled = compile_causal_lm(model, max_len=max_len, executor="reference", last_only=last_only, **quant)
+    _report_quantized(compiled.session.graph, quantize, act, say)
     from ..session import Session
     session = Session(compiled.session.graph, executor=executor, backend=backend, meta=compiled.session.meta)
     cached = None
@@ -287,7 +294,24 @@ def load_parts(spec: Union[str, os.PathLike], say: Progress) -> tuple[HFParts, s
     return parts, name
 
 
-def load_parts_stored(spec: Union[str, os.PathLike], say: Progress, *, native: bool, torch_weights: bool = False):
+def _report_quantized(graph, quantize: Optional[str], act: str, say: Progress) -> None:
+    """Say how many matmuls --quantize reached (a weight whose K is not whole blocks, or that
+    another op reads, stays fp32); refuse --act int8 where no matmul reads quantized weights."""
+    from ..ir.graph import CONST
+    n_q = sum(n.op == "qmatmul" for n in graph.nodes)
+    n_f = sum(n.op == "matmul" and graph.tensors[n.inputs[1]].kind == CONST for n in graph.nodes)
+    if quantize and n_f:
+        from ..core import storage
+        block = storage.get("i8_row" if quantize == "int8" else quantize).block_size
+        say(f"--quantize {quantize}: {n_q} matmuls read quantized weights, {n_f} keep fp32 weights "
+            f"(K not a multiple of the {block}-element block, or the weight has other readers)")
+    if act == "int8" and not n_q:
+        raise KilnError("--act int8 applies to matmuls over quantized weights, and this model has none: "
+                        "pass --quantize, or a GGUF file in a quantized type")
+
+
+def load_parts_stored(spec: Union[str, os.PathLike], say: Progress, *, native: bool, torch_weights: bool = False,
+                      quantize: Optional[str] = None):
     """load_parts, plus (``native``, a GGUF) the weights kept in their blocks: (parts, name, stored);
     stored is None otherwise (kiln/models/gguf_quant.py). ``torch_weights``: the transformers model
     holds real fp32 weights even where Kiln keeps the blocks (comparisons against transformers)."""
@@ -301,5 +325,14 @@ def load_parts_stored(spec: Union[str, os.PathLike], say: Progress, *, native: b
         say(f"reading {path.name} (quantized weights stay in their blocks)")
         parts, stored = load_gguf(path, native=True, torch_weights=torch_weights)
         return parts, name, stored
-    say(f"reading {path.name} (dequantizing to fp32)")
+    from .gguf import read_gguf
+    types: dict = {}
+    for t in read_gguf(path).tensors.values():
+        if t.tensor_type.name not in ("F32", "F16", "BF16"):
+            types[t.tensor_type.name] = types.get(t.tensor_type.name, 0) + 1
+    listed = ", ".join(f"{k}×{v}" for k, v in types.items())
+    say(f"reading {path.name}" + (f" (dequantizing its {listed} tensors to fp32)" if types else ""))
+    if quantize and types:
+        say(f"note: {path.name} is already quantized ({listed}); --quantize {quantize} re-quantizes the "
+            f"dequantized weights, adding error to theirs (without --quantize its own blocks run as they are)")
     return load_gguf(path), name, None

@@ -73,3 +73,32 @@ def test_compile_quantize_bad_choice_is_refused(hf_folder, tmp_path):
     with pytest.raises(SystemExit) as e:  # argparse's choices
         cli.main(["compile", str(hf_folder("gpt2")), "-o", str(tmp_path / "x.kiln"), "--quantize", "q3_k"])
     assert e.value.code == 2
+
+
+def test_weight_options_that_cannot_apply_are_refused_or_reported(hf_folder, tmp_path, capsys):
+    folder = hf_folder("qwen3")
+    # --act int8 where no matmul reads quantized weights: refused, not silently fp32
+    assert cli.main(["compile", str(folder), "-o", str(tmp_path / "a.kiln"), "--act", "int8", "--max-len", "32",
+                     "-q"]) == 2
+    assert "--act int8 applies to matmuls over quantized weights" in capsys.readouterr().err
+    # weights whose K is not whole blocks stay fp32, and compiling says how many
+    out = tmp_path / "k.kiln"
+    assert cli.main(["compile", str(folder), "-o", str(out), "--quantize", "q4_k", "--max-len", "32"]) == 0
+    err = capsys.readouterr().err
+    assert "--quantize q4_k:" in err and "keep fp32 weights" in err and "256-element block" in err
+    # a compiled file's weights and activations are fixed: options for them are refused
+    for opt in (["--act", "int8"], ["--quantize", "q8_0"], ["--dtype", "f32"]):
+        assert cli.main(["generate", "Hello", "--model", str(out), "-n", "2", *opt]) == 2
+        assert "is a compiled Kiln file" in capsys.readouterr().err
+
+
+def test_truncated_gguf_is_named(tmp_path):
+    path = FIXTURES_DIR / "tiny-llama-Q8_0.gguf"
+    if not path.is_file():
+        pytest.skip(f"needs {path}")
+    from kiln.errors import FileFormatError
+    from kiln.models.gguf import read_gguf
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(FileFormatError, match="truncated or damaged"):
+        read_gguf(cut)
