@@ -6,12 +6,15 @@
 #include <unistd.h>
 
 #include "gemm.h"
+#ifdef KILN_GEMM_X86
+#include <cpuid.h>
+#endif
 #include "kiln_ops.h"
 #include "pool.h"
 
 #define MC_MAX 256               /* rows per chunk: an MC x KC block of A (128 KB) stays in L2, and a
                                   * weight is streamed from memory once per MC rows (prefill at 256) */
-#define LARGE_M_MIN 128         /* rows from which the packed large-M tiles run: with fewer, the
+#define LARGE_M_MIN KILN_GEMM_LARGE_M_MIN /* rows from which the packed large-M tiles run: with fewer, the
                                   * direct tiles (B streamed, not copied) measured faster */
 #define PANEL_ALIGN 8            /* chunks start at multiples of every kernel's panel group */
 #define CHUNK_MIN_FMA (1 << 18)  /* below this a chunk costs more to hand out than to run */
@@ -81,16 +84,29 @@ static int tile_named(const char *name) {
 
 /* The default large-M tile of a kernel set on this CPU. On an Intel Xeon (two 512-bit FMA
  * ports, 48 KB L1, 2 MB L2) 8 x 48 measured best of the three (bench/gemm.py --tiles; 24
- * accumulators, 3 B loads and 8 broadcasts per 24 FMAs); AMD Zen 4/5 keeps the 6 x 64 it
- * was tuned on. The taller 14 x 32 stays selectable (KILN_GEMM_TILE) for
- * other cores. */
+ * accumulators, 3 B loads and 8 broadcasts per 24 FMAs), and on a Zen 5 (CPUID family 0x1A:
+ * two full-width 512-bit FMA pipes, 48 KB L1) too: 1-5 % over 6 x 64 at 256-1024 rows.
+ * Zen 4 (family 0x19, 512-bit ops in two 256-bit halves) keeps the 6 x 64 it was tuned on.
+ * The taller 14 x 32 stays selectable (KILN_GEMM_TILE) for other cores. */
+static int amd_family(void) {
+#ifdef KILN_GEMM_X86
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
+    unsigned base = (a >> 8) & 0xf, ext = (a >> 20) & 0xff;
+    return (int)(base == 0xf ? base + ext : base);
+#else
+    return 0;
+#endif
+}
+
 static int tile_forced = -1; /* KILN_GEMM_TILE, read once at load */
 
 static int default_tile(int isa) {
     int pick = tile_forced >= 0 && TILES[tile_forced].isa == isa ? tile_forced : -1;
 #ifdef KILN_GEMM_X86
     __builtin_cpu_init();
-    if (pick < 0 && isa == KILN_GEMM_ISA_AVX512 && __builtin_cpu_is("intel")) pick = tile_named("avx512-8x48");
+    if (pick < 0 && isa == KILN_GEMM_ISA_AVX512 && (__builtin_cpu_is("intel") || amd_family() >= 0x1a))
+        pick = tile_named("avx512-8x48");
 #endif
     for (int i = 0; pick < 0 && i < N_TILES; i++)
         if (TILES[i].isa == isa) pick = i;
@@ -142,8 +158,54 @@ void kiln_gemm_plain(const kiln_gemm_plain_args *r) {
 }
 
 int64_t kiln_gemm_scratch_bytes(int64_t M, int64_t N, int64_t K, int threads) {
-    (void)M, (void)N, (void)K, (void)threads;
-    return 0;
+    (void)N, (void)threads;
+    if (M < KILN_GEMM_LARGE_M_MIN || K <= 0 || M > (INT64_MAX / 4 - 16) / K) return 0;
+    return 4 * (M + 16) * K; /* 16 >= every tile's rows - 1 */
+}
+
+/* A packed once (kiln_gemm_args.ap), in units of one K block x PACK_UNIT_TILES row tiles, so
+ * that every chunk of panels reads it instead of packing its rows again: on a 256-row product
+ * with a vocabulary head's 3,142 panels, the 98 chunks had each packed the same A. */
+#define PACK_UNIT_TILES 8
+typedef struct {
+    const kiln_gemm_args *g;
+    float *ap;
+    int64_t mr, nkb, row_units;
+} pack_job_t;
+
+static inline __attribute__((always_inline)) void pack_rows(const int MR, const kiln_gemm_args *g, int64_t r0,
+                                                            int64_t r1, int64_t k0, int64_t kc, float *dst) {
+    for (int64_t r = r0; r < r1; r += MR, dst += MR * kc) {
+        const float *a = g->A + r * g->lda + k0;
+        const int rows = g->M - r < MR ? (int)(g->M - r) : MR;
+        if (rows == MR) {
+            for (int64_t k = 0; k < kc; k++)
+                for (int i = 0; i < MR; i++) dst[k * MR + i] = a[i * g->lda + k];
+        } else {
+            for (int64_t k = 0; k < kc; k++)
+                for (int i = 0; i < MR; i++) dst[k * MR + i] = i < rows ? a[i * g->lda + k] : 0.0f;
+        }
+    }
+}
+
+static void pack_unit(void *ctx, int64_t u, int thread) {
+    const pack_job_t *j = (const pack_job_t *)ctx;
+    const kiln_gemm_args *g = j->g;
+    (void)thread;
+    int64_t kb = u / j->row_units, ru = u % j->row_units, mr = j->mr;
+    int64_t r0 = ru * PACK_UNIT_TILES * mr, r1 = r0 + PACK_UNIT_TILES * mr < g->M ? r0 + PACK_UNIT_TILES * mr : g->M;
+    int64_t k0 = kb * KILN_GEMM_KC, kc = g->K - k0 < KILN_GEMM_KC ? g->K - k0 : KILN_GEMM_KC;
+    float *dst = j->ap + k0 * g->mp + r0 * kc;
+    switch (mr) { /* the row count a constant, so the copy unrolls */
+    case 4: pack_rows(4, g, r0, r1, k0, kc, dst); break;
+    case 6: pack_rows(6, g, r0, r1, k0, kc, dst); break;
+    case 8: pack_rows(8, g, r0, r1, k0, kc, dst); break;
+    case 14: pack_rows(14, g, r0, r1, k0, kc, dst); break;
+    default:
+        for (int64_t r = r0; r < r1; r += mr, dst += mr * kc)
+            for (int64_t k = 0; k < kc; k++)
+                for (int64_t i = 0; i < mr; i++) dst[k * mr + i] = r + i < g->M ? g->A[(r + i) * g->lda + k0 + k] : 0.0f;
+    }
 }
 
 typedef struct {
@@ -163,10 +225,10 @@ static void run_chunk(void *ctx, int64_t chunk, int thread) {
 
 static int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+
 int kiln_gemm_packed(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *packed, float *C,
                      int64_t ldc, float alpha, const float *bias, float beta, int act, void *scratch,
                      int64_t scratch_bytes) {
-    (void)scratch;
     if (M < 0 || N < 0 || K < 0 || kiln_gemm_packed_bytes(K, N) < 0 || scratch_bytes < 0) return KILN_GEMM_ERR_ARG;
     /* the last act code kiln_act_apply knows: a new one must be added here, not run as identity */
     if (act < KILN_ACT_NONE || act > KILN_ACT_SILU) return KILN_GEMM_ERR_ARG;
@@ -193,13 +255,27 @@ int kiln_gemm_packed(int64_t M, int64_t N, int64_t K, const float *A, int64_t ld
         p_chunks = want < most ? want : most;
     }
     /* chunks in whole panel groups of the kernel that runs them, and within the L2 budget after
-     * that rounding (8 x 48 rounded 64 panels up to 72, and measured ~5 % slower than at 48) */
-    int64_t align = !large || PANEL_ALIGN % tile->np == 0 ? PANEL_ALIGN : PANEL_ALIGN * tile->np;
+     * that rounding (8 x 48 rounded 64 panels up to 72, and measured ~5 % slower than at 48).
+     * The large-M tiles need multiples of their own width only: rounded to 8 of them, a 1024-wide
+     * weight (64 panels) split 24 / 24 / 16 over two threads and ran at 2/3 speed */
+    int64_t align = large ? tile->np : PANEL_ALIGN;
     int64_t pc_lim = pc_max / align * align > align ? pc_max / align * align : align;
     if (!few && cdiv(j.P, p_chunks) > pc_lim) p_chunks = cdiv(j.P, pc_lim);
     j.pc = cdiv(cdiv(j.P, p_chunks), align) * align;
+    int prepack = large && scratch && scratch_bytes >= 4 * cdiv(M, mr) * mr * K;
     j.p_chunks = cdiv(j.P, j.pc);
     int64_t chunks = m_chunks * j.p_chunks;
+    if (prepack && j.p_chunks > 1) {
+        j.g.ap = (const float *)scratch;
+        j.g.mp = cdiv(M, mr) * mr;
+        pack_job_t pj = {&j.g, (float *)scratch, mr, cdiv(K, KILN_GEMM_KC), cdiv(M, PACK_UNIT_TILES * mr)};
+        int64_t units = pj.nkb * pj.row_units;
+        if (threads == 1 || units == 1) {
+            for (int64_t u = 0; u < units; u++) pack_unit(&pj, u, 0);
+        } else {
+            kiln_pool_parallel(units, pack_unit, &pj);
+        }
+    }
     if (threads == 1 || chunks == 1) {
         for (int64_t c = 0; c < chunks; c++) run_chunk(&j, c, 0);
     } else {

@@ -47,8 +47,11 @@ int kiln_gemm_unpack_b(int64_t K, int64_t N, const float *packed, int trans, flo
 /* Column n of B (row n of the [N, K] weight) out of its packed form: K floats into dst. An
  * embedding table tied to an LM head is read this way (csrc/gather.c). */
 int kiln_gemm_unpack_col(int64_t K, int64_t N, const float *packed, int64_t n, float *dst);
-/* Scratch the product needs for `threads` threads (0 today: the large-M kernels pack into
- * per-thread buffers of their own, kiln_gemm_tls_a/b below). */
+/* Scratch for kiln_gemm_packed, whatever the tile and thread count: from KILN_GEMM_LARGE_M_MIN
+ * rows, room for all of A packed once for every chunk ((M + 16) * K floats); 0 below. Given
+ * less, each chunk packs its own rows into a per-thread buffer (kiln_gemm_tls_a): the same
+ * results, slower when many chunks share the rows. */
+#define KILN_GEMM_LARGE_M_MIN 128
 int64_t kiln_gemm_scratch_bytes(int64_t M, int64_t N, int64_t K, int threads);
 /* C = act(alpha * A @ B + bias + beta * C) with B packed; act is an enum kiln_act code.
  * Threads: the pool's (inline when called from inside a pool chunk). */
@@ -93,6 +96,11 @@ typedef struct {
     float *C;
     float alpha, beta;
     int act;
+    /* A packed for the large-M tile in use, or NULL (each block packs its own): per K block
+     * kb (offset kb * KC * mp floats), row tile t at t * MR * kc as [kc][MR]; mp = M rounded up
+     * to whole tiles, whose missing rows are zeros */
+    const float *ap;
+    int64_t mp;
 } kiln_gemm_args;
 
 /* Rows [m0, m1) x panels [p0, p1) of C, all of K, epilogue included. */

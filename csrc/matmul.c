@@ -315,7 +315,7 @@ static int matmul_packed(const kiln_call *c, const kiln_matmul_params *p) {
         return gemv_packed(rows, N, K, (const float *)A->data, (const float *)B->data, (float *)O->data, p->alpha,
                            bias, beta, (int)p->act);
     int rc = kiln_gemm_packed(rows, N, K, (const float *)A->data, K, (const float *)B->data, (float *)O->data, N,
-                              p->alpha, bias, beta, (int)p->act, NULL, 0);
+                              p->alpha, bias, beta, (int)p->act, c->scratch.data, c->scratch.data ? c->scratch.nbytes : 0);
     return rc == 0 ? KILN_OK : KILN_ERR_PARAM;
 }
 

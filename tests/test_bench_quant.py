@@ -84,11 +84,16 @@ def test_int8_ablation_rows_carry_their_config():
     assert not QuantizeConfig("int8").tied_kept and QuantizeConfig("q8_0").tied_kept
 
 
-def test_default_text_is_prose():
-    if not quant_accuracy.JARGON.is_file():
-        pytest.skip("jargon-text is not installed")
+def test_default_text_is_prose_or_its_absence_is_named(tmp_path, monkeypatch):
+    if not quant_accuracy.JARGON.is_file():  # the Debian package is not on every machine: say how to get it
+        with pytest.raises(SystemExit, match="jargon.txt.gz is missing: `apt-get install jargon-text`"):
+            quant_accuracy.default_text()
+        return
     text = quant_accuracy.default_text()
     assert text.startswith("“The word {hack} doesn't really have 69 different meanings”") and "\n" not in text
+    monkeypatch.setattr(quant_accuracy, "JARGON", tmp_path / "absent.txt.gz")
+    with pytest.raises(SystemExit, match="absent.txt.gz is missing"):
+        quant_accuracy.default_text()
 
 
 def test_a_tool_killed_by_a_signal_says_so(tmp_path):

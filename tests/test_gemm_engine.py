@@ -82,12 +82,16 @@ def pack(b: np.ndarray, trans: bool) -> np.ndarray:
     return out
 
 
-def gemm(a, packed, n, c=None, *, alpha=1.0, bias=None, beta=0.0, act=0):
+def gemm(a, packed, n, c=None, *, alpha=1.0, bias=None, beta=0.0, act=0, scratch=True):
+    """scratch=True: the bytes kiln_gemm_scratch_bytes asks for (as the planner gives them), filled
+    with NaN; False: none (each chunk packs its own rows of A); an int: that many bytes."""
     m, k = a.shape
     if c is None:
         c = np.full((m, n), np.nan, np.float32)  # beta = 0 must not read C
+    nbytes = LIB.kiln_gemm_scratch_bytes(m, n, k, LIB.kiln_pool_threads()) if scratch is True else int(scratch)
+    buf = np.full(nbytes // 4 + 1, np.nan, np.float32)
     assert LIB.kiln_gemm_packed(m, n, k, _p(a), a.strides[0] // 4, _p(packed), _p(c), c.strides[0] // 4, alpha,
-                                _p(bias), beta, act, None, 0) == 0
+                                _p(bias), beta, act, _p(buf) if nbytes else None, nbytes) == 0
     return c
 
 
@@ -297,6 +301,35 @@ def test_every_tile_at_large_m_is_row_exact_on_any_thread_count(m, tile):
         LIB.kiln_pool_set_threads(saved)
     want = reference(a, b_kn, alpha=0.7, bias=bias, beta=0.5, c0=c0, act=1)
     np.testing.assert_allclose(results[0], want, rtol=2e-5, atol=2e-5 * max(1.0, np.abs(want).max()))
+
+
+@pytest.mark.parametrize("m", [128, 143, 300, 1030])
+def test_a_packed_once_gives_the_per_chunk_packing_bits(m, tile, threads):
+    """With the scratch kiln_gemm_scratch_bytes asks for, A is packed once for every chunk of
+    panels (csrc/gemm.c); with none, or one float too few, each chunk packs its own rows. All
+    three give the same bits, epilogue included, and the bytes asked for match the planner's
+    rule (kiln/backends/c/kernels.py)."""
+    from kiln.backends.c.kernels import packed_matmul_scratch
+    k, n = 300, 2000  # K across partial K blocks, N % 16 and N % 48 tails, many panel chunks
+    a, b_kn, bias, c0 = rnd(m, k, seed=40), rnd(k, n, seed=41), rnd(n, seed=42), rnd(m, n, seed=43)
+    packed = pack(b_kn, False)
+    need = LIB.kiln_gemm_scratch_bytes(m, n, k, threads)
+    assert need == packed_matmul_scratch([(m, k), (n, k)], (m, n), None) == 4 * (m + 16) * k
+    runs = [gemm(a, packed, n, c0.copy(), alpha=0.7, bias=bias, beta=0.5, act=1, scratch=s)
+            for s in (True, False, need - 4)]
+    assert np.array_equal(runs[0], runs[1]) and np.array_equal(runs[0], runs[2])
+    want = reference(a, b_kn, alpha=0.7, bias=bias, beta=0.5, c0=c0, act=1)
+    np.testing.assert_allclose(runs[0], want, rtol=2e-5, atol=2e-5 * max(1.0, np.abs(want).max()))
+
+
+def test_scratch_is_asked_for_from_the_large_m_rows_only():
+    from kiln.backends.c.kernels import GEMM_LARGE_M_MIN, packed_matmul_scratch
+    assert LIB.kiln_gemm_scratch_bytes(GEMM_LARGE_M_MIN - 1, 768, 768, 2) == 0
+    assert LIB.kiln_gemm_scratch_bytes(GEMM_LARGE_M_MIN, 768, 768, 2) == 4 * (GEMM_LARGE_M_MIN + 16) * 768
+    assert LIB.kiln_gemm_scratch_bytes(GEMM_LARGE_M_MIN, 768, 0, 2) == 0
+    assert LIB.kiln_gemm_scratch_bytes(1 << 40, 8, 1 << 40, 2) == 0  # overflow: none, never a wrapped size
+    assert packed_matmul_scratch([(2, 64, 768), (50257, 768)], (2, 64, 50257), None) == 4 * (128 + 16) * 768
+    assert packed_matmul_scratch([(1, 127, 768), (50257, 768)], (1, 127, 50257), None) == 0
 
 
 def test_tile_table_and_hooks():

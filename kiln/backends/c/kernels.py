@@ -25,6 +25,7 @@ BLOCKED_MAX_SK = 16384     # beyond this many keys a block of scores is too larg
 SKINNY_MAX_M = 8
 TRANSPOSED_MAX_M = 128
 TRANSPOSED_MAX_N = 16384
+GEMM_LARGE_M_MIN = 128     # KILN_GEMM_LARGE_M_MIN (csrc/gemm.h): rows from which the packed GEMM packs A
 
 # Ops whose kernels take no params and no scratch.
 PLAIN_KERNELS = (
@@ -69,6 +70,17 @@ def matmul_scratch(in_shapes, out_shape, attrs) -> int:
     return 0
 
 
+def packed_matmul_scratch(in_shapes, out_shape, attrs) -> int:
+    """Bytes for A packed once for all chunks of the large-M GEMM (mirrors kiln_gemm_scratch_bytes,
+    csrc/gemm.c: (rows + 16) x K floats from GEMM_LARGE_M_MIN rows; the kernel packs per chunk
+    when given less)."""
+    rows = 1
+    for d in out_shape[:-1]:
+        rows *= d
+    k = in_shapes[0][-1]
+    return 4 * (rows + 16) * k if rows >= GEMM_LARGE_M_MIN and k > 0 else 0
+
+
 def _slice_start(a, ins, out):
     return {"axis": a.axis, "step": a.step, "start": range(*slice(a.start, a.end, a.step).indices(ins[0][a.axis])).start}
 
@@ -81,9 +93,9 @@ def _register() -> None:
               lower=lambda a, ins, out: {"transpose_b": int(a.transpose_b), "alpha": a.alpha, "beta": a.beta,
                                          "act": ACTIVATIONS.index(a.act)})
     reg("matmul", scratch=matmul_scratch, **mm)
-    # B packed at compile time (kiln/passes/pack.py): csrc/matmul.c runs Kiln's packed GEMM, no scratch
-    reg("matmul", storage=(PLAIN, "f32_p16"), **mm)
-    reg("matmul", storage=(PLAIN, "f32_p16", PLAIN), **mm)
+    # B packed at compile time (kiln/passes/pack.py): csrc/matmul.c runs Kiln's packed GEMM
+    reg("matmul", storage=(PLAIN, "f32_p16"), scratch=packed_matmul_scratch, **mm)
+    reg("matmul", storage=(PLAIN, "f32_p16", PLAIN), scratch=packed_matmul_scratch, **mm)
     reg("embedding", storage=("f32_p16", PLAIN))   # a table tied to a packed LM head (csrc/gather.c)
     reg("attention", params=(("causal", "i64"), ("scale", "f32"), ("group", "i64")),
         lower=lambda a, ins, out: {"causal": int(a.causal), "scale": scale_of(a, ins[0][3]),
