@@ -166,7 +166,7 @@ def main(argv=None) -> int:
     print(table(results, bw))
     print(f"(probe: {probe['statistic']}, {probe['source']}, of {probe['reps']} passes over {probe['bytes'] >> 20} MiB, "
           f"before and after the rounds; that method's median {probe['gbps_median']:.1f} GB/s; "
-          f"Kiln's probe on 4 KiB pages, as packed weights are allocated: "
+          f"Kiln's probe on 4 KiB pages, where packed weights lie with KILN_HUGE_PAGES=0: "
           f"{max(max(r.get('kiln_stream_4k', 0.0), r.get('kiln_stream_4k_ahead16', 0.0)) for r in probes):.1f} GB/s)")
     if args.busy:
         print()

@@ -173,7 +173,8 @@ def read_bandwidth(nbytes: int = 1 << 30, reps: int = 7, threads: int = 2) -> di
     * ``kiln_stream``: Kiln's probe (csrc/probe.c), every pool thread streaming 1 MiB chunks
       taken dynamically, four vector accumulators: the rate the GEMV can hope for;
     * ``kiln_stream_4k``: the same over a buffer on ordinary 4 KiB pages, as packed weights
-      are allocated (kiln/core/buffers.py); numpy's buffer asks for transparent huge pages;
+      are allocated with ``KILN_HUGE_PAGES=0`` (kiln/core/buffers.py; by default they ask for
+      transparent huge pages, as numpy's buffer does);
     * ``kiln_stream_ahead<L>`` (and ``kiln_stream_4k_ahead16``): the probe with a software
       prefetch L lines ahead, as the decode GEMV prefetches its weights (csrc/gemm_tile.h);
     * ``kiln_sum``: Kiln's ``sum`` op over rows (accumulates in double: may be compute-bound);
@@ -206,7 +207,7 @@ def read_bandwidth(nbytes: int = 1 << 30, reps: int = 7, threads: int = 2) -> di
         res["kiln_error"] = f"{type(e).__name__}: {str(e)[:200]}"
     if lib is not None:
         from kiln.core import buffers
-        small = buffers.fresh(nbytes).view(np.float32)
+        small = buffers.fresh(nbytes, huge=False).view(np.float32)
         small[:] = 1.0
         record("kiln_stream_4k", small.nbytes, lambda: lib.kiln_read_probe(small.ctypes.data, small.size))
         record("kiln_stream_4k_ahead16", small.nbytes, lambda: lib.kiln_read_probe_ahead(small.ctypes.data, small.size, 16))

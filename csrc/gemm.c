@@ -113,6 +113,22 @@ static int default_tile(int isa) {
     return pick;
 }
 
+/* The two prefetches pay on one vendor and cost on the other (bench.gemm shapes through
+ * kiln_gemm_packed, 2 threads, the choices alternated in fresh processes on one library):
+ * the few-row walk of the next B block (gemm_tile.h) on a Zen 5 (family 0x1A): gpt2-head
+ * (768 x 50257) at 8 / 16 / 32 rows +6-17 / +13-15 / +4 %; on an Intel Xeon (AMX, 2 MB L2)
+ * -6 / +3 / -6 %. The C prefetch of each large-M tile on the Xeon: gpt2-head at 256 rows
+ * +6-9 %, qwen3-down (3072 x 1024) at 256 / 1024 rows +1 / +2 %; on the Zen 5 it cost 3-5 %
+ * (its prefetchw requests, issued together, delayed the tile's first A and B loads). Zen 4
+ * and older keep what they were tuned with before the walk: C prefetched, no walk. */
+static int prefetch_flags = 0;
+int kiln_gemm_prefetch(void) { return prefetch_flags; }
+int kiln_gemm_set_prefetch(int flags) {
+    if (flags & ~(KILN_GEMM_WALK_NEXT | KILN_GEMM_PREFETCH_C)) return KILN_GEMM_ERR_ARG;
+    prefetch_flags = flags;
+    return 0;
+}
+
 /* Chosen when the library loads, so no call ever races the choice. */
 __attribute__((constructor)) static void choose_isa(void) {
     const char *g = getenv("KILN_FORCE_GENERIC");
@@ -125,6 +141,7 @@ __attribute__((constructor)) static void choose_isa(void) {
     pc_max = pc_max < PC_MIN ? PC_MIN : pc_max > PC_MAX ? PC_MAX : pc_max;
     tile_forced = tile_named(getenv("KILN_GEMM_TILE"));
     tile_now = default_tile(isa_now);
+    prefetch_flags = amd_family() >= 0x1a ? KILN_GEMM_WALK_NEXT : KILN_GEMM_PREFETCH_C;
 }
 
 int kiln_gemm_isa(void) { return isa_now; }

@@ -93,10 +93,13 @@ static inline __attribute__((always_inline)) void kt_accumulate(const int MR, co
                                                                 const float *A, int64_t a_i, int64_t a_k,
                                                                 const float *B, int64_t b_j, int64_t b_k,
                                                                 int64_t bw, int64_t kc, int64_t pfl, kt_walk *w,
-                                                                kt_v acc[KT_MRMAX][KT_NPMAX]) {
+                                                                const int WE, kt_v acc[KT_MRMAX][KT_NPMAX]) {
     for (int64_t k = 0; k < kc; k++) {
         kt_v b[KT_NPMAX];
-        if (w && (k & (KT_WALK_EVERY - 1)) == 0 && w->left > 0) kt_walk_step(w);
+        if (w && (k & (WE - 1)) == 0 && w->left > 0) {
+            kt_walk_step(w);
+            if (WE == 1 && w->left > 0) kt_walk_step(w);
+        }
         if (pfl)
 #pragma GCC unroll 16
             for (int j = 0; j < NP; j++) __builtin_prefetch(B + j * b_j + (k + pfl) * b_k, 0, 3);
@@ -115,7 +118,7 @@ static inline __attribute__((always_inline)) void kt_accumulate(const int MR, co
  * are w = N % 16 floats apart (gemm.h); its loads are masked to w. */
 static inline __attribute__((always_inline)) void kt_tile(const int MR, const int NP, const int TAIL,
                                                           const kiln_gemm_args *g, int64_t m, int64_t p, int64_t k0,
-                                                          int64_t kc, int first, int last, int64_t pfl) {
+                                                          int64_t kc, int first, int last, int64_t pfl, kt_walk *w) {
     const int64_t lda = g->lda, N = g->N, ps = g->K * KILN_GEMM_NR;
     const int64_t bw = TAIL ? N - p * KILN_GEMM_NR : KILN_GEMM_NR;
     const float *A = g->A + m * lda + k0;
@@ -125,28 +128,30 @@ static inline __attribute__((always_inline)) void kt_tile(const int MR, const in
     for (int i = 0; i < MR; i++)
 #pragma GCC unroll 16
         for (int j = 0; j < NP; j++) acc[i][j] = kt_zero();
-    kt_accumulate(MR, NP, TAIL, A, lda, 1, B, ps, TAIL ? bw : KILN_GEMM_NR, bw, kc, TAIL ? 0 : pfl, 0, acc);
+    kt_accumulate(MR, NP, TAIL, A, lda, 1, B, ps, TAIL ? bw : KILN_GEMM_NR, bw, kc, TAIL ? 0 : pfl, w, 1, acc);
     kt_epi(MR, NP, acc, g, m, p, first, last, MR, NP);
 }
 
 /* A tile on packed operands (the large-M kernels, gemm_tile_large.h): A as [kc][MR] (one
  * stream of broadcasts), B as [kc][NP * 16] (one stream, no 4K-aliased panel strides), both
  * zero-padded to the full tile, of which the first `rows` rows and `nps` panels are stored;
- * it advances the walk w. C is not prefetched: a prefetchw of the tile's lines at its start
- * cost 3-5 % on a Zen 5 (bench.gemm shapes at 256-1024 rows, interleaved A/B). */
+ * it advances the walk w. C's lines are prefetched for writing at the start where
+ * kiln_gemm_prefetch() says so (gemm.c: it pays on an Intel Xeon, costs on a Zen 5). */
 static inline __attribute__((always_inline)) void kt_ptile(const int MR, const int NP, const float *ap,
                                                            const float *bp, int64_t kc, const kiln_gemm_args *g,
                                                            int64_t m, int64_t p, int first, int last, int rows,
                                                            int nps, kt_walk *w) {
     kt_v acc[KT_MRMAX][KT_NPMAX];
+    const int pfc = kiln_gemm_prefetch() & KILN_GEMM_PREFETCH_C;
 #pragma GCC unroll 16
     for (int i = 0; i < MR; i++) {
 #pragma GCC unroll 16
         for (int j = 0; j < NP; j++) {
             acc[i][j] = kt_zero();
+            if (pfc && i < rows && j < nps) __builtin_prefetch(g->C + (m + i) * g->ldc + (p + j) * KILN_GEMM_NR, 1, 3);
         }
     }
-    kt_accumulate(MR, NP, 0, ap, 1, MR, bp, KILN_GEMM_NR, NP * KILN_GEMM_NR, KILN_GEMM_NR, kc, 0, w, acc);
+    kt_accumulate(MR, NP, 0, ap, 1, MR, bp, KILN_GEMM_NR, NP * KILN_GEMM_NR, KILN_GEMM_NR, kc, 0, w, KT_WALK_EVERY, acc);
     kt_epi(MR, NP, acc, g, m, p, first, last, rows, nps);
 }
 
@@ -203,7 +208,7 @@ static void kt_pack_b(const kiln_gemm_args *g, int64_t p, int np, int np_max, in
     }
 }
 
-#define KT_ARGS g, m, p, k0, kc, first, last, pfl
+#define KT_ARGS g, m, p, k0, kc, first, last, pfl, w
 #define KT_C(MR, NP, LIM) \
     case NP:               \
         if (NP <= LIM) kt_tile(MR, NP, 0, KT_ARGS); \
@@ -216,14 +221,20 @@ static void kt_pack_b(const kiln_gemm_args *g, int64_t p, int np, int np_max, in
         }                                                                                                    \
         break;
 
-/* One tile with run-time mr (1..KT_MR) and np (1..KT_NP, or KT_NP1 when mr = 1). */
-static void kt_dispatch(int mr, int np, const kiln_gemm_args *g, int64_t m, int64_t p, int64_t k0, int64_t kc,
-                        int first, int last, int64_t pfl) {
-    switch (mr) {
-        KT_ROW(1, KT_NP1) KT_ROW(2, KT_NP) KT_ROW(3, KT_NP) KT_ROW(4, KT_NP) KT_ROW(5, KT_NP) KT_ROW(6, KT_NP)
-        KT_ROW(7, KT_NP) KT_ROW(8, KT_NP)
+/* One tile with run-time mr (1..KT_MR) and np (1..KT_NP, or KT_NP1 when mr = 1), advancing the
+ * walk w; kt_dispatch_nowalk is the same with no walk compiled in (its per-k test cost the
+ * tiles that never walk 3-8 %: gpt2-qkv at 8-32 rows, interleaved A/B on a Zen 5). */
+#define KT_DISPATCH(NAME, W)                                                                              \
+    static void NAME(int mr, int np, const kiln_gemm_args *g, int64_t m, int64_t p, int64_t k0, int64_t kc, \
+                     int first, int last, int64_t pfl, kt_walk *walk) {                                     \
+        kt_walk *w = W;                                                                                    \
+        switch (mr) {                                                                                      \
+            KT_ROW(1, KT_NP1) KT_ROW(2, KT_NP) KT_ROW(3, KT_NP) KT_ROW(4, KT_NP) KT_ROW(5, KT_NP)          \
+            KT_ROW(6, KT_NP) KT_ROW(7, KT_NP) KT_ROW(8, KT_NP)                                             \
+        }                                                                                                  \
     }
-}
+KT_DISPATCH(kt_dispatch, walk)
+KT_DISPATCH(kt_dispatch_nowalk, (kt_walk *)0)
 
 #define KT_T(MR) \
     case MR:        \
@@ -232,7 +243,7 @@ static void kt_dispatch(int mr, int np, const kiln_gemm_args *g, int64_t m, int6
 
 /* The narrower last panel, mr (1..KT_MR) rows. */
 static void kt_tail(int mr, const kiln_gemm_args *g, int64_t m, int64_t p, int64_t k0, int64_t kc, int first,
-                    int last, int64_t pfl) {
+                    int last, int64_t pfl, kt_walk *w) {
     switch (mr) { KT_T(1) KT_T(2) KT_T(3) KT_T(4) KT_T(5) KT_T(6) KT_T(7) KT_T(8) }
 }
 
@@ -246,7 +257,7 @@ static inline __attribute__((always_inline)) void kt_plain_tile(const int MR, co
     for (int i = 0; i < MR; i++)
 #pragma GCC unroll 16
         for (int j = 0; j < NP; j++) acc[i][j] = kt_zero();
-    kt_accumulate(MR, NP, TAIL, r->A + m * r->a_i, r->a_i, r->a_k, r->B + n0, KILN_GEMM_NR, r->ldb, bw, r->K, 0, 0, acc);
+    kt_accumulate(MR, NP, TAIL, r->A + m * r->a_i, r->a_i, r->a_k, r->B + n0, KILN_GEMM_NR, r->ldb, bw, r->K, 0, 0, 1, acc);
     const kt_v alpha = kt_bcast(r->alpha), zero = kt_zero();
 #pragma GCC unroll 16
     for (int i = 0; i < MR; i++)
@@ -287,14 +298,28 @@ void KT_BLOCK(const kiln_gemm_args *g, int64_t m0, int64_t m1, int64_t p0, int64
     const int64_t full = g->N / KILN_GEMM_NR, pf = p1 < full ? p1 : full, tail = p1 > full;
     const int step = m1 - m0 == 1 ? KT_NP1 : KT_NP;
     const int64_t pfl = g->M <= KT_PF_FEW_ROWS || 4 * g->N * K >= KT_PF_MIN_BYTES ? KT_PF_LINES : 0;
+    const int64_t tiles = (m1 - m0 + KT_MR - 1) / KT_MR;
+    /* With a streamed weight (pfl) every row tile but the first would wait on memory for its
+     * panels while the others compute; instead each tile walks its share of the next B block
+     * into L2 (up to 2 lines per k) so the following block finds it there (gemm.c says where
+     * this is on and what it measured). */
+    const int walk = pfl && tiles > 1 && (kiln_gemm_prefetch() & KILN_GEMM_WALK_NEXT);
     for (int64_t p = p0, np; p < pf + tail; p += np) {
         np = p >= pf ? 1 : pf - p < step ? pf - p : step; /* p = pf: the narrow last panel */
         for (int64_t kb = 0; kb < nkb; kb++) {
             int64_t k0 = kb * KILN_GEMM_KC, kc = K - k0 < KILN_GEMM_KC ? K - k0 : KILN_GEMM_KC;
+            /* the B block after this one: the next K block of these panels, else the next group's first */
+            int64_t pn = kb + 1 < nkb ? p : p + np, kn = kb + 1 < nkb ? k0 + KILN_GEMM_KC : 0;
+            int npn = !walk || pn >= pf ? 0 : pf - pn < step ? (int)(pf - pn) : step;
+            int64_t kcn = K - kn < KILN_GEMM_KC ? K - kn : KILN_GEMM_KC;
             for (int64_t m = m0; m < m1; m += KT_MR) {
                 int mr = m1 - m < KT_MR ? (int)(m1 - m) : KT_MR;
-                if (p >= pf) kt_tail(mr, g, m, full, k0, kc, kb == 0, kb == nkb - 1, 0);
-                else kt_dispatch(mr, (int)np, g, m, p, k0, kc, kb == 0, kb == nkb - 1, m == m0 ? pfl : 0);
+                kt_walk w = {0, 0, 1, 0, 0}, *wp = 0;
+                if (npn > 0) w = kt_prefetch_b(g, pn, npn, kn, kcn, (m - m0) / KT_MR, tiles), wp = &w;
+                if (p >= pf) kt_tail(mr, g, m, full, k0, kc, kb == 0, kb == nkb - 1, 0, 0);
+                else if (wp) kt_dispatch(mr, (int)np, g, m, p, k0, kc, kb == 0, kb == nkb - 1, m == m0 ? pfl : 0, wp);
+                else kt_dispatch_nowalk(mr, (int)np, g, m, p, k0, kc, kb == 0, kb == nkb - 1, m == m0 ? pfl : 0, 0);
+                while (w.left > 0) kt_walk_step(&w);
             }
         }
     }

@@ -45,6 +45,8 @@ def _load():
         "kiln_gemm_tile_isa": (INT, [INT]),
         "kiln_gemm_tile": (INT, []),
         "kiln_gemm_set_tile": (INT, [INT]),
+        "kiln_gemm_prefetch": (INT, []),
+        "kiln_gemm_set_prefetch": (INT, [INT]),
         "kiln_pool_set_threads": (None, [INT]),
         "kiln_pool_threads": (INT, []),
         "kiln_pool_parallel": (None, [I64, POOL_FN, PTR]),
@@ -223,6 +225,28 @@ def test_row_result_is_independent_of_the_batch_and_threads(k, isa):
                     assert np.array_equal(one[0], batch[i]), f"threads {t}, M {m}, row {i}"
     finally:
         LIB.kiln_pool_set_threads(saved)
+
+
+@pytest.mark.parametrize("m", [7, 13, 64, 300])
+def test_prefetch_choices_change_no_bit(m, threads):
+    """A streamed weight (64 MB, the size from which the few-row tiles prefetch it and walk the
+    next block) gives the same bits under every per-CPU prefetch choice (kiln_gemm_set_prefetch:
+    1 walk the next B block, 2 prefetch C), and the right ones; unknown flags are refused."""
+    k, n = 256, 65536
+    a, b_kn = rnd(m, k, seed=21), rnd(k, n, seed=22)
+    packed = pack(b_kn, False)
+    saved = LIB.kiln_gemm_prefetch()
+    try:
+        got = {}
+        for flags in (0, 1, 2, 3):
+            assert LIB.kiln_gemm_set_prefetch(flags) == 0 and LIB.kiln_gemm_prefetch() == flags
+            got[flags] = gemm(a, packed, n)
+        assert LIB.kiln_gemm_set_prefetch(4) == -1 and LIB.kiln_gemm_prefetch() == 3
+    finally:
+        LIB.kiln_gemm_set_prefetch(saved)
+    for flags in (1, 2, 3):
+        assert np.array_equal(got[0], got[flags]), flags
+    assert_close(got[0], a, b_kn, reference(a, b_kn))
 
 
 def test_concurrent_callers_get_their_own_results(threads):

@@ -1,32 +1,89 @@
-"""New large buffers for data written once at compile time (packed weights), on ordinary pages.
+"""New large buffers for data written once at compile time (packed weights), on huge pages.
 
-numpy asks the kernel for transparent huge pages on every array of 4 MiB or more
-(``madvise(MADV_HUGEPAGE)``). Where THP is in "madvise" mode, every first touch of such an
-array then makes a whole 2 MiB page in the fault; in the VM Kiln is developed on that cost
-about 11 ms a page, so filling a new 1 GiB numpy array took several times as long as filling
-one on 4 KiB pages (docs/DESIGN.md, "Compile time"). A packed weight is written once, then
-streamed by the GEMM or saved to a model file (memory-mapped on load), so Kiln gives it an
-anonymous private mapping without that request and leaves the page size to the system's default.
+A packed weight is written once, then streamed by the GEMM on every run; fp32 decode reads
+every byte of every weight per token, so its speed is the read bandwidth the weights get.
+On 4 KiB pages that is less than on 2 MiB ones: each page is a TLB miss, and the hardware
+prefetchers stop at 4 KiB boundaries (Intel Xeon, 2026-12-01: Kiln's read probe 29.7 GB/s on
+4 KiB pages, 33.7 on huge ones). On the AMD EPYC of 2026-12-02 the first touch of 512 MiB also
+took 0.05 s on huge pages against 0.27–0.31 s on 4 KiB ones (docs/DESIGN.md, "Compile
+time"). So these buffers lie in anonymous mappings, 2 MiB-aligned, with
+``madvise(MADV_HUGEPAGE)`` (small ones share a slab): where THP is in "madvise" mode (the
+common default) the kernel then backs them with huge pages.
+
+An earlier VM made each first-touched huge page cost ~11 ms, so ``KILN_HUGE_PAGES=0`` keeps
+these buffers on the system's default page size (read when each buffer is made). A model file
+loaded from disk is memory-mapped and keeps the page cache's pages.
 """
 from __future__ import annotations
 
 import math
 import mmap
+import os
 import sys
+import threading
 
 import numpy as np
 
-# Below this numpy allocates without the huge-page request anyway (its own threshold).
+# From 4 MiB a buffer gets its own mapping; from 64 KiB, with huge pages wanted, it is carved
+# from a shared 32 MiB slab: most of a small model's weights are under 4 MiB (SmolLM2's merged
+# QKV is 2.2 MB, its down projection 3.5 MB) and would otherwise sit on malloc's 4 KiB pages.
 _MAPPED_FROM = 4 << 20
+_CARVED_FROM = 64 << 10
+_SLAB = 32 << 20
+_HUGE = 2 << 20
+_slab_lock = threading.Lock()
+_slab: list = [None, 0, 0]  # the slab being carved (mmap), its next free byte and its end
 
 
-def fresh(nbytes: int) -> np.ndarray:
-    """A new writable uint8 array of ``nbytes`` (contents undefined until written).
-    Freed with the array (the mapping is owned by the buffer the array holds)."""
+def huge_pages_wanted() -> bool:
+    """Whether new write-once buffers ask for transparent huge pages (``KILN_HUGE_PAGES``,
+    default 1; "0" turns the request off)."""
+    return os.environ.get("KILN_HUGE_PAGES", "1").strip() not in ("0", "false", "no", "off")
+
+
+def _mapping(nbytes: int, huge: bool) -> tuple[mmap.mmap, int]:
+    """A new anonymous mapping holding ``nbytes`` from the returned offset (2 MiB-aligned and
+    advised for huge pages when ``huge``)."""
+    pad = _HUGE if huge else 0
+    m = mmap.mmap(-1, nbytes + pad, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    start = (-np.frombuffer(m, np.uint8, count=1).ctypes.data) % _HUGE if huge else 0
+    if huge:
+        try:
+            m.madvise(mmap.MADV_HUGEPAGE, start, nbytes)
+        except OSError:  # THP "never", or a kernel without it: ordinary pages, the same bytes
+            pass
+    return m, start
+
+
+def fresh(nbytes: int, huge: bool | None = None) -> np.ndarray:
+    """A new writable uint8 array of ``nbytes`` (contents undefined until written), 64-byte
+    aligned from 64 KiB on.
+
+    With huge pages wanted (``KILN_HUGE_PAGES``, default on) a buffer of 4 MiB or more lies
+    in its own anonymous mapping, 2 MiB-aligned, with ``madvise(MADV_HUGEPAGE)``; one of 64 KiB
+    to 4 MiB is carved from a shared slab mapped the same way (the slab is freed when every
+    array carved from it is gone; the one being carved is held until it is full, so at most
+    32 MiB outlive their arrays). Without huge pages: a mapping from 4 MiB (page-aligned),
+    numpy's allocator below. ``huge`` overrides ``KILN_HUGE_PAGES`` for this buffer."""
     nbytes = int(nbytes)
-    if nbytes < _MAPPED_FROM or not hasattr(mmap, "MAP_ANONYMOUS"):
+    if not hasattr(mmap, "MAP_ANONYMOUS"):
         return np.empty(nbytes, np.uint8)
-    return np.frombuffer(mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS), np.uint8)
+    huge = (huge_pages_wanted() if huge is None else huge) and hasattr(mmap, "MADV_HUGEPAGE")
+    # Each array is made straight on the mapping (its base the mmap, not another array), so a
+    # view of it has the array itself as base and CPython's count of it sees every view
+    # (OutputRecycler relies on that).
+    if nbytes >= _MAPPED_FROM:
+        m, start = _mapping(nbytes, huge)
+        return np.frombuffer(m, np.uint8, count=nbytes, offset=start)
+    if not huge or nbytes < _CARVED_FROM:
+        return np.empty(nbytes, np.uint8)
+    with _slab_lock:
+        m, at, end = _slab
+        if m is None or at + nbytes > end:
+            m, at = _mapping(_SLAB, True)
+            end = at + _SLAB
+        _slab[:] = m, at + nbytes + (-nbytes % 64), end
+        return np.frombuffer(m, np.uint8, count=nbytes, offset=at)
 
 
 class OutputRecycler:
@@ -61,7 +118,7 @@ class OutputRecycler:
         for k in range(len(held)):
             if held[k].nbytes == nbytes and sys.getrefcount(held[k]) == self._idle:
                 return held[k].view(dtype).reshape(shape)
-        raw = fresh(nbytes)
+        raw = fresh(nbytes, huge=False)  # outputs keep the page size they had (see above)
         if len(held) < self.keep:
             held.append(raw)
         return raw.view(dtype).reshape(shape)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import FileFormatError, KilnError
-from ..core import dims
+from ..core import buffers, dims
 from ..core.dims import Sym
 from .graph import ACT, CONST, INPUT, PLAIN, STATE, Graph, Tensor
 from .kv_cache import KVCacheInfo
@@ -211,8 +211,13 @@ def _read_tensors(path, header: dict, data_start: int, size: int, mmap: bool) ->
     elif mmap:
         mm = np.memmap(path, dtype=np.uint8, mode="r")
     else:
+        # Into a write-once buffer (huge pages where the system allows: the GEMV streams these).
+        mm = buffers.fresh(size)
         with open(path, "rb") as f:
-            mm = np.frombuffer(f.read(), dtype=np.uint8)
+            got = f.readinto(memoryview(mm))
+        if got != size:
+            raise FileFormatError(f"{path}: read {got} of its {size} bytes (the file changed while loading)")
+        mm.flags.writeable = False  # as the mapped file's weights: a session's constants are not written
     arrays = {}
     for lo, hi, name, dt, shape in spans:
         raw = mm[data_start + lo: data_start + hi]

@@ -21,11 +21,13 @@ and the matmuls run the BLAS / skinny kernels of csrc/matmul.c), as does leaving
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import os
 
 import numpy as np
 
+from ..config import num_threads
 from ..core import storage
 from ..ir.graph import CONST, PLAIN, Graph
 
@@ -74,13 +76,28 @@ def pack_weights(graph: Graph) -> int:
         return 0
     weights = [name for name, t in graph.tensors.items() if t.kind == CONST and _packable(graph, name)]
     stacks = [n for n in graph.nodes if _stacked(graph, n)]
+    jobs = []   # the [N, K] parts of each new packed weight
     for w in weights:
         transposed = next(n.attrs.transpose_b for n in graph.users(w) if n.op == "matmul")
         value = graph.constants[w]
-        _use_packed(graph, w, [value if transposed else np.asarray(value).T])   # parts are [N, K]
+        jobs.append([value if transposed else np.asarray(value).T])
+    jobs += [[graph.constants[p] for p in node.inputs] for node in stacks]
+    # The copies run on threads (numpy drops the GIL while it copies): packing is mostly the
+    # first touch of new memory, which in a VM is page faults served by the host, and two cores
+    # take them about twice as fast (docs/DESIGN.md, "Compile time"). The graph is then changed
+    # in one thread, in the same order as before, so names and results do not depend on it.
+    workers = min(num_threads(), 4, len(jobs))
+    if workers > 1:
+        with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="kiln-pack") as pool:
+            packed = list(pool.map(storage.pack_f32_p16, jobs))
+    else:
+        packed = [storage.pack_f32_p16(j) for j in jobs]
+    del jobs
+    for w, raw in zip(weights, packed):
+        _use_packed(graph, w, raw)
         _drop_const(graph, w)
-    for node in stacks:
-        _use_packed(graph, node.output, [graph.constants[p] for p in node.inputs])
+    for node, raw in zip(stacks, packed[len(weights):]):
+        _use_packed(graph, node.output, raw)
         graph.remove_node(node)
         for p in dict.fromkeys(node.inputs):
             if not graph.is_used(p):
@@ -88,9 +105,9 @@ def pack_weights(graph: Graph) -> int:
     return len(weights) + len(stacks)
 
 
-def _use_packed(graph: Graph, w: str, parts) -> None:
-    """Every reader of ``w`` reads the f32_p16 packing of its [N, K] ``parts`` (stacked) instead."""
-    raw = storage.pack_f32_p16(parts)
+def _use_packed(graph: Graph, w: str, raw: np.ndarray) -> None:
+    """Every reader of ``w`` reads ``raw`` instead: the f32_p16 packing of its [N, K] value
+    (storage.pack_f32_p16, uint8 [N, 4K])."""
     name = graph.add_stored_const(graph.fresh(f"{w}.{PACKED}"), raw, (raw.shape[0], raw.shape[1] // 4), PACKED)
     for n in graph.users(w):
         if n.op == "embedding":

@@ -194,6 +194,59 @@ def test_ablation_env_turns_the_stage_off(monkeypatch):
     assert pack.pack_weights(g.copy()) == 1
 
 
+def _many_weights():
+    """Plain transposed-B weights, a [K, N] one, and a merged stack (concat of three parts)."""
+    g = Graph()
+    x = g.add_input("x", (3, 40), "float32")
+    outs = [g.add_node("matmul", [x, g.add_const(f"w{i}", rnd(17 + 9 * i, 40, seed=i))], {"transpose_b": True})
+            for i in range(5)]
+    outs.append(g.add_node("matmul", [x, g.add_const("kn", rnd(40, 33, seed=9))]))
+    parts = [g.add_const(f"p{i}", rnd(n, 40, seed=20 + i)) for i, n in enumerate((24, 7, 7))]
+    outs.append(g.add_node("matmul", [x, g.add_node("concat", parts, {"axis": 0})], {"transpose_b": True}))
+    g.outputs = outs
+    return g
+
+
+def test_packing_on_threads_gives_the_same_graph(monkeypatch):
+    """pack-weights copies on KILN_NUM_THREADS threads; names, storage and bytes do not depend on it."""
+    g = _many_weights()
+    want = kiln.Session(g, executor="reference").run({"x": rnd(3, 40, seed=5)})
+    got = {}
+    for threads in ("1", "3"):
+        monkeypatch.setenv("KILN_NUM_THREADS", threads)
+        gp = g.copy()
+        assert pack.pack_weights(gp) == 7
+        validate(gp)
+        got[threads] = gp
+    one, three = got["1"], got["3"]
+    assert [n.op for n in one.nodes] == [n.op for n in three.nodes] and "concat" not in [n.op for n in one.nodes]
+    assert {k: (t.storage, tuple(t.shape)) for k, t in one.tensors.items() if t.kind == "const"} == \
+        {k: (t.storage, tuple(t.shape)) for k, t in three.tensors.items() if t.kind == "const"}
+    for k in one.constants:
+        np.testing.assert_array_equal(np.asarray(one.constants[k]), np.asarray(three.constants[k]), err_msg=k)
+    for ex in EXECUTORS:
+        for o, w in zip(kiln.Session(three, executor=ex).run({"x": rnd(3, 40, seed=5)}), want):
+            np.testing.assert_allclose(o, w, rtol=1e-5, atol=1e-5, err_msg=ex)
+
+
+@pytest.mark.parametrize("mmap", [True, False])
+def test_a_loaded_model_has_the_saved_weights_read_only(tmp_path, mmap):
+    """mmap=False reads the file into a write-once buffer (huge pages where allowed); either
+    way the weights are the saved bytes and cannot be written through the session."""
+    gp = _many_weights()
+    pack.pack_weights(gp)
+    path = tmp_path / "m.kiln"
+    kiln.Session(gp).save(path)
+    s = kiln.load(path, mmap=mmap)
+    for k, v in gp.constants.items():
+        got = s.graph.constants[k]
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(v), err_msg=k)
+        assert not got.flags.writeable, k
+    x = rnd(3, 40, seed=6)
+    for o, w in zip(s.run({"x": x}), kiln.Session(gp).run({"x": x})):
+        np.testing.assert_array_equal(o, w)
+
+
 def test_save_load_keeps_the_packed_bytes_and_unpacks_to_the_original(tmp_path):
     g, w = _graph(3, 40, 37, bias=rnd(37, seed=1))
     gp = _packed(g)
