@@ -76,7 +76,7 @@ int kiln_gemm_tile(void);
 int kiln_gemm_set_tile(int tile);
 /* Per-CPU prefetch choices of the block functions, chosen at load by what the CPU is (gemm.c
  * says why) as a set of flags: KILN_GEMM_WALK_NEXT, the few-row tiles of a streamed weight
- * (>= 64 MB: the vocabulary heads) walk the next B block into L2 while they compute
+ * (>= 1 MB: every layer weight, cached ones aside) walk the next B block into L2 while they compute
  * (gemm_tile.h); KILN_GEMM_PREFETCH_C, each packed large-M tile prefetches its C lines for
  * writing when it starts. The getter is what the block functions read; set is a test and
  * benchmark hook (KILN_GEMM_ERR_ARG for unknown flags). Neither changes a bit of a result. */

@@ -21,13 +21,19 @@
 /* How far ahead (in 64-byte lines of each panel) the first row tile of a block prefetches B,
  * for weights of KT_PF_MIN_BYTES or more: with 4 panel streams per thread the hardware
  * prefetcher alone left a vocabulary head (150-600 MB) at 8-64 rows 7-20 % slower (16 lines
- * measured best of 8-128 on an Intel Xeon); on layer-sized weights (7-13 MB) the same
- * prefetch cost up to 40 %, so they keep the hardware prefetcher alone. With KT_PF_FEW_ROWS
+ * measured best of 8-128 on an Intel Xeon). The limit was 64 MB until stop 16: on one
+ * layer-sized weight (7-13 MB) timed over and over, so in L3, the prefetch had cost up to 40 %.
+ * In a model every layer's weights come from memory (a 2-layer body's already exceed L3), and
+ * there prefetching them paid: whole models at 16 positions, the two limits alternated in
+ * fresh processes on a Zen 5 (docs/DESIGN.md, "Few-row GEMM on streamed layer weights"),
+ * Qwen3-0.6B 98.6-110 -> 80.7-91.0 ms, GPT-2 24.4-31.7 -> 20.1-22.1, SmolLM2 24.3-27.6 ->
+ * 20.7-24.0; no change beyond noise at 64 and 100 positions. So only weights under 1 MB (the
+ * L2's size; likely cached) keep the hardware prefetcher alone. With KT_PF_FEW_ROWS
  * rows or fewer (decode; the GEMV's chunks are 0.5 MB slices of a weight) every weight is
  * prefetched: the product is bound by the stream alone, and fp32 decode of SmolLM2 ran
  * 4 % faster (8 / 16 / 32 / 64 lines: +3.5 / +4.3 / +1.7 / +2.2 %, interleaved A/B). */
 #define KT_PF_LINES 16
-#define KT_PF_MIN_BYTES ((int64_t)64 << 20)
+#define KT_PF_MIN_BYTES ((int64_t)1 << 20)
 #define KT_PF_FEW_ROWS 4
 
 /* The activation over a finished tile, kept out of line: inlined into every tile shape it

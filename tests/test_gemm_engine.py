@@ -227,12 +227,13 @@ def test_row_result_is_independent_of_the_batch_and_threads(k, isa):
         LIB.kiln_pool_set_threads(saved)
 
 
+@pytest.mark.parametrize("n", [2048, 65536])
 @pytest.mark.parametrize("m", [7, 13, 64, 300])
-def test_prefetch_choices_change_no_bit(m, threads):
-    """A streamed weight (64 MB, the size from which the few-row tiles prefetch it and walk the
+def test_prefetch_choices_change_no_bit(m, n, threads):
+    """A streamed weight (2 and 64 MB; from 1 MB the few-row tiles prefetch it and walk the
     next block) gives the same bits under every per-CPU prefetch choice (kiln_gemm_set_prefetch:
     1 walk the next B block, 2 prefetch C), and the right ones; unknown flags are refused."""
-    k, n = 256, 65536
+    k = 256
     a, b_kn = rnd(m, k, seed=21), rnd(k, n, seed=22)
     packed = pack(b_kn, False)
     saved = LIB.kiln_gemm_prefetch()
