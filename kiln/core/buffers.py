@@ -4,9 +4,9 @@ A packed weight is written once, then streamed by the GEMM on every run; fp32 de
 every byte of every weight per token, so its speed is the read bandwidth the weights get.
 On 4 KiB pages that is less than on 2 MiB ones: each page is a TLB miss, and the hardware
 prefetchers stop at 4 KiB boundaries (Intel Xeon, 2026-12-01: Kiln's read probe 29.7 GB/s on
-4 KiB pages, 33.7 on huge ones). On the AMD EPYC of 2026-12-02 the first touch of 512 MiB also
-took 0.05 s on huge pages against 0.27–0.31 s on 4 KiB ones (docs/DESIGN.md, "Compile
-time"). So these buffers lie in anonymous mappings, 2 MiB-aligned, with
+4 KiB pages, 33.7 on huge ones). On the AMD EPYC of 2026-12-02 filling 512 MiB the guest had
+used before also took 0.05 s on huge pages against 0.27–0.31 s on 4 KiB ones (memory new to
+the VM costs more either way; docs/DESIGN.md, "Compile time"). So these buffers lie in anonymous mappings, 2 MiB-aligned, with
 ``madvise(MADV_HUGEPAGE)`` (small ones share a slab): where THP is in "madvise" mode (the
 common default) the kernel then backs them with huge pages.
 
@@ -56,8 +56,8 @@ def _mapping(nbytes: int, huge: bool) -> tuple[mmap.mmap, int]:
 
 
 def fresh(nbytes: int, huge: bool | None = None) -> np.ndarray:
-    """A new writable uint8 array of ``nbytes`` (contents undefined until written), 64-byte
-    aligned from 64 KiB on.
+    """A new writable uint8 array of ``nbytes`` (contents undefined until written); 64-byte
+    aligned where it is mapped or carved (below that, numpy's alignment).
 
     With huge pages wanted (``KILN_HUGE_PAGES``, default on) a buffer of 4 MiB or more lies
     in its own anonymous mapping, 2 MiB-aligned, with ``madvise(MADV_HUGEPAGE)``; one of 64 KiB
