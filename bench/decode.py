@@ -8,7 +8,9 @@ decode tokens/s excluding prefill (Kiln: the steps after the first token; transf
 generate(n) minus generate(1)). fp32 decode reads every weight once per token, so the floor
 is weight bytes ÷ read bandwidth, measured in the same run (bench/machine.py read_bandwidth,
 before and after the rounds: the best pass of the best method, so noise only tightens the
-bound); decode is reported as a fraction of that bound. --busy N repeats the rounds beside N busy loops (bench/busy.py)
+bound); decode is reported as a fraction of that bound, and of a paired bound: Kiln's read
+probe (machine.PairedProbe) run just before and after each Kiln round, the round's decode
+against the faster of its two probes, median over rounds (what memory gave in those seconds). --busy N repeats the rounds beside N busy loops (bench/busy.py)
 and reports the speed each keeps. ``--dtype``: SmolLM2's weights in fp32 (default: the same
 weights transformers runs) or ``native`` (the shipped file's own Q4_1 blocks; the bound is then
 the blocks' bytes ÷ bandwidth).
@@ -77,7 +79,13 @@ def measure(key: str, new_tokens: int, prompt_tokens: int, rounds: int, max_len:
     hf_generate(model, prompt, 2)
     res = {"model": key, "label": label, "weight_bytes": weight_bytes, "prompt_tokens": prompt_tokens,
            "new_tokens": new_tokens}
-    res.update(_rounds(key, make, model, prompt, new_tokens, rounds))
+    try:
+        probe = machine.PairedProbe()
+    except Exception as e:  # noqa: BLE001 - no C library: the run's best probe still bounds it
+        log(f"no paired probe: {type(e).__name__}: {e}")
+        probe = None
+    res.update(_rounds(key, make, model, prompt, new_tokens, rounds, probe))
+    del probe
     if busy > 0:
         from .busy import busy_loops
         with busy_loops(busy):
@@ -89,12 +97,17 @@ def measure(key: str, new_tokens: int, prompt_tokens: int, rounds: int, max_len:
     return res
 
 
-def _rounds(key, make, model, prompt, new_tokens, rounds) -> dict:
-    """Interleaved rounds of Kiln and transformers: medians of prefill and per-token decode."""
-    k_prefill, k_step, h_prefill, h_step = [], [], [], []
+def _rounds(key, make, model, prompt, new_tokens, rounds, probe=None) -> dict:
+    """Interleaved rounds of Kiln and transformers: medians of prefill and per-token decode. With
+    ``probe`` (machine.PairedProbe), Kiln's rounds are bracketed by probe passes, and
+    "paired_gbps" lists, per round, the higher of the two neighbouring probes."""
+    k_prefill, k_step, h_prefill, h_step, paired = [], [], [], [], []
     same = True
     for r in range(rounds):
+        before = probe.gbps() if probe else 0.0
         p, s, ids = kiln_run(make, prompt, new_tokens)
+        if probe:
+            paired.append(max(before, probe.gbps()))
         k_prefill.append(p)
         k_step.append(s)
         t1, _ = hf_generate(model, prompt, 1)
@@ -103,7 +116,7 @@ def _rounds(key, make, model, prompt, new_tokens, rounds) -> dict:
         h_step.append((tn - t1) / (new_tokens - 1))
         same &= hids == ids
         log(f"  {key} round {r + 1}/{rounds}: kiln {1 / s:.1f} tok/s, transformers {1 / h_step[-1]:.1f} tok/s")
-    return {"tokens_match": same,
+    return {"tokens_match": same, "kiln_step_ms_rounds": [1e3 * x for x in k_step], "paired_gbps": paired,
             "kiln_prefill_ms": 1e3 * float(np.median(k_prefill)), "kiln_step_ms": 1e3 * float(np.median(k_step)),
             "hf_prefill_ms": 1e3 * float(np.median(h_prefill)), "hf_step_ms": 1e3 * float(np.median(h_step))}
 
@@ -127,14 +140,17 @@ def busy_table(results: list) -> str:
 def table(results: list, bandwidth: float) -> str:
     lines = [f"Read bandwidth measured in this run: {bandwidth:.1f} GB/s.", "",
              "| model | weights | prefill ms (kiln / transformers) | decode tok/s kiln | decode tok/s transformers"
-             " | kiln ÷ transformers | bound tok/s | kiln % of bound | transformers % of bound | tokens match |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             " | kiln ÷ transformers | bound tok/s | kiln % of bound | transformers % of bound"
+             " | kiln % of paired bound (its probes) | tokens match |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in results:
         bound_s = r["weight_bytes"] / (bandwidth * 1e9)
         k, h = 1e3 / r["kiln_step_ms"], 1e3 / r["hf_step_ms"]
+        pairs = [r["weight_bytes"] / (g * 1e9) / (ms / 1e3) for g, ms in zip(r["paired_gbps"], r["kiln_step_ms_rounds"])]
+        paired = f"{100 * float(np.median(pairs)):.0f}% ({min(r['paired_gbps']):.0f}-{max(r['paired_gbps']):.0f} GB/s)" if pairs else "—"
         lines.append(f"| {r['label']} | {r['weight_bytes'] / 2**20:.0f} MiB | {r['kiln_prefill_ms']:.0f} / "
                      f"{r['hf_prefill_ms']:.0f} | {k:.1f} | {h:.1f} | {k / h:.2f}× | {1 / bound_s:.1f} | "
-                     f"{100 * k * bound_s:.0f}% | {100 * h * bound_s:.0f}% | {'yes' if r['tokens_match'] else 'NO'} |")
+                     f"{100 * k * bound_s:.0f}% | {100 * h * bound_s:.0f}% | {paired} | {'yes' if r['tokens_match'] else 'NO'} |")
     return "\n".join(lines)
 
 

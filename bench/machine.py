@@ -237,6 +237,35 @@ def read_bandwidth(nbytes: int = 1 << 30, reps: int = 7, threads: int = 2) -> di
     return res
 
 
+class PairedProbe:
+    """Kiln's read probe (csrc/probe.c) over one buffer of ``nbytes`` (default 512 MiB, huge
+    pages as packed weights get them), for timing beside a workload: ``gbps()`` is the best of
+    ``passes`` whole passes, GB/s. On a shared host the bandwidth swings within minutes (28-78
+    GB/s within an hour on 2026-12-02), so a bound from probes taken seconds before and after a
+    round says what memory gave that round, where ``read_bandwidth``'s best of the run says what it
+    gave in its best minute. Raises KilnError (via kiln.backends.clib) where the C library is missing."""
+
+    def __init__(self, nbytes: int = 1 << 29, passes: int = 2):
+        import ctypes
+
+        from kiln.backends import clib
+        from kiln.core import buffers
+        self.lib = clib.lib()
+        self.lib.kiln_read_probe.restype = ctypes.c_double
+        self.lib.kiln_read_probe.argtypes = [ctypes.c_void_p, ctypes.c_int64]
+        self.x = np.frombuffer(buffers.fresh(nbytes), np.float32)
+        self.x[:] = 1.0
+        self.passes = passes
+
+    def gbps(self) -> float:
+        best = float("inf")
+        for _ in range(self.passes):
+            t = time.perf_counter()
+            self.lib.kiln_read_probe(self.x.ctypes.data, self.x.size)
+            best = min(best, time.perf_counter() - t)
+        return self.x.nbytes / best / 1e9
+
+
 # --------------------------------------------------------------------------- other processes' load
 def _cpu_busy_s() -> float:
     """Busy CPU seconds of the whole machine since boot (all cores), from /proc/stat."""

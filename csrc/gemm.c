@@ -120,11 +120,18 @@ static int default_tile(int isa) {
  * -6 / +3 / -6 %. The C prefetch of each large-M tile on the Xeon: gpt2-head at 256 rows
  * +6-9 %, qwen3-down (3072 x 1024) at 256 / 1024 rows +1 / +2 %; on the Zen 5 it cost 3-5 %
  * (its prefetchw requests, issued together, delayed the tile's first A and B loads). Zen 4
- * and older keep what they were tuned with before the walk: C prefetched, no walk. */
+ * and older keep what they were tuned with before the walk: C prefetched, no walk.
+ * Where the few-row tiles prefetch a streamed weight: into L1 on the Intel Xeon, where 16 lines
+ * ahead was tuned (gemm_tile.h); into L2 on AMD. On a Zen 4 (family 0x19, 2026-12-02; the two
+ * alternated in one process, 10 rounds each) the L1 prefetch cost fp32 SmolLM2 decode 15-26 %
+ * (no software prefetch at all was as fast as L2) and prefill at 16 positions 10-15 % (SmolLM2
+ * whole, Qwen3 2-layer body), 5 % at 64: each prefetcht0 holds one of the core's few L1
+ * miss buffers until its line arrives, so the eight weight streams had less memory-level
+ * parallelism than the L2 streamer gives the plain loads. On the Zen 5 the two measured alike. */
 static int prefetch_flags = 0;
 int kiln_gemm_prefetch(void) { return prefetch_flags; }
 int kiln_gemm_set_prefetch(int flags) {
-    if (flags & ~(KILN_GEMM_WALK_NEXT | KILN_GEMM_PREFETCH_C)) return KILN_GEMM_ERR_ARG;
+    if (flags & ~(KILN_GEMM_WALK_NEXT | KILN_GEMM_PREFETCH_C | KILN_GEMM_STREAM_L1)) return KILN_GEMM_ERR_ARG;
     prefetch_flags = flags;
     return 0;
 }
@@ -142,6 +149,10 @@ __attribute__((constructor)) static void choose_isa(void) {
     tile_forced = tile_named(getenv("KILN_GEMM_TILE"));
     tile_now = default_tile(isa_now);
     prefetch_flags = amd_family() >= 0x1a ? KILN_GEMM_WALK_NEXT : KILN_GEMM_PREFETCH_C;
+#ifdef KILN_GEMM_X86
+    __builtin_cpu_init();
+    if (!__builtin_cpu_is("amd")) prefetch_flags |= KILN_GEMM_STREAM_L1;
+#endif
 }
 
 int kiln_gemm_isa(void) { return isa_now; }

@@ -78,10 +78,13 @@ int kiln_gemm_set_tile(int tile);
  * says why) as a set of flags: KILN_GEMM_WALK_NEXT, the few-row tiles of a streamed weight
  * (>= 1 MB: every layer weight, cached ones aside) walk the next B block into L2 while they compute
  * (gemm_tile.h); KILN_GEMM_PREFETCH_C, each packed large-M tile prefetches its C lines for
- * writing when it starts. The getter is what the block functions read; set is a test and
- * benchmark hook (KILN_GEMM_ERR_ARG for unknown flags). Neither changes a bit of a result. */
+ * writing when it starts; KILN_GEMM_STREAM_L1, the few-row tiles prefetch a streamed weight's
+ * lines into L1 (prefetcht0) rather than into L2 (prefetcht1). The getter is what the block
+ * functions read; set is a test and benchmark hook (KILN_GEMM_ERR_ARG for unknown flags).
+ * None changes a bit of a result. */
 #define KILN_GEMM_WALK_NEXT 1
 #define KILN_GEMM_PREFETCH_C 2
+#define KILN_GEMM_STREAM_L1 4
 int kiln_gemm_prefetch(void);
 int kiln_gemm_set_prefetch(int flags);
 

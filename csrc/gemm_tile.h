@@ -31,7 +31,8 @@
  * L2's size; likely cached) keep the hardware prefetcher alone. With KT_PF_FEW_ROWS
  * rows or fewer (decode; the GEMV's chunks are 0.5 MB slices of a weight) every weight is
  * prefetched: the product is bound by the stream alone, and fp32 decode of SmolLM2 ran
- * 4 % faster (8 / 16 / 32 / 64 lines: +3.5 / +4.3 / +1.7 / +2.2 %, interleaved A/B). */
+ * 4 % faster (8 / 16 / 32 / 64 lines: +3.5 / +4.3 / +1.7 / +2.2 %, interleaved A/B). Those
+ * lines go to L1 or to L2 by CPU (KILN_GEMM_STREAM_L1; gemm.c has the Zen 4's numbers). */
 #define KT_PF_LINES 16
 #define KT_PF_MIN_BYTES ((int64_t)1 << 20)
 #define KT_PF_FEW_ROWS 4
@@ -93,22 +94,27 @@ static inline __attribute__((always_inline)) void kt_walk_step(kt_walk *w) {
 /* acc[i][j] += sum over k < kc of A[i * a_i + k * a_k] * (16 floats at B + j * b_j + k * b_k): the
  * one inner loop of every tile, direct (A rows lda apart, B panels) or packed (A as [kc][MR], B as
  * [kc][NP * 16]). With TAIL the single panel's loads are masked to bw floats. pfl > 0: each panel's
- * row pfl rows on is prefetched (B streaming from memory); w (or NULL): a walk to advance. The
+ * row pfl rows on is prefetched (B streaming from memory), into L2, or into L1 where
+ * kiln_gemm_prefetch() has KILN_GEMM_STREAM_L1 (gemm.c says which CPUs); w (or NULL): a walk to advance. The
  * strides are constants or loop invariants at each (always inlined) call. */
 static inline __attribute__((always_inline)) void kt_accumulate(const int MR, const int NP, const int TAIL,
                                                                 const float *A, int64_t a_i, int64_t a_k,
                                                                 const float *B, int64_t b_j, int64_t b_k,
                                                                 int64_t bw, int64_t kc, int64_t pfl, kt_walk *w,
                                                                 const int WE, kt_v acc[KT_MRMAX][KT_NPMAX]) {
+    const int l1 = pfl && (kiln_gemm_prefetch() & KILN_GEMM_STREAM_L1); /* where the weight's lines go */
     for (int64_t k = 0; k < kc; k++) {
         kt_v b[KT_NPMAX];
         if (w && (k & (WE - 1)) == 0 && w->left > 0) {
             kt_walk_step(w);
             if (WE == 1 && w->left > 0) kt_walk_step(w);
         }
-        if (pfl)
+        if (pfl && l1)
 #pragma GCC unroll 16
             for (int j = 0; j < NP; j++) __builtin_prefetch(B + j * b_j + (k + pfl) * b_k, 0, 3);
+        else if (pfl)
+#pragma GCC unroll 16
+            for (int j = 0; j < NP; j++) __builtin_prefetch(B + j * b_j + (k + pfl) * b_k, 0, 2);
 #pragma GCC unroll 16
         for (int j = 0; j < NP; j++) b[j] = TAIL ? kt_load_n(B + k * b_k, (int)bw) : kt_load(B + j * b_j + k * b_k);
 #pragma GCC unroll 16

@@ -13,3 +13,23 @@ def test_read_bandwidth_reports_each_method_and_takes_the_best():
     assert r["gbps"] == max(r[m] for m in methods) == r[r["source"]]
     assert r["gbps_median"] == r[r["source"] + "_median"]
     assert r["bytes"] == 8 << 20 and r["reps"] == 3 and "best" in r["statistic"]
+
+
+def test_paired_probe_reads_its_buffer_and_reports_a_rate():
+    p = machine.PairedProbe(nbytes=4 << 20, passes=2)
+    assert p.x.nbytes == 4 << 20 and float(p.x.sum()) == p.x.size   # every page written before timing
+    g = p.gbps()
+    assert 0 < g < 10_000
+
+
+def test_decode_table_reports_the_paired_bound_per_round():
+    from bench import decode
+    r = {"label": "m", "weight_bytes": 10**9, "kiln_prefill_ms": 5.0, "hf_prefill_ms": 9.0,
+         "kiln_step_ms": 40.0, "hf_step_ms": 80.0, "tokens_match": True,
+         # rounds at 40 ms beside 25 GB/s (bound 40 ms: 100 %), 50 ms beside 20 GB/s (100 %), 80 ms beside 25 (50 %)
+         "kiln_step_ms_rounds": [40.0, 50.0, 80.0], "paired_gbps": [25.0, 20.0, 25.0]}
+    out = decode.table([r], 50.0)
+    row = out.splitlines()[-1].split("|")
+    assert row[8].strip() == "50%"          # against the run's best probe: 20 ms bound / 40 ms
+    assert row[10].strip() == "100% (20-25 GB/s)"
+    assert decode.table([dict(r, kiln_step_ms_rounds=[], paired_gbps=[])], 50.0).splitlines()[-1].split("|")[10].strip() == "—"

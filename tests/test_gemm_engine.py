@@ -228,24 +228,25 @@ def test_row_result_is_independent_of_the_batch_and_threads(k, isa):
 
 
 @pytest.mark.parametrize("n", [2048, 65536])
-@pytest.mark.parametrize("m", [7, 13, 64, 300])
+@pytest.mark.parametrize("m", [1, 7, 13, 64, 300])
 def test_prefetch_choices_change_no_bit(m, n, threads):
     """A streamed weight (2 and 64 MB; from 1 MB the few-row tiles prefetch it and walk the
     next block) gives the same bits under every per-CPU prefetch choice (kiln_gemm_set_prefetch:
-    1 walk the next B block, 2 prefetch C), and the right ones; unknown flags are refused."""
+    1 walk the next B block, 2 prefetch C, 4 prefetch the weight into L1 rather than L2), and
+    the right ones; unknown flags are refused."""
     k = 256
     a, b_kn = rnd(m, k, seed=21), rnd(k, n, seed=22)
     packed = pack(b_kn, False)
     saved = LIB.kiln_gemm_prefetch()
     try:
         got = {}
-        for flags in (0, 1, 2, 3):
+        for flags in range(8):
             assert LIB.kiln_gemm_set_prefetch(flags) == 0 and LIB.kiln_gemm_prefetch() == flags
             got[flags] = gemm(a, packed, n)
-        assert LIB.kiln_gemm_set_prefetch(4) == -1 and LIB.kiln_gemm_prefetch() == 3
+        assert LIB.kiln_gemm_set_prefetch(8) == -1 and LIB.kiln_gemm_prefetch() == 7
     finally:
         LIB.kiln_gemm_set_prefetch(saved)
-    for flags in (1, 2, 3):
+    for flags in range(1, 8):
         assert np.array_equal(got[0], got[flags]), flags
     assert_close(got[0], a, b_kn, reference(a, b_kn))
 
@@ -398,6 +399,22 @@ def test_default_kernel_set():
         assert DEFAULT_ISA == 0
     else:
         assert DEFAULT_ISA == max(SUPPORTED)
+
+
+def test_default_prefetch_choice_follows_the_cpu():
+    """gemm.c's per-CPU table: AMD streams weights into L2 and walks the next block from family
+    0x1A; other CPUs stream into L1 and prefetch C."""
+    import platform
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("the choice is made from x86 CPUID")
+    info = open("/proc/cpuinfo").read()
+    vendor = "AMD" if "AuthenticAMD" in info else "other"
+    family = int(info.split("cpu family")[1].split(":")[1].split()[0])
+    flags = LIB.kiln_gemm_prefetch()
+    if vendor == "AMD":
+        assert flags == (1 if family >= 0x1A else 2)
+    else:
+        assert flags == 2 | 4
 
 
 # -- the pool ---------------------------------------------------------------------------------
