@@ -119,15 +119,20 @@ static int default_tile(int isa) {
  * (768 x 50257) at 8 / 16 / 32 rows +6-17 / +13-15 / +4 %; on an Intel Xeon (AMX, 2 MB L2)
  * -6 / +3 / -6 %. The C prefetch of each large-M tile on the Xeon: gpt2-head at 256 rows
  * +6-9 %, qwen3-down (3072 x 1024) at 256 / 1024 rows +1 / +2 %; on the Zen 5 it cost 3-5 %
- * (its prefetchw requests, issued together, delayed the tile's first A and B loads). Zen 4
- * and older keep what they were tuned with before the walk: C prefetched, no walk.
+ * (its prefetchw requests, issued together, delayed the tile's first A and B loads). On a Zen 4
+ * (family 0x19, 2026-12-02; flags switched in one process, 6 alternations, median speedup over
+ * C-prefetch-only) the walk paid as on the Zen 5: GPT-2 2-layer body at 16 positions 1.09
+ * [1.07, 1.10], Qwen3 2-layer body 1.15, at 64 positions within noise, at 256 the C prefetch
+ * off 1.03-1.07 (noisy). So every AMD part walks and skips the C prefetch; other CPUs do what
+ * the Xeon measured best.
  * Where the few-row tiles prefetch a streamed weight: into L1 on the Intel Xeon, where 16 lines
  * ahead was tuned (gemm_tile.h); into L2 on AMD. On a Zen 4 (family 0x19, 2026-12-02; the two
  * alternated in one process, 10 rounds each) the L1 prefetch cost fp32 SmolLM2 decode 15-26 %
  * (no software prefetch at all was as fast as L2) and prefill at 16 positions 10-15 % (SmolLM2
  * whole, Qwen3 2-layer body), 5 % at 64: each prefetcht0 holds one of the core's few L1
  * miss buffers until its line arrives, so the eight weight streams had less memory-level
- * parallelism than the L2 streamer gives the plain loads. On the Zen 5 the two measured alike. */
+ * parallelism than the L2 streamer gives the plain loads. On the Zen 5 (stop 16) a trial of
+ * L2 was inconclusive (within that host's noise). */
 static int prefetch_flags = 0;
 int kiln_gemm_prefetch(void) { return prefetch_flags; }
 int kiln_gemm_set_prefetch(int flags) {
@@ -148,10 +153,10 @@ __attribute__((constructor)) static void choose_isa(void) {
     pc_max = pc_max < PC_MIN ? PC_MIN : pc_max > PC_MAX ? PC_MAX : pc_max;
     tile_forced = tile_named(getenv("KILN_GEMM_TILE"));
     tile_now = default_tile(isa_now);
-    prefetch_flags = amd_family() >= 0x1a ? KILN_GEMM_WALK_NEXT : KILN_GEMM_PREFETCH_C;
+    prefetch_flags = KILN_GEMM_PREFETCH_C | KILN_GEMM_STREAM_L1;
 #ifdef KILN_GEMM_X86
     __builtin_cpu_init();
-    if (!__builtin_cpu_is("amd")) prefetch_flags |= KILN_GEMM_STREAM_L1;
+    if (__builtin_cpu_is("amd")) prefetch_flags = KILN_GEMM_WALK_NEXT;
 #endif
 }
 
