@@ -133,11 +133,11 @@ static int default_tile(int isa) {
  * miss buffers until its line arrives, so the eight weight streams had less memory-level
  * parallelism than the L2 streamer gives the plain loads. On the Zen 5 (stop 16) a trial of
  * L2 was inconclusive (within that host's noise). */
-static int prefetch_flags = 0;
-int kiln_gemm_prefetch(void) { return prefetch_flags; }
+int kiln_gemm_prefetch_flags = 0;
+int kiln_gemm_prefetch(void) { return kiln_gemm_prefetch_flags; }
 int kiln_gemm_set_prefetch(int flags) {
     if (flags & ~(KILN_GEMM_WALK_NEXT | KILN_GEMM_PREFETCH_C | KILN_GEMM_STREAM_L1)) return KILN_GEMM_ERR_ARG;
-    prefetch_flags = flags;
+    kiln_gemm_prefetch_flags = flags;
     return 0;
 }
 
@@ -153,10 +153,10 @@ __attribute__((constructor)) static void choose_isa(void) {
     pc_max = pc_max < PC_MIN ? PC_MIN : pc_max > PC_MAX ? PC_MAX : pc_max;
     tile_forced = tile_named(getenv("KILN_GEMM_TILE"));
     tile_now = default_tile(isa_now);
-    prefetch_flags = KILN_GEMM_PREFETCH_C | KILN_GEMM_STREAM_L1;
+    kiln_gemm_prefetch_flags = KILN_GEMM_PREFETCH_C | KILN_GEMM_STREAM_L1;
 #ifdef KILN_GEMM_X86
     __builtin_cpu_init();
-    if (__builtin_cpu_is("amd")) prefetch_flags = KILN_GEMM_WALK_NEXT;
+    if (__builtin_cpu_is("amd")) kiln_gemm_prefetch_flags = KILN_GEMM_WALK_NEXT;
 #endif
 }
 

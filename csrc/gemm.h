@@ -87,6 +87,9 @@ int kiln_gemm_set_tile(int tile);
 #define KILN_GEMM_STREAM_L1 4
 int kiln_gemm_prefetch(void);
 int kiln_gemm_set_prefetch(int flags);
+/* The same flags as a variable, for loops that test them once per weight block (the quantized
+ * kernels' prefetch, csrc/qgemm.c), where a call per test would cost; written only by gemm.c. */
+extern int kiln_gemm_prefetch_flags;
 
 /* C = alpha * A @ B on plain (unpacked) operands, for attention (csrc/attention.c): element
  * (i, k) of A at A[i * a_i + k * a_k] (rows or columns contiguous), B row-major [K, N] (row

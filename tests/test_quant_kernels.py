@@ -338,3 +338,24 @@ def test_generic_build_passes_the_same_cases():
     r = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", __file__,
                         "-k", "not generic_build"], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("mode", list(Q.MODES))
+@pytest.mark.parametrize("fmt", ["q4_1", "q8_0", "q4_k"])
+def test_prefetch_level_changes_no_bit(fmt, mode):
+    """The weights' prefetch goes to L1 or L2 by CPU (KILN_GEMM_STREAM_L1, shared with the fp32
+    GEMM): both give the same bits at the GEMV, the few-row and the outer-product row counts."""
+    from kiln.backends import clib
+    lib = clib.lib()
+    lib.kiln_gemm_prefetch.restype, lib.kiln_gemm_set_prefetch.argtypes = ctypes.c_int, [ctypes.c_int]
+    label, raw, n, k = sources(fmt)[-1]
+    saved = lib.kiln_gemm_prefetch()
+    try:
+        got = {}
+        for flags in (saved & ~4, saved | 4):
+            assert lib.kiln_gemm_set_prefetch(flags) == 0
+            got[flags] = [Q.qmm(fmt, mode, _inputs(m, k, m), raw, n, k, threads=t) for m in (1, 4, 33) for t in (1, 2)]
+    finally:
+        lib.kiln_gemm_set_prefetch(saved)
+    for x, y in zip(*got.values()):
+        np.testing.assert_array_equal(x, y, err_msg=f"{fmt} {mode} {label}")
