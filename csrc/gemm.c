@@ -31,15 +31,21 @@ typedef struct {
     kiln_gemm_block_fn block; /* the few-row kernels (rows <= mr) */
     int mr;
     kiln_gemm_plain_fn plain;
+    kiln_gemm_block_fn tall; /* taller few-row tiles for TALL_M_MIN..TALL_M_MAX rows, or NULL */
+    int tall_mr, tall_np;
 } isa_t;
 
 static const isa_t ISA_TABLE[] = {
-    [KILN_GEMM_ISA_GENERIC] = {kiln_gemm_block_generic, 4, kiln_gemm_plain_generic},
+    [KILN_GEMM_ISA_GENERIC] = {kiln_gemm_block_generic, 4, kiln_gemm_plain_generic, 0, 0, 0},
 #ifdef KILN_GEMM_X86
-    [KILN_GEMM_ISA_AVX2] = {kiln_gemm_block_avx2, 6, kiln_gemm_plain_avx2},
-    [KILN_GEMM_ISA_AVX512] = {kiln_gemm_block_avx512, 6, kiln_gemm_plain_avx512},
+    [KILN_GEMM_ISA_AVX2] = {kiln_gemm_block_avx2, 6, kiln_gemm_plain_avx2, 0, 0, 0},
+    [KILN_GEMM_ISA_AVX512] = {kiln_gemm_block_avx512, 6, kiln_gemm_plain_avx512, kiln_gemm_block_avx512_tall, 8, 3},
 #endif
 };
+/* Where KILN_GEMM_FEW_TALL is set: 13-16 rows in two tiles of 8 x 48 rather than three of 6 x 64
+ * (gemm_avx512_tall.c; the numbers are at the tuning flags below). */
+#define TALL_M_MIN 13
+#define TALL_M_MAX 16
 
 typedef struct {
     const char *name;
@@ -132,12 +138,22 @@ static int default_tile(int isa) {
  * whole, Qwen3 2-layer body), 5 % at 64: each prefetcht0 holds one of the core's few L1
  * miss buffers until its line arrives, so the eight weight streams had less memory-level
  * parallelism than the L2 streamer gives the plain loads. On the Zen 5 (stop 16) a trial of
- * L2 was inconclusive (within that host's noise). */
-int kiln_gemm_prefetch_flags = 0;
-int kiln_gemm_prefetch(void) { return kiln_gemm_prefetch_flags; }
-int kiln_gemm_set_prefetch(int flags) {
-    if (flags & ~(KILN_GEMM_WALK_NEXT | KILN_GEMM_PREFETCH_C | KILN_GEMM_STREAM_L1)) return KILN_GEMM_ERR_ARG;
-    kiln_gemm_prefetch_flags = flags;
+ * L2 was inconclusive (within that host's noise).
+ * The tall few-row tiles (KILN_GEMM_FEW_TALL) on the Zen 4 only: weights streamed from memory
+ * (several copies of each, 2 threads, the flag alternated in one process, 12 rounds, median
+ * speedup), at 13 / 14 / 15 / 16 rows gpt2-head 1.05 / 1.03 / 1.05 / 1.05-1.09, gpt2-qkv 1.05 /
+ * 1.07 / 1.07 / 1.09-1.16, qwen3-up 1.04 / 1.01 / 1.03 / 1.02-1.08, smollm2-down 1.05 / 1.09 /
+ * 1.07 / 1.22; from 20 rows up they lost or tied (20: 0.91-0.96; 24, 29, 48: 0.91-1.0; 32 and
+ * 40 mixed, 0.96-1.13), and at 8 and 12 rows, one and two 8-row tiles lost 7-27 % to the 6 x 64's
+ * two (fewer panels, so fewer weight streams per tile). Why 13-16 gain is not pinned down: the
+ * 6 x 64 tile's weight block (KC x 64 floats, 32 KB) fills this core's 32 KB L1, and the third
+ * row tile re-reads it; the 8 x 48's (24 KB) is read twice. Untried elsewhere, so off there. */
+int kiln_gemm_tuning_flags = 0;
+int kiln_gemm_tuning(void) { return kiln_gemm_tuning_flags; }
+int kiln_gemm_set_tuning(int flags) {
+    if (flags & ~(KILN_GEMM_WALK_NEXT | KILN_GEMM_PREFETCH_C | KILN_GEMM_STREAM_L1 | KILN_GEMM_FEW_TALL))
+        return KILN_GEMM_ERR_ARG;
+    kiln_gemm_tuning_flags = flags;
     return 0;
 }
 
@@ -153,10 +169,11 @@ __attribute__((constructor)) static void choose_isa(void) {
     pc_max = pc_max < PC_MIN ? PC_MIN : pc_max > PC_MAX ? PC_MAX : pc_max;
     tile_forced = tile_named(getenv("KILN_GEMM_TILE"));
     tile_now = default_tile(isa_now);
-    kiln_gemm_prefetch_flags = KILN_GEMM_PREFETCH_C | KILN_GEMM_STREAM_L1;
+    kiln_gemm_tuning_flags = KILN_GEMM_PREFETCH_C | KILN_GEMM_STREAM_L1;
 #ifdef KILN_GEMM_X86
     __builtin_cpu_init();
-    if (__builtin_cpu_is("amd")) kiln_gemm_prefetch_flags = KILN_GEMM_WALK_NEXT;
+    if (__builtin_cpu_is("amd")) kiln_gemm_tuning_flags = KILN_GEMM_WALK_NEXT;
+    if (__builtin_cpu_is("amd") && amd_family() == 0x19) kiln_gemm_tuning_flags |= KILN_GEMM_FEW_TALL;
 #endif
 }
 
@@ -274,6 +291,8 @@ int kiln_gemm_packed(int64_t M, int64_t N, int64_t K, const float *A, int64_t ld
     int few = M <= isa->mr, large = M >= LARGE_M_MIN, mr = large ? tile->mr : isa->mr;
     job_t j = {.g = {M, N, K, lda, ldc, A, packed, bias, C, alpha, beta, act},
                .block = large ? tile->block : isa->block, .P = cdiv(N, 16)};
+    int tall = isa->tall && M >= TALL_M_MIN && M <= TALL_M_MAX && (kiln_gemm_tuning_flags & KILN_GEMM_FEW_TALL);
+    if (tall) j.block = isa->tall, mr = isa->tall_mr;
     /* rows: one block of up to MR rows, else even chunks <= MC_MAX in whole tiles */
     j.mc = few ? M : cdiv(cdiv(M, cdiv(M, MC_MAX)), mr) * mr;
     int64_t m_chunks = cdiv(M, j.mc);
@@ -289,9 +308,10 @@ int kiln_gemm_packed(int64_t M, int64_t N, int64_t K, const float *A, int64_t ld
     }
     /* chunks in whole panel groups of the kernel that runs them, and within the L2 budget after
      * that rounding (8 x 48 rounded 64 panels up to 72, and measured ~5 % slower than at 48).
-     * The large-M tiles need multiples of their own width only: rounded to 8 of them, a 1024-wide
-     * weight (64 panels) split 24 / 24 / 16 over two threads and ran at 2/3 speed */
-    int64_t align = large ? tile->np : PANEL_ALIGN;
+     * The large-M tiles and the tall few-row ones need multiples of their own width only: rounded
+     * to 8 of them, a 1024-wide weight (64 panels) split 24 / 24 / 16 over two threads and ran at
+     * 2/3 speed, and a 576-wide one split 3 ways in the tall tiles' 12-panel multiples at 0.9x */
+    int64_t align = large ? tile->np : tall ? isa->tall_np : PANEL_ALIGN;
     int64_t pc_lim = pc_max / align * align > align ? pc_max / align * align : align;
     if (!few && cdiv(j.P, p_chunks) > pc_lim) p_chunks = cdiv(j.P, pc_lim);
     j.pc = cdiv(cdiv(j.P, p_chunks), align) * align;

@@ -74,22 +74,24 @@ const char *kiln_gemm_tile_name(int tile);
 int kiln_gemm_tile_isa(int tile);
 int kiln_gemm_tile(void);
 int kiln_gemm_set_tile(int tile);
-/* Per-CPU prefetch choices of the block functions, chosen at load by what the CPU is (gemm.c
+/* Per-CPU tuning choices of the block functions, chosen at load by what the CPU is (gemm.c
  * says why) as a set of flags: KILN_GEMM_WALK_NEXT, the few-row tiles of a streamed weight
  * (>= 1 MB: every layer weight, cached ones aside) walk the next B block into L2 while they compute
  * (gemm_tile.h); KILN_GEMM_PREFETCH_C, each packed large-M tile prefetches its C lines for
  * writing when it starts; KILN_GEMM_STREAM_L1, the few-row tiles prefetch a streamed weight's
- * lines into L1 (prefetcht0) rather than into L2 (prefetcht1). The getter is what the block
- * functions read; set is a test and benchmark hook (KILN_GEMM_ERR_ARG for unknown flags).
- * None changes a bit of a result. */
+ * lines into L1 (prefetcht0) rather than into L2 (prefetcht1); KILN_GEMM_FEW_TALL, products of
+ * 13-16 rows run the AVX-512 set's 8 x 48 few-row tiles (two row tiles) instead of its 6 x 64
+ * (three). The getter is what the block functions read; set is a test and benchmark hook
+ * (KILN_GEMM_ERR_ARG for unknown flags). None changes a bit of a result. */
 #define KILN_GEMM_WALK_NEXT 1
 #define KILN_GEMM_PREFETCH_C 2
 #define KILN_GEMM_STREAM_L1 4
-int kiln_gemm_prefetch(void);
-int kiln_gemm_set_prefetch(int flags);
+#define KILN_GEMM_FEW_TALL 8
+int kiln_gemm_tuning(void);
+int kiln_gemm_set_tuning(int flags);
 /* The same flags as a variable, for loops that test them once per weight block (the quantized
  * kernels' prefetch, csrc/qgemm.c), where a call per test would cost; written only by gemm.c. */
-extern int kiln_gemm_prefetch_flags;
+extern int kiln_gemm_tuning_flags;
 
 /* C = alpha * A @ B on plain (unpacked) operands, for attention (csrc/attention.c): element
  * (i, k) of A at A[i * a_i + k * a_k] (rows or columns contiguous), B row-major [K, N] (row
@@ -132,6 +134,7 @@ KILN_GEMM_BLOCK(kiln_gemm_block_avx2);
 void kiln_gemm_plain_avx2(const kiln_gemm_plain_args *r);
 KILN_GEMM_BLOCK(kiln_gemm_large_avx2_6x16);
 KILN_GEMM_BLOCK(kiln_gemm_block_avx512);
+KILN_GEMM_BLOCK(kiln_gemm_block_avx512_tall);
 void kiln_gemm_plain_avx512(const kiln_gemm_plain_args *r);
 KILN_GEMM_BLOCK(kiln_gemm_large_avx512_6x64);
 KILN_GEMM_BLOCK(kiln_gemm_large_avx512_8x48);

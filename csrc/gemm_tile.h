@@ -5,8 +5,8 @@
  *   kt_fma(a, b, c) = a * b + c,
  * the register blocking KT_MR (rows, <= 8), KT_NP (panels per tile, rows > 1) and KT_NP1
  * (panels per tile for a single row: more independent FMA chains and weight streams for
- * the bandwidth-bound GEMV), KT_BLOCK, the name of the exported block function, and KT_PLAIN,
- * that of its kiln_gemm_plain (unpacked operands, for attention).
+ * the bandwidth-bound GEMV), KT_BLOCK, the name of the exported block function, and, if this
+ * inclusion provides one, KT_PLAIN, that of its kiln_gemm_plain (unpacked operands, for attention).
  *
  * A tile is MR rows x NP panels over one KC block of K. Its accumulators start at zero;
  * its epilogue folds them into C (see gemm.h for the exact order, which no blocking
@@ -95,14 +95,14 @@ static inline __attribute__((always_inline)) void kt_walk_step(kt_walk *w) {
  * one inner loop of every tile, direct (A rows lda apart, B panels) or packed (A as [kc][MR], B as
  * [kc][NP * 16]). With TAIL the single panel's loads are masked to bw floats. pfl > 0: each panel's
  * row pfl rows on is prefetched (B streaming from memory), into L2, or into L1 where
- * kiln_gemm_prefetch() has KILN_GEMM_STREAM_L1 (gemm.c says which CPUs); w (or NULL): a walk to advance. The
+ * kiln_gemm_tuning() has KILN_GEMM_STREAM_L1 (gemm.c says which CPUs); w (or NULL): a walk to advance. The
  * strides are constants or loop invariants at each (always inlined) call. */
 static inline __attribute__((always_inline)) void kt_accumulate(const int MR, const int NP, const int TAIL,
                                                                 const float *A, int64_t a_i, int64_t a_k,
                                                                 const float *B, int64_t b_j, int64_t b_k,
                                                                 int64_t bw, int64_t kc, int64_t pfl, kt_walk *w,
                                                                 const int WE, kt_v acc[KT_MRMAX][KT_NPMAX]) {
-    const int l1 = pfl && (kiln_gemm_prefetch() & KILN_GEMM_STREAM_L1); /* where the weight's lines go */
+    const int l1 = pfl && (kiln_gemm_tuning() & KILN_GEMM_STREAM_L1); /* where the weight's lines go */
     for (int64_t k = 0; k < kc; k++) {
         kt_v b[KT_NPMAX];
         if (w && (k & (WE - 1)) == 0 && w->left > 0) {
@@ -148,13 +148,13 @@ static inline __attribute__((always_inline)) void kt_tile(const int MR, const in
  * stream of broadcasts), B as [kc][NP * 16] (one stream, no 4K-aliased panel strides), both
  * zero-padded to the full tile, of which the first `rows` rows and `nps` panels are stored;
  * it advances the walk w. C's lines are prefetched for writing at the start where
- * kiln_gemm_prefetch() says so (gemm.c: it pays on an Intel Xeon, costs on a Zen 5). */
+ * kiln_gemm_tuning() says so (gemm.c: it pays on an Intel Xeon, costs on a Zen 5). */
 static inline __attribute__((always_inline)) void kt_ptile(const int MR, const int NP, const float *ap,
                                                            const float *bp, int64_t kc, const kiln_gemm_args *g,
                                                            int64_t m, int64_t p, int first, int last, int rows,
                                                            int nps, kt_walk *w) {
     kt_v acc[KT_MRMAX][KT_NPMAX];
-    const int pfc = kiln_gemm_prefetch() & KILN_GEMM_PREFETCH_C;
+    const int pfc = kiln_gemm_tuning() & KILN_GEMM_PREFETCH_C;
 #pragma GCC unroll 16
     for (int i = 0; i < MR; i++) {
 #pragma GCC unroll 16
@@ -259,6 +259,7 @@ static void kt_tail(int mr, const kiln_gemm_args *g, int64_t m, int64_t p, int64
     switch (mr) { KT_T(1) KT_T(2) KT_T(3) KT_T(4) KT_T(5) KT_T(6) KT_T(7) KT_T(8) }
 }
 
+#ifdef KT_PLAIN
 /* kiln_gemm_plain (gemm.h): MR rows x NP panels at row m, column n0, all of K in one chain;
  * TAIL: one panel of bw < 16 columns, loaded and stored masked. */
 static inline __attribute__((always_inline)) void kt_plain_tile(const int MR, const int NP, const int TAIL,
@@ -297,6 +298,7 @@ void KT_PLAIN(const kiln_gemm_plain_args *r) {
     KT_PLAIN_REM(1) KT_PLAIN_REM(2) KT_PLAIN_REM(3) KT_PLAIN_REM(4) KT_PLAIN_REM(5) KT_PLAIN_REM(6) KT_PLAIN_REM(7)
 #undef KT_PLAIN_REM
 }
+#endif
 
 /* Rows [m0, m1) x panels [p0, p1), all of K: each group of panels runs through every K
  * block before the next group, and each KC x (group) slice of B, while in L1, serves every
@@ -315,7 +317,7 @@ void KT_BLOCK(const kiln_gemm_args *g, int64_t m0, int64_t m1, int64_t p0, int64
      * panels while the others compute; instead each tile walks its share of the next B block
      * into L2 (up to 2 lines per k) so the following block finds it there (gemm.c says where
      * this is on and what it measured). */
-    const int walk = pfl && tiles > 1 && (kiln_gemm_prefetch() & KILN_GEMM_WALK_NEXT);
+    const int walk = pfl && tiles > 1 && (kiln_gemm_tuning() & KILN_GEMM_WALK_NEXT);
     for (int64_t p = p0, np; p < pf + tail; p += np) {
         np = p >= pf ? 1 : pf - p < step ? pf - p : step; /* p = pf: the narrow last panel */
         for (int64_t kb = 0; kb < nkb; kb++) {

@@ -22,7 +22,7 @@
  * the flag itself switched (10 rounds); with no prefetch at all, 69.7. */
 #define QPREFETCH(p)                                                                   \
     do {                                                                               \
-        if (kiln_gemm_prefetch_flags & KILN_GEMM_STREAM_L1)                            \
+        if (kiln_gemm_tuning_flags & KILN_GEMM_STREAM_L1)                            \
             __builtin_prefetch((const void *)(p), 0, 3);                               \
         else                                                                           \
             __builtin_prefetch((const void *)(p), 0, 2);                               \

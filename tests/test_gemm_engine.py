@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import subprocess
 import sys
 
@@ -45,8 +46,8 @@ def _load():
         "kiln_gemm_tile_isa": (INT, [INT]),
         "kiln_gemm_tile": (INT, []),
         "kiln_gemm_set_tile": (INT, [INT]),
-        "kiln_gemm_prefetch": (INT, []),
-        "kiln_gemm_set_prefetch": (INT, [INT]),
+        "kiln_gemm_tuning": (INT, []),
+        "kiln_gemm_set_tuning": (INT, [INT]),
         "kiln_pool_set_threads": (None, [INT]),
         "kiln_pool_threads": (INT, []),
         "kiln_pool_parallel": (None, [I64, POOL_FN, PTR]),
@@ -228,27 +229,50 @@ def test_row_result_is_independent_of_the_batch_and_threads(k, isa):
 
 
 @pytest.mark.parametrize("n", [2048, 65536])
-@pytest.mark.parametrize("m", [1, 7, 13, 64, 300])
-def test_prefetch_choices_change_no_bit(m, n, threads):
+@pytest.mark.parametrize("m", [1, 7, 13, 16, 64, 300])
+def test_tuning_choices_change_no_bit(m, n, threads):
     """A streamed weight (2 and 64 MB; from 1 MB the few-row tiles prefetch it and walk the
-    next block) gives the same bits under every per-CPU prefetch choice (kiln_gemm_set_prefetch:
-    1 walk the next B block, 2 prefetch C, 4 prefetch the weight into L1 rather than L2), and
-    the right ones; unknown flags are refused."""
+    next block) gives the same bits under every per-CPU tuning choice (kiln_gemm_set_tuning:
+    1 walk the next B block, 2 prefetch C, 4 prefetch the weight into L1 rather than L2, 8 run
+    13-16 rows in the taller few-row tiles), and the right ones; unknown flags are refused."""
     k = 256
     a, b_kn = rnd(m, k, seed=21), rnd(k, n, seed=22)
     packed = pack(b_kn, False)
-    saved = LIB.kiln_gemm_prefetch()
+    saved = LIB.kiln_gemm_tuning()
     try:
         got = {}
-        for flags in range(8):
-            assert LIB.kiln_gemm_set_prefetch(flags) == 0 and LIB.kiln_gemm_prefetch() == flags
+        for flags in range(16):
+            assert LIB.kiln_gemm_set_tuning(flags) == 0 and LIB.kiln_gemm_tuning() == flags
             got[flags] = gemm(a, packed, n)
-        assert LIB.kiln_gemm_set_prefetch(8) == -1 and LIB.kiln_gemm_prefetch() == 7
+        assert LIB.kiln_gemm_set_tuning(16) == -1 and LIB.kiln_gemm_tuning() == 15
     finally:
-        LIB.kiln_gemm_set_prefetch(saved)
-    for flags in range(1, 8):
+        LIB.kiln_gemm_set_tuning(saved)
+    for flags in range(1, 16):
         assert np.array_equal(got[0], got[flags]), flags
     assert_close(got[0], a, b_kn, reference(a, b_kn))
+
+
+@pytest.mark.parametrize("n", [1, 17, 48, 100, 576, 2304])
+def test_tall_few_row_tiles_match_the_others_at_every_row_count(n, threads):
+    """The taller few-row tiles (KILN_GEMM_FEW_TALL, 13-16 rows) against the 6-row ones at the
+    row counts around their range: the same bits, every row and column (narrow last panels,
+    chunk splits in 3-panel multiples, bias, beta, activation) and the right values."""
+    k = 300
+    a, b_kn = rnd(20, k, seed=31), rnd(k, n, seed=32)
+    bias, c0 = rnd(n, seed=33), rnd(20, n, seed=34)
+    packed = pack(b_kn, False)
+    saved = LIB.kiln_gemm_tuning()
+    try:
+        for m in range(11, 19):
+            got = {}
+            for tall in (0, 8):
+                LIB.kiln_gemm_set_tuning((saved & ~8) | tall)
+                got[tall] = gemm(a[:m], packed, n, c0[:m].copy(), bias=bias, beta=0.5, act=4, alpha=0.9)
+            assert np.array_equal(got[0], got[8]), m
+            want = reference(a[:m], b_kn, alpha=0.9, bias=bias, beta=0.5, c0=c0[:m], act=4)
+            assert_close(got[8], a[:m], b_kn, want, alpha=0.9)
+    finally:
+        LIB.kiln_gemm_set_tuning(saved)
 
 
 def test_concurrent_callers_get_their_own_results(threads):
@@ -401,16 +425,18 @@ def test_default_kernel_set():
         assert DEFAULT_ISA == max(SUPPORTED)
 
 
-def test_default_prefetch_choice_follows_the_cpu():
-    """gemm.c's per-CPU table: AMD walks the next block and streams weights into L2; other CPUs
-    prefetch C and stream weights into L1."""
+def test_default_tuning_choice_follows_the_cpu():
+    """gemm.c's per-CPU table: AMD walks the next block and streams weights into L2, and the Zen 4
+    (family 0x19) also runs 13-16 rows in the tall few-row tiles; other CPUs prefetch C and
+    stream weights into L1."""
     import platform
     if platform.machine() not in ("x86_64", "AMD64"):
         pytest.skip("the choice is made from x86 CPUID")
     info = open("/proc/cpuinfo").read()
-    flags = LIB.kiln_gemm_prefetch()
+    flags = LIB.kiln_gemm_tuning()
+    family = re.search(r"^cpu family\s*:\s*(\d+)", info, re.M)
     if "AuthenticAMD" in info:
-        assert flags == 1
+        assert flags == (1 | 8 if family and int(family.group(1)) == 0x19 else 1)
     else:
         assert flags == 2 | 4
 

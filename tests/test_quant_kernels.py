@@ -347,15 +347,15 @@ def test_prefetch_level_changes_no_bit(fmt, mode):
     GEMM): both give the same bits at the GEMV, the few-row and the outer-product row counts."""
     from kiln.backends import clib
     lib = clib.lib()
-    lib.kiln_gemm_prefetch.restype, lib.kiln_gemm_set_prefetch.argtypes = ctypes.c_int, [ctypes.c_int]
+    lib.kiln_gemm_tuning.restype, lib.kiln_gemm_set_tuning.argtypes = ctypes.c_int, [ctypes.c_int]
     label, raw, n, k = sources(fmt)[-1]
-    saved = lib.kiln_gemm_prefetch()
+    saved = lib.kiln_gemm_tuning()
     try:
         got = {}
         for flags in (saved & ~4, saved | 4):
-            assert lib.kiln_gemm_set_prefetch(flags) == 0
+            assert lib.kiln_gemm_set_tuning(flags) == 0
             got[flags] = [Q.qmm(fmt, mode, _inputs(m, k, m), raw, n, k, threads=t) for m in (1, 4, 33) for t in (1, 2)]
     finally:
-        lib.kiln_gemm_set_prefetch(saved)
+        lib.kiln_gemm_set_tuning(saved)
     for x, y in zip(*got.values()):
         np.testing.assert_array_equal(x, y, err_msg=f"{fmt} {mode} {label}")
