@@ -139,7 +139,7 @@ static int default_tile(int isa) {
  * miss buffers until its line arrives, so the eight weight streams had less memory-level
  * parallelism than the L2 streamer gives the plain loads. On the Zen 5 (stop 16) a trial of
  * L2 was inconclusive (within that host's noise).
- * The tall few-row tiles (KILN_GEMM_FEW_TALL) on the Zen 4 only: weights streamed from memory
+ * The tall few-row tiles (KILN_GEMM_FEW_TALL), first on the Zen 4: weights streamed from memory
  * (several copies of each, 2 threads, the flag alternated in one process, 12 rounds, median
  * speedup), at 13 / 14 / 15 / 16 rows gpt2-head 1.05 / 1.03 / 1.05 / 1.05-1.09, gpt2-qkv 1.05 /
  * 1.07 / 1.07 / 1.09-1.16, qwen3-up 1.04 / 1.01 / 1.03 / 1.02-1.08, smollm2-down 1.05 / 1.09 /
@@ -147,7 +147,12 @@ static int default_tile(int isa) {
  * 40 mixed, 0.96-1.13), and at 8 and 12 rows, one and two 8-row tiles lost 7-27 % to the 6 x 64's
  * two (fewer panels, so fewer weight streams per tile). Why 13-16 gain is not pinned down: the
  * 6 x 64 tile's weight block (KC x 64 floats, 32 KB) fills this core's 32 KB L1, and the third
- * row tile re-reads it; the 8 x 48's (24 KB) is read twice. Untried elsewhere, so off there. */
+ * row tile re-reads it; the 8 x 48's (24 KB) is read twice. On the Intel Xeon (48 KB L1;
+ * 2026-12-02, same method, 8 rounds) they paid too: at 13 / 16 rows gpt2-head 1.11 / 1.08,
+ * gpt2-qkv 1.21 / 1.20, smollm2-down 1.19 / 1.23, qwen3-up 1.07 / 1.08, gpt2-fc 1.05 / 1.03,
+ * smollm2-up 1.01 / 1.05; only GPT-2's MLP down projection (3072 x 768) lost, 0.95 / 0.96;
+ * whole models at 14 and 16 positions (12 alternations) 1.02-1.06. So they are on there and
+ * on other CPUs, which follow the Xeon; the Zen 5 (family 0x1A) is untried and keeps them off. */
 int kiln_gemm_tuning_flags = 0;
 int kiln_gemm_tuning(void) { return kiln_gemm_tuning_flags; }
 int kiln_gemm_set_tuning(int flags) {
@@ -169,7 +174,7 @@ __attribute__((constructor)) static void choose_isa(void) {
     pc_max = pc_max < PC_MIN ? PC_MIN : pc_max > PC_MAX ? PC_MAX : pc_max;
     tile_forced = tile_named(getenv("KILN_GEMM_TILE"));
     tile_now = default_tile(isa_now);
-    kiln_gemm_tuning_flags = KILN_GEMM_PREFETCH_C | KILN_GEMM_STREAM_L1;
+    kiln_gemm_tuning_flags = KILN_GEMM_PREFETCH_C | KILN_GEMM_STREAM_L1 | KILN_GEMM_FEW_TALL;
 #ifdef KILN_GEMM_X86
     __builtin_cpu_init();
     if (__builtin_cpu_is("amd")) kiln_gemm_tuning_flags = KILN_GEMM_WALK_NEXT;
