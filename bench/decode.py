@@ -3,7 +3,8 @@
     python -m bench.decode [--models smollm2,qwen3-28L] [--new-tokens 64] [--rounds 3] [--busy 1]
                            [--dtype f32|native]
 
-For each model, in one process and interleaved rounds: prefill time of a fixed prompt and
+For each model, in one process and interleaved rounds: prefill time of a fixed prompt (the
+median of PREFILL_REPS prefills a round: beside a busy loop single samples vary 1.7x) and
 decode tokens/s excluding prefill (Kiln: the steps after the first token; transformers:
 generate(n) minus generate(1)). fp32 decode reads every weight once per token, so the floor
 is weight bytes ÷ read bandwidth, measured in the same run (bench/machine.py read_bandwidth,
@@ -48,10 +49,17 @@ def kiln_model(key: str, max_len: int, dtype: str = "f32"):
     return (lambda: CachedDecoder(session, max_len=max_len)), model, weights, label
 
 
-def kiln_run(make_decoder, prompt, n):
+PREFILL_REPS = 5  # prefills timed per round: one ~50 ms sample beside a busy loop spans 60-105 ms
+
+
+def kiln_run(make_decoder, prompt, n, prefill_reps=1):
+    """(median prefill seconds over prefill_reps prefills, seconds per decode step, token ids)."""
     dec = make_decoder()
-    t0 = time.perf_counter()
-    logits = dec.prefill(prompt)
+    times = []
+    for _ in range(max(1, prefill_reps)):
+        t0 = time.perf_counter()
+        logits = dec.prefill(prompt)  # a prefill starts again from position 0
+        times.append(time.perf_counter() - t0)
     t1 = time.perf_counter()
     tok = int(np.argmax(logits))
     out = [tok]
@@ -59,7 +67,7 @@ def kiln_run(make_decoder, prompt, n):
         tok = int(np.argmax(dec.step(tok)))
         out.append(tok)
     t2 = time.perf_counter()
-    return t1 - t0, (t2 - t1) / (n - 1), out
+    return float(np.median(times)), (t2 - t1) / (n - 1), out
 
 
 def hf_generate(model, prompt, n):
@@ -98,19 +106,20 @@ def measure(key: str, new_tokens: int, prompt_tokens: int, rounds: int, max_len:
 
 
 def _rounds(key, make, model, prompt, new_tokens, rounds, probe=None) -> dict:
-    """Interleaved rounds of Kiln and transformers: medians of prefill and per-token decode. With
+    """Interleaved rounds of Kiln and transformers: medians of prefill (PREFILL_REPS timed per
+    round) and per-token decode. With
     ``probe`` (machine.PairedProbe), Kiln's rounds are bracketed by probe passes, and
     "paired_gbps" lists, per round, the higher of the two neighbouring probes."""
     k_prefill, k_step, h_prefill, h_step, paired = [], [], [], [], []
     same = True
     for r in range(rounds):
         before = probe.gbps() if probe else 0.0
-        p, s, ids = kiln_run(make, prompt, new_tokens)
+        p, s, ids = kiln_run(make, prompt, new_tokens, PREFILL_REPS)
         if probe:
             paired.append(max(before, probe.gbps()))
         k_prefill.append(p)
         k_step.append(s)
-        t1, _ = hf_generate(model, prompt, 1)
+        t1 = float(np.median([hf_generate(model, prompt, 1)[0] for _ in range(PREFILL_REPS)]))
         tn, hids = hf_generate(model, prompt, new_tokens)
         h_prefill.append(t1)
         h_step.append((tn - t1) / (new_tokens - 1))

@@ -1,6 +1,8 @@
 """bench/machine.py's read-bandwidth probe: every method measured, the floor's figure named."""
 from __future__ import annotations
 
+import numpy as np
+
 from bench import machine
 
 
@@ -33,3 +35,26 @@ def test_decode_table_reports_the_paired_bound_per_round():
     assert row[8].strip() == "50%"          # against the run's best probe: 20 ms bound / 40 ms
     assert row[10].strip() == "100% (20-25 GB/s)"
     assert decode.table([dict(r, kiln_step_ms_rounds=[], paired_gbps=[])], 50.0).splitlines()[-1].split("|")[10].strip() == "—"
+
+
+def test_decode_times_several_prefills_and_reports_their_median(monkeypatch):
+    from bench import decode
+    ticks = iter([0.0, 3.0, 10.0, 11.0, 20.0, 22.0, 30.0, 40.0])  # prefills of 3, 1 and 2 s; then 10 s of decode
+    monkeypatch.setattr(decode.time, "perf_counter", lambda: next(ticks))
+
+    class Fake:
+        def __init__(self):
+            self.calls = []
+
+        def prefill(self, ids):
+            self.calls.append(("prefill", list(ids)))
+            return np.array([0.0, 1.0])
+
+        def step(self, tok):
+            self.calls.append(("step", tok))
+            return np.array([1.0, 0.0])
+
+    dec = Fake()
+    prefill_s, step_s, ids = decode.kiln_run(lambda: dec, [7, 8], 3, prefill_reps=3)
+    assert prefill_s == 2.0 and step_s == 5.0 and ids == [1, 0, 0]
+    assert [c[0] for c in dec.calls] == ["prefill"] * 3 + ["step"] * 2
